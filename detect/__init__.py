@@ -1,0 +1,1 @@
+"""STARTTLS downgrade detection: pure judges of what a peer said, and remembered TLS per MX host."""

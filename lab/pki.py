@@ -1,0 +1,69 @@
+"""The lab CA: certificates for MX and policy hosts, good ones and the broken kinds attacks use."""
+
+from __future__ import annotations
+
+import datetime as dt
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+
+import trustme
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCert:
+    """A certificate and key as PEM files on disk, ready for `ssl.SSLContext.load_cert_chain`."""
+
+    cert_file: Path
+    key_file: Path
+
+    def server_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(str(self.cert_file), str(self.key_file))
+        return ctx
+
+
+class LabCA:
+    """A throwaway CA (trustme) that writes its files under `directory`.
+
+    `ca_file` is what the relay is given as `tls.ca_file`. `untrusted()` gives a second CA that the
+    relay does not trust, for intercepting attackers.
+    """
+
+    def __init__(self, directory: Path, name: str = "lab") -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self._ca = trustme.CA(organization_name=f"stsguard {name} CA")
+        self.ca_file = self.directory / f"{name}-ca.pem"
+        self._ca.cert_pem.write_to_path(str(self.ca_file))
+        self._serial = 0
+
+    def issue(
+        self,
+        *names: str,
+        expired: bool = False,
+        not_after: dt.datetime | None = None,
+    ) -> IssuedCert:
+        """A certificate for `names` (DNS names or IP addresses). `expired` ended yesterday."""
+        now = dt.datetime.now(dt.UTC)
+        if expired:
+            not_before, not_after = now - dt.timedelta(days=30), now - dt.timedelta(days=1)
+        else:
+            not_before = now - dt.timedelta(hours=1)
+            not_after = not_after or now + dt.timedelta(days=365)
+        leaf = self._ca.issue_cert(*names, not_before=not_before, not_after=not_after)
+        self._serial += 1
+        stem = self.directory / f"{self.name}-{self._serial}-{names[0].replace('*', 'star')}"
+        cert_file, key_file = stem.with_suffix(".crt"), stem.with_suffix(".key")
+        leaf.private_key_pem.write_to_path(str(key_file))
+        cert_file.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        return IssuedCert(cert_file, key_file)
+
+    def client_context(self) -> ssl.SSLContext:
+        """A client context that trusts only this CA."""
+        return ssl.create_default_context(cafile=str(self.ca_file))
+
+    def untrusted(self) -> LabCA:
+        """Another CA, not given to the relay: what an intercepting attacker signs with."""
+        return LabCA(self.directory, name=f"{self.name}-rogue")

@@ -1,0 +1,1 @@
+"""The stsguard program: config, SMTP in, durable spool, delivery, CLI. Composes the libraries."""

@@ -1,0 +1,392 @@
+"""The one config object, loaded from one TOML file.
+
+Every key is optional and has a default that works; an unknown key or a bad value raises
+`ConfigError` naming the key (``[relay].listen: ...``). README documents every key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from relay.errors import ConfigError
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+NO_POLICY_TLS = ("opportunistic", "encrypt", "verify")
+DOMAIN_TLS = ("none", "opportunistic", "encrypt", "verify", "mta-sts")
+ON_DOWNGRADE = ("defer", "log")
+LOG_FORMATS = ("auto", "json", "console")
+
+
+def parse_duration(text: str | int, key: str) -> int:
+    """Seconds from "30s", "5m", "4h", "5d", "1w", or a bare integer of seconds."""
+    if isinstance(text, bool):
+        raise ConfigError(f"{key}: expected a duration like '5m' or '5d', got {text!r}")
+    if isinstance(text, int):
+        if text < 0:
+            raise ConfigError(f"{key}: a duration cannot be negative")
+        return text
+    m = _DURATION.match(text) if isinstance(text, str) else None
+    if not m:
+        raise ConfigError(
+            f"{key}: expected a duration like '30s', '5m', '4h' or '5d', got {text!r}"
+        )
+    return int(m.group(1)) * _UNITS[m.group(2)]
+
+
+def parse_hostport(text: str, key: str, default_port: int | None = None) -> tuple[str, int]:
+    """Split ``host:port``, ``[v6]:port`` or (with a default port) a bare host or address."""
+    if not isinstance(text, str) or not text.strip():
+        raise ConfigError(f"{key}: expected 'host:port', got {text!r}")
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ConfigError(f"{key}: unclosed '[' in {text!r}")
+        host, rest = text[1:end], text[end + 1 :]
+        if rest.startswith(":"):
+            port_text, sep = rest[1:], ":"
+        elif rest == "":
+            port_text, sep = "", ""
+        else:
+            raise ConfigError(f"{key}: expected '[address]:port', got {text!r}")
+    elif not sep or ":" in host:
+        # No colon, or a bare IPv6 address: no port given.
+        host, port_text, sep = text, "", ""
+    if not sep:
+        if default_port is None:
+            raise ConfigError(f"{key}: expected 'host:port', got {text!r}")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ConfigError(f"{key}: bad port in {text!r}")
+    return host, int(port_text)
+
+
+@dataclass(frozen=True, slots=True)
+class RelayConfig:
+    listen: str = "127.0.0.1:2525"
+    hostname: str = "localhost"
+    accept_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
+    max_message_size: int = 52_428_800
+    state_dir: Path = Path("./stsguard-state")
+    metrics_listen: str = ""
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    auth_file: str = ""
+    log_format: str = "auto"
+    log_level: str = "info"
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return parse_hostport(self.listen, "[relay].listen")
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryConfig:
+    port: int = 25
+    no_policy_tls: str = "opportunistic"
+    queue_lifetime: int = 5 * 86400
+    retry_initial: int = 300
+    retry_max: int = 3600
+    connect_timeout: int = 30
+    command_timeout: int = 300
+    concurrency_per_destination: int = 4
+    workers: int = 32
+
+
+@dataclass(frozen=True, slots=True)
+class DnsConfig:
+    nameservers: tuple[str, ...] = ()
+    timeout: int = 10
+
+    @property
+    def nameserver_addresses(self) -> tuple[tuple[str, int], ...]:
+        return tuple(
+            parse_hostport(ns, "[dns].nameservers", default_port=53) for ns in self.nameservers
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    ca_file: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class MtastsConfig:
+    https_port: int = 443
+    fetch_timeout: int = 60
+    refresh_interval: int = 86400
+
+
+@dataclass(frozen=True, slots=True)
+class DetectConfig:
+    on_downgrade: str = "defer"
+    history_days: int = 30
+
+
+@dataclass(frozen=True, slots=True)
+class TlsrptConfig:
+    enabled: bool = True
+    organization_name: str = "stsguard"
+    contact_info: str = ""
+    submitter: str = ""
+    dkim_domain: str = ""
+    dkim_selector: str = ""
+    dkim_key_file: str = ""
+    max_delay: int = 4 * 3600
+    flush_interval: int = 5
+
+
+@dataclass(frozen=True, slots=True)
+class DomainConfig:
+    tls: str = "mta-sts"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    relay: RelayConfig = field(default_factory=RelayConfig)
+    delivery: DeliveryConfig = field(default_factory=DeliveryConfig)
+    dns: DnsConfig = field(default_factory=DnsConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    mtasts: MtastsConfig = field(default_factory=MtastsConfig)
+    detect: DetectConfig = field(default_factory=DetectConfig)
+    tlsrpt: TlsrptConfig = field(default_factory=TlsrptConfig)
+    domains: Mapping[str, DomainConfig] = field(default_factory=dict)
+
+    @property
+    def state_db(self) -> Path:
+        """The embedded SQLite state store (policy cache, TLS history, TLS-RPT counters)."""
+        return self.relay.state_dir / "state.sqlite3"
+
+    def domain_tls(self, domain: str) -> str:
+        """The local TLS override for a recipient domain, or ``"mta-sts"`` when there is none."""
+        override = self.domains.get(domain.lower().rstrip("."))
+        return override.tls if override else "mta-sts"
+
+
+# --- loading -------------------------------------------------------------------------------
+
+_T = TypeVar("_T")
+
+
+def _choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
+    def check(value: Any, key: str) -> str:
+        if value not in options:
+            raise ConfigError(f"{key}: must be one of {', '.join(options)}; got {value!r}")
+        return str(value)
+
+    return check
+
+
+def _string(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {value!r}")
+    return value
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+    return value
+
+
+def _int_range(low: int, high: int) -> Callable[[Any, str], int]:
+    def check(value: Any, key: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ConfigError(f"{key}: expected a whole number from {low} to {high}, got {value!r}")
+        return value
+
+    return check
+
+
+def _port(value: Any, key: str) -> int:
+    return _int_range(1, 65535)(value, key)
+
+
+def _strings(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+def _networks(value: Any, key: str) -> tuple[str, ...]:
+    nets = _strings(value, key)
+    for net in nets:
+        try:
+            ipaddress.ip_network(net, strict=False)
+        except ValueError:
+            raise ConfigError(f"{key}: {net!r} is not an IP network") from None
+    return nets
+
+
+def _listen(value: Any, key: str) -> str:
+    text = _string(value, key)
+    parse_hostport(text, key)
+    return text
+
+
+def _optional_listen(value: Any, key: str) -> str:
+    text = _string(value, key)
+    if text:
+        parse_hostport(text, key)
+    return text
+
+
+def _nameservers(value: Any, key: str) -> tuple[str, ...]:
+    servers = _strings(value, key)
+    for ns in servers:
+        host, _ = parse_hostport(ns, key, default_port=53)
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ConfigError(
+                f"{key}: {ns!r} must be an IP address with an optional port"
+            ) from None
+    return servers
+
+
+def _path(value: Any, key: str) -> Path:
+    return Path(_string(value, key))
+
+
+def _duration(value: Any, key: str) -> int:
+    return parse_duration(value, key)
+
+
+def _log_level(value: Any, key: str) -> str:
+    return _choice(("debug", "info", "warning", "error"))(value, key)
+
+
+_SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
+    "relay": (
+        RelayConfig,
+        {
+            "listen": _listen,
+            "hostname": _string,
+            "accept_networks": _networks,
+            "max_message_size": _int_range(1024, 2**40),
+            "state_dir": _path,
+            "metrics_listen": _optional_listen,
+            "tls_cert_file": _string,
+            "tls_key_file": _string,
+            "auth_file": _string,
+            "log_format": _choice(LOG_FORMATS),
+            "log_level": _log_level,
+        },
+    ),
+    "delivery": (
+        DeliveryConfig,
+        {
+            "port": _port,
+            "no_policy_tls": _choice(NO_POLICY_TLS),
+            "queue_lifetime": _duration,
+            "retry_initial": _duration,
+            "retry_max": _duration,
+            "connect_timeout": _duration,
+            "command_timeout": _duration,
+            "concurrency_per_destination": _int_range(1, 1000),
+            "workers": _int_range(1, 10000),
+        },
+    ),
+    "dns": (DnsConfig, {"nameservers": _nameservers, "timeout": _duration}),
+    "tls": (TlsConfig, {"ca_file": _string}),
+    "mtasts": (
+        MtastsConfig,
+        {"https_port": _port, "fetch_timeout": _duration, "refresh_interval": _duration},
+    ),
+    "detect": (
+        DetectConfig,
+        {"on_downgrade": _choice(ON_DOWNGRADE), "history_days": _int_range(0, 3650)},
+    ),
+    "tlsrpt": (
+        TlsrptConfig,
+        {
+            "enabled": _bool,
+            "organization_name": _string,
+            "contact_info": _string,
+            "submitter": _string,
+            "dkim_domain": _string,
+            "dkim_selector": _string,
+            "dkim_key_file": _string,
+            "max_delay": _duration,
+            "flush_interval": _duration,
+        },
+    ),
+}
+
+
+def _section(
+    name: str, raw: Any, cls: type[_T], checks: Mapping[str, Callable[[Any, str], Any]]
+) -> _T:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"[{name}]: expected a table")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        full = f"[{name}].{key}"
+        if key not in checks:
+            known = ", ".join(sorted(checks))
+            raise ConfigError(f"{full}: unknown key (known keys: {known})")
+        values[key] = checks[key](value, full)
+    return cls(**values)
+
+
+def config_from_dict(raw: Mapping[str, Any]) -> Config:
+    """Build a `Config` from parsed TOML, checking every key and value."""
+    parts: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name == "domains":
+            parts["domains"] = _domains(value)
+        elif name in _SECTIONS:
+            cls, checks = _SECTIONS[name]
+            parts[name] = _section(name, value, cls, checks)
+        else:
+            known = ", ".join(sorted([*_SECTIONS, "domains"]))
+            raise ConfigError(f"[{name}]: unknown section (known sections: {known})")
+    return Config(**parts)
+
+
+def _domains(raw: Any) -> dict[str, DomainConfig]:
+    if not isinstance(raw, dict):
+        raise ConfigError("[domains]: expected a table of domains")
+    result: dict[str, DomainConfig] = {}
+    for domain, table in raw.items():
+        key = f'[domains."{domain}"]'
+        if not isinstance(table, dict):
+            raise ConfigError(f'{key}: expected a table such as {{ tls = "verify" }}')
+        for name in table:
+            if name != "tls":
+                raise ConfigError(f"{key}.{name}: unknown key (known keys: tls)")
+        tls = _choice(DOMAIN_TLS)(table.get("tls", "mta-sts"), f"{key}.tls")
+        result[domain.lower().rstrip(".")] = DomainConfig(tls=tls)
+    return result
+
+
+def load_config(path: str | Path | None) -> Config:
+    """Load the TOML file at `path`; `None` gives the defaults."""
+    if path is None:
+        return Config()
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: config file is not UTF-8") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return config_from_dict(raw)
+
+
+def config_keys() -> dict[str, list[str]]:
+    """Every section and its keys, for documentation checks."""
+    return {name: [f.name for f in fields(cls)] for name, (cls, _) in _SECTIONS.items()}

@@ -1,0 +1,73 @@
+"""Typed values of TLS-RPT: result types and the one result each delivery session emits."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+
+class ResultType(StrEnum):
+    """RFC 8460 section 4.3 result types."""
+
+    STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
+    CERTIFICATE_HOST_MISMATCH = "certificate-host-mismatch"
+    CERTIFICATE_EXPIRED = "certificate-expired"
+    CERTIFICATE_NOT_TRUSTED = "certificate-not-trusted"
+    VALIDATION_FAILURE = "validation-failure"
+    TLSA_INVALID = "tlsa-invalid"
+    DNSSEC_INVALID = "dnssec-invalid"
+    DANE_REQUIRED = "dane-required"
+    STS_POLICY_FETCH_ERROR = "sts-policy-fetch-error"
+    STS_POLICY_INVALID = "sts-policy-invalid"
+    STS_WEBPKI_INVALID = "sts-webpki-invalid"
+
+
+class PolicyType(StrEnum):
+    """RFC 8460 section 4.4 policy-type values."""
+
+    STS = "sts"
+    TLSA = "tlsa"
+    NO_POLICY_FOUND = "no-policy-found"
+
+
+@dataclass(frozen=True, slots=True)
+class SessionResult:
+    """The TLS outcome of one delivery session (or one policy look-up failure) to one MX.
+
+    `result_type` is None on success. `when` is a Unix timestamp; the UTC day it falls in is the
+    report it is counted in. `mx_host` is the MX host name (the policy's matching pattern is derived
+    from `policy_strings` when the report is built).
+    """
+
+    policy_domain: str
+    policy_type: PolicyType
+    policy_strings: tuple[str, ...]
+    when: float
+    mx_host: str = ""
+    receiving_ip: str = ""
+    sending_mta_ip: str = ""
+    receiving_mx_helo: str = ""
+    result_type: ResultType | None = None
+    failure_reason_code: str = ""
+    additional_information: str = ""
+
+    @property
+    def success(self) -> bool:
+        return self.result_type is None
+
+
+class ResultSink(Protocol):
+    """Where the relay hands each session result; `tlsrpt_emit` counts them."""
+
+    def record(self, result: SessionResult) -> None: ...
+
+
+class MemorySink:
+    """A sink that keeps results in a list (tests, and set-ups without TLS-RPT)."""
+
+    def __init__(self) -> None:
+        self.results: list[SessionResult] = []
+
+    def record(self, result: SessionResult) -> None:
+        self.results.append(result)
