@@ -4,6 +4,7 @@ TlsRptError
 ├── TlsRptRecordError          the `_smtp._tls` TXT record does not parse (RPT-01)
 │   └── TlsRptLookupError      the look-up itself failed (SERVFAIL, timeout): try again later
 ├── ReportStoreError           the counter store could not be read or written
+├── ReportFormatError          a JSON report does not follow RFC 8460 section 4.4
 └── ReportDeliveryError        a report could not be handed to one rua destination
     ├── HttpsDeliveryError     POST failed: transport error or a non-2xx status (RPT-11)
     └── MailDeliveryError      building or submitting the report mail failed
@@ -49,3 +50,7 @@ class HttpsDeliveryError(ReportDeliveryError):
 
 class MailDeliveryError(ReportDeliveryError):
     """The report mail could not be built or handed to the mail submitter."""
+
+
+class ReportFormatError(TlsRptError):
+    """A TLS-RPT JSON report does not follow RFC 8460 section 4.4."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -71,3 +72,74 @@ class MemorySink:
 
     def record(self, result: SessionResult) -> None:
         self.results.append(result)
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyKey:
+    """What a report's `policies[]` entry is counted under: one UTC day, domain and policy."""
+
+    day: datetime.date
+    policy_domain: str
+    policy_type: PolicyType
+    policy_strings: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class FailureKey:
+    """The fields that make one `failure-details[]` entry (RFC 8460 section 4.4)."""
+
+    result_type: ResultType
+    sending_mta_ip: str = ""
+    receiving_mx_hostname: str = ""
+    receiving_mx_helo: str = ""
+    receiving_ip: str = ""
+    failure_reason_code: str = ""
+    additional_information: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyCounts:
+    """The counts of one policy on one day: successes and failed sessions per failure detail."""
+
+    key: PolicyKey
+    successes: int
+    failures: tuple[tuple[FailureKey, int], ...] = ()
+
+    @property
+    def failure_total(self) -> int:
+        return sum(count for _, count in self.failures)
+
+
+@dataclass(frozen=True, slots=True)
+class ReportPolicy:
+    """One `policies[]` entry of a report."""
+
+    policy_type: PolicyType
+    policy_strings: tuple[str, ...]
+    policy_domain: str
+    mx_hosts: tuple[str, ...]
+    successes: int
+    failures: tuple[tuple[FailureKey, int], ...] = ()
+
+    @property
+    def failure_total(self) -> int:
+        return sum(count for _, count in self.failures)
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One aggregate report: one policy domain, one full UTC day (RFC 8460 section 4)."""
+
+    organization_name: str
+    start: datetime.datetime
+    end: datetime.datetime
+    contact_info: str
+    report_id: str
+    policy_domain: str
+    submitter: str
+    policies: tuple[ReportPolicy, ...]
+
+
+def utc_day(when: float) -> datetime.date:
+    """The UTC day a Unix timestamp falls in: the report it is counted in (RFC 8460 4.1)."""
+    return datetime.datetime.fromtimestamp(when, datetime.UTC).date()
