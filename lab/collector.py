@@ -106,9 +106,7 @@ class ReportCollector:
         except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError, ValueError):
             pass
         finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                await writer.wait_closed()
+            writer.close()  # not awaited: stopping the server must not hang on a TLS close
 
     async def _one_request(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
