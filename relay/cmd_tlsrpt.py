@@ -1,0 +1,147 @@
+"""`stsguard tlsrpt show|send [--date YYYY-MM-DD] [--domain D]`: one UTC day's TLS-RPT reports.
+
+`show` prints the JSON that would be sent (pretty); `send` sends now to the https destinations.
+Report ids already used in an earlier attempt are kept, so a retried report is the same report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime
+import json
+import time
+
+import httpx
+
+from relay.config import Config
+from relay.errors import UsageError
+from relay.resolver import make_resolver
+from relay.tls import client_context
+from tlsrpt_emit.errors import TlsRptError
+from tlsrpt_emit.model import Report
+from tlsrpt_emit.render import DkimKey, report_to_dict
+from tlsrpt_emit.schedule import (
+    Clients,
+    ReportSettings,
+    build_day_reports,
+    send_day,
+    send_one,
+)
+from tlsrpt_emit.store import MemoryReportStore, ReportStore, SentReport, SqliteReportStore
+
+
+def parse_day(text: str | None, now: float) -> datetime.date:
+    """`--date`, or yesterday (UTC) when not given."""
+    if text is None:
+        return datetime.datetime.fromtimestamp(now, datetime.UTC).date() - datetime.timedelta(
+            days=1
+        )
+    try:
+        return datetime.date.fromisoformat(text)
+    except ValueError:
+        raise UsageError(f"--date: expected YYYY-MM-DD, got {text!r}") from None
+
+
+def report_settings(config: Config) -> ReportSettings:
+    """`[tlsrpt]` as `ReportSettings` (the relay's daily sender uses the same)."""
+    cfg = config.tlsrpt
+    key = None
+    if cfg.dkim_key_file:
+        if not (cfg.dkim_domain and cfg.dkim_selector):
+            raise UsageError("[tlsrpt].dkim_key_file needs dkim_domain and dkim_selector")
+        try:
+            key = DkimKey.from_file(cfg.dkim_domain, cfg.dkim_selector, cfg.dkim_key_file)
+        except TlsRptError as exc:
+            raise UsageError(f"[tlsrpt].dkim_key_file: {exc}") from None
+    return ReportSettings(
+        organization_name=cfg.organization_name,
+        contact_info=cfg.contact_info or f"mailto:postmaster@{config.relay.hostname}",
+        submitter=cfg.submitter,
+        dkim_key=key,
+    )
+
+
+def open_store(config: Config) -> ReportStore:
+    """The shared state file's report store; an empty one if the relay never ran here."""
+    if not config.state_db.exists():
+        return MemoryReportStore()
+    try:
+        return SqliteReportStore(config.state_db)
+    except TlsRptError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _reports(
+    store: ReportStore, day: datetime.date, settings: ReportSettings, domain: str | None
+) -> list[Report]:
+    ids: dict[str, str] = {}
+    for name in [domain] if domain else store.domains(day):
+        sent = store.get_sent(day, name)
+        if sent is not None and sent.report_id:
+            ids[name] = sent.report_id
+    return build_day_reports(store, day, settings, domain=domain, report_ids=ids)
+
+
+def _show(
+    store: ReportStore, day: datetime.date, settings: ReportSettings, domain: str | None
+) -> int:
+    reports = _reports(store, day, settings, domain)
+    if domain:
+        if not reports:
+            print(f"no sessions to {domain} recorded on {day}")
+            return 1
+        print(json.dumps(report_to_dict(reports[0]), indent=2, ensure_ascii=False))
+    else:
+        print(json.dumps([report_to_dict(r) for r in reports], indent=2, ensure_ascii=False))
+    return 0
+
+
+async def _send(
+    config: Config,
+    store: ReportStore,
+    day: datetime.date,
+    settings: ReportSettings,
+    domain: str | None,
+) -> list[SentReport]:
+    async with httpx.AsyncClient(
+        verify=client_context(config.tls.ca_file),
+        trust_env=False,
+        timeout=float(config.mtasts.fetch_timeout),
+    ) as http:
+        # TODO(integrator): pass the relay spool's submit function here once relay.spool exists,
+        # flagged so MTA-STS/DANE are not applied and the session is not counted (RPT-10). Until
+        # then mailto: destinations are left pending and the running relay's ReportSender sends
+        # them on its next retry.
+        clients = Clients(resolver=make_resolver(config.dns), http=http, submit_mail=None)
+        now = time.time()
+        if domain:
+            return [await send_one(day, domain, store, settings=settings, clients=clients, now=now)]
+        return await send_day(day, store, settings=settings, clients=clients, now=now)
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """Carry out `stsguard tlsrpt show|send`; exit 0 when everything shown or sent."""
+    day = parse_day(args.date, time.time())
+    domain = args.domain.lower().rstrip(".") if args.domain else None
+    settings = report_settings(config)
+    store = open_store(config)
+    if args.action == "show":
+        return _show(store, day, settings, domain)
+    if isinstance(store, MemoryReportStore):
+        print(f"no sessions recorded on {day}")
+        return 0
+    results = asyncio.run(_send(config, store, day, settings, domain))
+    status = 0
+    for sent in results:
+        line = f"{sent.domain}: {sent.status}"
+        if sent.destinations_done:
+            line += f" to {', '.join(sent.destinations_done)}"
+        if sent.last_error:
+            line += f" ({sent.last_error})"
+        print(line)
+        if sent.status in ("pending", "failed"):
+            status = 1
+        if "no mail submitter" in sent.last_error:
+            print(f"{sent.domain}: mailto: reports are sent by the running relay")
+    return status
