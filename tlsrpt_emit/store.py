@@ -190,10 +190,11 @@ class SqliteReportStore:
             self._db.close()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
+        """One transaction; writers take the write lock up front so they never deadlock."""
         with self._lock:
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
                 try:
                     yield self._db
                 except BaseException:
@@ -204,7 +205,7 @@ class SqliteReportStore:
                 raise ReportStoreError(f"{self.path}: {exc}") from exc
 
     def add_counts(self, batch: Batch) -> None:
-        with self._transaction() as db:
+        with self._transaction(write=True) as db:
             for key, tally in batch.items():
                 strings = json.dumps(list(key.policy_strings))
                 row = db.execute(
@@ -275,7 +276,7 @@ class SqliteReportStore:
         return _sent_from_row(row) if row else None
 
     def put_sent(self, sent: SentReport) -> None:
-        with self._transaction() as db:
+        with self._transaction(write=True) as db:
             db.execute(
                 "INSERT OR REPLACE INTO tlsrpt_sent VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (

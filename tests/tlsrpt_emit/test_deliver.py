@@ -236,3 +236,36 @@ async def test_report_sender_runs_daily_and_retries(
     assert 300.0 in [round(s) for s in slept] or sum(slept) >= 300.0
     report = json.loads(gzip.decompress(collector.received[1].body))
     assert report["date-range"]["start-datetime"] == "2026-11-28T00:00:00Z"
+
+
+async def test_rpt10_report_mail_goes_to_submitter_with_tls_required_no(
+    lab_dns: LabDns, http: httpx.AsyncClient
+) -> None:
+    """The relay's submit_mail queues it without MTA-STS/DANE; the mail says so itself too."""
+    store = filled_store()
+    mails: list[bytes] = []
+
+    async def submit_mail(mail_from: str, rcpt_to: list[str], message: bytes) -> None:
+        mails.append(message)
+
+    lab_dns.add("_smtp._tls.example.org", "TXT", "v=TLSRPTv1; rua=mailto:rua@example.org")
+    clients = Clients(resolver=resolver_for(lab_dns), http=http, submit_mail=submit_mail)
+    sent = await send_day(DAY, store, settings=SETTINGS, clients=clients, now=NEXT_MIDNIGHT)
+    assert {s.domain: s.status for s in sent}["example.org"] == "delivered"
+    (message,) = mails
+    msg = email.message_from_bytes(message, policy=email.policy.default)
+    assert msg["TLS-Required"] == "No"
+
+
+async def test_mailto_submit_failure_is_retried(lab_dns: LabDns, http: httpx.AsyncClient) -> None:
+    store = filled_store()
+
+    async def broken(mail_from: str, rcpt_to: list[str], message: bytes) -> None:
+        raise OSError("spool full")
+
+    lab_dns.add("_smtp._tls.example.org", "TXT", "v=TLSRPTv1; rua=mailto:rua@example.org")
+    clients = Clients(resolver=resolver_for(lab_dns), http=http, submit_mail=broken)
+    sent = await send_day(DAY, store, settings=SETTINGS, clients=clients, now=NEXT_MIDNIGHT)
+    failed = {s.domain: s for s in sent}["example.org"]
+    assert failed.status == "pending"
+    assert "spool full" in failed.last_error
