@@ -1,10 +1,16 @@
-"""Session results of one day, shared by the TLS-RPT tests."""
+"""Session results of one day and small helpers, shared by the TLS-RPT tests."""
 
 from __future__ import annotations
 
 import datetime
 
+import dns.asyncresolver
+import dns.nameserver
+
+from lab.dns import LabDns
 from tlsrpt_emit.model import PolicyType, ResultType, SessionResult
+from tlsrpt_emit.sink import CountingSink
+from tlsrpt_emit.store import MemoryReportStore
 
 DAY = datetime.date(2026, 11, 28)
 NOON = datetime.datetime(2026, 11, 28, 12, tzinfo=datetime.UTC).timestamp()
@@ -61,3 +67,22 @@ def day_results() -> list[SessionResult]:
             sending_mta_ip="127.0.0.5",
         ),
     ]
+
+
+def filled_store() -> MemoryReportStore:
+    """A store holding `day_results()`."""
+    store = MemoryReportStore()
+    sink = CountingSink(store, clock=lambda: 0.0)
+    for result in day_results():
+        sink.record(result)
+    sink.flush()
+    return store
+
+
+def resolver_for(server: LabDns) -> dns.asyncresolver.Resolver:
+    """A resolver that asks only the lab DNS server."""
+    resolver = dns.asyncresolver.Resolver(configure=False)
+    resolver.nameservers = [dns.nameserver.Do53Nameserver(server.host, server.port)]
+    resolver.lifetime = 2.0
+    resolver.timeout = 1.0
+    return resolver

@@ -11,15 +11,13 @@ import json
 import random
 from collections.abc import AsyncIterator
 
-import dns.asyncresolver
-import dns.nameserver
 import httpx
 import pytest
 
 from lab.collector import ReportCollector
 from lab.dns import LabDns
 from lab.pki import LabCA
-from tests.tlsrpt_emit.sessions import DAY, day_results
+from tests.tlsrpt_emit.sessions import DAY, filled_store, resolver_for
 from tlsrpt_emit.deliver import post_report
 from tlsrpt_emit.errors import HttpsDeliveryError
 from tlsrpt_emit.render import MEDIA_TYPE_GZIP
@@ -35,21 +33,11 @@ from tlsrpt_emit.schedule import (
     retry_due,
     send_day,
 )
-from tlsrpt_emit.sink import CountingSink
-from tlsrpt_emit.store import MemoryReportStore
 
 SETTINGS = ReportSettings(
     organization_name="Reporter Org", contact_info="mailto:t@reporter.example"
 )
 NEXT_MIDNIGHT = datetime.datetime(2026, 11, 29, tzinfo=datetime.UTC).timestamp()
-
-
-def resolver_for(server: LabDns) -> dns.asyncresolver.Resolver:
-    resolver = dns.asyncresolver.Resolver(configure=False)
-    resolver.nameservers = [dns.nameserver.Do53Nameserver(server.host, server.port)]
-    resolver.lifetime = 2.0
-    resolver.timeout = 1.0
-    return resolver
 
 
 @pytest.fixture
@@ -62,15 +50,6 @@ async def http(lab_ca: LabCA) -> AsyncIterator[httpx.AsyncClient]:
 
 def collector_for(lab_ca: LabCA, statuses: list[int]) -> ReportCollector:
     return ReportCollector(lab_ca.issue("127.0.0.1").server_context(), statuses=statuses)
-
-
-def filled_store() -> MemoryReportStore:
-    store = MemoryReportStore()
-    sink = CountingSink(store, clock=lambda: 0.0)
-    for result in day_results():
-        sink.record(result)
-    sink.flush()
-    return store
 
 
 async def test_rpt11_post_gzip_with_media_type(lab_ca: LabCA, http: httpx.AsyncClient) -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import dns.asyncresolver
-import dns.nameserver
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lab.dns import LabDns
+from tests.tlsrpt_emit.sessions import resolver_for
 from tlsrpt_emit.errors import TlsRptLookupError, TlsRptRecordError
 from tlsrpt_emit.record import (
     TlsRptRecord,
@@ -16,14 +15,6 @@ from tlsrpt_emit.record import (
     parse_tlsrpt_record,
     select_tlsrpt_record,
 )
-
-
-def resolver_for(server: LabDns) -> dns.asyncresolver.Resolver:
-    resolver = dns.asyncresolver.Resolver(configure=False)
-    resolver.nameservers = [dns.nameserver.Do53Nameserver(server.host, server.port)]
-    resolver.lifetime = 2.0
-    resolver.timeout = 1.0
-    return resolver
 
 
 @pytest.mark.parametrize(

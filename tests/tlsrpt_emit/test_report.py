@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from parsedmarc import parse_smtp_tls_report_json
 
 from lab.dns import LabDns
-from tests.tlsrpt_emit.sessions import DAY, NOON, STS_STRINGS, day_results
+from tests.tlsrpt_emit.sessions import DAY, NOON, STS_STRINGS, day_results, filled_store
 from tlsrpt_emit.aggregate import build_reports, day_range, mx_patterns, submitter_for
 from tlsrpt_emit.errors import ReportFormatError
 from tlsrpt_emit.model import Report, ResultType
@@ -35,18 +35,12 @@ from tlsrpt_emit.render import (
     report_filename,
     report_to_dict,
 )
-from tlsrpt_emit.sink import CountingSink
-from tlsrpt_emit.store import MemoryReportStore
 
 CONTACT = "mailto:tlsrpt@reporter.example"
 
 
 def reports_for_day(seed: int = 1) -> list[Report]:
-    store = MemoryReportStore()
-    sink = CountingSink(store, clock=lambda: 0.0)
-    for result in day_results():
-        sink.record(result)
-    sink.flush()
+    store = filled_store()
     return build_reports(
         store.counts(DAY),
         day=DAY,
@@ -72,11 +66,7 @@ def test_rpt03_one_report_per_domain_per_full_utc_day() -> None:
 
 
 def test_rpt03_rows_of_other_days_left_out() -> None:
-    store = MemoryReportStore()
-    sink = CountingSink(store, clock=lambda: 0.0)
-    for result in day_results():
-        sink.record(result)
-    sink.flush()
+    store = filled_store()
     other = build_reports(
         store.counts(DAY),
         day=DAY + datetime.timedelta(days=1),
