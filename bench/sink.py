@@ -127,7 +127,8 @@ class SinkProtocol(asyncio.Protocol):
 
     async def _start_tls(self) -> None:
         loop = asyncio.get_running_loop()
-        assert self.transport is not None and self.tls is not None
+        assert self.transport is not None
+        assert self.tls is not None
         try:
             new = await loop.start_tls(self.transport, self, self.tls, server_side=True)
         except (OSError, ssl.SSLError, ConnectionError):
