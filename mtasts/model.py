@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from mtasts.match import policy_allows
+
 
 class Mode(StrEnum):
     """The policy mode (RFC 8461 section 3.2)."""
@@ -43,6 +45,10 @@ class Policy:
     def policy_strings(self) -> tuple[str, ...]:
         """The policy one line per element, as TLS-RPT's `policy-string` wants it (RFC 8460 4.4)."""
         return tuple(line for line in self.text.replace("\r\n", "\n").split("\n") if line.strip())
+
+    def allows(self, host: str) -> bool:
+        """True when the MX host `host` matches one of the `mx` patterns (STS-09)."""
+        return policy_allows(self, host)
 
 
 @dataclass(frozen=True, slots=True)
