@@ -117,6 +117,7 @@ async def _get_body(
         f"https://{ip}:{port}{WELL_KNOWN_PATH}",
         headers={"Host": host_header, "Connection": "close", "Accept-Encoding": "identity"},
         extensions={"sni_hostname": host},  # SNI and the certificate check name mta-sts.<domain>
+        follow_redirects=False,  # 3.3: never, even on a caller's client that follows them
     ) as response:
         if response.status_code != 200:
             # 3.3: only 200 counts; redirects are not followed (follow_redirects=False).
@@ -149,6 +150,7 @@ async def fetch_policy(
     The host is resolved through `resolver`; the connection goes to its address with SNI and the
     certificate check for `mta-sts.<domain>`. Raises `PolicyWebPkiError` (certificate),
     `PolicyFetchError` (DNS, connection, status, media type, size, time) or `PolicyInvalidError`.
+    A caller's `client` must already verify with `ssl_context` (it is used as it is).
     """
     host, url = policy_host(domain), policy_url(domain)
     own = client is None
