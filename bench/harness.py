@@ -1,0 +1,795 @@
+"""The benchmark run behind `bench/run`: stsguard next to Postfix and postfix-mta-sts-resolver.
+
+It expects to run as root inside a private network and mount namespace (`bench/run` starts it
+with `unshare --net --mount`): loopback is the only interface there, so nothing it starts can
+reach any other address, and /etc/resolv.conf can point at the lab DNS server without touching
+the machine's own. See bench/README.md for what each row means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import procstat
+import structlog
+from postfix_smarthost import PostfixSmarthost
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+
+DNS_IP = "127.0.0.53"  # port 53: the address /etc/resolv.conf names inside the namespace
+POLICY_IP = "127.0.0.21"  # port 443: postfix-mta-sts-resolver always fetches from 443
+SINK_IP, SINK_PORT, SINK_CONTROL = "127.0.0.20", 2526, 2599
+LAB_CONTROL = 5399
+RELAY_PORT = 2525  # stsguard on 127.0.0.1
+POSTFIX_PORT = 2527  # the Postfix smarthost on 127.0.0.1
+RESOLVER_PORT = 8461  # postfix-mta-sts-resolver's socketmap on 127.0.0.1
+WARM, COLD, COLD_RESOLVER = "bench.test", "cold.bench.test", "cold2.bench.test"
+SENDER = "bench@sender.test"
+
+
+@dataclass
+class Row:
+    """One line of the result table."""
+
+    name: str
+    stsguard: float | None = None
+    other: float | None = None
+    unit: str = ""
+    target: str = ""
+    ok: bool | None = None
+    note: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        if self.stsguard is None or not self.other:
+            return None
+        return self.stsguard / self.other
+
+
+@dataclass
+class Results:
+    rows: list[Row] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def add(self, row: Row) -> Row:
+        self.rows.append(row)
+        return row
+
+    def find(self, name: str) -> Row:
+        for row in self.rows:
+            if row.name == name:
+                return row
+        return self.add(Row(name))
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+# --- processes ------------------------------------------------------------------------------
+
+
+class Processes:
+    """Every process the run starts, ended by pid at the end (SIGTERM, then SIGKILL)."""
+
+    def __init__(self) -> None:
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, args: list[str], **kwargs: Any) -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(args, **kwargs)
+        self.started.append(proc)
+        return proc
+
+    def stop(self, proc: subprocess.Popen[bytes], timeout: float = 5) -> None:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def stop_all(self) -> None:
+        for proc in reversed(self.started):
+            self.stop(proc)
+
+
+def wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen[bytes] | None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=1):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def ask(host: str, port: int, line: str) -> str:
+    """One request line to a control port, one answer line back."""
+    with socket.create_connection((host, port), timeout=5) as s:
+        s.sendall(line.encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(100)
+            if not chunk:
+                break
+            data += chunk
+    return data.decode().strip()
+
+
+def sink_count() -> int:
+    return int(ask(SINK_IP, SINK_CONTROL, "COUNT"))
+
+
+def lab_count(kind: str, name: str) -> int:
+    return int(ask(DNS_IP, LAB_CONTROL, f"{kind} {name}"))
+
+
+# --- the network namespace ------------------------------------------------------------------
+
+
+def enter_lab_network(workdir: Path) -> None:
+    """Bring loopback up and point the resolver configuration at the lab DNS server."""
+    if not Path("/proc/self/ns/net").exists():
+        raise SystemExit("bench: /proc/self/ns/net missing")
+    subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+    # /proc/self/net/dev lists the interfaces of this process's network namespace.
+    lines = Path("/proc/self/net/dev").read_text().splitlines()[2:]
+    interfaces = [n for line in lines if (n := line.split(":")[0].strip()) != "lo"]
+    if interfaces:
+        raise SystemExit(
+            f"bench: refusing to run with network interfaces {interfaces}: "
+            "start it through bench/run (it uses a private network namespace)"
+        )
+    resolv, hosts = workdir / "resolv.conf", workdir / "hosts"
+    resolv.write_text(f"nameserver {DNS_IP}\noptions timeout:2 attempts:1\n")
+    hosts.write_text("127.0.0.1 localhost\n")
+    for src, dst in ((resolv, "/etc/resolv.conf"), (hosts, "/etc/hosts")):
+        subprocess.run(["mount", "--bind", str(src), dst], check=True)
+
+
+# --- load generation ------------------------------------------------------------------------
+
+
+def smtp_source(port: int, messages: int, sessions: int, recipient: str) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [
+            "smtp-source",
+            "-s",
+            str(sessions),
+            "-m",
+            str(messages),
+            "-l",
+            "4096",
+            "-f",
+            SENDER,
+            "-t",
+            recipient,
+            f"127.0.0.1:{port}" if port != SINK_PORT else f"{SINK_IP}:{port}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+@dataclass
+class Throughput:
+    messages: int
+    seconds: float
+    cpu: float | None
+
+    @property
+    def rate(self) -> float:
+        return self.messages / self.seconds
+
+    @property
+    def cpu_per_1000(self) -> float | None:
+        return None if self.cpu is None else self.cpu * 1000 / self.messages
+
+
+def push(
+    port: int,
+    messages: int,
+    *,
+    sessions: int = 20,
+    recipient: str = f"user@{WARM}",
+    cpu_of: Callable[[], float] | None = None,
+    timeout: float = 240,
+) -> Throughput:
+    """Send `messages` through `port` with smtp-source and wait until the sink has them all."""
+    base = sink_count()
+    cpu0 = cpu_of() if cpu_of else None
+    start = time.monotonic()
+    source = smtp_source(port, messages, sessions, recipient)
+    deadline = start + timeout
+    count = base
+    while count < base + messages:
+        if time.monotonic() > deadline:
+            source.kill()
+            source.wait()
+            raise RuntimeError(
+                f"only {count - base} of {messages} messages reached the sink in {timeout:.0f}s"
+            )
+        time.sleep(0.02)
+        count = sink_count()
+    seconds = time.monotonic() - start
+    cpu = cpu_of() - cpu0 if cpu_of and cpu0 is not None else None
+    _, err = source.communicate(timeout=30)
+    if source.returncode != 0:
+        log(f"smtp-source exited {source.returncode}: {err.decode(errors='replace')[-300:]}")
+    return Throughput(messages, seconds, cpu)
+
+
+# --- policy look-ups ------------------------------------------------------------------------
+
+
+def netstring(data: bytes) -> bytes:
+    return str(len(data)).encode() + b":" + data + b","
+
+
+async def socketmap_query(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, domain: str
+) -> bytes:
+    """One socketmap look-up as Postfix sends it; the reply's payload."""
+    writer.write(netstring(b"postfix " + domain.encode()))
+    length = await reader.readuntil(b":")
+    payload = await reader.readexactly(int(length[:-1]) + 1)
+    return payload[:-1]
+
+
+async def rate_for(seconds: float, workers: int, one: Callable[[int], Awaitable[object]]) -> float:
+    """Calls per second of `one(worker)` run back to back by `workers` tasks for `seconds`."""
+    done = 0
+    stop_at = time.monotonic() + seconds
+
+    async def worker(i: int) -> None:
+        nonlocal done
+        while time.monotonic() < stop_at:
+            await one(i)
+            done += 1
+
+    start = time.monotonic()
+    async with asyncio.TaskGroup() as tg:
+        for i in range(workers):
+            tg.create_task(worker(i))
+    return done / (time.monotonic() - start)
+
+
+async def resolver_rate(seconds: float, connections: int) -> tuple[float, bytes]:
+    conns = [await asyncio.open_connection("127.0.0.1", RESOLVER_PORT) for _ in range(connections)]
+    reply = await socketmap_query(*conns[0], WARM)
+
+    async def one(i: int) -> None:
+        await socketmap_query(*conns[i], WARM)
+
+    rate = await rate_for(seconds, connections, one)
+    for _, w in conns:
+        w.close()
+    return rate, reply
+
+
+async def resolver_cold_burst(n: int) -> list[bytes]:
+    async def one() -> bytes:
+        r, w = await asyncio.open_connection("127.0.0.1", RESOLVER_PORT)
+        try:
+            return await socketmap_query(r, w, COLD_RESOLVER)
+        finally:
+            w.close()
+
+    return list(await asyncio.gather(*(one() for _ in range(n))))
+
+
+async def stsguard_policy_rate(
+    seconds: float, workers: int, store_kind: str, workdir: Path, ca_file: Path
+) -> tuple[float, str]:
+    """PolicyService.get on a warm cache, in this process, built the way the relay builds it."""
+    from mtasts.cache import MemoryPolicyStore, SqlitePolicyStore
+    from mtasts.service import PolicyService
+    from relay.config import DnsConfig
+    from relay.resolver import make_resolver
+    from relay.tls import client_context
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    store: Any
+    if store_kind == "sqlite":
+        store = SqlitePolicyStore(workdir / f"policy-{time.monotonic_ns()}.sqlite3")
+    else:
+        store = MemoryPolicyStore()
+    service = PolicyService(
+        store,
+        make_resolver(DnsConfig(nameservers=(f"{DNS_IP}:53",))),
+        client_context(str(ca_file)),
+        https_port=443,
+    )
+    first = await service.get(WARM)
+    if first.policy is None:
+        raise RuntimeError(f"stsguard found no policy for {WARM}: {first}")
+
+    async def one(_: int) -> None:
+        await service.get(WARM)
+
+    rate = await rate_for(seconds, workers, one)
+    return rate, f"{first.policy.mode} mx={list(first.policy.mx)} hits={service.hits}"
+
+
+async def idle_sessions(port: int, n: int) -> list[asyncio.StreamWriter]:
+    """Open `n` SMTP sessions and read each banner; they stay open until the writers close."""
+    writers = []
+    for _ in range(n):
+        r, w = await asyncio.open_connection("127.0.0.1", port)
+        await asyncio.wait_for(r.readline(), 10)
+        writers.append(w)
+    return writers
+
+
+# --- the runs -------------------------------------------------------------------------------
+
+
+RELAY_TOML = """\
+[relay]
+listen = "127.0.0.1:{port}"
+hostname = "relay.bench.test"
+accept_networks = ["127.0.0.0/8"]
+state_dir = "{state}"
+log_level = "warning"
+
+[delivery]
+port = {sink_port}
+
+[dns]
+nameservers = ["{dns}:53"]
+
+[tls]
+ca_file = "{ca}"
+
+[mtasts]
+https_port = 443
+"""
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.workdir: Path = args.workdir
+        self.procs = Processes()
+        self.results = Results()
+        self.ca_file = Path()
+        self.postfix: PostfixSmarthost | None = None
+
+    # set-up
+    def start_lab(self) -> None:
+        lab = self.procs.start(
+            [
+                PY,
+                str(ROOT / "bench" / "lab_services.py"),
+                "--dns",
+                f"{DNS_IP}:53",
+                "--https",
+                f"{POLICY_IP}:443",
+                "--control",
+                f"{DNS_IP}:{LAB_CONTROL}",
+                "--workdir",
+                str(self.workdir / "ca"),
+                "--sink-ip",
+                SINK_IP,
+                "--domains",
+                ",".join((WARM, COLD, COLD_RESOLVER)),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert lab.stdout is not None
+        line = lab.stdout.readline().decode().split()
+        if not line or line[0] != "ready":
+            raise RuntimeError("lab services did not start")
+        self.ca_file = Path(line[1])
+        sink = self.procs.start(
+            [
+                PY,
+                str(ROOT / "bench" / "sink.py"),
+                "--listen",
+                f"{SINK_IP}:{SINK_PORT}",
+                "--control",
+                f"{SINK_IP}:{SINK_CONTROL}",
+                "--cert",
+                str(self.workdir / "ca" / "sink.crt"),
+                "--key",
+                str(self.workdir / "ca" / "sink.key"),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        if not wait_port(SINK_IP, SINK_CONTROL, 10, sink):
+            raise RuntimeError("sink did not start")
+
+    # 1. the ceiling
+    def run_ceiling(self) -> None:
+        log(f"ceiling: {self.args.messages} messages straight into the sink")
+        push(SINK_PORT, 200)
+        t = push(SINK_PORT, self.args.messages)
+        self.results.extra["ceiling_msgs_per_s"] = t.rate
+        self.results.add(
+            Row("ceiling: smtp-source -> sink (msg/s)", None, t.rate, "msg/s", note="no relay")
+        )
+
+    # 2. Postfix
+    def run_postfix(self) -> None:
+        log("postfix: writing and starting its own instance")
+        pf = PostfixSmarthost(
+            self.workdir / "postfix",
+            f"127.0.0.1:{POSTFIX_PORT}",
+            SINK_IP,
+            SINK_PORT,
+            "sink.bench.test",
+            self.ca_file,
+        )
+        self.postfix = pf
+        pf.write()
+        pf.start()
+        try:
+            if not wait_port("127.0.0.1", POSTFIX_PORT, 20, None):
+                raise RuntimeError("postfix did not listen:\n" + pf.log_tail())
+            master = pf.master_pid()
+            assert master is not None
+            push(POSTFIX_PORT, 200)  # warm-up: processes spawned, TLS session cache filled
+            log(f"postfix: {self.args.messages} messages")
+            t = push(POSTFIX_PORT, self.args.messages, cpu_of=lambda: procstat.tree_cpu(master))
+            self.results.extra["postfix"] = {
+                "msgs_per_s": t.rate,
+                "cpu_per_1000": t.cpu_per_1000,
+                "rss_kib_sum": procstat.tree_rss_kib(master),
+                "processes": len(procstat.tree(master)),
+            }
+            log(f"postfix: {t.rate:.0f} msg/s, {t.cpu_per_1000:.2f} CPU s per 1000")
+        finally:
+            pf.stop()
+            self.postfix = None
+
+    # 3. postfix-mta-sts-resolver
+    def run_resolver(self) -> None:
+        venv = self.args.resolver_venv
+        daemon = venv / "bin" / "mta-sts-daemon"
+        if not daemon.exists():
+            self.results.extra["resolver_error"] = f"{daemon} missing"
+            return
+        cfg = self.workdir / "mta-sts-daemon.yml"
+        cfg.write_text(
+            f"host: 127.0.0.1\nport: {RESOLVER_PORT}\nreuse_port: true\nshutdown_timeout: 1\n"
+            "cache:\n  type: internal\n  options:\n    cache_size: 10000\n"
+            "default_zone:\n  strict_testing: false\n  timeout: 4\n"
+        )
+        env = dict(os.environ, SSL_CERT_FILE=str(self.ca_file))
+        proc = self.procs.start(
+            [str(daemon), "-c", str(cfg), "-v", "warn"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.workdir / "mta-sts-daemon.log", "wb"),  # noqa: SIM115
+        )
+        try:
+            if not wait_port("127.0.0.1", RESOLVER_PORT, 20, proc):
+                raise RuntimeError("mta-sts-daemon did not listen")
+            log("postfix-mta-sts-resolver: warm look-ups")
+            cpu0 = procstat.tree_cpu(proc.pid)
+            rate, reply = asyncio.run(
+                resolver_rate(self.args.policy_seconds, self.args.policy_workers)
+            )
+            cpu = procstat.tree_cpu(proc.pid) - cpu0
+            if not reply.startswith(b"OK secure match=sink.bench.test"):
+                raise RuntimeError(f"unexpected socketmap reply {reply!r}")
+            self.results.extra["resolver"] = {
+                "lookups_per_s": rate,
+                "reply": reply.decode(),
+                "cpu_s": cpu,
+            }
+            log(f"postfix-mta-sts-resolver: {rate:.0f} look-ups/s ({reply[:40]!r})")
+            replies = asyncio.run(resolver_cold_burst(self.args.burst))
+            time.sleep(0.2)
+            self.results.extra["resolver_cold"] = {
+                "txt": lab_count("TXT", COLD_RESOLVER),
+                "https": lab_count("HTTPS", COLD_RESOLVER),
+                "ok_replies": sum(r.startswith(b"OK") for r in replies),
+            }
+        finally:
+            self.procs.stop(proc)
+
+    # 4. stsguard's PolicyService in-process
+    def run_policy_service(self) -> None:
+        try:
+            import mtasts.service  # noqa: F401
+        except ImportError as exc:
+            self.results.extra["policy_error"] = f"not available yet ({exc})"
+            return
+        for kind in ("sqlite", "memory"):
+            log(f"stsguard PolicyService ({kind} store): warm look-ups")
+            rate, info = asyncio.run(
+                stsguard_policy_rate(
+                    self.args.policy_seconds,
+                    self.args.policy_workers,
+                    kind,
+                    self.workdir,
+                    self.ca_file,
+                )
+            )
+            self.results.extra[f"policy_{kind}"] = {"gets_per_s": rate, "info": info}
+            log(f"stsguard PolicyService ({kind}): {rate:.0f} gets/s ({info})")
+        self.results.extra["policy_warm_txt_queries"] = lab_count("TXT", WARM)
+
+    # 5. the stsguard relay
+    def run_relay(self) -> None:
+        if not (ROOT / "relay" / "app.py").exists():
+            self.results.extra["relay_error"] = "not available yet (relay/app.py missing)"
+            return
+        state = self.workdir / "stsguard-state"
+        cfg = self.workdir / "stsguard.toml"
+        cfg.write_text(
+            RELAY_TOML.format(
+                port=RELAY_PORT, state=state, sink_port=SINK_PORT, dns=DNS_IP, ca=self.ca_file
+            )
+        )
+        relay_log = self.workdir / "stsguard.log"
+        proc = self.procs.start(
+            [str(Path(PY).parent / "stsguard"), "relay", "--config", str(cfg)],
+            stdout=open(relay_log, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            if not wait_port("127.0.0.1", RELAY_PORT, 30, proc):
+                tail = relay_log.read_text(errors="replace")[-400:]
+                self.results.extra["relay_error"] = f"did not start: {tail.strip()}"
+                return
+            pid = proc.pid
+            push(RELAY_PORT, 200)  # warm-up: policy cached, code paths hot
+            log(f"stsguard: {self.args.messages} messages")
+            profiler = self.start_profiler(pid)
+            t = push(RELAY_PORT, self.args.messages, cpu_of=lambda: procstat.tree_cpu(pid))
+            self.stop_profiler(profiler)
+            log(f"stsguard: {t.rate:.0f} msg/s, {t.cpu_per_1000:.2f} CPU s per 1000")
+            self.results.extra["stsguard"] = {"msgs_per_s": t.rate, "cpu_per_1000": t.cpu_per_1000}
+            log(f"stsguard: cold burst of {self.args.burst} deliveries to {COLD}")
+            push(RELAY_PORT, self.args.burst, sessions=self.args.burst, recipient=f"u@{COLD}")
+            self.results.extra["stsguard_cold"] = {
+                "txt": lab_count("TXT", COLD),
+                "https": lab_count("HTTPS", COLD),
+            }
+            log(f"stsguard: {self.args.idle} idle sessions")
+            time.sleep(0.5)
+            before = procstat.status_kib(pid, "VmRSS")
+            per = asyncio.run(self.measure_idle(pid, before))
+            self.results.extra["stsguard_memory"] = {
+                "rss_before_idle_kib": before,
+                "idle_session_kib": per,
+                "peak_rss_kib": procstat.status_kib(pid, "VmHWM"),
+                "rss_kib_sum": procstat.tree_rss_kib(pid),
+            }
+        except RuntimeError as exc:
+            self.results.extra["relay_error"] = str(exc)
+        finally:
+            self.procs.stop(proc, timeout=10)
+
+    async def measure_idle(self, pid: int, before: int) -> float:
+        writers = await idle_sessions(RELAY_PORT, self.args.idle)
+        await asyncio.sleep(0.5)
+        after = procstat.status_kib(pid, "VmRSS")
+        for w in writers:
+            w.close()
+        return (after - before) / len(writers)
+
+    def start_profiler(self, pid: int) -> subprocess.Popen[bytes] | None:
+        if not self.args.profile:
+            return None
+        spy = shutil.which("py-spy") or str(self.args.tools / "bin" / "py-spy")
+        if not Path(spy).exists():
+            log("py-spy not found; no profile")
+            return None
+        out = self.args.profile
+        return self.procs.start(
+            [spy, "record", "-p", str(pid), "-o", str(out), "-f", "speedscope", "-r", "200"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+    def stop_profiler(self, proc: subprocess.Popen[bytes] | None) -> None:
+        if proc is not None:
+            proc.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(20)
+            log(f"profile written to {self.args.profile}")
+
+    # the table
+    def table(self) -> str:
+        x = self.results.extra
+        rows: list[list[str]] = []
+
+        def fmt(v: float | None, digits: int = 0) -> str:
+            return "-" if v is None else f"{v:,.{digits}f}"
+
+        def ratio(a: float | None, b: float | None) -> str:
+            return "-" if a is None or not b else f"{a / b:.2f}x"
+
+        def verdict(ok: bool | None) -> str:
+            return "n/a" if ok is None else ("PASS" if ok else "FAIL")
+
+        na = x.get("relay_error", "")
+        sg, pf = x.get("stsguard", {}), x.get("postfix", {})
+        rows.append(
+            [
+                "relay throughput (msg/s)",
+                fmt(sg.get("msgs_per_s")),
+                fmt(pf.get("msgs_per_s")),
+                ratio(sg.get("msgs_per_s"), pf.get("msgs_per_s")),
+                ">= 1.0x Postfix",
+                verdict(None if not sg else sg["msgs_per_s"] >= pf.get("msgs_per_s", float("inf"))),
+            ]
+        )
+        rows.append(
+            [
+                "CPU s per 1000 messages",
+                fmt(sg.get("cpu_per_1000"), 2),
+                fmt(pf.get("cpu_per_1000"), 2),
+                ratio(sg.get("cpu_per_1000"), pf.get("cpu_per_1000")),
+                "(lower is better)",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "ceiling: smtp-source -> sink (msg/s)",
+                "",
+                fmt(x.get("ceiling_msgs_per_s")),
+                "",
+                "(reference)",
+                "",
+            ]
+        )
+        rs = x.get("resolver", {})
+        for kind in ("sqlite", "memory"):
+            pol = x.get(f"policy_{kind}", {})
+            rows.append(
+                [
+                    f"cached policy decisions/s ({kind} store)",
+                    fmt(pol.get("gets_per_s")),
+                    fmt(rs.get("lookups_per_s")),
+                    ratio(pol.get("gets_per_s"), rs.get("lookups_per_s")),
+                    ">= 5x resolver",
+                    verdict(
+                        None if not pol or not rs else pol["gets_per_s"] >= 5 * rs["lookups_per_s"]
+                    ),
+                ]
+            )
+        cold, rcold = x.get("stsguard_cold", {}), x.get("resolver_cold", {})
+        rows.append(
+            [
+                f"cold burst of {self.args.burst}: TXT queries",
+                fmt(cold.get("txt")),
+                fmt(rcold.get("txt")),
+                "",
+                "= 1",
+                verdict(None if not cold else cold["txt"] == 1),
+            ]
+        )
+        rows.append(
+            [
+                f"cold burst of {self.args.burst}: HTTPS fetches",
+                fmt(cold.get("https")),
+                fmt(rcold.get("https")),
+                "",
+                "= 1",
+                verdict(None if not cold else cold["https"] == 1),
+            ]
+        )
+        mem = x.get("stsguard_memory", {})
+        rows.append(
+            [
+                "peak RSS (MiB)",
+                fmt(mem["peak_rss_kib"] / 1024, 1) if mem else "-",
+                fmt(pf["rss_kib_sum"] / 1024, 1) if pf else "-",
+                ratio(mem.get("peak_rss_kib"), pf.get("rss_kib_sum")),
+                "(Postfix: sum over its processes)",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                f"RSS per idle inbound session ({self.args.idle} open, KiB)",
+                fmt(mem.get("idle_session_kib"), 1),
+                "-",
+                "",
+                "<= 64 KiB",
+                verdict(None if not mem else mem["idle_session_kib"] <= 64),
+            ]
+        )
+        head = ["measure", "stsguard", "Postfix / resolver", "ratio", "target", "verdict"]
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+        lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head]]
+        lines.append("-+-".join("-" * w for w in widths))
+        lines += [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        notes = []
+        if na:
+            notes.append(f"stsguard relay rows: {na}")
+        for key in ("policy_error", "resolver_error"):
+            if key in x:
+                notes.append(f"{key}: {x[key]}")
+        if "policy_warm_txt_queries" in x:
+            notes.append(
+                f"TXT queries for _mta-sts.{WARM} during the warm PolicyService runs: "
+                f"{x['policy_warm_txt_queries']}"
+            )
+        return "\n".join([*lines, "", *notes])
+
+
+@contextlib.contextmanager
+def cleanup(bench: Bench) -> Iterator[None]:
+    def on_signal(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        yield
+    finally:
+        if bench.postfix is not None:
+            bench.postfix.stop()
+        bench.procs.stop_all()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workdir", type=Path, required=True)
+    parser.add_argument("--resolver-venv", type=Path, required=True)
+    parser.add_argument("--tools", type=Path, default=Path("/nonexistent"), help="py-spy venv")
+    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--burst", type=int, default=500)
+    parser.add_argument("--idle", type=int, default=1000)
+    parser.add_argument("--policy-seconds", type=float, default=3.0)
+    parser.add_argument("--policy-workers", type=int, default=20)
+    parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--profile", type=Path, help="py-spy speedscope profile of the relay")
+    parser.add_argument(
+        "--only", default="ceiling,postfix,resolver,policy,relay", help="comma-separated runs"
+    )
+    args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+    enter_lab_network(args.workdir)
+    bench = Bench(args)
+    only = set(args.only.split(","))
+    started = time.monotonic()
+    with cleanup(bench):
+        bench.start_lab()
+        for name, run in (
+            ("ceiling", bench.run_ceiling),
+            ("postfix", bench.run_postfix),
+            ("resolver", bench.run_resolver),
+            ("policy", bench.run_policy_service),
+            ("relay", bench.run_relay),
+        ):
+            if name in only:
+                try:
+                    run()
+                except Exception as exc:
+                    log(f"{name}: failed: {exc!r}")
+                    bench.results.extra[f"{name}_error"] = repr(exc)
+    bench.results.extra["wall_seconds"] = time.monotonic() - started
+    print(bench.table())
+    if args.json:
+        args.json.write_text(json.dumps(bench.results.extra, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
