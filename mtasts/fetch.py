@@ -177,7 +177,9 @@ async def fetch_policy(
     try:
         return parse_policy(text)
     except PolicyInvalidError as exc:
-        raise PolicyInvalidError(f"{url}: {exc.message}", line=0) from exc
+        wrapped = PolicyInvalidError(f"{url}: {exc.message}")
+        wrapped.line = exc.line
+        raise wrapped from exc
 
 
 async def _fetch_first(

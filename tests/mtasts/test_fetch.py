@@ -14,6 +14,7 @@ from mtasts.errors import (
     WEBPKI_INVALID,
     PolicyError,
     PolicyFetchError,
+    PolicyInvalidError,
     PolicyWebPkiError,
     StsLookupError,
     StsRecordError,
@@ -133,6 +134,8 @@ async def test_sts04_invalid_policy_is_policy_invalid(lab: Lab) -> None:
         await fetch(lab, "inv.example")
     assert caught.value.result_type == POLICY_INVALID
     assert "line 2" in caught.value.message
+    assert isinstance(caught.value, PolicyInvalidError)
+    assert caught.value.line == 2
 
 
 async def test_sts04_no_policy_host_address_is_fetch_error(lab: Lab) -> None:

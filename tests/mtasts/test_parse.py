@@ -94,8 +94,20 @@ def test_sts02_the_one_left_must_parse() -> None:
 
 
 @settings(max_examples=200)
-@given(st.lists(st.one_of(st.text(max_size=60), st.binary(max_size=60)), max_size=4))
-def test_sts02_property_select_never_crashes(records: list[str | bytes]) -> None:
+@given(
+    st.lists(
+        st.one_of(
+            st.text(max_size=60),
+            st.binary(max_size=60),
+            st.lists(st.binary(max_size=20), max_size=3).map(tuple),
+            st.from_regex(r"v=STSv1;[ -~]{0,20}", fullmatch=True),
+        ),
+        max_size=4,
+    )
+)
+def test_sts02_property_select_never_crashes(
+    records: list[str | bytes | tuple[bytes, ...]],
+) -> None:
     try:
         result = select_sts_record(records)
     except PolicyError:
