@@ -1,0 +1,161 @@
+"""A recipient MX for the tests and the lab: aiosmtpd on a loopback address, optional STARTTLS.
+
+    mx = LabMx.with_cert(lab_ca, "mx.example.org", host="127.0.0.10", cert=CertKind.GOOD)
+    async with mx.running():
+        ...  # deliver to 127.0.0.10:mx.port
+    mx.messages[0].tls   # True when it came over TLS
+
+Each message is recorded with its envelope, data and TLS facts; `connections` counts TCP
+connections, so tests can check connection reuse.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from lab.pki import LabCA
+
+
+class CertKind(StrEnum):
+    """What certificate the MX presents after STARTTLS (NONE: no STARTTLS offered)."""
+
+    GOOD = "good"
+    EXPIRED = "expired"
+    WRONG_NAME = "wrong-name"
+    UNTRUSTED = "untrusted"
+    NONE = "none"
+
+
+@dataclass(frozen=True, slots=True)
+class ReceivedMessage:
+    mail_from: str
+    rcpt_tos: tuple[str, ...]
+    data: bytes
+    tls: bool
+    tls_version: str | None
+    helo: str
+
+
+def _as_bytes(content: bytes | str | None) -> bytes:
+    if content is None:
+        return b""
+    return content.encode("utf-8", "surrogateescape") if isinstance(content, str) else content
+
+
+class _Handler:
+    def __init__(self, mx: LabMx) -> None:
+        self.mx = mx
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        if self.mx.rcpt_reply is not None:
+            return self.mx.rcpt_reply
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        ssl_object = session.ssl.get("ssl_object") if session.ssl else None
+        self.mx.messages.append(
+            ReceivedMessage(
+                mail_from=str(envelope.mail_from),
+                rcpt_tos=tuple(envelope.rcpt_tos),
+                data=_as_bytes(envelope.original_content or envelope.content),
+                tls=ssl_object is not None,
+                tls_version=ssl_object.version() if ssl_object is not None else None,
+                helo=str(session.host_name or ""),
+            )
+        )
+        return "250 OK queued"
+
+
+class LabMx:
+    """An SMTP server that accepts every message and remembers it."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        *,
+        hostname: str = "mx.lab.example",
+        tls_context: ssl.SSLContext | None = None,
+        rcpt_reply: str | None = None,
+    ) -> None:
+        self.host = host
+        self.hostname = hostname
+        self.tls_context = tls_context
+        self.rcpt_reply = rcpt_reply  # e.g. "550 5.1.1 no such user": reject every recipient
+        self.messages: list[ReceivedMessage] = []
+        self.connections = 0
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._protocols: list[SMTP] = []
+
+    @classmethod
+    def with_cert(
+        cls,
+        ca: LabCA,
+        hostname: str,
+        *,
+        host: str = "127.0.0.1",
+        cert: CertKind = CertKind.GOOD,
+        rcpt_reply: str | None = None,
+    ) -> LabMx:
+        """An MX named `hostname` presenting the kind of certificate `cert` says."""
+        context: ssl.SSLContext | None
+        if cert is CertKind.NONE:
+            context = None
+        elif cert is CertKind.GOOD:
+            context = ca.issue(hostname).server_context()
+        elif cert is CertKind.EXPIRED:
+            context = ca.issue(hostname, expired=True).server_context()
+        elif cert is CertKind.WRONG_NAME:
+            context = ca.issue(f"not-{hostname}").server_context()
+        else:
+            context = ca.untrusted().issue(hostname).server_context()
+        return cls(host, hostname=hostname, tls_context=context, rcpt_reply=rcpt_reply)
+
+    def _protocol(self) -> SMTP:
+        self.connections += 1
+        protocol = SMTP(
+            _Handler(self),
+            hostname=self.hostname,
+            ident="stsguard lab MX",
+            tls_context=self.tls_context,
+            require_starttls=False,
+            timeout=30,
+        )
+        self._protocols.append(protocol)
+        return protocol
+
+    async def start(self, port: int = 0) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, self.host, port)
+        self.port = int(self._server.sockets[0].getsockname()[1])
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            for protocol in self._protocols:
+                if protocol.transport is not None:
+                    protocol.transport.close()
+            self._protocols.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
+            self._server = None
+
+    @contextlib.asynccontextmanager
+    async def running(self, port: int = 0) -> AsyncIterator[LabMx]:
+        await self.start(port)
+        try:
+            yield self
+        finally:
+            await self.stop()

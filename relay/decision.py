@@ -1,0 +1,255 @@
+"""The delivery decision: policy + what was seen on the wire + findings -> action (pure).
+
+The deliverer asks three questions of one MX session, each answered here without I/O:
+
+1. `screen_mx` before connecting: may this MX host be used at all (STS-11, STS-13)?
+2. `wants_starttls` after EHLO: should STARTTLS be tried?
+3. `decide` whenever the session has an outcome: deliver over TLS, deliver in plaintext, try the
+   next MX, or defer. TLS problems never bounce a message (RFC 8461 section 5: enforce failures are
+   temporary); only `decide_expiry` (STS-12) and `decide_reply` (permanent SMTP replies) bounce.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from detect.model import Finding, FindingKind
+from mtasts.model import Mode, Policy, PolicyResult
+
+
+class Action(StrEnum):
+    DELIVER_TLS = "deliver-tls"
+    DELIVER_PLAINTEXT = "deliver-plaintext"
+    NEXT_MX = "next-mx"
+    DEFER = "defer"
+    BOUNCE = "bounce"
+
+
+class Requirement(StrEnum):
+    """What TLS the recipient domain requires, after overrides and MTA-STS are combined."""
+
+    NONE = "none"  # local override: never STARTTLS
+    OPPORTUNISTIC = "opportunistic"  # TLS when offered, any certificate, plaintext otherwise
+    ENCRYPT = "encrypt"  # TLS required, certificate not checked
+    VERIFY = "verify"  # TLS required with a valid certificate (local override)
+    STS_ENFORCE = "sts-enforce"  # MTA-STS enforce (RFC 8461 section 5)
+    STS_TESTING = "sts-testing"  # MTA-STS testing: deliver anyway, report
+
+
+VALIDATION_FAILURE = "validation-failure"
+STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
+
+
+@dataclass(frozen=True, slots=True)
+class EffectivePolicy:
+    """The TLS rules for one recipient domain. `policy` is the MTA-STS policy when one applies."""
+
+    requirement: Requirement
+    policy: Policy | None = None
+    tls_required_no: bool = False  # RFC 8689 `TLS-Required: No`: MTA-STS failures are ignored
+    on_downgrade: str = "defer"  # defer | log: a remembered-TLS downgrade without a policy
+
+    @property
+    def is_sts(self) -> bool:
+        return self.requirement in (Requirement.STS_ENFORCE, Requirement.STS_TESTING)
+
+    @property
+    def strict(self) -> bool:
+        """True when a TLS failure stops delivery to this MX (never plaintext, never HELO)."""
+        if self.requirement is Requirement.STS_ENFORCE:
+            return not self.tls_required_no
+        return self.requirement in (Requirement.ENCRYPT, Requirement.VERIFY)
+
+    @property
+    def needs_valid_cert(self) -> bool:
+        return self.strict and self.requirement is not Requirement.ENCRYPT
+
+    @property
+    def mode(self) -> str:
+        """The policy mode for logs: enforce | testing | none, or the local requirement."""
+        if self.policy is not None and self.is_sts:
+            return str(self.policy.mode)
+        return str(self.requirement)
+
+
+def effective_policy(
+    result: PolicyResult | None,
+    *,
+    domain_tls: str = "mta-sts",
+    no_policy_tls: str = "opportunistic",
+    tls_required_no: bool = False,
+    on_downgrade: str = "defer",
+) -> EffectivePolicy:
+    """Combine a local override (`[domains."x"].tls`), the MTA-STS result and the no-policy default.
+
+    A policy in mode none counts as no policy (RFC 8461 section 5).
+    """
+    if domain_tls != "mta-sts":
+        return EffectivePolicy(Requirement(domain_tls), None, tls_required_no, on_downgrade)
+    policy = result.policy if result is not None else None
+    if policy is not None and policy.mode is Mode.ENFORCE:
+        return EffectivePolicy(Requirement.STS_ENFORCE, policy, tls_required_no, on_downgrade)
+    if policy is not None and policy.mode is Mode.TESTING:
+        return EffectivePolicy(Requirement.STS_TESTING, policy, tls_required_no, on_downgrade)
+    return EffectivePolicy(Requirement(no_policy_tls), None, tls_required_no, on_downgrade)
+
+
+@dataclass(frozen=True, slots=True)
+class Observation:
+    """What one MX session showed so far. None means "not got that far"."""
+
+    ehlo_ok: bool = True
+    offered_starttls: bool = False
+    starttls_ok: bool | None = None  # the STARTTLS reply was 220 with nothing injected after it
+    handshake_ok: bool | None = None  # a TLS session exists (verified or not)
+    cert_valid: bool | None = None  # the certificate chain and name validated (STS-10)
+    tls_result_type: str | None = None  # why the handshake or certificate failed
+    reason_code: str = ""  # failure-reason-code for TLS-RPT
+    mx_matches: bool = True  # the MX host matches the MTA-STS policy (only testing gets here)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    result_type: str | None
+    reason: str
+    reason_code: str = ""
+
+    @property
+    def delivers(self) -> bool:
+        return self.action in (Action.DELIVER_TLS, Action.DELIVER_PLAINTEXT)
+
+
+def _give_up(result_type: str | None, reason: str, *, last_mx: bool, code: str = "") -> Decision:
+    # RFC 8461 section 5 / STS-13: an MX failing the policy is unreachable; try the next one, and
+    # when none is left the failure is temporary.
+    return Decision(Action.DEFER if last_mx else Action.NEXT_MX, result_type, reason, code)
+
+
+def screen_mx(policy: EffectivePolicy, mx_host: str) -> Decision | None:
+    """None when `mx_host` may be tried; else why not (STS-11: enforce never uses an unlisted MX).
+
+    Under testing (or `TLS-Required: No`) an unlisted MX is used; `decide` reports it when told
+    `mx_matches=False`.
+    """
+    if mx_matches(policy, mx_host) or not policy.strict:
+        return None
+    return Decision(Action.NEXT_MX, None, f"MX {mx_host} is not in the policy's mx list")
+
+
+def mx_matches(policy: EffectivePolicy, mx_host: str) -> bool:
+    """True when no MTA-STS policy applies or `mx_host` matches its mx patterns (STS-09)."""
+    return policy.policy is None or not policy.is_sts or policy.policy.allows(mx_host)
+
+
+def wants_starttls(policy: EffectivePolicy, obs: Observation) -> bool:
+    """True when STARTTLS should be sent: it was offered and the domain does not forbid TLS.
+
+    Not offered means not sent (RFC 3207); `decide` says what that costs under the policy.
+    """
+    return obs.ehlo_ok and obs.offered_starttls and policy.requirement is not Requirement.NONE
+
+
+def _tls_failure(obs: Observation, findings: tuple[Finding, ...]) -> tuple[str, str, str]:
+    """(result type, reason, reason code) of the way TLS was not had in this session."""
+    for finding in findings:
+        if finding.kind is not FindingKind.DOWNGRADE:
+            code = obs.reason_code if finding.kind is FindingKind.TLS_FAILURE else ""
+            return finding.result_type, f"{finding.kind}: {finding.evidence}", code
+    if not obs.ehlo_ok:
+        return STARTTLS_NOT_SUPPORTED, "EHLO refused (no HELO fallback)", ""
+    if not obs.offered_starttls:
+        return STARTTLS_NOT_SUPPORTED, "STARTTLS not offered", ""
+    if obs.starttls_ok is False:
+        return STARTTLS_NOT_SUPPORTED, "STARTTLS refused", ""
+    result_type = obs.tls_result_type or VALIDATION_FAILURE
+    if obs.handshake_ok is False:
+        return result_type, "TLS handshake failed", obs.reason_code
+    return result_type, "certificate did not validate", obs.reason_code
+
+
+def decide(
+    policy: EffectivePolicy,
+    obs: Observation,
+    findings: tuple[Finding, ...] = (),
+    *,
+    last_mx: bool,
+) -> Decision:
+    """The outcome of one MX session given what was observed (see the module docstring).
+
+    `obs` describes the best the session reached: a verified TLS session, an unverified one, or
+    none. With an unverified session (`cert_valid` False and `handshake_ok` True) the caller has
+    already connected again without verification, which only happens when this function allowed it.
+    """
+    tls_up = obs.handshake_ok is True
+    clean = tls_up and obs.cert_valid is True
+    downgrade = next((f for f in findings if f.kind is FindingKind.DOWNGRADE), None)
+
+    if clean and obs.mx_matches:
+        return Decision(Action.DELIVER_TLS, None, "TLS with a valid certificate")
+    if clean:
+        # Only reached under testing or `TLS-Required: No` (screen_mx skips it under enforce).
+        return Decision(
+            Action.DELIVER_TLS, VALIDATION_FAILURE, "MX not in the policy", "mx-not-in-policy"
+        )
+
+    result_type, reason, code = _tls_failure(obs, findings)
+    if policy.requirement is Requirement.NONE:
+        return Decision(Action.DELIVER_PLAINTEXT, None, "TLS disabled for this domain")
+
+    if policy.strict:
+        # TLS-07: no plaintext and no HELO fallback; STS-11: no invalid certificate.
+        if tls_up and not policy.needs_valid_cert:
+            return Decision(Action.DELIVER_TLS, None, "TLS without certificate check (encrypt)")
+        return _give_up(result_type, reason, last_mx=last_mx, code=code)
+
+    if (
+        downgrade is not None
+        and not policy.is_sts
+        and policy.on_downgrade == "defer"
+        and not policy.tls_required_no
+    ):
+        # A host that spoke valid TLS within detect.history_days no longer does: an attack
+        # until proven otherwise (remembered TLS, like SSH's known hosts).
+        return _give_up(
+            result_type, f"downgrade: {downgrade.evidence}; {reason}", last_mx=last_mx, code=code
+        )
+
+    # testing, opportunistic, or enforce with `TLS-Required: No`: deliver anyway; report only
+    # under an MTA-STS policy (RPT-06), a no-policy session is counted as it is.
+    reported = result_type if policy.is_sts else None
+    reported_code = code if policy.is_sts else ""
+    if tls_up:
+        return Decision(Action.DELIVER_TLS, reported, f"TLS, {reason}", reported_code)
+    return Decision(Action.DELIVER_PLAINTEXT, reported, f"plaintext, {reason}", reported_code)
+
+
+def may_retry_unverified(policy: EffectivePolicy) -> bool:
+    """True when a certificate failure may be followed by an unverified TLS session."""
+    return policy.requirement is not Requirement.NONE and not policy.needs_valid_cert
+
+
+def decide_reply(code: int, message: str) -> Decision:
+    """A final SMTP reply to MAIL, RCPT or DATA: 2xx delivered, 5xx bounce, else defer."""
+    if 200 <= code < 300:
+        return Decision(Action.DELIVER_TLS, None, f"{code} {message}")
+    if 500 <= code < 600:
+        return Decision(Action.BOUNCE, None, f"{code} {message}")
+    return Decision(Action.DEFER, None, f"{code} {message}")
+
+
+def decide_expiry(
+    *, tls_failure: bool, failed_policy_id: str | None, live_policy_id: str | None
+) -> Decision:
+    """STS-12: a message past queue_lifetime bounces, unless its last failure was an MTA-STS
+    failure and the `_mta-sts` TXT id changed since: then it is tried once more with the new policy.
+
+    `failed_policy_id` is the record id the failing policy had, `live_policy_id` the id the caller
+    just looked up (None when there is no record now).
+    """
+    if tls_failure and live_policy_id is not None and live_policy_id != failed_policy_id:
+        return Decision(
+            Action.DEFER, None, f"policy id changed ({failed_policy_id} -> {live_policy_id})"
+        )
+    return Decision(Action.BOUNCE, None, "queue lifetime expired")

@@ -1,0 +1,134 @@
+"""MX look-up for a recipient domain through the configured resolver (RFC 5321 5.1, RFC 7505)."""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from dataclasses import dataclass
+from enum import StrEnum
+
+import dns.asyncresolver
+import dns.exception
+import dns.name
+import dns.rdatatype
+import dns.resolver
+import structlog
+
+from relay.routing import order_by_preference
+
+log = structlog.get_logger(__name__)
+
+
+class MxStatus(StrEnum):
+    OK = "ok"
+    NULL_MX = "null-mx"  # RFC 7505: the domain accepts no mail (permanent)
+    NO_DOMAIN = "no-domain"  # NXDOMAIN, or no MX and no address (permanent)
+    TEMPFAIL = "tempfail"  # SERVFAIL, timeout: try again later
+
+
+@dataclass(frozen=True, slots=True)
+class MxHost:
+    """One MX host in delivery order; `addresses` are its A then AAAA addresses."""
+
+    name: str
+    preference: int
+    addresses: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class MxResult:
+    """Where mail for `domain` goes. `literal` is an address-literal domain (no policy: STS-08)."""
+
+    domain: str
+    status: MxStatus
+    hosts: tuple[MxHost, ...] = ()
+    reason: str = ""
+    implicit: bool = False
+    literal: bool = False
+
+    @property
+    def permanent(self) -> bool:
+        return self.status in (MxStatus.NULL_MX, MxStatus.NO_DOMAIN)
+
+
+def address_literal(domain: str) -> str | None:
+    """The IP address of an address-literal domain (``[127.0.0.1]``, ``[IPv6:::1]``), else None."""
+    if not (domain.startswith("[") and domain.endswith("]")):
+        return None
+    text = domain[1:-1]
+    if text[:5].lower() == "ipv6:":
+        text = text[5:]
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
+class _TempFail(Exception):
+    pass
+
+
+async def _query(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[str] | None:
+    """Answer texts; [] for no data, None for NXDOMAIN; `_TempFail` for SERVFAIL or timeout."""
+    try:
+        answer = await resolver.resolve(name, rdtype, search=False)
+    except dns.resolver.NXDOMAIN:
+        return None
+    except dns.resolver.NoAnswer:
+        return []
+    except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
+        raise _TempFail(f"{rdtype} {name}: {exc}") from exc
+    except dns.exception.DNSException as exc:
+        raise _TempFail(f"{rdtype} {name}: {exc}") from exc
+    return [rdata.to_text() for rdata in answer]
+
+
+async def resolve_addresses(host: str, resolver: dns.asyncresolver.Resolver) -> tuple[str, ...]:
+    """A then AAAA addresses of `host`; empty when it has none or the look-up failed."""
+    addresses: list[str] = []
+    for rdtype in ("A", "AAAA"):
+        try:
+            found = await _query(resolver, host, rdtype)
+        except _TempFail as exc:
+            log.info("mx.address_lookup_failed", host=host, error=str(exc))
+            continue
+        if found is None:
+            break
+        addresses.extend(found)
+    return tuple(addresses)
+
+
+async def lookup_mx(
+    domain: str, resolver: dns.asyncresolver.Resolver, *, rng: random.Random | None = None
+) -> MxResult:
+    """The MX hosts of `domain` in delivery order, each with its addresses."""
+    literal = address_literal(domain)
+    if literal is not None:
+        return MxResult(domain, MxStatus.OK, (MxHost(literal, 0, (literal,)),), literal=True)
+    name = domain.rstrip(".").lower()
+    try:
+        answers = await _query(resolver, name, "MX")
+        if answers is None:
+            return MxResult(domain, MxStatus.NO_DOMAIN, reason=f"{name}: no such domain")
+        records: list[tuple[int, str]] = []
+        for text in answers:
+            pref, _, exchange = text.partition(" ")
+            records.append((int(pref), exchange.rstrip(".").lower()))
+        if records and all(host == "" for _, host in records):
+            return MxResult(
+                domain, MxStatus.NULL_MX, reason=f"{name} does not accept mail (null MX)"
+            )
+        records = [r for r in records if r[1]]
+        if not records:
+            # RFC 5321 5.1: no MX, the domain itself is the implicit MX.
+            addresses = await resolve_addresses(name, resolver)
+            if not addresses:
+                return MxResult(domain, MxStatus.NO_DOMAIN, reason=f"{name}: no MX and no address")
+            return MxResult(domain, MxStatus.OK, (MxHost(name, 0, addresses),), implicit=True)
+    except _TempFail as exc:
+        return MxResult(domain, MxStatus.TEMPFAIL, reason=str(exc))
+    ordered = order_by_preference(
+        ((pref, (pref, host)) for pref, host in records), rng or random.Random()
+    )
+    hosts = [MxHost(host, pref, await resolve_addresses(host, resolver)) for pref, host in ordered]
+    return MxResult(domain, MxStatus.OK, tuple(hosts))
