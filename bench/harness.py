@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ RELAY_PORT = 2525  # stsguard on 127.0.0.1
 POSTFIX_PORT = 2527  # the Postfix smarthost on 127.0.0.1
 RESOLVER_PORT = 8461  # postfix-mta-sts-resolver's socketmap on 127.0.0.1
 WARM, COLD, COLD_RESOLVER = "bench.test", "cold.bench.test", "cold2.bench.test"
+POLICY_VARIANTS = ("sqlite", "memory", "sqlite+dnscache", "memory+dnscache")
 SENDER = "bench@sender.test"
 
 
@@ -297,10 +298,26 @@ async def resolver_cold_burst(n: int) -> list[bytes]:
     return list(await asyncio.gather(*(one() for _ in range(n))))
 
 
+@dataclass(frozen=True)
+class PolicyRun:
+    """One PolicyService measurement: calls per wall second, per CPU second of this process."""
+
+    gets_per_s: float
+    gets_per_cpu_s: float
+    txt_queries: int
+    info: str
+
+
 async def stsguard_policy_rate(
-    seconds: float, workers: int, store_kind: str, workdir: Path, ca_file: Path
-) -> tuple[float, str]:
-    """PolicyService.get on a warm cache, in this process, built the way the relay builds it."""
+    seconds: float, workers: int, variant: str, workdir: Path, ca_file: Path
+) -> PolicyRun:
+    """PolicyService.get on a warm cache, in this process, built the way the relay builds it.
+
+    `variant`: ``sqlite`` (the relay's store), ``memory``, or ``sqlite+dnscache`` (the same
+    resolver with dnspython's TTL-honouring LRU cache, the change the profile points at).
+    """
+    import dns.resolver
+
     from mtasts.cache import MemoryPolicyStore, SqlitePolicyStore
     from mtasts.service import PolicyService
     from relay.config import DnsConfig
@@ -309,16 +326,14 @@ async def stsguard_policy_rate(
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     store: Any
-    if store_kind == "sqlite":
+    if variant.startswith("sqlite"):
         store = SqlitePolicyStore(workdir / f"policy-{time.monotonic_ns()}.sqlite3")
     else:
         store = MemoryPolicyStore()
-    service = PolicyService(
-        store,
-        make_resolver(DnsConfig(nameservers=(f"{DNS_IP}:53",))),
-        client_context(str(ca_file)),
-        https_port=443,
-    )
+    resolver = make_resolver(DnsConfig(nameservers=(f"{DNS_IP}:53",)))
+    if variant.endswith("+dnscache"):
+        resolver.cache = dns.resolver.LRUCache()
+    service = PolicyService(store, resolver, client_context(str(ca_file)), https_port=443)
     first = await service.get(WARM)
     if first.policy is None:
         raise RuntimeError(f"stsguard found no policy for {WARM}: {first}")
@@ -326,8 +341,18 @@ async def stsguard_policy_rate(
     async def one(_: int) -> None:
         await service.get(WARM)
 
+    txt0 = lab_count("TXT", WARM)
+    cpu0 = time.process_time()
+    wall0 = time.monotonic()
     rate = await rate_for(seconds, workers, one)
-    return rate, f"{first.policy.mode} mx={list(first.policy.mx)} hits={service.hits}"
+    cpu = time.process_time() - cpu0
+    calls = rate * (time.monotonic() - wall0)
+    return PolicyRun(
+        rate,
+        calls / cpu if cpu else 0.0,
+        lab_count("TXT", WARM) - txt0,
+        f"{first.policy.mode} mx={list(first.policy.mx)} hits={service.hits}",
+    )
 
 
 async def idle_sessions(port: int, n: int) -> list[asyncio.StreamWriter]:
@@ -373,6 +398,7 @@ class Bench:
         self.results = Results()
         self.ca_file = Path()
         self.postfix: PostfixSmarthost | None = None
+        self.profiles: list[Path] = []
 
     # set-up
     def start_lab(self) -> None:
@@ -485,6 +511,8 @@ class Bench:
             if not wait_port("127.0.0.1", RESOLVER_PORT, 20, proc):
                 raise RuntimeError("mta-sts-daemon did not listen")
             log("postfix-mta-sts-resolver: warm look-ups")
+            asyncio.run(resolver_rate(0.2, 1))  # warm the cache
+            txt0 = lab_count("TXT", WARM)
             cpu0 = procstat.tree_cpu(proc.pid)
             rate, reply = asyncio.run(
                 resolver_rate(self.args.policy_seconds, self.args.policy_workers)
@@ -494,8 +522,10 @@ class Bench:
                 raise RuntimeError(f"unexpected socketmap reply {reply!r}")
             self.results.extra["resolver"] = {
                 "lookups_per_s": rate,
+                "lookups_per_cpu_s": rate * self.args.policy_seconds / cpu if cpu else 0.0,
                 "reply": reply.decode(),
                 "cpu_s": cpu,
+                "txt_queries": lab_count("TXT", WARM) - txt0,
             }
             log(f"postfix-mta-sts-resolver: {rate:.0f} look-ups/s ({reply[:40]!r})")
             replies = asyncio.run(resolver_cold_burst(self.args.burst))
@@ -515,20 +545,26 @@ class Bench:
         except ImportError as exc:
             self.results.extra["policy_error"] = f"not available yet ({exc})"
             return
-        for kind in ("sqlite", "memory"):
-            log(f"stsguard PolicyService ({kind} store): warm look-ups")
-            rate, info = asyncio.run(
+        for variant in POLICY_VARIANTS:
+            profiler = None
+            if self.args.profile:
+                profiler = self.start_profiler(os.getpid(), f"policy-{variant}")
+            log(f"stsguard PolicyService ({variant}): warm look-ups")
+            run = asyncio.run(
                 stsguard_policy_rate(
                     self.args.policy_seconds,
                     self.args.policy_workers,
-                    kind,
+                    variant,
                     self.workdir,
                     self.ca_file,
                 )
             )
-            self.results.extra[f"policy_{kind}"] = {"gets_per_s": rate, "info": info}
-            log(f"stsguard PolicyService ({kind}): {rate:.0f} gets/s ({info})")
-        self.results.extra["policy_warm_txt_queries"] = lab_count("TXT", WARM)
+            self.stop_profiler(profiler)
+            self.results.extra[f"policy_{variant}"] = asdict(run)
+            log(
+                f"stsguard PolicyService ({variant}): {run.gets_per_s:.0f} gets/s, "
+                f"{run.gets_per_cpu_s:.0f} per CPU s, {run.txt_queries} TXT queries ({run.info})"
+            )
 
     # 5. the stsguard relay
     def run_relay(self) -> None:
@@ -556,7 +592,7 @@ class Bench:
             pid = proc.pid
             push(RELAY_PORT, 200)  # warm-up: policy cached, code paths hot
             log(f"stsguard: {self.args.messages} messages")
-            profiler = self.start_profiler(pid)
+            profiler = self.start_profiler(pid, "relay")
             t = push(RELAY_PORT, self.args.messages, cpu_of=lambda: procstat.tree_cpu(pid))
             self.stop_profiler(profiler)
             log(f"stsguard: {t.rate:.0f} msg/s, {t.cpu_per_1000:.2f} CPU s per 1000")
@@ -590,16 +626,19 @@ class Bench:
             w.close()
         return (after - before) / len(writers)
 
-    def start_profiler(self, pid: int) -> subprocess.Popen[bytes] | None:
+    def start_profiler(self, pid: int, name: str) -> subprocess.Popen[bytes] | None:
         if not self.args.profile:
             return None
         spy = shutil.which("py-spy") or str(self.args.tools / "bin" / "py-spy")
         if not Path(spy).exists():
             log("py-spy not found; no profile")
             return None
-        out = self.args.profile
+        self.args.profile.mkdir(parents=True, exist_ok=True)
+        out = self.args.profile / f"{name}.speedscope.json"
+        self.profiles.append(out)
+        # --nonblocking: sampling must not pause the process it measures.
         return self.procs.start(
-            [spy, "record", "-p", str(pid), "-o", str(out), "-f", "speedscope", "-r", "200"],
+            [spy, "record", "--nonblocking", "-p", str(pid), "-o", str(out), "-f", "speedscope"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -609,7 +648,7 @@ class Bench:
             proc.send_signal(signal.SIGINT)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(20)
-            log(f"profile written to {self.args.profile}")
+            log(f"profile written to {self.profiles[-1]}")
 
     # the table
     def table(self) -> str:
@@ -658,18 +697,41 @@ class Bench:
             ]
         )
         rs = x.get("resolver", {})
-        for kind in ("sqlite", "memory"):
-            pol = x.get(f"policy_{kind}", {})
+        for variant in POLICY_VARIANTS:
+            pol = x.get(f"policy_{variant}", {})
+            headline = variant == "sqlite"
             rows.append(
                 [
-                    f"cached policy decisions/s ({kind} store)",
+                    f"cached policy decisions/s ({variant})",
                     fmt(pol.get("gets_per_s")),
                     fmt(rs.get("lookups_per_s")),
                     ratio(pol.get("gets_per_s"), rs.get("lookups_per_s")),
-                    ">= 5x resolver",
+                    ">= 5x resolver" if headline else "(variant)",
                     verdict(
                         None if not pol or not rs else pol["gets_per_s"] >= 5 * rs["lookups_per_s"]
-                    ),
+                    )
+                    if headline
+                    else "",
+                ]
+            )
+            rows.append(
+                [
+                    f"  per CPU second of the decider ({variant})",
+                    fmt(pol.get("gets_per_cpu_s")),
+                    fmt(rs.get("lookups_per_cpu_s")),
+                    ratio(pol.get("gets_per_cpu_s"), rs.get("lookups_per_cpu_s")),
+                    "",
+                    "",
+                ]
+            )
+            rows.append(
+                [
+                    f"  TXT queries during the warm run ({variant})",
+                    fmt(pol.get("txt_queries")),
+                    fmt(rs.get("txt_queries")),
+                    "",
+                    "",
+                    "",
                 ]
             )
         cold, rcold = x.get("stsguard_cold", {}), x.get("resolver_cold", {})
@@ -725,11 +787,6 @@ class Bench:
         for key in ("policy_error", "resolver_error"):
             if key in x:
                 notes.append(f"{key}: {x[key]}")
-        if "policy_warm_txt_queries" in x:
-            notes.append(
-                f"TXT queries for _mta-sts.{WARM} during the warm PolicyService runs: "
-                f"{x['policy_warm_txt_queries']}"
-            )
         return "\n".join([*lines, "", *notes])
 
 
@@ -758,7 +815,9 @@ def main() -> int:
     parser.add_argument("--policy-seconds", type=float, default=3.0)
     parser.add_argument("--policy-workers", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
-    parser.add_argument("--profile", type=Path, help="py-spy speedscope profile of the relay")
+    parser.add_argument(
+        "--profile", type=Path, help="directory for py-spy speedscope profiles (relay, policy)"
+    )
     parser.add_argument(
         "--only", default="ceiling,postfix,resolver,policy,relay", help="comma-separated runs"
     )
