@@ -46,38 +46,10 @@ SENDER = "bench@sender.test"
 
 
 @dataclass
-class Row:
-    """One line of the result table."""
-
-    name: str
-    stsguard: float | None = None
-    other: float | None = None
-    unit: str = ""
-    target: str = ""
-    ok: bool | None = None
-    note: str = ""
-
-    @property
-    def ratio(self) -> float | None:
-        if self.stsguard is None or not self.other:
-            return None
-        return self.stsguard / self.other
-
-
-@dataclass
 class Results:
-    rows: list[Row] = field(default_factory=list)
+    """Every figure of the run, by name; printed as the table and written as JSON."""
+
     extra: dict[str, Any] = field(default_factory=dict)
-
-    def add(self, row: Row) -> Row:
-        self.rows.append(row)
-        return row
-
-    def find(self, name: str) -> Row:
-        for row in self.rows:
-            if row.name == name:
-                return row
-        return self.add(Row(name))
 
 
 def log(message: str) -> None:
@@ -444,15 +416,25 @@ class Bench:
         if not wait_port(SINK_IP, SINK_CONTROL, 10, sink):
             raise RuntimeError("sink did not start")
 
+    def push_median(
+        self, name: str, port: int, cpu_of: Callable[[], float] | None = None
+    ) -> Throughput:
+        """`--repeat` runs of `--messages` messages; the run with the median rate."""
+        runs = []
+        for i in range(self.args.repeat):
+            t = push(port, self.args.messages, cpu_of=cpu_of)
+            log(f"{name}: run {i + 1}: {t.rate:.0f} msg/s")
+            runs.append(t)
+        runs.sort(key=lambda t: t.rate)
+        self.results.extra[f"{name}_all_runs"] = [t.rate for t in runs]
+        return runs[len(runs) // 2]
+
     # 1. the ceiling
     def run_ceiling(self) -> None:
         log(f"ceiling: {self.args.messages} messages straight into the sink")
         push(SINK_PORT, 200)
-        t = push(SINK_PORT, self.args.messages)
+        t = self.push_median("ceiling", SINK_PORT)
         self.results.extra["ceiling_msgs_per_s"] = t.rate
-        self.results.add(
-            Row("ceiling: smtp-source -> sink (msg/s)", None, t.rate, "msg/s", note="no relay")
-        )
 
     # 2. Postfix
     def run_postfix(self) -> None:
@@ -475,7 +457,7 @@ class Bench:
             assert master is not None
             push(POSTFIX_PORT, 200)  # warm-up: processes spawned, TLS session cache filled
             log(f"postfix: {self.args.messages} messages")
-            t = push(POSTFIX_PORT, self.args.messages, cpu_of=lambda: procstat.tree_cpu(master))
+            t = self.push_median("postfix", POSTFIX_PORT, lambda: procstat.tree_cpu(master))
             self.results.extra["postfix"] = {
                 "msgs_per_s": t.rate,
                 "cpu_per_1000": t.cpu_per_1000,
@@ -513,11 +495,16 @@ class Bench:
             log("postfix-mta-sts-resolver: warm look-ups")
             asyncio.run(resolver_rate(0.2, 1))  # warm the cache
             txt0 = lab_count("TXT", WARM)
-            cpu0 = procstat.tree_cpu(proc.pid)
-            rate, reply = asyncio.run(
-                resolver_rate(self.args.policy_seconds, self.args.policy_workers)
-            )
-            cpu = procstat.tree_cpu(proc.pid) - cpu0
+            runs = []
+            for _ in range(self.args.repeat):
+                cpu0 = procstat.tree_cpu(proc.pid)
+                rate, reply = asyncio.run(
+                    resolver_rate(self.args.policy_seconds, self.args.policy_workers)
+                )
+                runs.append((rate, procstat.tree_cpu(proc.pid) - cpu0))
+            runs.sort()
+            rate, cpu = runs[len(runs) // 2]
+            self.results.extra["resolver_all_runs"] = [r for r, _ in runs]
             if not reply.startswith(b"OK secure match=sink.bench.test"):
                 raise RuntimeError(f"unexpected socketmap reply {reply!r}")
             self.results.extra["resolver"] = {
@@ -550,15 +537,23 @@ class Bench:
             if self.args.profile:
                 profiler = self.start_profiler(os.getpid(), f"policy-{variant}")
             log(f"stsguard PolicyService ({variant}): warm look-ups")
-            run = asyncio.run(
-                stsguard_policy_rate(
-                    self.args.policy_seconds,
-                    self.args.policy_workers,
-                    variant,
-                    self.workdir,
-                    self.ca_file,
-                )
+            runs = sorted(
+                (
+                    asyncio.run(
+                        stsguard_policy_rate(
+                            self.args.policy_seconds,
+                            self.args.policy_workers,
+                            variant,
+                            self.workdir,
+                            self.ca_file,
+                        )
+                    )
+                    for _ in range(self.args.repeat)
+                ),
+                key=lambda r: r.gets_per_s,
             )
+            run = runs[len(runs) // 2]
+            self.results.extra[f"policy_{variant}_all_runs"] = [r.gets_per_s for r in runs]
             self.stop_profiler(profiler)
             self.results.extra[f"policy_{variant}"] = asdict(run)
             log(
@@ -593,7 +588,7 @@ class Bench:
             push(RELAY_PORT, 200)  # warm-up: policy cached, code paths hot
             log(f"stsguard: {self.args.messages} messages")
             profiler = self.start_profiler(pid, "relay")
-            t = push(RELAY_PORT, self.args.messages, cpu_of=lambda: procstat.tree_cpu(pid))
+            t = self.push_median("stsguard", RELAY_PORT, lambda: procstat.tree_cpu(pid))
             self.stop_profiler(profiler)
             log(f"stsguard: {t.rate:.0f} msg/s, {t.cpu_per_1000:.2f} CPU s per 1000")
             self.results.extra["stsguard"] = {"msgs_per_s": t.rate, "cpu_per_1000": t.cpu_per_1000}
@@ -811,6 +806,7 @@ def main() -> int:
     parser.add_argument("--tools", type=Path, default=Path("/nonexistent"), help="py-spy venv")
     parser.add_argument("--messages", type=int, default=3000)
     parser.add_argument("--burst", type=int, default=500)
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; median kept")
     parser.add_argument("--idle", type=int, default=1000)
     parser.add_argument("--policy-seconds", type=float, default=3.0)
     parser.add_argument("--policy-workers", type=int, default=20)
