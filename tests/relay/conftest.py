@@ -1,0 +1,46 @@
+"""Fixtures for relay tests: a resolver on the lab DNS server and recipient MX hosts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+
+import dns.asyncresolver
+import pytest
+
+from lab.dns import LabDns
+from lab.mx import CertKind, LabMx
+from lab.pki import LabCA
+from relay.config import DnsConfig
+from relay.resolver import make_resolver
+
+
+@pytest.fixture
+def lab_resolver(lab_dns: LabDns) -> dns.asyncresolver.Resolver:
+    """A resolver that asks only the lab DNS server."""
+    return make_resolver(DnsConfig(nameservers=(lab_dns.address,), timeout=2))
+
+
+MxFactory = Callable[..., "AsyncIterator[LabMx]"]
+
+
+@pytest.fixture
+async def start_mx(lab_ca: LabCA, lab_dns: LabDns) -> AsyncIterator[Callable[..., object]]:
+    """`await start_mx("mx1.example.org", "127.0.0.11", cert=CertKind.GOOD, port=0)`: a running
+    lab MX named in the lab DNS (A record), stopped at the end of the test."""
+    async with AsyncExitStack() as stack:
+
+        async def start(
+            name: str,
+            host: str,
+            *,
+            cert: CertKind = CertKind.GOOD,
+            port: int = 0,
+            rcpt_reply: str | None = None,
+        ) -> LabMx:
+            mx = LabMx.with_cert(lab_ca, name, host=host, cert=cert, rcpt_reply=rcpt_reply)
+            await stack.enter_async_context(mx.running(port))
+            lab_dns.add(name, "A", host)
+            return mx
+
+        yield start
