@@ -2,8 +2,14 @@
 
 StsguardError
 ├── ConfigError      bad config file, key or value; the message names the key
-└── UsageError       bad command-line input; the message is one line for the user
+├── UsageError       bad command-line input; the message is one line for the user
+└── SessionError     an MX session broke (refused, lost, timed out): not a TLS failure, the next
+                     MX or a later retry may do; aiosmtplib and OSError are translated to it
 """
+
+from __future__ import annotations
+
+from typing import Any
 
 
 class StsguardError(Exception):
@@ -16,3 +22,12 @@ class ConfigError(StsguardError):
 
 class UsageError(StsguardError):
     """A command was called with bad arguments."""
+
+
+class SessionError(StsguardError):
+    """An SMTP session to an MX host could not be had or broke; `findings` are what was judged
+    of it (e.g. a refused banner)."""
+
+    def __init__(self, message: str, findings: tuple[Any, ...] = ()) -> None:
+        super().__init__(message)
+        self.findings = findings
