@@ -563,7 +563,7 @@ class Bench:
 
     # 5. the stsguard relay
     def run_relay(self) -> None:
-        if not (ROOT / "relay" / "app.py").exists():
+        if not self.args.relay_command and not (ROOT / "relay" / "app.py").exists():
             self.results.extra["relay_error"] = "not available yet (relay/app.py missing)"
             return
         state = self.workdir / "stsguard-state"
@@ -575,7 +575,11 @@ class Bench:
         )
         relay_log = self.workdir / "stsguard.log"
         proc = self.procs.start(
-            [str(Path(PY).parent / "stsguard"), "relay", "--config", str(cfg)],
+            [
+                *(self.args.relay_command or [str(Path(PY).parent / "stsguard"), "relay"]),
+                "--config",
+                str(cfg),
+            ],
             stdout=open(relay_log, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
@@ -811,6 +815,11 @@ def main() -> int:
     parser.add_argument("--policy-seconds", type=float, default=3.0)
     parser.add_argument("--policy-workers", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument(
+        "--relay-command",
+        nargs="+",
+        help="run this instead of `stsguard relay` (gets --config FILE appended)",
+    )
     parser.add_argument(
         "--profile", type=Path, help="directory for py-spy speedscope profiles (relay, policy)"
     )
