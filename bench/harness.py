@@ -833,26 +833,35 @@ def main() -> int:
     bench = Bench(args)
     only = set(args.only.split(","))
     started = time.monotonic()
-    with cleanup(bench):
-        bench.start_lab()
-        for name, run in (
-            ("ceiling", bench.run_ceiling),
-            ("postfix", bench.run_postfix),
-            ("resolver", bench.run_resolver),
-            ("policy", bench.run_policy_service),
-            ("relay", bench.run_relay),
-        ):
-            if name in only:
-                try:
-                    run()
-                except Exception as exc:
-                    log(f"{name}: failed: {exc!r}")
-                    bench.results.extra[f"{name}_error"] = repr(exc)
+    try:
+        with cleanup(bench):
+            run_all(bench, only)
+    except KeyboardInterrupt:
+        log("interrupted; every process it started is stopped")
+        return 130
     bench.results.extra["wall_seconds"] = time.monotonic() - started
     print(bench.table())
     if args.json:
         args.json.write_text(json.dumps(bench.results.extra, indent=2, default=str))
     return 0
+
+
+def run_all(bench: Bench, only: set[str]) -> None:
+    """The lab, then each selected run; a failed run is noted and the next one goes on."""
+    bench.start_lab()
+    for name, run in (
+        ("ceiling", bench.run_ceiling),
+        ("postfix", bench.run_postfix),
+        ("resolver", bench.run_resolver),
+        ("policy", bench.run_policy_service),
+        ("relay", bench.run_relay),
+    ):
+        if name in only:
+            try:
+                run()
+            except Exception as exc:
+                log(f"{name}: failed: {exc!r}")
+                bench.results.extra[f"{name}_error"] = repr(exc)
 
 
 if __name__ == "__main__":
