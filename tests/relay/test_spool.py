@@ -9,7 +9,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import relay.spool as spool_module
 from relay.errors import SpoolError, UnknownMessage
 from relay.spool import MessageFlags, RcptStatus, Spool, valid_queue_id
 
@@ -145,9 +144,9 @@ def test_durability_order_fsync_before_rename(
         events.append(f"rename:{Path(str(dst)).parent.name}")
         real_rename(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(spool_module.os, "open", fake_open)
-    monkeypatch.setattr(spool_module.os, "fsync", fake_fsync)
-    monkeypatch.setattr(spool_module.os, "rename", fake_rename)
+    monkeypatch.setattr("relay.spool.os.open", fake_open)
+    monkeypatch.setattr("relay.spool.os.fsync", fake_fsync)
+    monkeypatch.setattr("relay.spool.os.rename", fake_rename)
     spool.put("a@x", ["b@y"], b"body")
     assert events == [
         "fsync:file",
@@ -188,7 +187,7 @@ def test_damaged_envelope_is_a_spool_error(spool: Spool) -> None:
         spool.get(qid)
 
 
-addresses = st.text(st.characters(blacklist_categories=("Cs",)), min_size=0, max_size=40)
+addresses = st.text(st.characters(codec="utf-8"), min_size=0, max_size=40)
 
 
 @settings(max_examples=50, deadline=None)
