@@ -169,6 +169,7 @@ class Throughput:
     messages: int
     seconds: float
     cpu: float | None
+    sink_cpu: float
 
     @property
     def rate(self) -> float:
@@ -190,6 +191,7 @@ def push(
 ) -> Throughput:
     """Send `messages` through `port` with smtp-source and wait until the sink has them all."""
     base = sink_count()
+    sink_cpu0 = float(ask(SINK_IP, SINK_CONTROL, "CPU"))
     cpu0 = cpu_of() if cpu_of else None
     start = time.monotonic()
     source = smtp_source(port, messages, sessions, recipient)
@@ -209,7 +211,8 @@ def push(
     _, err = source.communicate(timeout=30)
     if source.returncode != 0:
         log(f"smtp-source exited {source.returncode}: {err.decode(errors='replace')[-300:]}")
-    return Throughput(messages, seconds, cpu)
+    sink_cpu = float(ask(SINK_IP, SINK_CONTROL, "CPU")) - sink_cpu0
+    return Throughput(messages, seconds, cpu, sink_cpu)
 
 
 # --- policy look-ups ------------------------------------------------------------------------
@@ -433,10 +436,16 @@ class Bench:
         runs = []
         for i in range(self.args.repeat):
             t = push(port, self.args.messages, cpu_of=cpu_of)
-            log(f"{name}: run {i + 1}: {t.rate:.0f} msg/s")
+            log(
+                f"{name}: run {i + 1}: {t.rate:.0f} msg/s, "
+                f"sink {t.sink_cpu * 1000 / t.messages:.2f} CPU s per 1000"
+            )
             runs.append(t)
         runs.sort(key=lambda t: t.rate)
         self.results.extra[f"{name}_all_runs"] = [t.rate for t in runs]
+        self.results.extra[f"{name}_sink_cpu_per_1000"] = [
+            t.sink_cpu * 1000 / t.messages for t in runs
+        ]
         return runs[len(runs) // 2]
 
     # 1. the ceiling
