@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -27,9 +28,7 @@ class Metrics:
     def __post_init__(self) -> None:
         r = self.registry
         self.accepted = Counter("stsguard_accepted", "Messages accepted from upstream", registry=r)
-        self.delivered = Counter(
-            "stsguard_delivered", "Recipients delivered", ["tls"], registry=r
-        )
+        self.delivered = Counter("stsguard_delivered", "Recipients delivered", ["tls"], registry=r)
         self.deferred = Counter(
             "stsguard_deferred", "Recipient deliveries deferred", ["reason"], registry=r
         )
@@ -56,12 +55,15 @@ class Metrics:
         return sample if sample is not None else 0.0
 
 
-def start_metrics_server(listen: str, registry: CollectorRegistry) -> tuple[str, int]:
+def start_metrics_server(listen: str, registry: CollectorRegistry) -> WSGIServer:
     """Serve `registry` over HTTP on `listen` (``host:port``, as `relay.metrics_listen`).
 
-    Returns the bound address (port 0 picks a free one). The server runs in a daemon thread.
+    The server runs in a daemon thread; `server_address` is where it is bound (port 0 picks a
+    free one); `shutdown()` then `server_close()` stops it.
     """
-    host, port = parse_hostport(listen, "[relay].metrics_listen")
+    if listen.endswith(":0"):  # any free port (tests)
+        host, port = parse_hostport(listen[:-2], "[relay].metrics_listen", default_port=0)
+    else:
+        host, port = parse_hostport(listen, "[relay].metrics_listen")
     server, _thread = start_http_server(port, addr=host, registry=registry)
-    bound = server.server_address
-    return str(bound[0]), int(bound[1])
+    return server

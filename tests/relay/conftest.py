@@ -21,9 +21,6 @@ def lab_resolver(lab_dns: LabDns) -> dns.asyncresolver.Resolver:
     return make_resolver(DnsConfig(nameservers=(lab_dns.address,), timeout=2))
 
 
-MxFactory = Callable[..., "AsyncIterator[LabMx]"]
-
-
 @pytest.fixture
 async def start_mx(lab_ca: LabCA, lab_dns: LabDns) -> AsyncIterator[Callable[..., object]]:
     """`await start_mx("mx1.example.org", "127.0.0.11", cert=CertKind.GOOD, port=0)`: a running
@@ -44,3 +41,11 @@ async def start_mx(lab_ca: LabCA, lab_dns: LabDns) -> AsyncIterator[Callable[...
             return mx
 
         yield start
+
+
+@pytest.fixture
+def history_store() -> object:
+    """The remembered-TLS store of `detect.history`, in memory."""
+    from detect.history import MemoryHistoryStore
+
+    return MemoryHistoryStore()
