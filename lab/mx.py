@@ -122,10 +122,14 @@ class LabMx:
             context = ca.untrusted().issue(hostname).server_context()
         return cls(host, hostname=hostname, tls_context=context, rcpt_reply=rcpt_reply)
 
+    def make_handler(self) -> _Handler:
+        """The aiosmtpd handler that records into this MX (for custom SMTP subclasses)."""
+        return _Handler(self)
+
     def _protocol(self) -> SMTP:
         self.connections += 1
         protocol = SMTP(
-            _Handler(self),
+            self.make_handler(),
             hostname=self.hostname,
             ident="stsguard lab MX",
             tls_context=self.tls_context,
