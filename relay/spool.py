@@ -243,11 +243,15 @@ class Spool:
         *,
         flags: MessageFlags | None = None,
         client: str = "",
+        queue_id: str | None = None,
     ) -> str:
-        """Queue a message; when this returns, the message survives a crash. Returns its id."""
+        """Queue a message; when this returns, the message survives a crash. Returns its id
+        (`queue_id` when the caller made one with `new_queue_id`, e.g. for a trace header)."""
         if not rcpts:
             raise SpoolError("a message needs at least one recipient")
-        queue_id = new_queue_id()
+        queue_id = queue_id or new_queue_id()
+        if not valid_queue_id(queue_id):
+            raise SpoolError(f"not a queue id: {queue_id!r}")
         now = self.clock()
         message = QueuedMessage(
             id=queue_id,

@@ -1,0 +1,367 @@
+"""SMTP intake: accept mail from allowed clients, check it, spool it, answer 250 only once it is
+on disk. Delivery is not started here; `on_queued(queue_id)` tells whoever cares.
+
+Two parts kept apart: `IntakeHandler` (aiosmtpd hooks: the protocol decisions) and `Intake` (start
+and stop a listening server inside the running event loop, so it lives in the relay's TaskGroup).
+
+Choices, with reasons:
+
+- Relaying (RFC 5321 section 3.6.2 / 7.1): only clients in ``[relay].accept_networks`` or clients
+  that authenticated may give recipients; anyone else gets ``550 5.7.1`` per RCPT, so DATA never
+  starts and nothing is queued.
+- Smuggling (TLS-06): aiosmtpd ends DATA only on ``<CRLF>.<CRLF>``, so ``<LF>.<LF>``,
+  ``<CRLF>.<LF>`` and ``<LF>.<CRLF>`` stay inside the message here. A downstream server that takes
+  one of those as the end would split it in two, so a message with any bare LF or bare CR (RFC 5321
+  section 2.3.8 forbids both) is *rejected* with ``550 5.5.2``, as Postfix's
+  ``smtpd_forbid_bare_newline = reject`` does. Rejecting rather than normalising keeps what we
+  forward byte-identical to what we accepted, and real MTAs send CRLF only.
+- TLS-04 inbound: aiosmtpd (1.4.6 and later) throws away plaintext buffered behind STARTTLS when
+  the handshake completes (tested).
+- EHLO: SIZE (aiosmtpd enforces it at MAIL and DATA with 552), 8BITMIME (we take bytes, not text),
+  SMTPUTF8 (aiosmtpd accepts UTF-8 addresses; the flag goes to the spool so delivery asks the next
+  hop for it), PIPELINING (aiosmtpd reads commands from one stream in order, so a pipelined batch is
+  answered correctly; aiosmtpd does not advertise it by itself), STARTTLS when a certificate is
+  configured, AUTH only after STARTTLS and only with ``[relay].auth_file``.
+- Any failure inside a hook answers ``451 4.3.0`` and logs the traceback; the client never sees it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import email.parser
+import email.policy
+import ipaddress
+import re
+import ssl
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any
+
+import structlog
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+
+from relay.config import Config, RelayConfig
+from relay.errors import ConfigError
+from relay.smtp_auth import PasswordAuthenticator, load_auth_file
+from relay.spool import MessageFlags, Spool, new_queue_id
+
+_log = structlog.get_logger("relay.server")
+
+_BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
+_HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+# --- pure checks ---------------------------------------------------------------------------
+
+
+def parse_networks(networks: Iterable[str]) -> tuple[IPNetwork, ...]:
+    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def client_allowed(address: str, networks: Iterable[IPNetwork]) -> bool:
+    """True when the client address lies in one of the networks (IPv4-mapped IPv6 as IPv4)."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return any(ip.version == net.version and ip in net for net in networks)
+
+
+def bare_line_end(data: bytes) -> int | None:
+    """Offset of the first CR or LF that is not part of a CRLF pair, or None (TLS-06)."""
+    m = _BARE_LINE_END.search(data)
+    return m.start() if m else None
+
+
+def _header_block(data: bytes) -> bytes:
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[: end + 2]
+
+
+def tls_required_no(data: bytes) -> bool:
+    """True when the message has a ``TLS-Required: No`` header (RFC 8689 section 5)."""
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
+        _header_block(data)
+    )
+    return any(str(v).strip().lower() == "no" for v in headers.get_all("TLS-Required", []))
+
+
+def received_header(
+    *,
+    helo: str,
+    client: str,
+    hostname: str,
+    protocol: str,
+    queue_id: str,
+    rcpts: list[str],
+    now: float,
+) -> bytes:
+    """Our ``Received:`` trace line (RFC 5321 section 4.4); `for` only with a single recipient."""
+    helo_text = _HELO_SAFE.sub("", helo)[:255] or "unknown"
+    when = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
+    recipient = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
+    line = (
+        f"Received: from {helo_text} ([{client}])\r\n"
+        f"\tby {hostname} (stsguard) with {protocol} id {queue_id}{recipient};\r\n"
+        f"\t{when}\r\n"
+    )
+    return line.encode("utf-8", "surrogateescape")
+
+
+def _protocol(session: Session) -> str:
+    """RFC 3848 'with' keyword."""
+    if not session.extended_smtp:
+        return "SMTP"
+    return "ESMTP" + ("S" if session.ssl else "") + ("A" if session.authenticated else "")
+
+
+# --- aiosmtpd hooks --------------------------------------------------------------------------
+
+
+class IntakeHandler:
+    """The aiosmtpd handler: relay access, smuggling check, trace header, spool, reply."""
+
+    def __init__(
+        self,
+        config: RelayConfig,
+        spool: Spool,
+        *,
+        on_queued: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.on_queued = on_queued
+        self.clock = clock
+        self.networks = parse_networks(config.accept_networks)
+
+    async def handle_EHLO(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        session.host_name = hostname
+        # aiosmtpd prints "250-AUTH " even with no mechanism left; say nothing instead.
+        lines = [r for r in responses if r.strip() != "250-AUTH"]
+        lines.insert(len(lines) - 1, "250-PIPELINING")
+        return lines
+
+    async def handle_RCPT(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        client = _client(session)
+        if not (session.authenticated or client_allowed(client, self.networks)):
+            _log.info("relay_denied", client=client, rcpt=address)
+            return "550 5.7.1 Relaying denied: client not in accept_networks"
+        if address not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(address)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.original_content or b""
+        client = _client(session)
+        offset = bare_line_end(data)
+        if offset is not None:
+            _log.warning(
+                "smuggling_rejected", client=client, offset=offset, mail_from=envelope.mail_from
+            )
+            return "550 5.5.2 Message contains a bare CR or LF; send CRLF line ends only"
+        mail_from = str(envelope.mail_from or "")
+        if mail_from == "<>":
+            mail_from = ""  # the null sender (aiosmtpd keeps the brackets); spooled as ""
+        rcpts = list(envelope.rcpt_tos)
+        options = {o.upper() for o in envelope.mail_options}
+        flags = MessageFlags(
+            tls_required_no=tls_required_no(data),
+            smtputf8="SMTPUTF8" in options,
+            eight_bit="BODY=8BITMIME" in options,
+        )
+        queue_id = new_queue_id()
+        trace = received_header(
+            helo=str(session.host_name or ""),
+            client=client,
+            hostname=self.config.hostname,
+            protocol=_protocol(session),
+            queue_id=queue_id,
+            rcpts=rcpts,
+            now=self.clock(),
+        )
+        await asyncio.to_thread(
+            self.spool.put,
+            mail_from,
+            rcpts,
+            trace + data,
+            flags=flags,
+            client=client,
+            queue_id=queue_id,
+        )
+        _log.info(
+            "message_queued",
+            queue_id=queue_id,
+            mail_from=mail_from,
+            rcpt_count=len(rcpts),
+            size=len(data),
+            client=client,
+            tls=session.ssl is not None,
+            auth=_auth_user(session),
+        )
+        if self.on_queued is not None:
+            try:
+                self.on_queued(queue_id)
+            except Exception:
+                # The message is safe on disk; the queue runner will find it on its next poll.
+                _log.exception("on_queued_failed", queue_id=queue_id)
+        return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, TLSSetupException):
+            # A client that gave up on our certificate: its business, no traceback.
+            _log.info("starttls_failed", error=repr(error.__cause__ or error))
+            return "454 4.7.0 TLS handshake failed"
+        _log.error("intake_error", error=repr(error), exc_info=error)
+        return "451 4.3.0 Temporary failure, try again later"
+
+
+def _client(session: Session) -> str:
+    peer = session.peer
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+
+
+def _auth_user(session: Session) -> str:
+    data = session.auth_data
+    login = getattr(data, "login", None)
+    return login.decode("utf-8", "replace") if isinstance(login, bytes) else ""
+
+
+class _IntakeSMTP(SMTP):
+    """aiosmtpd's SMTP where a failing RCPT or DATA hook answers that command with 451 (via
+    `handle_exception`) and the session goes on in the state the command's failure leaves."""
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        try:
+            return await super()._call_handler_hook(command, *args)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            if command not in ("RCPT", "DATA"):
+                raise
+            return await self.handle_exception(exc)
+
+
+# --- start / stop --------------------------------------------------------------------------
+
+
+def server_tls_context(config: RelayConfig) -> ssl.SSLContext | None:
+    """The inbound STARTTLS context, or None when no certificate is configured."""
+    if not (config.tls_cert_file or config.tls_key_file):
+        return None
+    if not (config.tls_cert_file and config.tls_key_file):
+        raise ConfigError("[relay].tls_cert_file and tls_key_file must be set together")
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(
+            f"[relay].tls_cert_file: cannot load certificate and key: {exc}"
+        ) from None
+    return ctx
+
+
+class Intake:
+    """The listening SMTP intake on ``[relay].listen``, created in the running event loop.
+
+    In the relay: ``tg.create_task(intake.serve())``; in tests: ``async with intake.running():``.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        *,
+        on_queued: Callable[[str], None] | None = None,
+        clock: Callable[[], float] = time.time,
+        timeout: float = 300,
+        listen: tuple[str, int] | None = None,
+    ) -> None:
+        """`listen` overrides ``[relay].listen`` (tests pass port 0 for a free port)."""
+        relay = config.relay
+        self.listen = listen or relay.listen_address
+        self.config = config
+        self.handler = IntakeHandler(relay, spool, on_queued=on_queued, clock=clock)
+        self.tls_context = server_tls_context(relay)
+        self.authenticator: PasswordAuthenticator | None = None
+        if relay.auth_file:
+            if self.tls_context is None:
+                raise ConfigError(
+                    "[relay].auth_file: AUTH is offered only over TLS; set tls_cert_file and "
+                    "tls_key_file too"
+                )
+            self.authenticator = PasswordAuthenticator(load_auth_file(relay.auth_file))
+        self.timeout = timeout
+        self._server: asyncio.Server | None = None
+
+    def _protocol(self) -> SMTP:
+        relay = self.config.relay
+        return _IntakeSMTP(
+            self.handler,
+            data_size_limit=relay.max_message_size,
+            enable_SMTPUTF8=True,
+            decode_data=False,
+            hostname=relay.hostname,
+            ident="stsguard ESMTP",
+            tls_context=self.tls_context,
+            timeout=self.timeout,
+            auth_require_tls=True,
+            authenticator=self.authenticator,
+            auth_exclude_mechanism=[] if self.authenticator else ["LOGIN", "PLAIN"],
+            loop=asyncio.get_running_loop(),
+        )
+
+    @property
+    def address(self) -> tuple[str, int]:
+        """Where the server listens (the real port when the config said port 0)."""
+        if self._server is None or not self._server.sockets:
+            raise RuntimeError("intake is not running")
+        host, port = self._server.sockets[0].getsockname()[:2]
+        return str(host), int(port)
+
+    async def start(self) -> None:
+        host, port = self.listen
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(self._protocol, host, port)
+        _log.info("intake_listening", address=f"{self.address[0]}:{self.address[1]}")
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(asyncio.TimeoutError):
+                async with asyncio.timeout(2):
+                    await self._server.wait_closed()
+            self._server = None
+
+    async def serve(self) -> None:
+        """Listen until cancelled (a TaskGroup member)."""
+        await self.start()
+        try:
+            assert self._server is not None
+            await self._server.serve_forever()
+        finally:
+            await self.stop()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Intake]:
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()

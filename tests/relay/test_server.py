@@ -1,0 +1,490 @@
+"""The SMTP intake against real clients on loopback: relaying rules, size, smuggling, TLS, AUTH."""
+
+from __future__ import annotations
+
+import asyncio
+import smtplib
+import socket
+import ssl
+import threading
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lab.pki import LabCA
+from relay.config import Config, RelayConfig
+from relay.errors import ConfigError, SpoolError
+from relay.server import (
+    Intake,
+    bare_line_end,
+    client_allowed,
+    parse_networks,
+    received_header,
+    tls_required_no,
+)
+from relay.smtp_auth import hash_password
+from relay.spool import MessageFlags, Spool
+
+MESSAGE = b"From: a@example.net\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
+
+
+def make_config(tmp_path: Path, **relay: Any) -> Config:
+    relay.setdefault("hostname", "relay.test")
+    relay.setdefault("state_dir", tmp_path)
+    return Config(relay=RelayConfig(**relay))
+
+
+@pytest.fixture
+def spool(tmp_path: Path) -> Spool:
+    return Spool(tmp_path / "queue")
+
+
+StartIntake = Callable[..., "asyncio.Future[Intake]"]
+
+
+@pytest.fixture
+async def start_intake(tmp_path: Path, spool: Spool) -> AsyncIterator[Callable[..., Any]]:
+    intakes: list[Intake] = []
+
+    async def start(spool_: Spool | None = None, **relay: Any) -> Intake:
+        intake = Intake(make_config(tmp_path, **relay), spool_ or spool, listen=("127.0.0.1", 0))
+        await intake.start()
+        intakes.append(intake)
+        return intake
+
+    yield start
+    for intake in intakes:
+        await intake.stop()
+
+
+def send(
+    address: tuple[str, int],
+    mail_from: str,
+    rcpts: list[str],
+    data: bytes,
+    *,
+    source: tuple[str, int] | None = None,
+    tls: ssl.SSLContext | None = None,
+    login: tuple[str, str] | None = None,
+    mail_options: tuple[str, ...] = (),
+) -> dict[str, tuple[int, bytes]]:
+    """smtplib in a thread: the refused recipients, or raises on a refused message."""
+    with smtplib.SMTP(*address, source_address=source, timeout=5) as client:
+        if tls is not None:
+            client.starttls(context=tls)
+        if login is not None:
+            client.login(*login)
+        refused: dict[str, tuple[int, bytes]] = client.sendmail(
+            mail_from, rcpts, data, mail_options=list(mail_options)
+        )
+        return refused
+
+
+class Raw:
+    """A line-oriented raw SMTP client for what smtplib will not send."""
+
+    def __init__(self, address: tuple[str, int]) -> None:
+        self.sock = socket.create_connection(address, timeout=5)
+        self.buf = b""
+        self.reply()  # banner
+
+    def reply(self) -> bytes:
+        lines: list[bytes] = []
+        while True:
+            while b"\r\n" not in self.buf:
+                chunk = self.sock.recv(4096)
+                if not chunk:
+                    raise ConnectionError(f"closed after {lines!r}")
+                self.buf += chunk
+            line, self.buf = self.buf.split(b"\r\n", 1)
+            lines.append(line)
+            if line[3:4] != b"-":
+                return b"\n".join(lines)
+
+    def cmd(self, text: bytes) -> bytes:
+        self.sock.sendall(text + b"\r\n")
+        return self.reply()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# --- accepting and relaying ------------------------------------------------------------------
+
+
+async def test_accepted_message_is_spooled_before_the_250(
+    start_intake: Callable[..., Any], spool: Spool, tmp_path: Path
+) -> None:
+    """The 250 must not leave before spool.put returned: hold put and watch the client wait."""
+    release = threading.Event()
+    entered = threading.Event()
+
+    class SlowSpool(Spool):
+        def put(self, *args: Any, **kwargs: Any) -> str:
+            entered.set()
+            assert release.wait(5)
+            return super().put(*args, **kwargs)
+
+    intake = await start_intake(SlowSpool(tmp_path / "queue"))
+
+    def client() -> tuple[bytes, bool]:
+        raw = Raw(intake.address)
+        raw.cmd(b"EHLO client.test")
+        raw.cmd(b"MAIL FROM:<a@example.net>")
+        raw.cmd(b"RCPT TO:<b@example.org>")
+        raw.cmd(b"RCPT TO:<c@example.com>")
+        assert raw.cmd(b"DATA").startswith(b"354")
+        raw.sock.sendall(MESSAGE + b".\r\n")
+        assert entered.wait(5)
+        raw.sock.settimeout(0.3)
+        early = True
+        try:
+            raw.sock.recv(1)
+        except TimeoutError:
+            early = False
+        raw.sock.settimeout(5)
+        release.set()
+        reply = raw.reply()
+        raw.close()
+        return reply, early
+
+    reply, early = await asyncio.to_thread(client)
+    assert not early, "a reply arrived while the spool was still writing"
+    assert reply.startswith(b"250 2.0.0 Ok: queued as ")
+    queue_id = reply.rsplit(b" ", 1)[1].decode()
+    # Another process opening the queue sees the message and its envelope.
+    msg = Spool(tmp_path / "queue").get(queue_id)
+    assert msg.mail_from == "a@example.net"
+    assert [r.address for r in msg.recipients] == ["b@example.org", "c@example.com"]
+    assert msg.client == "127.0.0.1"
+    data = spool.read_data(queue_id)
+    assert data.endswith(MESSAGE)
+    assert data.startswith(b"Received: from client.test ([127.0.0.1])\r\n\tby relay.test")
+    assert f"with ESMTP id {queue_id};".encode() in data
+
+
+async def test_outside_accept_networks_cannot_relay(
+    start_intake: Callable[..., Any], spool: Spool
+) -> None:
+    intake = await start_intake(accept_networks=("127.0.0.2/32",))
+
+    def client() -> tuple[bytes, bytes]:
+        raw = Raw(intake.address)
+        raw.cmd(b"EHLO client.test")
+        raw.cmd(b"MAIL FROM:<a@example.net>")
+        rcpt = raw.cmd(b"RCPT TO:<b@example.org>")
+        data = raw.cmd(b"DATA")
+        raw.close()
+        return rcpt, data
+
+    rcpt, data = await asyncio.to_thread(client)
+    assert rcpt.startswith(b"550 5.7.1")
+    assert data.startswith(b"503")
+    assert spool.list() == []
+
+
+async def test_accepted_network_by_source_address(
+    start_intake: Callable[..., Any], spool: Spool
+) -> None:
+    intake = await start_intake(accept_networks=("127.0.0.3/32",))
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        await asyncio.to_thread(send, intake.address, "a@x.test", ["b@y.test"], MESSAGE)
+    await asyncio.to_thread(
+        send, intake.address, "a@x.test", ["b@y.test"], MESSAGE, source=("127.0.0.3", 0)
+    )
+    assert [m.client for m in spool.list()] == ["127.0.0.3"]
+
+
+async def test_null_sender_is_accepted(start_intake: Callable[..., Any], spool: Spool) -> None:
+    intake = await start_intake()
+    await asyncio.to_thread(send, intake.address, "<>", ["b@example.org"], MESSAGE)
+    [msg] = spool.list()
+    assert msg.mail_from == ""
+
+
+async def test_ehlo_keywords(start_intake: Callable[..., Any]) -> None:
+    intake = await start_intake(max_message_size=4096)
+
+    def ehlo() -> bytes:
+        raw = Raw(intake.address)
+        reply = raw.cmd(b"EHLO client.test")
+        raw.close()
+        return reply
+
+    reply = (await asyncio.to_thread(ehlo)).decode()
+    lines = [line[4:] for line in reply.split("\n")]
+    assert lines[0] == "relay.test"
+    assert {"SIZE 4096", "8BITMIME", "SMTPUTF8", "PIPELINING"} <= set(lines)
+    assert not any(k.startswith(("STARTTLS", "AUTH")) for k in lines)
+
+
+async def test_pipelined_commands_are_answered_in_order(
+    start_intake: Callable[..., Any], spool: Spool
+) -> None:
+    intake = await start_intake()
+
+    def client() -> list[bytes]:
+        raw = Raw(intake.address)
+        raw.cmd(b"EHLO client.test")
+        raw.sock.sendall(
+            b"MAIL FROM:<a@x.test>\r\nRCPT TO:<b@y.test>\r\nRCPT TO:<c@y.test>\r\nDATA\r\n"
+        )
+        replies = [raw.reply() for _ in range(4)]
+        raw.sock.sendall(MESSAGE + b".\r\n")
+        replies.append(raw.reply())
+        raw.close()
+        return replies
+
+    replies = await asyncio.to_thread(client)
+    assert [r[:3] for r in replies] == [b"250", b"250", b"250", b"354", b"250"]
+    assert len(spool.list()) == 1
+
+
+async def test_smtputf8_and_tls_required_no_become_flags(
+    start_intake: Callable[..., Any], spool: Spool
+) -> None:
+    intake = await start_intake()
+    data = b"TLS-Required: No\r\nSubject: x\r\n\r\nbody\r\n"
+    await asyncio.to_thread(
+        send,
+        intake.address,
+        "a@x.test",
+        ["b@y.test"],
+        data,
+        mail_options=("SMTPUTF8", "BODY=8BITMIME"),
+    )
+    [msg] = spool.list()
+    assert msg.flags == MessageFlags(tls_required_no=True, smtputf8=True, eight_bit=True)
+
+
+async def test_oversize_message_gets_552(start_intake: Callable[..., Any], spool: Spool) -> None:
+    intake = await start_intake(max_message_size=2048)
+    big = MESSAGE + b"x" * 70 + b"\r\n"
+    big = big * 40
+    with pytest.raises(smtplib.SMTPResponseException) as info:
+        await asyncio.to_thread(send, intake.address, "a@x.test", ["b@y.test"], big)
+    assert info.value.smtp_code == 552
+    assert spool.list() == []
+
+    # Announced with SIZE: refused at MAIL already.
+    def announced() -> bytes:
+        raw = Raw(intake.address)
+        raw.cmd(b"EHLO client.test")
+        reply = raw.cmd(b"MAIL FROM:<a@x.test> SIZE=999999")
+        raw.close()
+        return reply
+
+    assert (await asyncio.to_thread(announced)).startswith(b"552")
+
+
+# --- smuggling (TLS-06) ----------------------------------------------------------------------
+
+SMUGGLED = (
+    b"MAIL FROM:<admin@bank.test>\r\nRCPT TO:<victim@y.test>\r\nDATA\r\nSubject: fake\r\n\r\nx\r\n"
+)
+
+
+@pytest.mark.parametrize("end", [b"\n.\n", b"\r\n.\n", b"\n.\r\n", b"\r.\r", b"\r\n.\r"])
+async def test_tls06_smuggling_never_splits_a_message(
+    start_intake: Callable[..., Any], spool: Spool, end: bytes
+) -> None:
+    intake = await start_intake()
+
+    def client() -> tuple[bytes, bytes]:
+        raw = Raw(intake.address)
+        raw.cmd(b"EHLO client.test")
+        raw.cmd(b"MAIL FROM:<a@x.test>")
+        raw.cmd(b"RCPT TO:<b@y.test>")
+        raw.cmd(b"DATA")
+        raw.sock.sendall(b"Subject: real\r\n\r\nreal body" + end + SMUGGLED + b".\r\n")
+        final = raw.reply()
+        after = raw.cmd(b"NOOP")
+        raw.close()
+        return final, after
+
+    final, after = await asyncio.to_thread(client)
+    assert final.startswith(b"550 5.5.2"), final
+    assert after.startswith(b"250")
+    assert spool.list() == []  # never two messages; here none
+
+
+async def test_tls06_clean_message_with_dot_lines_is_one_message(
+    start_intake: Callable[..., Any], spool: Spool
+) -> None:
+    intake = await start_intake()
+    body = b"Subject: dots\r\n\r\n.leading dot\r\n..\r\nend\r\n"
+    await asyncio.to_thread(send, intake.address, "a@x.test", ["b@y.test"], body)
+    [msg] = spool.list()
+    assert spool.read_data(msg.id).endswith(body)
+
+
+# --- failures inside the handler --------------------------------------------------------------
+
+
+async def test_spool_failure_answers_451(start_intake: Callable[..., Any], tmp_path: Path) -> None:
+    class BrokenSpool(Spool):
+        def put(self, *args: Any, **kwargs: Any) -> str:
+            raise SpoolError("disk full")
+
+    intake = await start_intake(BrokenSpool(tmp_path / "broken"))
+    with pytest.raises(smtplib.SMTPDataError) as info:
+        await asyncio.to_thread(send, intake.address, "a@x.test", ["b@y.test"], MESSAGE)
+    assert info.value.smtp_code == 451
+    error = cast(bytes, info.value.smtp_error)  # typeshed says str; smtplib gives bytes
+    assert error.startswith(b"4.3.0")
+    assert b"disk full" not in error
+
+
+# --- inbound STARTTLS and AUTH ----------------------------------------------------------------
+
+
+async def test_inbound_starttls(
+    start_intake: Callable[..., Any], spool: Spool, lab_ca: LabCA
+) -> None:
+    cert = lab_ca.issue("relay.test", "127.0.0.1")
+    intake = await start_intake(tls_cert_file=str(cert.cert_file), tls_key_file=str(cert.key_file))
+    await asyncio.to_thread(
+        send, intake.address, "a@x.test", ["b@y.test"], MESSAGE, tls=lab_ca.client_context()
+    )
+    [msg] = spool.list()
+    assert b"with ESMTPS id" in spool.read_data(msg.id)
+
+
+async def test_tls04_plaintext_pipelined_after_starttls_is_discarded(
+    start_intake: Callable[..., Any], spool: Spool, lab_ca: LabCA
+) -> None:
+    cert = lab_ca.issue("relay.test", "127.0.0.1")
+    intake = await start_intake(tls_cert_file=str(cert.cert_file), tls_key_file=str(cert.key_file))
+
+    def client() -> tuple[bytes, bytes]:
+        raw = Raw(intake.address)
+        raw.cmd(b"EHLO client.test")
+        # The injected commands ride in the same segment as STARTTLS.
+        raw.sock.sendall(b"STARTTLS\r\nEHLO evil.test\r\nMAIL FROM:<evil@x.test>\r\n")
+        go = raw.reply()
+        assert raw.buf == b""
+        ctx = lab_ca.client_context()
+        raw.sock = ctx.wrap_socket(raw.sock, server_hostname="relay.test")
+        raw.cmd(b"EHLO client.test")
+        rcpt = raw.cmd(b"RCPT TO:<b@y.test>")
+        raw.close()
+        return go, rcpt
+
+    go, rcpt = await asyncio.to_thread(client)
+    assert go.startswith(b"220")
+    assert rcpt.startswith(b"503"), rcpt  # the injected MAIL FROM never counted
+
+
+async def test_auth_only_over_tls_and_lets_outsiders_relay(
+    start_intake: Callable[..., Any], spool: Spool, lab_ca: LabCA, tmp_path: Path
+) -> None:
+    cert = lab_ca.issue("relay.test", "127.0.0.1")
+    auth_file = tmp_path / "users"
+    auth_file.write_text(f"# users\nalice:{hash_password('s3cret', iterations=1000)}\n")
+    intake = await start_intake(
+        tls_cert_file=str(cert.cert_file),
+        tls_key_file=str(cert.key_file),
+        auth_file=str(auth_file),
+        accept_networks=("127.0.0.2/32",),
+    )
+
+    def features(tls: bool) -> bytes:
+        raw = Raw(intake.address)
+        reply = raw.cmd(b"EHLO client.test")
+        if tls:
+            raw.cmd(b"STARTTLS")
+            raw.sock = lab_ca.client_context().wrap_socket(raw.sock, server_hostname="relay.test")
+            reply = raw.cmd(b"EHLO client.test")
+        raw.close()
+        return reply
+
+    assert b"AUTH" not in await asyncio.to_thread(features, False)
+    assert b"AUTH LOGIN PLAIN" in await asyncio.to_thread(features, True)
+
+    ctx = lab_ca.client_context()
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        await asyncio.to_thread(
+            send,
+            intake.address,
+            "a@x.test",
+            ["b@y.test"],
+            MESSAGE,
+            tls=ctx,
+            login=("alice", "wrong"),
+        )
+    with pytest.raises(smtplib.SMTPRecipientsRefused):
+        await asyncio.to_thread(send, intake.address, "a@x.test", ["b@y.test"], MESSAGE, tls=ctx)
+    await asyncio.to_thread(
+        send,
+        intake.address,
+        "a@x.test",
+        ["b@y.test"],
+        MESSAGE,
+        tls=ctx,
+        login=("alice", "s3cret"),
+    )
+    [msg] = spool.list()
+    assert b"with ESMTPSA id" in spool.read_data(msg.id)
+
+
+def test_auth_without_tls_is_a_config_error(tmp_path: Path, spool: Spool) -> None:
+    auth_file = tmp_path / "users"
+    auth_file.write_text(f"alice:{hash_password('x', iterations=1000)}\n")
+    with pytest.raises(ConfigError, match="only over TLS"):
+        Intake(make_config(tmp_path, auth_file=str(auth_file)), spool)
+
+
+# --- pure checks ------------------------------------------------------------------------------
+
+
+def test_client_allowed() -> None:
+    nets = parse_networks(["127.0.0.0/8", "2001:db8::/32"])
+    assert client_allowed("127.0.0.5", nets)
+    assert client_allowed("::ffff:127.0.0.1", nets)
+    assert client_allowed("2001:db8::1", nets)
+    assert not client_allowed("10.0.0.1", nets)
+    assert not client_allowed("::1", nets)
+    assert not client_allowed("not-an-ip", nets)
+
+
+def test_received_header_shape() -> None:
+    line = received_header(
+        helo="mx (evil)\r\nX-Injected: 1",
+        client="127.0.0.1",
+        hostname="relay.test",
+        protocol="ESMTPS",
+        queue_id="ABCDEFGHIJKLMNOP",
+        rcpts=["b@y.test"],
+        now=0,
+    )
+    assert line == (
+        b"Received: from mxevilX-Injected:1 ([127.0.0.1])\r\n"
+        b"\tby relay.test (stsguard) with ESMTPS id ABCDEFGHIJKLMNOP\r\n"
+        b"\tfor <b@y.test>;\r\n\tThu, 01 Jan 1970 00:00:00 +0000\r\n"
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_tls06_bare_line_end_property(data: bytes) -> None:
+    offset = bare_line_end(data)
+    normalised = data.replace(b"\r\n", b"")
+    if offset is None:
+        assert b"\r" not in normalised
+        assert b"\n" not in normalised
+    else:
+        assert data[offset : offset + 1] in (b"\r", b"\n")
+        assert data[offset : offset + 2] != b"\r\n"
+        assert offset == 0 or data[offset - 1 : offset + 1] != b"\r\n"
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300))
+def test_tls_required_header_parser_never_raises(data: bytes) -> None:
+    assert tls_required_no(data) in (True, False)
+    assert tls_required_no(b"Subject: x\r\ntls-required:  NO \r\n\r\n" + data)
+    assert not tls_required_no(b"Subject: x\r\n\r\nTLS-Required: No\r\n")
