@@ -604,8 +604,8 @@ class Bench:
         )
         try:
             if not wait_port("127.0.0.1", RELAY_PORT, 30, proc):
-                tail = relay_log.read_text(errors="replace")[-400:]
-                self.results.extra["relay_error"] = f"did not start: {tail.strip()}"
+                tail = relay_log.read_text(errors="replace").strip().splitlines()[-1:]
+                self.results.extra["relay_error"] = f"did not start: {' '.join(tail)[-300:]}"
                 return
             pid = proc.pid
             push(RELAY_PORT, 200)  # warm-up: policy cached, code paths hot
