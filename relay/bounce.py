@@ -1,0 +1,134 @@
+"""Delivery status notifications (RFC 3464): pure, bytes out, `now` passed in.
+
+A DSN is ``multipart/report; report-type=delivery-status`` with three parts: words for people, a
+``message/delivery-status`` part (one per-message block, one block per failed recipient) and the
+original headers as ``text/rfc822-headers`` (RFC 6522). It is sent with the null sender, so it is
+never bounced itself (RFC 5321 section 4.5.5); `should_bounce` enforces the other direction.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import email.policy
+import hashlib
+import re
+from collections.abc import Sequence
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import format_datetime
+
+from relay.spool import MessageFlags, QueuedMessage
+
+_STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
+_REPLY_CODE = re.compile(r"^[245]\d\d[ -]")
+_WIRE = email.policy.compat32.clone(linesep="\r\n")
+
+
+def should_bounce(mail_from: str, flags: MessageFlags) -> bool:
+    """False for the null sender (a bounce of a bounce), our own bounces and TLS-RPT mail."""
+    sender = mail_from.strip()
+    return sender not in ("", "<>") and not flags.is_bounce and not flags.no_tlsrpt
+
+
+def status_of(reason: str) -> str:
+    """The RFC 3463 status for a failure reason: its own ``5.x.x`` if it has one, else 5.0.0.
+
+    A DSN with ``Action: failed`` needs a permanent class, so a 4.x.x found in the reason (a
+    message that expired while deferred) is reported with class 5 and the same detail.
+    """
+    m = _STATUS.search(reason)
+    if not m:
+        return "5.0.0"
+    return f"5.{m.group(2)}.{m.group(3)}"
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _address_field(address: str) -> str:
+    """``rfc822; addr``, or ``utf-8; addr`` for an internationalised address (RFC 6533)."""
+    return f"{'rfc822' if address.isascii() else 'utf-8'}; {address}"
+
+
+def _diagnostic(reason: str) -> str:
+    text = _one_line(reason)
+    return f"smtp; {text}" if _REPLY_CODE.match(text + " ") else f"X-stsguard; {text}"
+
+
+def _fields(pairs: Sequence[tuple[str, str]]) -> Message:
+    block = Message(policy=_WIRE)
+    for name, value in pairs:
+        block[name] = value
+    return block
+
+
+def original_headers(data: bytes) -> str:
+    """The header section of a message (up to the first empty line), as text."""
+    end = data.find(b"\r\n\r\n")
+    head = data if end < 0 else data[: end + 2]
+    return head.decode("utf-8", "replace")
+
+
+def build_dsn(
+    message: QueuedMessage,
+    data: bytes,
+    failed: Sequence[tuple[str, str]],
+    *,
+    reporting_mta: str,
+    now: float,
+) -> bytes:
+    """A DSN to ``message.mail_from`` for `failed` (recipient, reason) pairs, CRLF line ends."""
+    when = dt.datetime.fromtimestamp(now, dt.UTC)
+    arrival = dt.datetime.fromtimestamp(message.received_at, dt.UTC)
+    digest = hashlib.sha256(f"{message.id}{now}{failed!r}".encode()).hexdigest()[:16]
+
+    report = MIMEMultipart("report", report_type="delivery-status", policy=_WIRE)
+    report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
+    report["To"] = f"<{message.mail_from}>"
+    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Date"] = format_datetime(when)
+    report["Message-ID"] = f"<{message.id}.{digest}@{reporting_mta}>"
+    report["Auto-Submitted"] = "auto-replied"  # RFC 3834: no auto-replies to this
+
+    lines = [
+        f"This is the mail system at {reporting_mta}.",
+        "",
+        "Your message could not be delivered to one or more recipients.",
+        "It was given up on for good; the reasons follow.",
+        "",
+        *(f"<{rcpt}>: {_one_line(reason)}" for rcpt, reason in failed),
+        "",
+    ]
+    report.attach(MIMEText("\r\n".join(lines), "plain", "utf-8", policy=_WIRE))
+
+    status = Message(policy=_WIRE)
+    status["Content-Type"] = "message/delivery-status"
+    blocks: list[Message[str, str] | str] = [
+        _fields(
+            [
+                ("Reporting-MTA", f"dns; {reporting_mta}"),
+                ("X-Queue-ID", message.id),
+                ("Arrival-Date", format_datetime(arrival)),
+            ]
+        )
+    ]
+    for rcpt, reason in failed:
+        blocks.append(
+            _fields(
+                [
+                    ("Final-Recipient", _address_field(rcpt)),
+                    ("Action", "failed"),
+                    ("Status", status_of(reason)),
+                    ("Diagnostic-Code", _diagnostic(reason)),
+                    ("Last-Attempt-Date", format_datetime(when)),
+                ]
+            )
+        )
+    status.set_payload(blocks)
+    report.attach(status)
+
+    headers = MIMEText(original_headers(data), "rfc822-headers", "utf-8", policy=_WIRE)
+    report.attach(headers)
+    return report.as_bytes(policy=_WIRE)
