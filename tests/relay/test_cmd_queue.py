@@ -1,0 +1,96 @@
+"""`stsguard queue list|flush|delete` as a user runs it: a subprocess on a config file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from relay.spool import MessageFlags, Spool
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "stsguard.toml"
+    path.write_text(f'[relay]\nstate_dir = "{tmp_path / "state"}"\n')
+    return path
+
+
+def stsguard(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay.cli", "queue", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_list_empty_queue_does_not_create_it(config_file: Path, tmp_path: Path) -> None:
+    result = stsguard(config_file, "list")
+    assert result.returncode == 0
+    assert result.stdout.strip() == "queue is empty"
+    assert not (tmp_path / "state").exists()
+
+
+def test_list_flush_delete(config_file: Path, tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "state" / "queue")
+    first = spool.put("a@example.net", ["b@example.org", "c@example.org"], b"one\r\n")
+    second = spool.put("", ["d@example.com"], b"two\r\n", flags=MessageFlags(is_bounce=True))
+    later = time.time() + 3600
+    spool.mark_deferred(first, ["b@example.org"], error="451 4.7.5 MTA-STS", next_attempt_at=later)
+    spool.mark_delivered(first, ["c@example.org"])
+    spool.mark_deferred(second, ["d@example.com"], error="timeout", next_attempt_at=later)
+
+    text = stsguard(config_file, "list")
+    assert text.returncode == 0, text.stderr
+    assert first in text.stdout
+    assert second in text.stdout
+    assert "451 4.7.5 MTA-STS" in text.stdout
+    assert "[is_bounce]" in text.stdout
+    assert "2 message(s)" in text.stdout
+
+    listed = stsguard(config_file, "list", "--json")
+    data = json.loads(listed.stdout)
+    assert [m["id"] for m in data] == [first, second]
+    assert data[0]["recipients"][0]["status"] == "pending"
+    assert data[0]["recipients"][0]["attempts"] == 1
+    assert data[0]["recipients"][1]["status"] == "delivered"
+    assert data[1]["mail_from"] == ""
+    assert data[1]["flags"] == ["is_bounce"]
+
+    assert spool.due(time.time()) == []
+    flushed = stsguard(config_file, "flush")
+    assert flushed.returncode == 0
+    assert "2 message(s)" in flushed.stdout
+    # The running relay polls `due`: both are due now.
+    assert {m.id for m in spool.due(time.time() + 1)} == {first, second}
+
+    deleted = stsguard(config_file, "delete", first)
+    assert deleted.returncode == 0
+    assert [m.id for m in spool.list()] == [second]
+
+
+def test_delete_unknown_or_missing_id(config_file: Path, tmp_path: Path) -> None:
+    Spool(tmp_path / "state" / "queue")
+    unknown = stsguard(config_file, "delete", "ABCDEFGHIJKLMNOP")
+    assert unknown.returncode != 0
+    assert unknown.stderr.strip().count("\n") == 0
+    assert "no queued message 'ABCDEFGHIJKLMNOP'" in unknown.stderr
+    assert "Traceback" not in unknown.stderr
+
+    missing = stsguard(config_file, "delete")
+    assert missing.returncode == 2
+    assert missing.stderr.strip().count("\n") == 0
+    assert "queue id" in missing.stderr
+
+    junk = stsguard(config_file, "delete", "../../etc/passwd")
+    assert junk.returncode != 0
+    assert "Traceback" not in junk.stderr
