@@ -350,8 +350,9 @@ class Intake:
             self._server = None
 
     async def serve(self) -> None:
-        """Listen until cancelled (a TaskGroup member)."""
-        await self.start()
+        """Listen until cancelled (a TaskGroup member); starts listening unless `start` did."""
+        if self._server is None:
+            await self.start()
         try:
             assert self._server is not None
             await self._server.serve_forever()
