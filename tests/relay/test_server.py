@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import smtplib
 import socket
 import ssl
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import pytest
+import structlog.testing
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -26,7 +28,13 @@ from relay.server import (
     received_header,
     tls_required_no,
 )
-from relay.smtp_auth import hash_password
+from relay.smtp_auth import (
+    PasswordAuthenticator,
+    hash_password,
+    load_auth_file,
+    parse_auth_file,
+    parse_hash,
+)
 from relay.spool import MessageFlags, Spool
 
 MESSAGE = b"From: a@example.net\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
@@ -488,3 +496,61 @@ def test_tls_required_header_parser_never_raises(data: bytes) -> None:
     assert tls_required_no(data) in (True, False)
     assert tls_required_no(b"Subject: x\r\ntls-required:  NO \r\n\r\n" + data)
     assert not tls_required_no(b"Subject: x\r\n\r\nTLS-Required: No\r\n")
+
+
+async def test_on_queued_and_one_log_line_per_message(tmp_path: Path, spool: Spool) -> None:
+    queued: list[str] = []
+    intake = Intake(make_config(tmp_path), spool, on_queued=queued.append, listen=("127.0.0.1", 0))
+    async with intake.running():
+        with structlog.testing.capture_logs() as logs:
+            await asyncio.to_thread(
+                send, intake.address, "a@x.test", ["b@y.test", "c@y.test"], MESSAGE
+            )
+    [msg] = spool.list()
+    assert queued == [msg.id]
+    [line] = [e for e in logs if e["event"] == "message_queued"]
+    assert line["queue_id"] == msg.id
+    assert line["mail_from"] == "a@x.test"
+    assert line["rcpt_count"] == 2
+    assert line["size"] == len(MESSAGE)
+    assert line["client"] == "127.0.0.1"
+
+
+async def test_failing_on_queued_still_answers_250(tmp_path: Path, spool: Spool) -> None:
+    def broken(queue_id: str) -> None:
+        raise RuntimeError("runner gone")
+
+    intake = Intake(make_config(tmp_path), spool, on_queued=broken, listen=("127.0.0.1", 0))
+    async with intake.running():
+        await asyncio.to_thread(send, intake.address, "a@x.test", ["b@y.test"], MESSAGE)
+    assert len(spool.list()) == 1
+
+
+def test_auth_file_parsing(tmp_path: Path) -> None:
+    good = hash_password("pw", iterations=1000, salt=b"salt")
+    users = parse_auth_file(f"# comment\n\nbob:{good}\n")
+    assert PasswordAuthenticator(users).check(b"bob", b"pw")
+    assert not PasswordAuthenticator(users).check(b"bob", b"pW")
+    assert not PasswordAuthenticator(users).check(b"eve", b"pw")
+    for bad in [
+        "bob",
+        ":x",
+        "bob:md5$1$2$3",
+        "bob:pbkdf2-sha256$x$c2FsdA==$AAAA",
+        "bob:pbkdf2-sha256$1000$c2FsdA==$AAAA",
+    ]:
+        with pytest.raises(ConfigError, match="line 1"):
+            parse_auth_file(bad)
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_auth_file(tmp_path / "absent")
+
+
+@settings(max_examples=200, deadline=None)
+@given(login=st.binary(max_size=40), password=st.binary(max_size=40), line=st.text(max_size=80))
+def test_auth_inputs_never_crash(login: bytes, password: bytes, line: str) -> None:
+    users = {"bob": parse_hash(hash_password("pw", iterations=10, salt=b"s"))}
+    assert PasswordAuthenticator(users).check(login, password) == (
+        login == b"bob" and password == b"pw"
+    )
+    with contextlib.suppress(ConfigError):
+        parse_auth_file(line)
