@@ -292,6 +292,9 @@ class Spool:
                 messages.append(self._read(path.stem))
             except UnknownMessage:
                 continue  # finished between glob and read
+            except SpoolError as exc:
+                # One damaged file must not stop the queue; `get` still reports it.
+                _log.error("spool_damaged_envelope", file=str(path), error=str(exc))
         return sorted(messages, key=lambda m: (m.received_at, m.id))
 
     def due(self, now: float) -> _Messages:

@@ -554,3 +554,15 @@ def test_auth_inputs_never_crash(login: bytes, password: bytes, line: str) -> No
     )
     with contextlib.suppress(ConfigError):
         parse_auth_file(line)
+
+
+async def test_serve_runs_in_a_task_group_until_cancelled(tmp_path: Path, spool: Spool) -> None:
+    intake = Intake(make_config(tmp_path), spool, listen=("127.0.0.1", 0))
+    await intake.start()  # then serve() keeps this server (and its port) going
+    async with asyncio.TaskGroup() as tg:
+        task = tg.create_task(intake.serve())
+        await asyncio.to_thread(send, intake.address, "a@x.test", ["b@y.test"], MESSAGE)
+        task.cancel()
+    assert len(spool.list()) == 1
+    with pytest.raises(RuntimeError):
+        _ = intake.address

@@ -185,6 +185,8 @@ def test_damaged_envelope_is_a_spool_error(spool: Spool) -> None:
     (spool.directory / "env" / f"{qid}.json").write_bytes(b"{not json")
     with pytest.raises(SpoolError):
         spool.get(qid)
+    good = spool.put("a@x", ["b@y"], b"d")
+    assert [m.id for m in spool.list()] == [good]  # the damaged one does not stop the queue
 
 
 addresses = st.text(st.characters(codec="utf-8"), min_size=0, max_size=40)
