@@ -1,0 +1,190 @@
+"""Remembered TLS (trust on first use): when each MX host last offered STARTTLS and last showed a
+valid certificate, and the pure judge that turns a worse session into a `downgrade` finding."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import sqlite3
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Protocol
+
+from detect.model import STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE, Finding, FindingKind
+
+DAY = 86400.0
+
+
+def host_key(host: str) -> str:
+    """Host names compare lower-case without a trailing dot."""
+    return host.strip().lower().rstrip(".")
+
+
+@dataclass(frozen=True, slots=True)
+class HostHistory:
+    """What one MX host did, as Unix times (None: never seen doing it)."""
+
+    host: str
+    last_starttls_at: float | None = None
+    last_valid_cert_at: float | None = None
+    last_seen_at: float = 0.0
+
+
+def updated(
+    old: HostHistory | None, host: str, *, offered_starttls: bool, valid_cert: bool, now: float
+) -> HostHistory:
+    """The history after one more session (pure)."""
+    current = old or HostHistory(host_key(host))
+    return replace(
+        current,
+        last_starttls_at=now if offered_starttls else current.last_starttls_at,
+        last_valid_cert_at=now if valid_cert else current.last_valid_cert_at,
+        last_seen_at=now,
+    )
+
+
+def judge_downgrade(
+    history: HostHistory | None,
+    *,
+    offered_starttls: bool,
+    cert_valid: bool | None,
+    now: float,
+    history_days: int,
+) -> Finding | None:
+    """A `downgrade` finding when the host did better within `history_days` than it does now:
+    it offered STARTTLS and now does not, or it showed a valid certificate and now one fails.
+    `cert_valid` is None when no certificate was seen this time (no TLS)."""
+    if history is None or history_days <= 0:
+        return None
+    since = now - history_days * DAY
+    starttls_at, cert_at = history.last_starttls_at, history.last_valid_cert_at
+    if not offered_starttls and starttls_at is not None and starttls_at >= since:
+        return Finding(
+            FindingKind.DOWNGRADE,
+            evidence=f"{history.host} offered STARTTLS at {_iso(starttls_at)}; now it does not",
+            result_type=STARTTLS_NOT_SUPPORTED,
+            expected="STARTTLS, as offered before",
+            reason_code="remembered-starttls",
+        )
+    if cert_valid is False and cert_at is not None and cert_at >= since:
+        return Finding(
+            FindingKind.DOWNGRADE,
+            evidence=(
+                f"{history.host} presented a valid certificate at {_iso(cert_at)}; now it fails"
+            ),
+            result_type=VALIDATION_FAILURE,
+            expected="a valid certificate, as presented before",
+            reason_code="remembered-valid-certificate",
+        )
+    return None
+
+
+def _iso(when: float) -> str:
+    return dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class TlsHistoryStore(Protocol):
+    """Where remembered TLS lives: SQLite by default, a shared store for a fleet."""
+
+    def get(self, host: str) -> HostHistory | None: ...
+
+    def record(
+        self, host: str, *, offered_starttls: bool, valid_cert: bool, now: float
+    ) -> None: ...
+
+    def forget(self, host: str) -> bool: ...
+
+    def all(self) -> list[HostHistory]: ...
+
+
+class MemoryTlsHistoryStore:
+    """Remembered TLS in a dict (tests)."""
+
+    def __init__(self) -> None:
+        self._hosts: dict[str, HostHistory] = {}
+
+    def get(self, host: str) -> HostHistory | None:
+        return self._hosts.get(host_key(host))
+
+    def record(self, host: str, *, offered_starttls: bool, valid_cert: bool, now: float) -> None:
+        key = host_key(host)
+        self._hosts[key] = updated(
+            self._hosts.get(key),
+            key,
+            offered_starttls=offered_starttls,
+            valid_cert=valid_cert,
+            now=now,
+        )
+
+    def forget(self, host: str) -> bool:
+        return self._hosts.pop(host_key(host), None) is not None
+
+    def all(self) -> list[HostHistory]:
+        return sorted(self._hosts.values(), key=lambda h: h.host)
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS detect_tls_history (
+    host TEXT PRIMARY KEY,
+    last_starttls_at REAL,
+    last_valid_cert_at REAL,
+    last_seen_at REAL NOT NULL
+)
+"""
+
+
+class SqliteTlsHistoryStore:
+    """Remembered TLS in the shared SQLite state file (its own table), surviving restarts."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+        self._lock = threading.Lock()
+        with self._tx() as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(_SCHEMA)
+
+    @contextlib.contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock, self._db:
+            yield self._db
+
+    def close(self) -> None:
+        self._db.close()
+
+    def get(self, host: str) -> HostHistory | None:
+        with self._tx() as db:
+            row = db.execute(
+                "SELECT host, last_starttls_at, last_valid_cert_at, last_seen_at "
+                "FROM detect_tls_history WHERE host = ?",
+                (host_key(host),),
+            ).fetchone()
+        return HostHistory(*row) if row else None
+
+    def record(self, host: str, *, offered_starttls: bool, valid_cert: bool, now: float) -> None:
+        key = host_key(host)
+        with self._tx() as db:
+            db.execute(
+                "INSERT INTO detect_tls_history VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(host) DO UPDATE SET "
+                "last_starttls_at = COALESCE(excluded.last_starttls_at, last_starttls_at), "
+                "last_valid_cert_at = COALESCE(excluded.last_valid_cert_at, last_valid_cert_at), "
+                "last_seen_at = excluded.last_seen_at",
+                (key, now if offered_starttls else None, now if valid_cert else None, now),
+            )
+
+    def forget(self, host: str) -> bool:
+        with self._tx() as db:
+            cursor = db.execute("DELETE FROM detect_tls_history WHERE host = ?", (host_key(host),))
+        return cursor.rowcount > 0
+
+    def all(self) -> list[HostHistory]:
+        with self._tx() as db:
+            rows = db.execute(
+                "SELECT host, last_starttls_at, last_valid_cert_at, last_seen_at "
+                "FROM detect_tls_history ORDER BY host"
+            ).fetchall()
+        return [HostHistory(*row) for row in rows]
