@@ -1,0 +1,180 @@
+"""`stsguard relay`: the smarthost as one TaskGroup (intake, queue runner, TLS-RPT).
+
+`Relay` builds every part from the one `Config` and owns their lifetimes; `run(args, config)` is the
+CLI entry point, which stops cleanly on SIGTERM or SIGINT (the queue is on disk, nothing is lost).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import structlog
+
+from detect.history import SqliteTlsHistoryStore
+from mtasts.cache import SqlitePolicyStore
+from mtasts.service import PolicyService
+from relay.bounce import build_dsn, should_bounce
+from relay.cmd_tlsrpt import report_settings
+from relay.config import Config
+from relay.delivery import Deliverer
+from relay.errors import StsguardError
+from relay.log import configure_logging
+from relay.metrics import Metrics, start_metrics_server
+from relay.queue_runner import QueueRunner
+from relay.resolver import make_resolver
+from relay.server import Intake
+from relay.spool import MessageFlags, QueuedMessage, Spool
+from relay.tls import client_context
+from tlsrpt_emit.schedule import Clients, ReportSender
+from tlsrpt_emit.sink import CountingSink
+from tlsrpt_emit.store import SqliteReportStore
+
+log = structlog.get_logger(__name__)
+
+
+class Relay:
+    """Every part of the running smarthost, built from one config."""
+
+    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+        self.config = config
+        self.clock = clock
+        state_dir = config.relay.state_dir
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StsguardError(f"[relay].state_dir: cannot create {state_dir}: {exc}") from None
+        self.metrics = Metrics()
+        self.spool = Spool(state_dir / "queue", clock=clock)
+        self.resolver = make_resolver(config.dns)
+        self.ssl_context = client_context(config.tls.ca_file)
+        self.policy_store = SqlitePolicyStore(config.state_db)
+        self.policies = PolicyService(
+            self.policy_store,
+            self.resolver,
+            self.ssl_context,
+            https_port=config.mtasts.https_port,
+            fetch_timeout=config.mtasts.fetch_timeout,
+            refresh_interval=config.mtasts.refresh_interval,
+            clock=clock,
+        )
+        self.metrics.follow_policy_cache(lambda: self.policies.hits, lambda: self.policies.misses)
+        self.history = SqliteTlsHistoryStore(config.state_db)
+        self.report_store = SqliteReportStore(config.state_db)
+        self.sink = CountingSink(
+            self.report_store, clock=clock, flush_interval=float(config.tlsrpt.flush_interval)
+        )
+        self.deliverer = Deliverer(
+            config,
+            resolver=self.resolver,
+            policy_service=self.policies,
+            history_store=self.history,
+            sink=self.sink,
+            ssl_context=self.ssl_context,
+            clock=clock,
+            metrics=self.metrics,
+        )
+        self.runner = QueueRunner(
+            config,
+            self.spool,
+            self.deliverer,
+            bounce=self.bounce,
+            metrics=self.metrics,
+            clock=clock,
+        )
+        self.intake = Intake(config, self.spool, on_queued=self._queued)
+
+    def _queued(self, *_: Any) -> None:
+        self.metrics.accepted.inc()
+        self.runner.wake()
+
+    async def submit_mail(self, mail_from: str, rcpts: list[str], data: bytes) -> None:
+        """Queue our own TLS-RPT report mail: MTA-STS not applied, session not counted (RPT-10)."""
+        flags = MessageFlags(no_tlsrpt=True, tls_required_no=True)
+        await asyncio.to_thread(self.spool.put, mail_from, rcpts, data, flags=flags)
+        self.runner.wake()
+
+    async def bounce(
+        self, message: QueuedMessage, data: bytes, failed: list[tuple[str, str]]
+    ) -> None:
+        """Queue a DSN to the sender of `message` (never for a bounce or a report mail)."""
+        if not should_bounce(message.mail_from, message.flags):
+            log.info("queue.bounce_suppressed", queue_id=message.id, sender=message.mail_from)
+            return
+        dsn = build_dsn(
+            message, data, failed, reporting_mta=self.config.relay.hostname, now=self.clock()
+        )
+        dsn_id = await asyncio.to_thread(
+            self.spool.put, "", [message.mail_from], dsn, flags=MessageFlags(is_bounce=True)
+        )
+        self.metrics.bounced.inc(len(failed))
+        log.info("queue.bounced", queue_id=message.id, dsn_id=dsn_id, failed=len(failed))
+        self.runner.wake()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Relay]:
+        """Start intake, the queue runner and TLS-RPT; stop them all on the way out."""
+        metrics_server = None
+        if self.config.relay.metrics_listen:
+            metrics_server = start_metrics_server(
+                self.config.relay.metrics_listen, self.metrics.registry
+            )
+        http = httpx.AsyncClient(verify=self.ssl_context, follow_redirects=False, timeout=60)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                await self.intake.start()
+                children = [
+                    tasks.create_task(self.runner.run(), name="queue-runner"),
+                    tasks.create_task(self.sink.run(), name="tlsrpt-sink"),
+                ]
+                if self.config.tlsrpt.enabled:
+                    sender = ReportSender(
+                        self.report_store,
+                        settings=report_settings(self.config),
+                        clients=Clients(self.resolver, http, submit_mail=self.submit_mail),
+                        clock=self.clock,
+                        max_delay=float(self.config.tlsrpt.max_delay),
+                    )
+                    children.append(tasks.create_task(sender.run(), name="tlsrpt-sender"))
+                log.info(
+                    "relay.started",
+                    listen=self.intake.address,
+                    state_dir=str(self.config.relay.state_dir),
+                )
+                try:
+                    yield self
+                finally:
+                    await self.intake.stop()
+                    for task in children:
+                        task.cancel()
+        finally:
+            await self.deliverer.close()
+            await http.aclose()
+            self.sink.flush()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+            log.info("relay.stopped")
+
+
+async def serve(config: Config) -> None:
+    """Run the relay until SIGTERM or SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with Relay(config).running():
+        await stop.wait()
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    """`stsguard relay --config FILE`."""
+    configure_logging(config.relay.log_format, config.relay.log_level)
+    asyncio.run(serve(config))
+    return 0

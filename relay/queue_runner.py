@@ -1,0 +1,179 @@
+"""The queue runner: hands due messages to the deliverer and writes each outcome back to the spool.
+
+One delivery per (message, recipient domain) at a time, at most `delivery.workers` at once. New
+mail wakes the runner at once; the spool is also polled every second, so a `stsguard queue flush`
+from another process is noticed. Spool calls do file I/O with fsync, so they run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+import structlog
+
+from relay.config import Config
+from relay.decision import Action, Decision
+from relay.delivery import DeliveryOutcome, DeliveryRequest
+from relay.metrics import Metrics
+from relay.routing import expired, next_retry
+from relay.spool import QueuedMessage, Spool
+
+log = structlog.get_logger(__name__)
+
+POLL_SECONDS = 1.0
+
+
+class Delivers(Protocol):
+    """What the runner needs of `relay.delivery.Deliverer`."""
+
+    async def deliver(self, request: DeliveryRequest) -> DeliveryOutcome: ...
+
+    async def expiry_decision(
+        self, domain: str, *, tls_failure: bool, failed_policy_id: str | None
+    ) -> Decision: ...
+
+
+# (message, failed recipients with their reasons) -> None; puts a DSN into the queue.
+Bouncer = Callable[[QueuedMessage, bytes, list[tuple[str, str]]], Awaitable[None]]
+
+
+def split_by_domain(rcpts: list[str]) -> dict[str, list[str]]:
+    """Recipients grouped by their domain (lower-cased), in order."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for rcpt in rcpts:
+        groups[rcpt.rpartition("@")[2].lower().rstrip(".")].append(rcpt)
+    return dict(groups)
+
+
+class QueueRunner:
+    """Drives the spool: due messages in, delivery outcomes out."""
+
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        deliverer: Delivers,
+        *,
+        bounce: Bouncer | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.deliverer = deliverer
+        self.bounce = bounce
+        self.metrics = metrics
+        self.clock = clock
+        self._wake = asyncio.Event()
+        self._busy: set[tuple[str, str]] = set()
+        self._slots = asyncio.Semaphore(config.delivery.workers)
+
+    def wake(self) -> None:
+        """Look at the queue now (new mail arrived, or a flush)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Run until cancelled; deliveries in flight are cancelled too (the spool keeps them)."""
+        async with asyncio.TaskGroup() as tasks:
+            while True:
+                self._wake.clear()
+                for message in await asyncio.to_thread(self.spool.due, self.clock()):
+                    self._dispatch(message, tasks)
+                if self.metrics is not None:
+                    self.metrics.queue_size.set(len(await asyncio.to_thread(self.spool.list)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+
+    async def run_once(self) -> None:
+        """Deliver everything due now and wait for it (tests and `stsguard queue flush --now`)."""
+        async with asyncio.TaskGroup() as tasks:
+            for message in await asyncio.to_thread(self.spool.due, self.clock()):
+                self._dispatch(message, tasks)
+
+    def _dispatch(self, message: QueuedMessage, tasks: asyncio.TaskGroup) -> None:
+        now = self.clock()
+        due = [r.address for r in message.pending if r.next_attempt_at <= now]
+        for domain, rcpts in split_by_domain(due).items():
+            key = (message.id, domain)
+            if key in self._busy:
+                continue
+            self._busy.add(key)
+            tasks.create_task(self._deliver(message, domain, rcpts))
+
+    async def _deliver(self, message: QueuedMessage, domain: str, rcpts: list[str]) -> None:
+        key = (message.id, domain)
+        try:
+            async with self._slots:
+                await self._deliver_now(message, domain, rcpts)
+        except Exception:
+            # Never let one message take the runner down; it stays queued and is retried.
+            log.exception("queue.delivery_crashed", queue_id=message.id, domain=domain)
+            await self._defer(message, rcpts, "internal error", attempts=1)
+        finally:
+            self._busy.discard(key)
+
+    async def _deliver_now(self, message: QueuedMessage, domain: str, rcpts: list[str]) -> None:
+        data = await asyncio.to_thread(self.spool.read_data, message.id)
+        request = DeliveryRequest(
+            queue_id=message.id,
+            mail_from=message.mail_from,
+            rcpts=tuple(rcpts),
+            data=data,
+            tls_required_no=message.flags.tls_required_no,
+            no_tlsrpt=message.flags.no_tlsrpt,
+        )
+        outcome = await self.deliverer.deliver(request)
+        if outcome.delivered:
+            await asyncio.to_thread(
+                self.spool.mark_delivered, message.id, [r.rcpt for r in outcome.delivered]
+            )
+        bounced = [(r.rcpt, r.reason) for r in outcome.bounced]
+        deferred = list(outcome.deferred)
+        if deferred:
+            attempts = max(r.attempts for r in message.recipients if r.address in rcpts) + 1
+            lifetime = self.config.delivery.queue_lifetime
+            if expired(message.received_at, self.clock(), lifetime=lifetime):
+                verdict = await self.deliverer.expiry_decision(
+                    domain, tls_failure=outcome.tls_failure, failed_policy_id=outcome.policy_id
+                )
+                if verdict.action is Action.BOUNCE:
+                    bounced += [(r.rcpt, f"{r.reason} ({verdict.reason})") for r in deferred]
+                    deferred = []
+                else:
+                    log.info("queue.expiry_retry", queue_id=message.id, reason=verdict.reason)
+            for r in deferred:
+                reason = f"{r.reason} ({r.result_type})" if r.result_type else r.reason
+                await self._defer(message, [r.rcpt], reason, attempts=attempts)
+        if bounced:
+            await self._bounce(message, data, bounced)
+
+    async def _defer(
+        self, message: QueuedMessage, rcpts: list[str], reason: str, *, attempts: int
+    ) -> None:
+        delay = next_retry(
+            attempts,
+            initial=self.config.delivery.retry_initial,
+            maximum=self.config.delivery.retry_max,
+        )
+        await asyncio.to_thread(
+            self.spool.mark_deferred,
+            message.id,
+            rcpts,
+            error=reason,
+            next_attempt_at=self.clock() + delay,
+        )
+
+    async def _bounce(
+        self, message: QueuedMessage, data: bytes, failed: list[tuple[str, str]]
+    ) -> None:
+        if self.bounce is not None:
+            await self.bounce(message, data, failed)
+        reasons = "; ".join(f"{rcpt}: {reason}" for rcpt, reason in failed)
+        await asyncio.to_thread(
+            self.spool.mark_bounced, message.id, [rcpt for rcpt, _ in failed], reasons
+        )
