@@ -155,8 +155,7 @@ def _tls_failure(obs: Observation, findings: tuple[Finding, ...]) -> tuple[str, 
     """(result type, reason, reason code) of the way TLS was not had in this session."""
     for finding in findings:
         if finding.kind is not FindingKind.DOWNGRADE:
-            code = obs.reason_code if finding.kind is FindingKind.TLS_FAILURE else ""
-            return finding.result_type, f"{finding.kind}: {finding.evidence}", code
+            return finding.result_type, f"{finding.kind}: {finding.evidence}", finding.reason_code
     if not obs.ehlo_ok:
         return STARTTLS_NOT_SUPPORTED, "EHLO refused (no HELO fallback)", ""
     if not obs.offered_starttls:

@@ -2,20 +2,15 @@
 
 MX sessions (STS-10) first use the verifying context with SNI = the MX host name; when the
 certificate fails and the policy lets delivery go on (testing, opportunistic, encrypt), the
-deliverer connects again with `unverified_context` and records the failure it saw the first time.
+deliverer connects again with `unverified_context` and records the failure it saw the first time
+(`detect.tls.judge_tls_failure` names its RFC 8460 result type).
 """
 
 from __future__ import annotations
 
 import ssl
-from dataclasses import dataclass
 
 from relay.errors import ConfigError
-
-# OpenSSL X509_V_ERR_* codes that map to a specific RFC 8460 result type.
-_EXPIRED = {10, 12}  # CERT_HAS_EXPIRED, CRL_HAS_EXPIRED
-_HOST_MISMATCH = {62}  # HOSTNAME_MISMATCH
-_NOT_TRUSTED = {2, 18, 19, 20, 21, 27}  # unable to get issuer / self-signed / untrusted
 
 
 def client_context(ca_file: str = "") -> ssl.SSLContext:
@@ -40,27 +35,3 @@ def unverified_context() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
-
-
-@dataclass(frozen=True, slots=True)
-class CertFailure:
-    """Why a certificate did not verify: RFC 8460 result type, reason code and the words."""
-
-    result_type: str
-    reason_code: str
-    message: str
-
-
-def classify_cert_error(verify_code: int | None, message: str) -> CertFailure:
-    """The RFC 8460 result type of an `ssl.SSLCertVerificationError` (code and message)."""
-    code = verify_code if verify_code is not None else -1
-    lowered = message.lower()
-    if code in _EXPIRED or "expired" in lowered:
-        result_type = "certificate-expired"
-    elif code in _HOST_MISMATCH or "hostname mismatch" in lowered or "doesn't match" in lowered:
-        result_type = "certificate-host-mismatch"
-    elif code in _NOT_TRUSTED or "issuer" in lowered or "self-signed" in lowered:
-        result_type = "certificate-not-trusted"
-    else:
-        result_type = "validation-failure"
-    return CertFailure(result_type, f"X509_V_ERR_{code}" if code >= 0 else "", message)

@@ -8,6 +8,7 @@ from contextlib import AsyncExitStack
 import dns.asyncresolver
 import pytest
 
+from detect.history import MemoryTlsHistoryStore
 from lab.dns import LabDns
 from lab.mx import CertKind, LabMx
 from lab.pki import LabCA
@@ -44,8 +45,6 @@ async def start_mx(lab_ca: LabCA, lab_dns: LabDns) -> AsyncIterator[Callable[...
 
 
 @pytest.fixture
-def history_store() -> object:
+def history_store() -> MemoryTlsHistoryStore:
     """The remembered-TLS store of `detect.history`, in memory."""
-    from detect.history import MemoryHistoryStore
-
-    return MemoryHistoryStore()
+    return MemoryTlsHistoryStore()
