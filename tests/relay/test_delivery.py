@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 import urllib.request
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import dns.asyncresolver
 import pytest
+import structlog
 from aiosmtpd.smtp import SMTP
-from structlog.testing import capture_logs
+from structlog.testing import LogCapture, capture_logs
 
 from lab.dns import LabDns
 from lab.mx import CertKind, LabMx
@@ -24,8 +27,9 @@ from mtasts.service import PolicyService
 from relay.config import Config, DeliveryConfig, DetectConfig, DomainConfig, RelayConfig
 from relay.decision import Action
 from relay.delivery import Deliverer, DeliveryRequest, normalize_crlf
+from relay.errors import ConfigError
 from relay.metrics import Metrics, start_metrics_server
-from relay.tls import client_context
+from relay.tls import client_context, unverified_context
 from tlsrpt_emit.model import MemorySink, PolicyType
 
 StartMx = Callable[..., Awaitable[LabMx]]
@@ -393,14 +397,21 @@ class _InjectingSmtp(SMTP):  # type: ignore[misc]
         self.transport.close()
 
 
+@pytest.mark.parametrize("mode", [Mode.ENFORCE, Mode.TESTING])
 async def test_tls04_injected_plaintext_aborts_tls(
-    lab_ca: LabCA, lab_dns: LabDns, make_deliverer: Callable[..., Deliverer], sink: MemorySink
+    lab_ca: LabCA,
+    lab_dns: LabDns,
+    make_deliverer: Callable[..., Deliverer],
+    sink: MemorySink,
+    mode: Mode,
 ) -> None:
     context = lab_ca.issue("mx1.example.org").server_context()
-    handler_mx = LabMx("127.0.0.50", hostname="mx1.example.org", tls_context=context)
+    recorder = LabMx("127.0.0.50", hostname="mx1.example.org", tls_context=context)
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: _InjectingSmtp(handler_mx, hostname="mx1.example.org", tls_context=context),
+        lambda: _InjectingSmtp(
+            recorder.make_handler(), hostname="mx1.example.org", tls_context=context
+        ),
         "127.0.0.50",
         0,
     )
@@ -408,15 +419,23 @@ async def test_tls04_injected_plaintext_aborts_tls(
     lab_dns.add("mx1.example.org", "A", "127.0.0.50")
     mx_records(lab_dns, (10, "mx1.example.org"))
     try:
-        outcome = await make_deliverer(port, sts(Mode.ENFORCE)).deliver(request())
+        outcome = await make_deliverer(port, sts(mode)).deliver(request())
     finally:
         server.close()
-    [rcpt] = outcome.deferred
-    assert rcpt.result_type == "validation-failure"
-    assert "plaintext-injection" in rcpt.reason
-    assert handler_mx.messages == []
     [result] = sink.results
     assert result.result_type == "validation-failure"
+    assert result.failure_reason_code == "plaintext-injection"
+    if mode is Mode.ENFORCE:
+        [rcpt] = outcome.deferred
+        assert rcpt.result_type == "validation-failure"
+        assert "plaintext-injection" in rcpt.reason
+        assert recorder.messages == []
+    else:
+        # testing: the TLS attempt is void; a fresh plaintext session delivers and reports.
+        [rcpt] = outcome.delivered
+        assert not rcpt.tls
+        [msg] = recorder.messages
+        assert not msg.tls
 
 
 async def test_concurrency_per_destination_is_bounded(
@@ -598,3 +617,57 @@ async def test_real_policy_service_enforce_end_to_end(
     [result] = sink.results
     assert result.policy_type is PolicyType.STS
     assert result.policy_strings == tuple(text.strip().split("\n"))
+
+
+async def test_sts10_sni_is_the_mx_host_name_and_tls12_or_newer(
+    start_mx: StartMx, lab_dns: LabDns, make_deliverer: Callable[..., Deliverer]
+) -> None:
+    mx = await start_mx("mx1.example.org", "127.0.0.58")
+    assert mx.tls_context is not None
+    server_names: list[str | None] = []
+    mx.tls_context.sni_callback = lambda _obj, name, _ctx: server_names.append(name)
+    mx_records(lab_dns, (10, "mx1.example.org"))
+    outcome = await make_deliverer(mx.port, sts(Mode.ENFORCE)).deliver(request())
+    assert outcome.delivered
+    assert server_names == ["mx1.example.org"]  # not the IP the connection went to
+    assert mx.messages[0].tls_version in ("TLSv1.2", "TLSv1.3")
+
+
+def test_sts10_client_contexts(lab_ca: LabCA, tmp_path: Path) -> None:
+    strict = client_context(str(lab_ca.ca_file))
+    assert strict.minimum_version is ssl.TLSVersion.TLSv1_2
+    assert strict.check_hostname
+    assert strict.verify_mode is ssl.CERT_REQUIRED
+    loose = unverified_context()
+    assert not loose.check_hostname
+    assert loose.verify_mode is ssl.CERT_NONE
+    with pytest.raises(ConfigError, match=r"\[tls\]\.ca_file"):
+        client_context(str(tmp_path / "missing.pem"))
+
+
+async def test_one_log_line_per_attempt_with_bound_context(
+    start_mx: StartMx, lab_dns: LabDns, make_deliverer: Callable[..., Deliverer]
+) -> None:
+    primary = await start_mx("mx1.example.org", "127.0.0.59", cert=CertKind.WRONG_NAME)
+    await start_mx("mx2.example.org", "127.0.0.60", port=primary.port)
+    mx_records(lab_dns, (10, "mx1.example.org"), (20, "mx2.example.org"))
+    capture = LogCapture()
+    structlog.configure(processors=[structlog.contextvars.merge_contextvars, capture])
+    try:
+        await make_deliverer(primary.port, sts(Mode.ENFORCE)).deliver(request(7))
+    finally:
+        structlog.reset_defaults()
+    lines = [e for e in capture.entries if e["event"] == "delivery.attempt"]
+    assert [(e["mx_host"], e["action"]) for e in lines] == [
+        ("mx1.example.org", "next-mx"),
+        ("mx2.example.org", "deliver-tls"),
+    ]
+    first, second = lines
+    assert first["queue_id"] == "q7"
+    assert first["recipient_domain"] == DOMAIN
+    assert first["policy_mode"] == "enforce"
+    assert first["result_type"] == "certificate-host-mismatch"
+    assert first["findings"][0]["kind"] == "tls-failure"
+    assert second["tls_version"] in ("TLSv1.2", "TLSv1.3")
+    assert second["cipher"]
+    assert second["outcome"] == "delivered"
