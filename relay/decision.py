@@ -187,8 +187,11 @@ def decide(
 
     if clean and obs.mx_matches:
         return Decision(Action.DELIVER_TLS, None, "TLS with a valid certificate")
+    if not obs.mx_matches and policy.strict:
+        # STS-11: screen_mx normally keeps such an MX from being tried at all.
+        return _give_up(None, "MX not in the policy", last_mx=last_mx)
     if clean:
-        # Only reached under testing or `TLS-Required: No` (screen_mx skips it under enforce).
+        # testing or `TLS-Required: No`: deliver, report the MX mismatch.
         return Decision(
             Action.DELIVER_TLS, VALIDATION_FAILURE, "MX not in the policy", "mx-not-in-policy"
         )

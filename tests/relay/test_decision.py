@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from detect.model import Finding, FindingKind
 from mtasts.model import Mode, Policy, PolicyFailure, PolicyResult, PolicySource
@@ -382,3 +384,42 @@ def test_may_retry_unverified() -> None:
 )
 def test_decide_reply(code: int, action: Action) -> None:
     assert decide_reply(code, "text").action is action
+
+
+observations = st.builds(
+    Observation,
+    ehlo_ok=st.booleans(),
+    offered_starttls=st.booleans(),
+    starttls_ok=st.none() | st.booleans(),
+    handshake_ok=st.none() | st.booleans(),
+    cert_valid=st.none() | st.booleans(),
+    tls_result_type=st.none() | st.sampled_from(["certificate-expired", "validation-failure"]),
+    mx_matches=st.booleans(),
+)
+findings_lists = st.lists(
+    st.sampled_from([STRIPPED, INJECTED, DOWNGRADE]), max_size=3, unique=True
+).map(tuple)
+all_policies = st.sampled_from(
+    [ENFORCE, TESTING, OPPORTUNISTIC, ENCRYPT, VERIFY, NO_TLS, ENFORCE_TLS_REQUIRED_NO]
+)
+
+
+@settings(max_examples=200)
+@given(all_policies, observations, findings_lists, st.booleans())
+def test_tls07_property_never_plaintext_or_bounce_when_strict(
+    policy: EffectivePolicy, obs: Observation, findings: tuple[Finding, ...], last_mx: bool
+) -> None:
+    verdict = decide(policy, obs, findings, last_mx=last_mx)
+    assert verdict.action is not Action.BOUNCE  # TLS problems never bounce (STS-12)
+    if not last_mx:
+        assert verdict.action is not Action.DEFER
+    if policy.strict:
+        assert verdict.action is not Action.DELIVER_PLAINTEXT
+        if not obs.mx_matches:
+            assert not verdict.delivers
+        if verdict.action is Action.DELIVER_TLS:
+            assert obs.handshake_ok is True
+            if policy.needs_valid_cert:
+                assert obs.cert_valid is True
+    if verdict.action in (Action.DEFER, Action.NEXT_MX) and obs.mx_matches:
+        assert verdict.result_type is not None

@@ -24,11 +24,19 @@ from lab.policy_host import PolicyHost
 from mtasts.cache import MemoryPolicyStore
 from mtasts.model import Mode, Policy, PolicyFailure, PolicyResult, PolicySource, StsRecord
 from mtasts.service import PolicyService
-from relay.config import Config, DeliveryConfig, DetectConfig, DomainConfig, RelayConfig
+from relay.config import (
+    Config,
+    DeliveryConfig,
+    DetectConfig,
+    DnsConfig,
+    DomainConfig,
+    RelayConfig,
+)
 from relay.decision import Action
 from relay.delivery import Deliverer, DeliveryRequest, normalize_crlf
 from relay.errors import ConfigError
 from relay.metrics import Metrics, start_metrics_server
+from relay.resolver import make_resolver
 from relay.tls import client_context, unverified_context
 from tlsrpt_emit.model import MemorySink, PolicyType
 
@@ -671,3 +679,24 @@ async def test_one_log_line_per_attempt_with_bound_context(
     assert second["tls_version"] in ("TLSv1.2", "TLSv1.3")
     assert second["cipher"]
     assert second["outcome"] == "delivered"
+
+
+async def test_sts08_address_literal_has_no_policy(
+    start_mx: StartMx, lab_dns: LabDns, lab_ca: LabCA, sink: MemorySink, history_store: Any
+) -> None:
+    mx = await start_mx("mx1.example.org", "127.0.0.61", cert=CertKind.NONE)
+    policies = StubPolicies(sts(Mode.ENFORCE))
+    deliverer = Deliverer(
+        make_config(mx.port),
+        resolver=make_resolver(DnsConfig(nameservers=(lab_dns.address,), timeout=2)),
+        policy_service=policies,
+        history_store=history_store,
+        sink=sink,
+        ssl_context=client_context(str(lab_ca.ca_file)),
+    )
+    outcome = await deliverer.deliver(request(rcpt="bob@[127.0.0.61]"))
+    await deliverer.close()
+    assert outcome.delivered
+    assert policies.asked == []
+    assert sink.results == []
+    assert mx.messages[0].rcpt_tos == ("bob@[127.0.0.61]",)
