@@ -11,8 +11,10 @@ context (STS-10), EHLO again (TLS-03), and ask `relay.decision` at every step wh
 certificate fails and the policy allows delivery anyway, a second connection is made with an
 unverified context; the failure seen first is what gets reported.
 
-Every MX session emits exactly one `SessionResult` (unless the message is a TLS-RPT report
-itself: RPT-10), and one log line with the TLS facts, the policy mode, the outcome and findings.
+Every attempt of a message on an MX (a new or a reused session) emits exactly one `SessionResult`
+(unless the message is a TLS-RPT report itself: RPT-10), and one log line with the TLS facts, the
+policy mode, the outcome and findings. An MX skipped before connecting (STS-11) or not reachable
+at all emits none: no TLS session happened.
 Idle sessions are kept for `idle_timeout` seconds and reused (RSET) for the next message to the
 same MX; `delivery.concurrency_per_destination` bounds the sessions per MX host.
 """
@@ -739,7 +741,7 @@ class Deliverer:
             action=str(attempt.decision.action),
             result_type=attempt.decision.result_type,
             outcome=result,
-            reason=attempt.decision.reason if session is None else outcome_reason(outcome),
+            reason=attempt.decision.reason if session is None else _outcome_reason(outcome),
             tls_version=session.tls_version if session else None,
             cipher=session.cipher if session else None,
             mx_helo=attempt.helo_name,
@@ -757,7 +759,7 @@ class Deliverer:
         return outcome
 
 
-def outcome_reason(outcome: DeliveryOutcome | RcptOutcome) -> str:
+def _outcome_reason(outcome: DeliveryOutcome | RcptOutcome) -> str:
     if isinstance(outcome, RcptOutcome):
         return outcome.reason
     return "; ".join(sorted({r.reason for r in outcome.rcpts}))
