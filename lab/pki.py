@@ -30,11 +30,11 @@ class LabCA:
     relay does not trust, for intercepting attackers.
     """
 
-    def __init__(self, directory: Path, name: str = "lab") -> None:
+    def __init__(self, directory: Path, name: str = "lab", ca: trustme.CA | None = None) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.name = name
-        self._ca = trustme.CA(organization_name=f"stsguard {name} CA")
+        self._ca = ca or trustme.CA(organization_name=f"stsguard {name} CA")
         self.ca_file = self.directory / f"{name}-ca.pem"
         self._ca.cert_pem.write_to_path(str(self.ca_file))
         self._serial = 0
@@ -59,6 +59,18 @@ class LabCA:
         leaf.private_key_pem.write_to_path(str(key_file))
         cert_file.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
         return IssuedCert(cert_file, key_file)
+
+    @classmethod
+    def load(cls, directory: Path, ca_file: Path, key_file: Path, name: str = "lab") -> LabCA:
+        """The CA whose certificate and key `write_key` and `ca_file` left on disk: the compose
+        lab's one CA, shared between the container that makes it and the ones that sign with it."""
+        ca = trustme.CA.from_pem(Path(ca_file).read_bytes(), Path(key_file).read_bytes())
+        return cls(directory, name, ca=ca)
+
+    def write_key(self, path: Path) -> None:
+        """Write the CA's private key (PEM, owner-only): lab use only, see `load`."""
+        Path(path).touch(mode=0o600)
+        self._ca.private_key_pem.write_to_path(str(path))
 
     def client_context(self) -> ssl.SSLContext:
         """A client context that trusts only this CA."""

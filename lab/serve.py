@@ -10,7 +10,8 @@
 Each prints one JSON line when ready (``{"ready": "dns", "listen": "0.0.0.0:53", ...}``; port 0
 picks a free port and the line names it), then serves until SIGTERM or SIGINT and exits 0. The mx
 and the collector also print one JSON line per message or report they receive. ``pki`` is one-shot:
-it writes ``ca.pem`` plus ``NAME.crt``/``NAME.key`` per certificate and exits.
+it writes ``ca.pem`` and ``ca.key`` plus ``NAME.crt``/``NAME.key`` per certificate and exits
+(the attacker signs its intercepting certificates with ``ca.key``, as the in-process lab does).
 """
 
 from __future__ import annotations
@@ -187,18 +188,21 @@ def run_pki(out: Path, names: Sequence[str], *, force: bool = False) -> dict[str
 
     An entry is one name or several joined by commas (one certificate, several SANs); the files
     are named after its first name. Existing files are kept unless `force`, so a second run (a
-    `docker compose up` again) does not pull the CA from under running services.
+    `docker compose up` again) does not pull the CA from under running services. The CA key is
+    written too (``ca.key``): the attacker loads the CA from it (`LabCA.load`).
     """
     certs = [[n.strip() for n in entry.split(",") if n.strip()] for entry in names]
     if not certs or not all(certs):
         raise UsageError("--names: give at least one name per certificate")
     out.mkdir(parents=True, exist_ok=True)
-    wanted = [out / "ca.pem"] + [out / f"{c[0]}.{ext}" for c in certs for ext in ("crt", "key")]
+    wanted = [out / "ca.pem", out / "ca.key"]
+    wanted += [out / f"{c[0]}.{ext}" for c in certs for ext in ("crt", "key")]
     if not force and all(p.exists() for p in wanted):
         return {"ready": "pki", "out": str(out), "ca_file": str(wanted[0]), "reused": True}
     with tempfile.TemporaryDirectory() as tmp:
         ca = LabCA(Path(tmp))
         shutil.copyfile(ca.ca_file, out / "ca.pem")
+        ca.write_key(out / "ca.key")
         for sans in certs:
             issued = ca.issue(*sans)
             shutil.copyfile(issued.cert_file, out / f"{sans[0]}.crt")
@@ -336,11 +340,43 @@ async def serve_collector(args: argparse.Namespace, stopped: asyncio.Event) -> N
         await stopped.wait()
 
 
+def attacker_ca(ca_dir: Path) -> LabCA:
+    """The CA the attacker signs with: the lab CA that `run_pki` wrote into `ca_dir`, or a new one
+    there (which nothing trusts) when the directory holds none."""
+    ca_file, key_file = ca_dir / "ca.pem", ca_dir / "ca.key"
+    if ca_file.exists() and key_file.exists():
+        return LabCA.load(Path(tempfile.mkdtemp(prefix="attacker-ca-")), ca_file, key_file)
+    return LabCA(ca_dir)
+
+
+async def serve_attacker(args: argparse.Namespace, stopped: asyncio.Event) -> None:
+    from lab.attacker import Attacker  # type: ignore[import-not-found]  # written in parallel
+
+    host, port = _listen(args.listen)
+    upstream = parse_hostport(args.upstream, "--upstream")
+    ca = attacker_ca(Path(args.ca_dir or tempfile.mkdtemp(prefix="attacker-ca-")))
+    try:
+        attacker = Attacker(upstream, args.mode, host=host, port=port, mx_name=args.mx_name, ca=ca)
+    except ValueError as exc:
+        raise UsageError(f"--mode: {exc}") from None
+    async with attacker.running():
+        emit(
+            {
+                "ready": "attacker",
+                "listen": _shown(host, attacker.port),
+                "upstream": _shown(*upstream),
+                "mode": args.mode,
+            }
+        )
+        await stopped.wait()
+
+
 _SERVE: dict[str, Callable[[argparse.Namespace, asyncio.Event], Awaitable[None]]] = {
     "dns": serve_dns,
     "policy-host": serve_policy_host,
     "mx": serve_mx,
     "collector": serve_collector,
+    "attacker": serve_attacker,
 }
 
 
@@ -381,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="0.0.0.0:25", metavar="HOST:PORT")
     p.add_argument("--upstream", required=True, metavar="HOST:PORT")
     p.add_argument("--mode", required=True)
-    p.add_argument("--ca-dir", metavar="DIR", help="where intercepting modes keep their CA")
+    p.add_argument("--ca-dir", metavar="DIR", help="the lab CA (pki --out DIR) to sign with")
+    p.add_argument("--mx-name", default="mx.example.test", help="the MX name it stands in for")
 
     p = sub.add_parser("collector", help="TLS-RPT report collector (HTTPS with a certificate)")
     p.add_argument("--listen", default="0.0.0.0:8443", metavar="HOST:PORT")
@@ -412,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.service == "pki":
             emit(run_pki(Path(args.out), args.names, force=args.force))
             return 0
-        service = _SERVE.get(args.service) or _attacker_service()
+        service = _SERVE[args.service]
         asyncio.run(_serve(service, args))
     except StsguardError as exc:
         print(f"lab.serve {args.service}: error: {exc}", file=sys.stderr)
@@ -421,10 +458,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lab.serve {args.service}: error: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-def _attacker_service() -> Callable[[argparse.Namespace, asyncio.Event], Awaitable[None]]:
-    raise UsageError("attacker: not available yet")
 
 
 if __name__ == "__main__":

@@ -201,6 +201,8 @@ def test_mx_points_at_the_attacker_which_forwards_to_the_mx() -> None:
     assert attacker.upstream == f"{_ip('mx')}:{mx.listen.rpartition(':')[2]}"
     assert attacker.listen.rpartition(":")[2] == mx.listen.rpartition(":")[2]
     assert mx.hostname == "mx.example.test"
+    assert attacker.mx_name == mx.hostname
+    assert attacker.ca_dir == _serve_args("pki").out
 
 
 # --- commands ----------------------------------------------------------------------------------

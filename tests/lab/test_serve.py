@@ -24,7 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lab.pki import LabCA
-from lab.serve import ZoneRecord, main, parse_zone, run_pki
+from lab.serve import ZoneRecord, attacker_ca, main, parse_zone, run_pki
 from relay.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -232,6 +232,33 @@ async def test_pki_certificates_verify_against_the_written_ca(tmp_path: Path) ->
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_attacker_signs_with_the_ca_pki_wrote(tmp_path: Path) -> None:
+    """The compose attacker loads the lab CA from the pki volume: what it issues is trusted."""
+    run_pki(tmp_path / "pki", ["mx.example.test"])
+    issued = attacker_ca(tmp_path / "pki").issue("not-mx.example.test")
+    trusting = ssl.create_default_context(cafile=str(tmp_path / "pki" / "ca.pem"))
+    stranger = attacker_ca(tmp_path / "empty").issue("mx.example.test")
+    for cert, trusted in ((issued, True), (stranger, False)):
+        server = await asyncio.start_server(
+            lambda r, w: w.close(), "127.0.0.75", 0, ssl=cert.server_context()
+        )
+        port = server.sockets[0].getsockname()[1]
+        try:
+            if trusted:
+                _, writer = await asyncio.open_connection(
+                    "127.0.0.75", port, ssl=trusting, server_hostname="not-mx.example.test"
+                )
+                writer.close()
+            else:
+                with pytest.raises(ssl.SSLCertVerificationError):
+                    await asyncio.open_connection(
+                        "127.0.0.75", port, ssl=trusting, server_hostname="mx.example.test"
+                    )
+        finally:
+            server.close()
+            await server.wait_closed()
 
 
 def test_bad_zone_file_is_one_line_and_exit_2(
