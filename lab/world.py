@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -95,6 +96,13 @@ class LabWorld:
 
     def relay_config(self, state_dir: Path, **sections: dict[str, Any]) -> Config:
         """A relay config for this world; `sections` override keys, e.g. ``detect={...}``."""
+        return config_from_dict(self.relay_settings(state_dir, **sections))
+
+    def relay_toml(self, state_dir: Path, **sections: dict[str, Any]) -> str:
+        """The same config as TOML text, for a relay run as its own process."""
+        return to_toml(self.relay_settings(state_dir, **sections))
+
+    def relay_settings(self, state_dir: Path, **sections: dict[str, Any]) -> dict[str, Any]:
         raw: dict[str, dict[str, Any]] = {
             "relay": {
                 "listen": f"127.0.0.1:{free_port()}",
@@ -118,4 +126,24 @@ class LabWorld:
         }
         for name, values in sections.items():
             raw.setdefault(name, {}).update(values)
-        return config_from_dict(raw)
+        return raw
+
+
+def to_toml(tables: dict[str, Any]) -> str:
+    """TOML text for a config made of tables of strings, numbers, booleans and string lists."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return str(v)
+        if isinstance(v, list | tuple):
+            return "[" + ", ".join(value(item) for item in v) + "]"
+        return json.dumps(str(v))
+
+    lines: list[str] = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{key} = {value(v)}" for key, v in table.items()]
+        lines.append("")
+    return "\n".join(lines)

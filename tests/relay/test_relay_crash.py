@@ -1,0 +1,136 @@
+"""Never lose mail: `stsguard relay` as a subprocess, SIGKILLed at random moments during intake
+and delivery and restarted; every message that got a 250 reaches the recipient MX."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from email.message import EmailMessage
+from email.policy import SMTP
+from pathlib import Path
+
+import pytest
+
+from lab.mx import CertKind
+from lab.world import LabWorld, wait_until
+
+MESSAGES = 200
+SENDERS = 5
+
+pytestmark = pytest.mark.slow
+
+
+class Upstream:
+    """Client threads that send numbered messages and keep those that got a 250."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.acked: set[str] = set()
+        self.lock = threading.Lock()
+        self.todo = list(range(MESSAGES))
+
+    def _message(self, n: int) -> tuple[str, bytes]:
+        msg_id = f"<crash-{n}@upstream.test>"
+        msg = EmailMessage()
+        msg["From"] = "app@upstream.test"
+        msg["To"] = "bob@example.org"
+        msg["Subject"] = f"crash test {n}"
+        msg["Message-ID"] = msg_id
+        msg.set_content(f"message {n}\n")
+        return msg_id, msg.as_bytes(policy=SMTP)
+
+    def run(self, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            with self.lock:
+                if not self.todo:
+                    return
+                n = self.todo.pop()
+            msg_id, data = self._message(n)
+            try:
+                with smtplib.SMTP("127.0.0.1", self.port, timeout=5) as client:
+                    client.sendmail("app@upstream.test", ["bob@example.org"], data)
+                with self.lock:
+                    self.acked.add(msg_id)
+            except (OSError, smtplib.SMTPException):
+                # No 250 seen (the relay died): send it again later, as an MTA would.
+                with self.lock:
+                    self.todo.append(n)
+                time.sleep(0.05)
+
+
+def start_relay(config_file: Path) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "relay", "--config", str(config_file)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+
+async def test_kill_9_during_intake_and_delivery_loses_nothing(tmp_path: Path) -> None:
+    rng = random.Random(8461)
+    async with LabWorld(tmp_path / "world").running() as world:
+        mx = await world.add_mx("mx1.example.org", "127.0.0.11", cert=CertKind.GOOD)
+        world.publish_mx("example.org", [(10, "mx1.example.org")])
+        world.publish_policy("example.org", "enforce", ["mx1.example.org"])
+        config_file = tmp_path / "relay.toml"
+        config_file.write_text(
+            world.relay_toml(
+                tmp_path / "state",
+                delivery={"retry_initial": "1s", "retry_max": "2s"},
+                tlsrpt={"enabled": False},
+                relay={"log_level": "warning", "log_format": "json"},
+            )
+        )
+        # relay_settings picks a fresh port each call: read the one written to the file.
+        port = int(config_file.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
+        upstream = Upstream(port)
+        relay = start_relay(config_file)
+        senders = [
+            asyncio.create_task(asyncio.to_thread(upstream.run, time.monotonic() + 60))
+            for _ in range(SENDERS)
+        ]
+        kills = 0
+        try:
+            while not all(task.done() for task in senders):
+                await asyncio.sleep(rng.uniform(0.4, 1.2))
+                relay.send_signal(signal.SIGKILL)
+                relay.wait()
+                kills += 1
+                relay = start_relay(config_file)
+            await asyncio.gather(*senders)
+            assert len(upstream.acked) == MESSAGES, "senders gave up before every 250"
+
+            def all_arrived() -> bool:
+                arrived = {_message_id(m.data) for m in mx.messages}
+                return upstream.acked <= arrived
+
+            with contextlib.suppress(TimeoutError):
+                await wait_until(all_arrived, 60)
+        finally:
+            relay.send_signal(signal.SIGTERM)
+            try:
+                relay.wait(10)
+            except subprocess.TimeoutExpired:
+                relay.kill()
+    arrived = Counter(_message_id(m.data) for m in mx.messages)
+    lost = upstream.acked - set(arrived)
+    duplicates = sum(n - 1 for n in arrived.values() if n > 1)
+    print(f"kills={kills} acked={len(upstream.acked)} delivered={len(arrived)} dup={duplicates}")
+    assert kills >= 3
+    assert not lost, f"{len(lost)} messages got a 250 and never arrived: {sorted(lost)[:5]}"
+    assert all(m.tls for m in mx.messages)
+
+
+def _message_id(data: bytes) -> str:
+    for line in data.split(b"\r\n"):
+        if line.lower().startswith(b"message-id:"):
+            return line.split(b":", 1)[1].strip().decode()
+    return ""
