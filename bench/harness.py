@@ -43,6 +43,7 @@ RESOLVER_PORT = 8461  # postfix-mta-sts-resolver's socketmap on 127.0.0.1
 WARM, COLD, COLD_RESOLVER = "bench.test", "cold.bench.test", "cold2.bench.test"
 POLICY_VARIANTS = ("sqlite", "memory", "sqlite+dnscache", "memory+dnscache", "sqlite+memo")
 MEMO_SECONDS = 5.0
+STALL_SECONDS = 30.0  # a throughput run fails when the sink gets nothing for this long
 SENDER = "bench@sender.test"
 
 
@@ -196,16 +197,19 @@ def push(
     start = time.monotonic()
     source = smtp_source(port, messages, sessions, recipient)
     deadline = start + timeout
-    count = base
+    count, progress_at = base, start
     while count < base + messages:
-        if time.monotonic() > deadline:
+        now = time.monotonic()
+        stalled = now - progress_at > STALL_SECONDS
+        if now > deadline or stalled:
             source.kill()
             source.wait()
-            raise RuntimeError(
-                f"only {count - base} of {messages} messages reached the sink in {timeout:.0f}s"
-            )
+            why = f"no progress for {STALL_SECONDS:.0f}s" if stalled else f"{timeout:.0f}s"
+            raise RuntimeError(f"only {count - base} of {messages} messages at the sink ({why})")
         time.sleep(0.02)
-        count = sink_count()
+        new_count = sink_count()
+        if new_count != count:
+            count, progress_at = new_count, time.monotonic()
     seconds = time.monotonic() - start
     cpu = cpu_of() - cpu0 if cpu_of and cpu0 is not None else None
     _, err = source.communicate(timeout=30)
@@ -359,7 +363,7 @@ listen = "127.0.0.1:{port}"
 hostname = "relay.bench.test"
 accept_networks = ["127.0.0.0/8"]
 state_dir = "{state}"
-log_level = "warning"
+log_level = "{log_level}"
 
 [delivery]
 port = {sink_port}
@@ -589,7 +593,12 @@ class Bench:
         cfg = self.workdir / "stsguard.toml"
         cfg.write_text(
             RELAY_TOML.format(
-                port=RELAY_PORT, state=state, sink_port=SINK_PORT, dns=DNS_IP, ca=self.ca_file
+                port=RELAY_PORT,
+                state=state,
+                sink_port=SINK_PORT,
+                dns=DNS_IP,
+                ca=self.ca_file,
+                log_level="info" if self.args.keep_logs else "warning",
             )
         )
         relay_log = self.workdir / "stsguard.log"
@@ -608,33 +617,61 @@ class Bench:
                 self.results.extra["relay_error"] = f"did not start: {' '.join(tail)[-300:]}"
                 return
             pid = proc.pid
-            push(RELAY_PORT, 200)  # warm-up: policy cached, code paths hot
-            log(f"stsguard: {self.args.messages} messages")
-            profiler = self.start_profiler(pid, "relay")
+            errors = []
+            peak = 0
+            # Idle sessions first, on a fresh relay, so that a relay that fails under load still
+            # gets its memory row; the peak is read after every stage.
+            for stage in (self.relay_idle_sessions, self.relay_throughput, self.relay_cold_burst):
+                try:
+                    stage(pid)
+                except (RuntimeError, OSError) as exc:
+                    log(f"stsguard: {stage.__name__} failed: {exc}")
+                    errors.append(f"{stage.__name__}: {exc}")
+                peak = max(peak, procstat.status_kib(pid, "VmHWM"))
+                if proc.poll() is not None:
+                    errors.append(f"the relay exited with status {proc.returncode}")
+                    break
+            self.results.extra.setdefault("stsguard_memory", {})["peak_rss_kib"] = peak or None
+            if errors:
+                self.results.extra["relay_error"] = "; ".join(errors)
+        finally:
+            self.procs.stop(proc, timeout=10)
+            if self.args.keep_logs:
+                shutil.copyfile(relay_log, self.args.keep_logs / "stsguard.log")
+
+    def relay_throughput(self, pid: int) -> None:
+        push(RELAY_PORT, 200)  # warm-up: policy cached, code paths hot
+        log(f"stsguard: {self.args.messages} messages")
+        profiler = self.start_profiler(pid, "relay")
+        try:
             t = self.push_median("stsguard", RELAY_PORT, lambda: procstat.tree_cpu(pid))
+        finally:
             self.stop_profiler(profiler)
-            log(f"stsguard: {t.rate:.0f} msg/s, {t.cpu_per_1000:.2f} CPU s per 1000")
-            self.results.extra["stsguard"] = {"msgs_per_s": t.rate, "cpu_per_1000": t.cpu_per_1000}
-            log(f"stsguard: cold burst of {self.args.burst} deliveries to {COLD}")
+        log(f"stsguard: {t.rate:.0f} msg/s, {t.cpu_per_1000:.2f} CPU s per 1000")
+        self.results.extra["stsguard"] = {"msgs_per_s": t.rate, "cpu_per_1000": t.cpu_per_1000}
+
+    def relay_cold_burst(self, pid: int) -> None:
+        log(f"stsguard: cold burst of {self.args.burst} deliveries to {COLD}")
+        complete = False
+        try:
             push(RELAY_PORT, self.args.burst, sessions=self.args.burst, recipient=f"u@{COLD}")
+            complete = True
+        finally:
+            # Counted even when not every message arrived (the verdict is n/a then).
             self.results.extra["stsguard_cold"] = {
                 "txt": lab_count("TXT", COLD),
                 "https": lab_count("HTTPS", COLD),
+                "complete": complete,
             }
-            log(f"stsguard: {self.args.idle} idle sessions")
-            time.sleep(0.5)
-            before = procstat.status_kib(pid, "VmRSS")
-            per = asyncio.run(self.measure_idle(pid, before))
-            self.results.extra["stsguard_memory"] = {
-                "rss_before_idle_kib": before,
-                "idle_session_kib": per,
-                "peak_rss_kib": procstat.status_kib(pid, "VmHWM"),
-                "rss_kib_sum": procstat.tree_rss_kib(pid),
-            }
-        except RuntimeError as exc:
-            self.results.extra["relay_error"] = str(exc)
-        finally:
-            self.procs.stop(proc, timeout=10)
+
+    def relay_idle_sessions(self, pid: int) -> None:
+        log(f"stsguard: {self.args.idle} idle sessions")
+        time.sleep(0.5)
+        before = procstat.status_kib(pid, "VmRSS")
+        per = asyncio.run(self.measure_idle(pid, before))
+        self.results.extra.setdefault("stsguard_memory", {}).update(
+            rss_before_idle_kib=before, idle_session_kib=per
+        )
 
     async def measure_idle(self, pid: int, before: int) -> float:
         writers = await idle_sessions(RELAY_PORT, self.args.idle)
@@ -756,28 +793,28 @@ class Bench:
         rows.append(
             [
                 f"cold burst of {self.args.burst}: TXT queries",
-                fmt(cold.get("txt")),
+                fmt(cold.get("txt")) + ("" if cold.get("complete", True) else " (incomplete)"),
                 fmt(rcold.get("txt")),
                 "",
                 "= 1",
-                verdict(None if not cold else cold["txt"] == 1),
+                verdict(None if not cold.get("complete") else cold["txt"] == 1),
             ]
         )
         rows.append(
             [
                 f"cold burst of {self.args.burst}: HTTPS fetches",
-                fmt(cold.get("https")),
+                fmt(cold.get("https")) + ("" if cold.get("complete", True) else " (incomplete)"),
                 fmt(rcold.get("https")),
                 "",
                 "= 1",
-                verdict(None if not cold else cold["https"] == 1),
+                verdict(None if not cold.get("complete") else cold["https"] == 1),
             ]
         )
         mem = x.get("stsguard_memory", {})
         rows.append(
             [
                 "peak RSS (MiB)",
-                fmt(mem["peak_rss_kib"] / 1024, 1) if mem else "-",
+                fmt(mem["peak_rss_kib"] / 1024, 1) if mem.get("peak_rss_kib") else "-",
                 fmt(pf["rss_kib_sum"] / 1024, 1) if pf else "-",
                 ratio(mem.get("peak_rss_kib"), pf.get("rss_kib_sum")),
                 "(Postfix: sum over its processes)",
@@ -791,7 +828,7 @@ class Bench:
                 "-",
                 "",
                 "<= 64 KiB",
-                verdict(None if not mem else mem["idle_session_kib"] <= 64),
+                verdict(None if "idle_session_kib" not in mem else mem["idle_session_kib"] <= 64),
             ]
         )
         head = ["measure", "stsguard", "Postfix / resolver", "ratio", "target", "verdict"]
@@ -834,6 +871,7 @@ def main() -> int:
     parser.add_argument("--policy-seconds", type=float, default=3.0)
     parser.add_argument("--policy-workers", type=int, default=20)
     parser.add_argument("--json", type=Path, help="also write the raw figures here")
+    parser.add_argument("--keep-logs", type=Path, help="copy the relay's log into this directory")
     parser.add_argument(
         "--relay-command",
         nargs="+",
