@@ -19,6 +19,7 @@ import structlog
 from relay.config import Config
 from relay.decision import Action, Decision
 from relay.delivery import DeliveryOutcome, DeliveryRequest
+from relay.errors import UnknownMessage
 from relay.metrics import Metrics
 from relay.routing import expired, next_retry
 from relay.spool import QueuedMessage, Spool
@@ -109,11 +110,23 @@ class QueueRunner:
         key = (message.id, domain)
         try:
             async with self._slots:
-                await self._deliver_now(message, domain, rcpts)
+                # The `due` snapshot may be stale: a delivery that just finished may have removed
+                # or updated the message. Work from its current state.
+                current = await asyncio.to_thread(self.spool.get, message.id)
+                now = self.clock()
+                still_due = {r.address for r in current.pending if r.next_attempt_at <= now}
+                rcpts = [r for r in rcpts if r in still_due]
+                if rcpts:
+                    await self._deliver_now(current, domain, rcpts)
+        except UnknownMessage:
+            pass  # delivered, bounced or deleted meanwhile
         except Exception:
             # Never let one message take the runner down; it stays queued and is retried.
             log.exception("queue.delivery_crashed", queue_id=message.id, domain=domain)
-            await self._defer(message, rcpts, "internal error", attempts=1)
+            try:
+                await self._defer(message, rcpts, "internal error", attempts=1)
+            except Exception:
+                log.exception("queue.defer_failed", queue_id=message.id)
         finally:
             self._busy.discard(key)
 

@@ -24,6 +24,7 @@ from lab.world import LabWorld, wait_until
 
 MESSAGES = 200
 SENDERS = 5
+MAX_KILLS = 8  # then the relay is left running so the senders can finish
 
 pytestmark = pytest.mark.slow
 
@@ -67,10 +68,11 @@ class Upstream:
 
 
 def start_relay(config_file: Path) -> subprocess.Popen[bytes]:
+    log = (config_file.parent / "relay.log").open("ab")
     return subprocess.Popen(
         [sys.executable, "-m", "relay.cli", "relay", "--config", str(config_file)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
 
 
@@ -86,7 +88,7 @@ async def test_kill_9_during_intake_and_delivery_loses_nothing(tmp_path: Path) -
                 tmp_path / "state",
                 delivery={"retry_initial": "1s", "retry_max": "2s"},
                 tlsrpt={"enabled": False},
-                relay={"log_level": "warning", "log_format": "json"},
+                relay={"log_level": "info", "log_format": "json"},
             )
         )
         # relay_settings picks a fresh port each call: read the one written to the file.
@@ -94,13 +96,13 @@ async def test_kill_9_during_intake_and_delivery_loses_nothing(tmp_path: Path) -
         upstream = Upstream(port)
         relay = start_relay(config_file)
         senders = [
-            asyncio.create_task(asyncio.to_thread(upstream.run, time.monotonic() + 60))
+            asyncio.create_task(asyncio.to_thread(upstream.run, time.monotonic() + 120))
             for _ in range(SENDERS)
         ]
         kills = 0
         try:
-            while not all(task.done() for task in senders):
-                await asyncio.sleep(rng.uniform(0.4, 1.2))
+            while not all(task.done() for task in senders) and kills < MAX_KILLS:
+                await asyncio.sleep(rng.uniform(0.5, 1.5))
                 relay.send_signal(signal.SIGKILL)
                 relay.wait()
                 kills += 1
