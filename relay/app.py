@@ -30,7 +30,7 @@ from relay.metrics import Metrics, start_metrics_server
 from relay.queue_runner import QueueRunner
 from relay.resolver import make_resolver
 from relay.server import Intake
-from relay.spool import MessageFlags, QueuedMessage, Spool
+from relay.spool import REPORT_MAIL_FLAGS, MessageFlags, QueuedMessage, Spool
 from relay.tls import client_context
 from tlsrpt_emit.schedule import Clients, ReportSender
 from tlsrpt_emit.sink import CountingSink
@@ -96,8 +96,7 @@ class Relay:
 
     async def submit_mail(self, mail_from: str, rcpts: list[str], data: bytes) -> None:
         """Queue our own TLS-RPT report mail: MTA-STS not applied, session not counted (RPT-10)."""
-        flags = MessageFlags(no_tlsrpt=True, tls_required_no=True)
-        await asyncio.to_thread(self.spool.put, mail_from, rcpts, data, flags=flags)
+        await asyncio.to_thread(self.spool.put, mail_from, rcpts, data, flags=REPORT_MAIL_FLAGS)
         self.runner.wake()
 
     async def bounce(

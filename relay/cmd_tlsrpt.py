@@ -1,6 +1,7 @@
 """`stsguard tlsrpt show|send [--date YYYY-MM-DD] [--domain D]`: one UTC day's TLS-RPT reports.
 
-`show` prints the JSON that would be sent (pretty); `send` sends now to the https destinations.
+`show` prints the JSON that would be sent (pretty); `send` sends now: https destinations directly,
+mailto destinations by queueing the DKIM-signed report mail for the relay to deliver.
 Report ids already used in an earlier attempt are kept, so a retried report is the same report.
 """
 
@@ -17,6 +18,7 @@ import httpx
 from relay.config import Config
 from relay.errors import UsageError
 from relay.resolver import make_resolver
+from relay.spool import REPORT_MAIL_FLAGS, Spool
 from relay.tls import client_context
 from tlsrpt_emit.errors import TlsRptError
 from tlsrpt_emit.model import Report
@@ -109,11 +111,16 @@ async def _send(
         trust_env=False,
         timeout=float(config.mtasts.fetch_timeout),
     ) as http:
-        # TODO(integrator): pass the relay spool's submit function here once relay.spool exists,
-        # flagged so MTA-STS/DANE are not applied and the session is not counted (RPT-10). Until
-        # then mailto: destinations are left pending and the running relay's ReportSender sends
-        # them on its next retry.
-        clients = Clients(resolver=make_resolver(config.dns), http=http, submit_mail=None)
+        # mailto: reports go into the relay's queue, flagged so MTA-STS is not applied and the
+        # session is not counted (RPT-10); the running relay picks them up within a second.
+        spool = Spool(config.relay.state_dir / "queue")
+
+        async def submit_mail(mail_from: str, rcpts: list[str], data: bytes) -> None:
+            await asyncio.to_thread(
+                spool.put, mail_from, rcpts, data, flags=REPORT_MAIL_FLAGS, client="tlsrpt"
+            )
+
+        clients = Clients(resolver=make_resolver(config.dns), http=http, submit_mail=submit_mail)
         now = time.time()
         if domain:
             return [await send_one(day, domain, store, settings=settings, clients=clients, now=now)]
@@ -142,6 +149,4 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(line)
         if sent.status in ("pending", "failed"):
             status = 1
-        if "no mail submitter" in sent.last_error:
-            print(f"{sent.domain}: mailto: reports are sent by the running relay")
     return status

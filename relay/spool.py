@@ -76,6 +76,10 @@ class MessageFlags:
     eight_bit: bool = False
 
 
+# Our own TLS-RPT report mail: delivered without MTA-STS and not counted (RFC 8460 3, 5.3).
+REPORT_MAIL_FLAGS = MessageFlags(tls_required_no=True, no_tlsrpt=True)
+
+
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
     """A message in the queue: its envelope and recipient states (the data is in `read_data`)."""

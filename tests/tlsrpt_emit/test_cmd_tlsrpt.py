@@ -14,6 +14,7 @@ from lab.dns import LabDns
 from lab.pki import LabCA
 from relay.cli import main
 from relay.cmd_tlsrpt import parse_day
+from relay.spool import REPORT_MAIL_FLAGS, Spool
 from tests.tlsrpt_emit.sessions import DAY, NOON, day_results
 from tlsrpt_emit.sink import CountingSink
 from tlsrpt_emit.store import SqliteReportStore
@@ -95,9 +96,12 @@ async def test_send_posts_to_https_rua(
         status = await asyncio.to_thread(main, argv)
     out = capsys.readouterr().out
     assert "example.org: delivered to https://127.0.0.1:" in out
-    assert "plain.example: pending" in out
-    assert "mailto: reports are sent by the running relay" in out
-    assert status == 1  # the mailto report is still pending
+    # The mailto report went into the relay's queue, flagged as report mail (RPT-10).
+    assert "plain.example: delivered to mailto:r@plain.example" in out
+    assert status == 0
+    (queued,) = Spool(tmp_path / "state" / "queue").list()
+    assert queued.flags == REPORT_MAIL_FLAGS
+    assert [r.address for r in queued.recipients] == ["r@plain.example"]
     (got,) = collector.received
     assert got.headers["content-type"] == "application/tlsrpt+gzip"
     assert got.report()["policies"][0]["policy"]["policy-domain"] == "example.org"
