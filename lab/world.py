@@ -71,6 +71,10 @@ class LabWorld:
         finally:
             await self.stop()
 
+    async def keep(self, running: contextlib.AbstractAsyncContextManager[Any]) -> None:
+        """Start another part (e.g. a report collector) and stop it with the world."""
+        await self._stack.enter_async_context(running)
+
     async def add_mx(self, name: str, ip: str, *, cert: CertKind = CertKind.GOOD) -> LabMx:
         """A recipient MX named `name` at `ip`:`mx_port`, in the lab DNS."""
         mx = LabMx.with_cert(self.ca, name, host=ip, cert=cert)
