@@ -119,23 +119,36 @@ class Relay:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Relay]:
         """Start intake, the queue runner and TLS-RPT; stop them all on the way out."""
+        settings = report_settings(self.config) if self.config.tlsrpt.enabled else None
+        try:
+            await self.intake.start()
+        except OSError as exc:
+            raise StsguardError(
+                f"[relay].listen: cannot listen on {self.config.relay.listen}: "
+                f"{exc.strerror or exc}"
+            ) from None
         metrics_server = None
-        if self.config.relay.metrics_listen:
-            metrics_server = start_metrics_server(
-                self.config.relay.metrics_listen, self.metrics.registry
-            )
         http = httpx.AsyncClient(verify=self.ssl_context, follow_redirects=False, timeout=60)
         try:
+            if self.config.relay.metrics_listen:
+                try:
+                    metrics_server = start_metrics_server(
+                        self.config.relay.metrics_listen, self.metrics.registry
+                    )
+                except OSError as exc:
+                    raise StsguardError(
+                        f"[relay].metrics_listen: cannot listen on "
+                        f"{self.config.relay.metrics_listen}: {exc.strerror or exc}"
+                    ) from None
             async with asyncio.TaskGroup() as tasks:
-                await self.intake.start()
                 children = [
                     tasks.create_task(self.runner.run(), name="queue-runner"),
                     tasks.create_task(self.sink.run(), name="tlsrpt-sink"),
                 ]
-                if self.config.tlsrpt.enabled:
+                if settings is not None:
                     sender = ReportSender(
                         self.report_store,
-                        settings=report_settings(self.config),
+                        settings=settings,
                         clients=Clients(self.resolver, http, submit_mail=self.submit_mail),
                         clock=self.clock,
                         max_delay=float(self.config.tlsrpt.max_delay),
@@ -153,6 +166,7 @@ class Relay:
                     for task in children:
                         task.cancel()
         finally:
+            await self.intake.stop()
             await self.deliverer.close()
             await http.aclose()
             self.sink.flush()
