@@ -38,6 +38,7 @@ import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
 
+from lab.attacker import Attacker, AttackMode
 from lab.collector import CollectedRequest, ReportCollector
 from lab.dns import LabDns, TxtValue
 from lab.mx import LabMx, ReceivedMessage
@@ -350,15 +351,10 @@ def attacker_ca(ca_dir: Path) -> LabCA:
 
 
 async def serve_attacker(args: argparse.Namespace, stopped: asyncio.Event) -> None:
-    from lab.attacker import Attacker  # type: ignore[import-not-found]  # written in parallel
-
     host, port = _listen(args.listen)
     upstream = parse_hostport(args.upstream, "--upstream")
     ca = attacker_ca(Path(args.ca_dir or tempfile.mkdtemp(prefix="attacker-ca-")))
-    try:
-        attacker = Attacker(upstream, args.mode, host=host, port=port, mx_name=args.mx_name, ca=ca)
-    except ValueError as exc:
-        raise UsageError(f"--mode: {exc}") from None
+    attacker = Attacker(upstream, args.mode, host=host, port=port, mx_name=args.mx_name, ca=ca)
     async with attacker.running():
         emit(
             {
@@ -416,7 +412,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("attacker", help="on-path attacker proxy in front of an MX")
     p.add_argument("--listen", default="0.0.0.0:25", metavar="HOST:PORT")
     p.add_argument("--upstream", required=True, metavar="HOST:PORT")
-    p.add_argument("--mode", required=True)
+    p.add_argument("--mode", required=True, choices=[m.value for m in AttackMode])
     p.add_argument("--ca-dir", metavar="DIR", help="the lab CA (pki --out DIR) to sign with")
     p.add_argument("--mx-name", default="mx.example.test", help="the MX name it stands in for")
 

@@ -27,6 +27,7 @@ import yaml
 from compose_spec import PyCompose
 
 import lab.serve
+from lab.attacker import AttackMode
 from mtasts.parse import parse_policy, parse_sts_record
 from relay.cli import build_parser as stsguard_parser
 from relay.config import load_config
@@ -235,7 +236,7 @@ def test_every_command_is_a_real_lab_serve_service_or_stsguard_command() -> None
 
 
 def test_attack_mode_comes_from_the_environment() -> None:
-    assert _serve_args("attacker").mode == "none"
+    assert _serve_args("attacker").mode == AttackMode.NONE
     assert _serve_args("attacker", {"ATTACK": "garble"}).mode == "garble"
 
 
@@ -370,3 +371,6 @@ def test_readme_commands_name_real_services_and_modes() -> None:
     assert modes
     for mode in modes:
         assert _serve_args("attacker", {"ATTACK": mode}).mode == mode
+    # The README lists every mode the attacker has.
+    listed = set(re.findall(r"`([a-z0-9-]+)`", text.split("### Run an attack")[1].split("```")[0]))
+    assert {m.value for m in AttackMode} - {"none"} <= listed

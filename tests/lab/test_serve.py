@@ -23,6 +23,7 @@ from cryptography import x509
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lab.mx import LabMx
 from lab.pki import LabCA
 from lab.serve import ZoneRecord, attacker_ca, main, parse_zone, run_pki
 from relay.errors import ConfigError
@@ -198,6 +199,39 @@ async def test_collector_prints_the_gist_of_each_report(lab_ca: LabCA) -> None:
         assert event["report_id"] == "r1"
         assert event["policies"][0]["result_types"] == ["starttls-not-supported"]
         assert await proc.terminate() == 0
+
+
+async def test_attacker_garbles_starttls_in_front_of_an_mx(tmp_path: Path) -> None:
+    run_pki(tmp_path / "pki", ["mx.example.test"])
+    pki = tmp_path / "pki"
+    mx = LabMx(
+        "127.0.0.77",
+        hostname="mx.example.test",
+        tls_context=ssl.create_default_context(ssl.Purpose.CLIENT_AUTH),
+    )
+    assert mx.tls_context is not None
+    mx.tls_context.load_cert_chain(pki / "mx.example.test.crt", pki / "mx.example.test.key")
+    async with mx.running():
+        args = ["--listen", "127.0.0.78:0", "--upstream", f"127.0.0.77:{mx.port}"]
+        args += ["--mode", "garble", "--ca-dir", str(pki), "--mx-name", "mx.example.test"]
+        async with serve("attacker", *args) as attacker:
+            assert attacker.ready["mode"] == "garble"
+            host, port = attacker.address
+            client = aiosmtplib.SMTP(
+                hostname=host, port=port, start_tls=False, timeout=5, local_hostname="c.test"
+            )
+            async with client:
+                reply = await client.ehlo()
+            assert "XXXXXXXA" in reply.message
+            assert "STARTTLS" not in reply.message.upper()
+            assert await attacker.terminate() == 0
+
+
+def test_attacker_rejects_an_unknown_mode(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["attacker", "--upstream", "127.0.0.1:25", "--mode", "teleport"])
+    assert exit_info.value.code == 2
+    assert "teleport" in capsys.readouterr().err
 
 
 def test_pki_writes_ca_and_certificates_and_keeps_them(tmp_path: Path) -> None:
