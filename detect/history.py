@@ -12,6 +12,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
+from detect.errors import HistoryStoreError
 from detect.model import STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE, Finding, FindingKind
 
 DAY = 86400.0
@@ -140,17 +141,24 @@ class SqliteTlsHistoryStore:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
         self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+        except (OSError, sqlite3.Error) as exc:
+            raise HistoryStoreError(f"{self.path}: cannot open the TLS history: {exc}") from exc
         with self._tx() as db:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(_SCHEMA)
 
     @contextlib.contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
-        with self._lock, self._db:
-            yield self._db
+        """One transaction; sqlite3 errors become `HistoryStoreError` here, at the I/O edge."""
+        try:
+            with self._lock, self._db:
+                yield self._db
+        except sqlite3.Error as exc:
+            raise HistoryStoreError(f"{self.path}: TLS history: {exc}") from exc
 
     def close(self) -> None:
         self._db.close()

@@ -44,6 +44,7 @@ class Finding:
             "evidence": self.evidence,
             "result_type": self.result_type,
             "expected": self.expected,
+            "reason_code": self.reason_code,
         }
 
 

@@ -1,0 +1,90 @@
+"""`stsguard detect list [--json] | forget HOST`: the remembered TLS of MX hosts.
+
+The relay remembers, per MX host, when it last offered STARTTLS and last showed a valid
+certificate (`detect.history`). A host that did within `[detect].history_days` and no longer does
+is treated as a downgrade. `forget` clears one host, e.g. after its operator really turned TLS off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import sys
+from typing import Any
+
+from detect.errors import HistoryStoreError
+from detect.history import DAY, HostHistory, SqliteTlsHistoryStore, host_key
+from relay.config import Config
+from relay.errors import StsguardError, UsageError
+
+
+def _iso(when: float | None) -> str | None:
+    if when is None:
+        return None
+    return dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="seconds")
+
+
+def remembered_until(history: HostHistory, history_days: int) -> float | None:
+    """Until when a missing STARTTLS or a failing certificate counts as a downgrade."""
+    times = [t for t in (history.last_starttls_at, history.last_valid_cert_at) if t is not None]
+    if not times or history_days <= 0:
+        return None
+    return max(times) + history_days * DAY
+
+
+def host_json(history: HostHistory, history_days: int) -> dict[str, Any]:
+    return {
+        "host": history.host,
+        "last_starttls_at": _iso(history.last_starttls_at),
+        "last_valid_cert_at": _iso(history.last_valid_cert_at),
+        "last_seen_at": _iso(history.last_seen_at),
+        "remembered_until": _iso(remembered_until(history, history_days)),
+    }
+
+
+def host_text(history: HostHistory, history_days: int) -> str:
+    shown = host_json(history, history_days)
+    return (
+        f"{history.host}  starttls={shown['last_starttls_at'] or 'never'}"
+        f"  valid-cert={shown['last_valid_cert_at'] or 'never'}"
+        f"  seen={shown['last_seen_at']}"
+        f"  remembered-until={shown['remembered_until'] or '-'}"
+    )
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    action: str = args.action
+    host: str | None = args.host
+    if action == "forget" and not (host and host_key(host)):
+        raise UsageError("detect forget: give the MX host name to forget")
+    if action == "list" and host:
+        raise UsageError("detect list: takes no host name")
+    try:
+        store = SqliteTlsHistoryStore(config.state_db)
+    except HistoryStoreError as exc:
+        raise StsguardError(str(exc)) from None
+    try:
+        days = config.detect.history_days
+        if action == "list":
+            hosts = store.all()
+            if args.json:
+                print(json.dumps([host_json(h, days) for h in hosts], indent=2))
+            elif not hosts:
+                print("no remembered TLS")
+            else:
+                for history in hosts:
+                    print(host_text(history, days))
+                print(f"{len(hosts)} host(s); remembered for {days} day(s)")
+            return 0
+        assert host is not None
+        if not store.forget(host):
+            # Not a usage error: the command was right, there was just nothing to forget.
+            print(f"stsguard: error: no remembered TLS for {host_key(host)!r}", file=sys.stderr)
+            return 1
+        print(f"forgot {host_key(host)}")
+        return 0
+    except HistoryStoreError as exc:
+        raise StsguardError(str(exc)) from None
+    finally:
+        store.close()
