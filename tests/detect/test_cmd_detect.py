@@ -1,0 +1,100 @@
+"""`stsguard detect list|forget` as a user runs it: a subprocess on a config file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from detect.history import SqliteTlsHistoryStore
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    path = tmp_path / "stsguard.toml"
+    path.write_text(f'[relay]\nstate_dir = "{tmp_path / "state"}"\n[detect]\nhistory_days = 10\n')
+    return path
+
+
+def stsguard(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "relay.cli", "detect", *args, "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_list_forget(config_file: Path, tmp_path: Path) -> None:
+    empty = stsguard(config_file, "list")
+    assert (empty.returncode, empty.stdout.strip()) == (0, "no remembered TLS")
+    assert (tmp_path / "state" / "state.sqlite3").exists()  # state_dir made when missing
+
+    store = SqliteTlsHistoryStore(tmp_path / "state" / "state.sqlite3")
+    now = time.time()
+    store.record("MX1.example.org.", offered_starttls=True, valid_cert=True, now=now)
+    store.record("mx2.example.org", offered_starttls=False, valid_cert=False, now=now)
+    store.close()
+
+    text = stsguard(config_file, "list")
+    assert text.returncode == 0, text.stderr
+    lines = text.stdout.splitlines()
+    assert lines[0].startswith("mx1.example.org  starttls=20")
+    assert "starttls=never" in lines[1]
+    assert "remembered-until=-" in lines[1]
+    assert lines[-1] == "2 host(s); remembered for 10 day(s)"
+
+    listed = stsguard(config_file, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    hosts = json.loads(listed.stdout)
+    assert [h["host"] for h in hosts] == ["mx1.example.org", "mx2.example.org"]
+    assert hosts[0]["last_starttls_at"] == hosts[0]["last_valid_cert_at"] is not None
+    assert hosts[0]["remembered_until"] > hosts[0]["last_seen_at"]
+    assert hosts[1]["last_starttls_at"] is None
+    assert hosts[1]["remembered_until"] is None
+
+    forgot = stsguard(config_file, "forget", "MX1.Example.org.")
+    assert (forgot.returncode, forgot.stdout.strip()) == (0, "forgot mx1.example.org")
+    listed = stsguard(config_file, "list", "--json")
+    assert [h["host"] for h in json.loads(listed.stdout)] == ["mx2.example.org"]
+
+
+def test_forget_unknown_host_is_one_line(config_file: Path) -> None:
+    result = stsguard(config_file, "forget", "nowhere.example.org")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "stsguard: error: no remembered TLS for 'nowhere.example.org'"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("forget",), "detect forget: give the MX host name to forget"),
+        (("list", "mx.example.org"), "detect list: takes no host name"),
+    ],
+)
+def test_usage_errors(config_file: Path, args: tuple[str, ...], message: str) -> None:
+    result = stsguard(config_file, *args)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"stsguard: error: {message}"
+
+
+def test_unusable_state_is_one_line(tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    (state / "state.sqlite3").mkdir(parents=True)
+    config = tmp_path / "c.toml"
+    config.write_text(f'[relay]\nstate_dir = "{state}"\n')
+    result = stsguard(config, "list")
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "cannot open the TLS history" in result.stderr
+    assert "Traceback" not in result.stderr
