@@ -12,7 +12,8 @@ wild. A keyword is a *garbled STARTTLS* when STARTTLS itself is absent and the k
 Why this cannot hit real extensions: every legitimate keyword that begins with ``X`` (``XFORWARD``,
 ``XCLIENT``, ``XEXCH50``, ``X-EXPS``, ``X-LINK2STATE``, ``XSHADOW``, ``XRCPTFORWARD``, ...) has one
 masking character at most and spells a word, never STARTTLS's letters in STARTTLS's positions; the
-8-character ones (``XFORWARD``, ``PIPELINING`` is 10, ``ENHANCEDSTATUSCODES`` 19) fail both tests.
+8-character ones (``XFORWARD``, ``XMSGPRIO``) fail both tests. ``XXXA`` (a masked ``AUTH``) is not
+STARTTLS's length. More in ``detect/README.md``.
 The rule only fires when STARTTLS is missing, which is exactly when the garbling did harm.
 
 Runs of ``*`` (four or more) or keywords made only of ``X`` anywhere in the banner or EHLO reply are
