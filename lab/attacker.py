@@ -147,11 +147,11 @@ class Attacker:
             return
         self._server.close()
         for writer in list(self._writers):
-            writer.transport.abort()
-        for task in list(self._tasks):
-            task.cancel()
+            writer.transport.abort()  # open sessions see EOF and end on their own
         if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=2)
+            _, pending = await asyncio.wait(list(self._tasks), timeout=2)
+            for task in pending:
+                task.cancel()
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(2):
                 await self._server.wait_closed()
