@@ -1,0 +1,497 @@
+"""Probe a domain's MX hosts from here: banner, EHLO, STARTTLS, TLS handshake and certificate.
+
+    report = await probe_domain("example.org", config, resolver=..., ssl_context=...)
+    report.as_json()  # or report.as_text()
+
+The same aiosmtplib sequence as `relay.delivery` (plaintext connect, banner, EHLO, our own
+STARTTLS with a look at the receive buffer after the 220, handshake with SNI = the MX host name),
+judged by `detect`, but it never sends MAIL: after the handshake it says EHLO again and QUIT.
+A certificate that fails verification is reported with its RFC 8460 result type; a second,
+unverified connection is made only to read the certificate's details.
+The MTA-STS policy is looked up live (TXT record and HTTPS fetch); no cache is read or written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ssl
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiosmtplib
+import dns.asyncresolver
+import structlog
+from cryptography import x509
+
+from detect.ehlo import judge_banner, judge_ehlo
+from detect.model import Finding
+from detect.starttls import judge_pre_handshake_bytes, judge_starttls_reply
+from detect.tls import judge_tls_failure
+from mtasts.errors import PolicyError
+from mtasts.fetch import fetch_policy, lookup_sts_record
+from mtasts.match import policy_allows
+from mtasts.model import Mode, Policy
+from relay.config import Config
+from relay.mx import MxHost, MxStatus, lookup_mx
+from relay.tls import unverified_context
+
+log = structlog.get_logger(__name__)
+
+_QUIT_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One SMTP reply: code and text (lines joined with newlines)."""
+
+    code: int
+    text: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {"code": self.code, "text": self.text}
+
+
+@dataclass(frozen=True, slots=True)
+class EhloInfo:
+    """What an EHLO reply offered."""
+
+    code: int
+    keywords: tuple[str, ...]
+    starttls: bool
+
+    def as_json(self) -> dict[str, Any]:
+        return {"code": self.code, "keywords": list(self.keywords), "starttls": self.starttls}
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateInfo:
+    """The MX host's leaf certificate as presented (whether or not it verified)."""
+
+    subject: str
+    san: tuple[str, ...]
+    issuer: str
+    not_after: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "subject": self.subject,
+            "san": list(self.san),
+            "issuer": self.issuer,
+            "not_after": self.not_after,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TlsInfo:
+    """The TLS session after STARTTLS. `result_type` is the RFC 8460 type of a failure."""
+
+    version: str | None
+    cipher: str | None
+    verified: bool
+    result_type: str | None = None
+    certificate: CertificateInfo | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "cipher": self.cipher,
+            "verified": self.verified,
+            "result_type": self.result_type,
+            "certificate": self.certificate.as_json() if self.certificate else None,
+        }
+
+
+@dataclass(slots=True)
+class MxProbe:
+    """What one address of one MX host showed; `error` says where the probe stopped early."""
+
+    host: str
+    preference: int
+    address: str | None
+    matches_policy: bool | None
+    banner: Reply | None = None
+    ehlo: EhloInfo | None = None
+    starttls_reply: Reply | None = None
+    tls: TlsInfo | None = None
+    ehlo_after_tls: EhloInfo | None = None
+    findings: list[Finding] = field(default_factory=list)
+    error: str | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "preference": self.preference,
+            "address": self.address,
+            "matches_policy": self.matches_policy,
+            "banner": self.banner.as_json() if self.banner else None,
+            "ehlo": self.ehlo.as_json() if self.ehlo else None,
+            "starttls_reply": self.starttls_reply.as_json() if self.starttls_reply else None,
+            "tls": self.tls.as_json() if self.tls else None,
+            "ehlo_after_tls": self.ehlo_after_tls.as_json() if self.ehlo_after_tls else None,
+            "findings": [
+                {
+                    "kind": str(f.kind),
+                    "evidence": f.evidence,
+                    "result_type": f.result_type,
+                    "reason_code": f.reason_code,
+                }
+                for f in self.findings
+            ],
+            "error": self.error,
+        }
+
+    def as_text(self) -> list[str]:
+        note = {None: "", True: ", matches policy", False: ", NOT in policy"}[self.matches_policy]
+        lines = [f"MX {self.host} (preference {self.preference}) at {self.address or '-'}{note}"]
+        if self.banner:
+            lines.append(f"  banner:       {_one_line(self.banner)}")
+        if self.ehlo:
+            lines.append(f"  EHLO:         {_ehlo_line(self.ehlo)}")
+        if self.starttls_reply:
+            lines.append(f"  STARTTLS:     {_one_line(self.starttls_reply)}")
+        if self.tls:
+            lines += _tls_lines(self.tls)
+        if self.ehlo_after_tls:
+            lines.append(f"  EHLO (TLS):   {_ehlo_line(self.ehlo_after_tls)}")
+        if self.findings:
+            lines.append("  findings:")
+            lines += [f"    - {f.kind} ({f.result_type}): {f.evidence}" for f in self.findings]
+        else:
+            lines.append("  findings:     none")
+        if self.error:
+            lines.append(f"  error:        {self.error}")
+        return lines
+
+
+@dataclass(slots=True)
+class ProbeReport:
+    """The probe of one domain: its live policy (if any) and one entry per MX host address."""
+
+    domain: str
+    policy: Policy | None = None
+    policy_error: PolicyError | None = None
+    mx_error: str | None = None
+    mx: list[MxProbe] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        policy, error = self.policy, self.policy_error
+        return {
+            "domain": self.domain,
+            "policy": {"mode": str(policy.mode), "mx": list(policy.mx)} if policy else None,
+            "policy_error": (
+                {"result_type": error.result_type, "message": error.message} if error else None
+            ),
+            "mx_error": self.mx_error,
+            "mx": [m.as_json() for m in self.mx],
+        }
+
+    def as_text(self) -> str:
+        lines = [f"domain:         {self.domain}"]
+        if self.policy:
+            mx = ", ".join(self.policy.mx) or "(none)"
+            lines.append(f"MTA-STS policy: mode {self.policy.mode}, mx {mx} (fetched live)")
+        elif self.policy_error:
+            err = self.policy_error
+            lines.append(f"MTA-STS policy: not fetched ({err.result_type}): {err.message}")
+        else:
+            lines.append("MTA-STS policy: none")
+        if self.mx_error:
+            lines.append(f"MX hosts:       {self.mx_error}")
+        for probe in self.mx:
+            lines.append("")
+            lines += probe.as_text()
+        return "\n".join(lines)
+
+
+def _one_line(reply: Reply) -> str:
+    return f"{reply.code} {reply.text.replace(chr(10), ' / ')}"
+
+
+def _ehlo_line(ehlo: EhloInfo) -> str:
+    offers = "STARTTLS offered" if ehlo.starttls else "no STARTTLS"
+    return f"{ehlo.code} {' '.join(ehlo.keywords) or '(no keywords)'} [{offers}]"
+
+
+def _tls_lines(tls: TlsInfo) -> list[str]:
+    check = "certificate verified" if tls.verified else f"NOT verified ({tls.result_type})"
+    lines = [f"  TLS:          {tls.version or '-'} {tls.cipher or '-'}, {check}"]
+    cert = tls.certificate
+    if cert:
+        lines += [
+            f"  subject:      {cert.subject}",
+            f"  SAN:          {', '.join(cert.san) or '(none)'}",
+            f"  issuer:       {cert.issuer}",
+            f"  not after:    {cert.not_after}",
+        ]
+    return lines
+
+
+def certificate_info(der: bytes) -> CertificateInfo:
+    """Subject, SAN DNS names, issuer and expiry of a DER certificate."""
+    cert = x509.load_der_x509_certificate(der)
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        san = tuple(ext.value.get_values_for_type(x509.DNSName))
+    except x509.ExtensionNotFound:
+        san = ()
+    not_after = cert.not_valid_after_utc.astimezone(dt.UTC)
+    return CertificateInfo(
+        subject=cert.subject.rfc4514_string(),
+        san=san,
+        issuer=cert.issuer.rfc4514_string(),
+        not_after=not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    )
+
+
+class _Stop(Exception):
+    """The probe of this address ends here; what was seen so far is the answer."""
+
+
+class _Prober:
+    """Runs the probe sequence against one address of one MX host."""
+
+    def __init__(self, config: Config, ssl_context: ssl.SSLContext, *, expect: bool) -> None:
+        self.config = config
+        self.ssl_context = ssl_context
+        self.expect = expect
+
+    def _client(self, ip: str) -> aiosmtplib.SMTP:
+        delivery = self.config.delivery
+        return aiosmtplib.SMTP(
+            hostname=ip,
+            port=delivery.port,
+            local_hostname=self.config.relay.hostname,
+            start_tls=False,
+            use_tls=False,
+            timeout=delivery.command_timeout,
+        )
+
+    async def probe(self, probe: MxProbe) -> None:
+        """Fill `probe` in: verified first, then (after a certificate failure) unverified."""
+        assert probe.address is not None
+        client = self._client(probe.address)
+        try:
+            await self._session(client, probe, verify=True)
+        except _Stop:
+            pass
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            probe.error = f"{_stage(probe)}: {_describe(exc)}"
+            return
+        finally:
+            await _quit(client)
+        if probe.tls is None or probe.tls.verified or probe.error is not None:
+            return
+        # The certificate failed: connect again, unverified, only to read what it says.
+        client = self._client(probe.address)
+        seen = MxProbe(probe.host, probe.preference, probe.address, probe.matches_policy)
+        try:
+            await self._session(client, seen, verify=False)
+        except _Stop:
+            pass
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            probe.error = f"unverified retry to read the certificate: {_describe(exc)}"
+        finally:
+            await _quit(client)
+        if seen.tls is not None:
+            probe.tls = TlsInfo(
+                seen.tls.version,
+                seen.tls.cipher,
+                verified=False,
+                result_type=probe.tls.result_type,
+                certificate=seen.tls.certificate,
+            )
+            probe.ehlo_after_tls = seen.ehlo_after_tls
+
+    async def _session(self, client: aiosmtplib.SMTP, probe: MxProbe, *, verify: bool) -> None:
+        """One connection: banner, EHLO, STARTTLS, handshake, EHLO again. Raises `_Stop` when
+        the sequence cannot go on (no STARTTLS, refused, injected bytes, handshake failed)."""
+        delivery = self.config.delivery
+        name = self.config.relay.hostname.encode("ascii")
+        try:
+            banner = await client.connect(timeout=delivery.connect_timeout)
+        except aiosmtplib.SMTPConnectResponseError as exc:
+            probe.banner = Reply(exc.code, exc.message)
+            probe.findings += judge_banner(exc.code, exc.message)
+            probe.error = f"banner refused: {exc.code} {exc.message}"
+            raise _Stop from exc
+        probe.banner = Reply(banner.code, banner.message)
+        probe.findings += judge_banner(banner.code, banner.message)
+
+        ehlo = await client.execute_command(b"EHLO", name)
+        judged = judge_ehlo(ehlo.code, ehlo.message.split("\n"), expect_starttls=self.expect)
+        probe.ehlo = EhloInfo(ehlo.code, judged.keywords, judged.offers_starttls)
+        probe.findings += judged.findings
+        if ehlo.code != 250 or not judged.offers_starttls:
+            raise _Stop
+
+        reply = await client.execute_command(b"STARTTLS")
+        probe.starttls_reply = Reply(reply.code, reply.message)
+        refused = judge_starttls_reply(reply.code, reply.message)
+        if refused is not None:
+            probe.findings.append(refused)
+            raise _Stop
+        protocol = client.protocol
+        injected = bytes(protocol._buffer) if protocol is not None else b""
+        injection = judge_pre_handshake_bytes(injected)
+        if injection is not None:
+            probe.findings.append(injection)
+            client.close()  # the path is tampered with: no handshake, no QUIT
+            raise _Stop
+
+        context = self.ssl_context if verify else unverified_context()
+        try:
+            await self._handshake(client, context, probe.host)
+        except ssl.SSLCertVerificationError as exc:
+            finding = judge_tls_failure(exc.verify_code, exc.verify_message or str(exc))
+            probe.findings.append(finding)
+            probe.tls = TlsInfo(None, None, verified=False, result_type=finding.result_type)
+            client.close()
+            raise _Stop from exc
+        except (ssl.SSLError, ConnectionError, TimeoutError, aiosmtplib.SMTPException) as exc:
+            finding = judge_tls_failure(None, str(exc) or type(exc).__name__)
+            probe.findings.append(finding)
+            probe.tls = TlsInfo(None, None, verified=False, result_type=finding.result_type)
+            probe.error = f"TLS handshake: {_describe(exc)}"
+            client.close()
+            raise _Stop from exc
+        ssl_object = client.get_transport_info("ssl_object")
+        if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
+            cipher = ssl_object.cipher()
+            der = ssl_object.getpeercert(binary_form=True)
+            probe.tls = TlsInfo(
+                ssl_object.version(),
+                cipher[0] if cipher else None,
+                verified=verify,
+                certificate=certificate_info(der) if der else None,
+            )
+        again = await client.execute_command(b"EHLO", name)
+        lines = again.message.split("\n")
+        after = judge_ehlo(again.code, lines, expect_starttls=False)
+        probe.ehlo_after_tls = EhloInfo(again.code, after.keywords, after.offers_starttls)
+
+    async def _handshake(
+        self, client: aiosmtplib.SMTP, context: ssl.SSLContext, server_hostname: str
+    ) -> None:
+        """The TLS handshake after our STARTTLS got its 220, with SNI = the MX host name."""
+        protocol = client.protocol
+        if protocol is None or protocol.transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost before the handshake")
+        loop = asyncio.get_running_loop()
+        transport = await loop.start_tls(
+            protocol.transport,  # type: ignore[arg-type]
+            protocol,
+            context,
+            server_side=False,
+            server_hostname=server_hostname,
+            ssl_handshake_timeout=self.config.delivery.command_timeout,
+        )
+        if transport is None:
+            raise aiosmtplib.SMTPServerDisconnected("connection lost during the handshake")
+        protocol.transport = transport
+        protocol._over_ssl = True
+        client.transport = transport
+        client._reset_server_state()
+
+
+def _stage(probe: MxProbe) -> str:
+    """Where a probe that broke off was: the first step without an answer."""
+    if probe.banner is None:
+        return "connect"
+    if probe.ehlo is None:
+        return "EHLO"
+    if probe.starttls_reply is None:
+        return "STARTTLS"
+    if probe.tls is None:
+        return "TLS handshake"
+    return "EHLO after TLS"
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    """QUIT politely if the session is still up; close it either way."""
+    try:
+        if client.is_connected:
+            await client.quit(timeout=_QUIT_TIMEOUT)
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        pass
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+async def live_policy(
+    domain: str, config: Config, resolver: dns.asyncresolver.Resolver, ctx: ssl.SSLContext
+) -> tuple[Policy | None, PolicyError | None]:
+    """The domain's MTA-STS policy fetched now (no cache), or why there is none."""
+    try:
+        record = await lookup_sts_record(domain, resolver)
+        if record is None:
+            return None, None
+        policy = await fetch_policy(
+            domain,
+            resolver=resolver,
+            ssl_context=ctx,
+            port=config.mtasts.https_port,
+            timeout=config.mtasts.fetch_timeout,
+        )
+    except PolicyError as exc:
+        return None, exc
+    return policy, None
+
+
+async def probe_host(
+    host: MxHost,
+    config: Config,
+    ssl_context: ssl.SSLContext,
+    *,
+    policy: Policy | None = None,
+) -> list[MxProbe]:
+    """Probe every address of one MX host (one entry each; one entry when it has none)."""
+    matches = policy_allows(policy, host.name) if policy is not None else None
+    if not host.addresses:
+        probe = MxProbe(host.name, host.preference, None, matches, error="no A or AAAA address")
+        return [probe]
+    expect = policy is not None and policy.mode in (Mode.ENFORCE, Mode.TESTING)
+    prober = _Prober(config, ssl_context, expect=expect)
+    probes = [MxProbe(host.name, host.preference, ip, matches) for ip in host.addresses]
+    await asyncio.gather(*(prober.probe(p) for p in probes))
+    for p in probes:
+        log.info(
+            "probe.mx",
+            mx_host=p.host,
+            mx_ip=p.address,
+            tls_version=p.tls.version if p.tls else None,
+            verified=p.tls.verified if p.tls else None,
+            findings=[f.as_log() for f in p.findings],
+            error=p.error,
+        )
+    return probes
+
+
+async def probe_domain(
+    domain: str,
+    config: Config,
+    *,
+    resolver: dns.asyncresolver.Resolver,
+    ssl_context: ssl.SSLContext,
+) -> ProbeReport:
+    """Look up the live policy and the MX hosts of `domain` (a valid policy domain), and probe
+    each MX address concurrently. Unreachable hosts end up in their entry's `error`."""
+    report = ProbeReport(domain)
+    report.policy, report.policy_error = await live_policy(domain, config, resolver, ssl_context)
+    mx = await lookup_mx(domain, resolver)
+    if mx.status is not MxStatus.OK:
+        report.mx_error = f"{mx.status}: {mx.reason}"
+        return report
+    hosts = sorted(mx.hosts, key=lambda h: (h.preference, h.name))
+    results = await asyncio.gather(
+        *(probe_host(h, config, ssl_context, policy=report.policy) for h in hosts)
+    )
+    report.mx = [probe for probes in results for probe in probes]
+    return report
