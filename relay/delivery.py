@@ -655,15 +655,18 @@ class Deliverer:
     async def prune_idle(self) -> None:
         """QUIT idle sessions older than `idle_timeout` (called at every `deliver`)."""
         now = self.clock()
+        stale: list[_Session] = []
+        # Take the stale sessions out before the first await: deliveries running meanwhile
+        # add and take sessions too, and must never be handed one being closed.
         for key, sessions in list(self._idle.items()):
             keep = [s for s in sessions if now - s.idle_since <= self.idle_timeout]
-            for session in sessions:
-                if session not in keep:
-                    await _quit(session.client)
+            stale += [s for s in sessions if s not in keep]
             if keep:
                 self._idle[key] = keep
             else:
                 del self._idle[key]
+        for session in stale:
+            await _quit(session.client)
 
     async def close(self) -> None:
         """QUIT every idle session (at shutdown)."""

@@ -120,11 +120,12 @@ class QueueRunner:
                     await self._deliver_now(current, domain, rcpts)
         except UnknownMessage:
             pass  # delivered, bounced or deleted meanwhile
-        except Exception:
+        except Exception as exc:
             # Never let one message take the runner down; it stays queued and is retried.
             log.exception("queue.delivery_crashed", queue_id=message.id, domain=domain)
+            reason = f"internal error: {type(exc).__name__}: {exc}"[:300]
             try:
-                await self._defer(message, rcpts, "internal error", attempts=1)
+                await self._defer(message, rcpts, reason, attempts=1)
             except Exception:
                 log.exception("queue.defer_failed", queue_id=message.id)
         finally:
