@@ -122,7 +122,7 @@ class LabWorld:
             },
             "dns": {"nameservers": [self.dns.address], "timeout": "2s"},
             "tls": {"ca_file": str(self.ca.ca_file)},
-            "mtasts": {"https_port": self.policy_host.port, "fetch_timeout": "5s"},
+            "mtasts": {"https_port": self.policy_host.port, "fetch_timeout": "15s"},
             "tlsrpt": {
                 "organization_name": "stsguard lab",
                 "contact_info": "mailto:tlsrpt@lab.test",
