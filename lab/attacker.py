@@ -310,7 +310,7 @@ class Attacker:
         context = self._intercept_context(mode)
         await _send(writer, READY)
         try:
-            await writer.start_tls(context)
+            await _start_tls(writer, context)
         except (ssl.SSLError, ConnectionError, OSError) as exc:
             self._event(f"client refused intercepted TLS: {exc}")
             return
@@ -320,13 +320,25 @@ class Attacker:
         await _send(up_writer, b"STARTTLS\r\n")
         reply = await read_reply(up_reader)
         if reply and reply[-1].startswith(b"220"):
-            await up_writer.start_tls(
-                self._upstream_context(), server_hostname=self.mx_name or None
-            )
+            await _start_tls(up_writer, self._upstream_context(), self.mx_name or None)
             self._event("TLS to the MX")
         else:
             self._event("MX refused STARTTLS: relaying in plaintext")
         await self._relay(reader, writer, up_reader, up_writer)
+
+
+async def _start_tls(
+    writer: asyncio.StreamWriter, context: ssl.SSLContext, server_hostname: str | None = None
+) -> None:
+    """`StreamWriter.start_tls`, but a connection lost during the handshake is a
+    ConnectionResetError. (Python 3.11: the loop then hands back no transport, and the writer,
+    left without one, fails in `close()` and `__del__` with AttributeError.)"""
+    before = writer.transport
+    try:
+        await writer.start_tls(context, server_hostname=server_hostname)
+    except AttributeError:
+        vars(writer)["_transport"] = before  # so close() still works
+        raise ConnectionResetError("connection lost during the TLS handshake") from None
 
 
 async def _send(writer: asyncio.StreamWriter, data: bytes) -> None:
