@@ -864,7 +864,7 @@ def main() -> int:
     parser.add_argument("--workdir", type=Path, required=True)
     parser.add_argument("--resolver-venv", type=Path, required=True)
     parser.add_argument("--tools", type=Path, default=Path("/nonexistent"), help="py-spy venv")
-    parser.add_argument("--messages", type=int, default=3000)
+    parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--burst", type=int, default=500)
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; median kept")
     parser.add_argument("--idle", type=int, default=1000)
