@@ -153,8 +153,11 @@ def wants_starttls(policy: EffectivePolicy, obs: Observation) -> bool:
 
 def _tls_failure(obs: Observation, findings: tuple[Finding, ...]) -> tuple[str, str, str]:
     """(result type, reason, reason code) of the way TLS was not had in this session."""
+    # A downgrade finding explains why we care, and a masked reply is only evidence of an
+    # inspecting middlebox: neither says how TLS failed, so neither names the result type.
+    evidence_only = (FindingKind.DOWNGRADE, FindingKind.MASKED_REPLY)
     for finding in findings:
-        if finding.kind is not FindingKind.DOWNGRADE:
+        if finding.kind not in evidence_only:
             return finding.result_type, f"{finding.kind}: {finding.evidence}", finding.reason_code
     if not obs.ehlo_ok:
         return STARTTLS_NOT_SUPPORTED, "EHLO refused (no HELO fallback)", ""

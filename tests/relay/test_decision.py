@@ -423,3 +423,12 @@ def test_tls07_property_never_plaintext_or_bounce_when_strict(
                 assert obs.cert_valid is True
     if verdict.action in (Action.DEFER, Action.NEXT_MX) and obs.mx_matches:
         assert verdict.result_type is not None
+
+
+def test_masked_reply_evidence_does_not_hide_the_certificate_failure() -> None:
+    masked = Finding(FindingKind.MASKED_REPLY, "220 ****************", "starttls-not-supported")
+    tls = Finding(FindingKind.TLS_FAILURE, "certificate has expired", "certificate-expired")
+    verdict = decide(ENFORCE, BAD_CERT, (masked, tls), last_mx=True)
+    assert verdict.action is Action.DEFER
+    assert verdict.result_type == "certificate-expired"
+    assert decide(ENFORCE, BAD_CERT, (masked,), last_mx=True).result_type == "certificate-expired"
