@@ -41,7 +41,9 @@ def _txt_rdata_text(value: TxtValue) -> str:
 class LabDns:
     """Zones as data plus an asyncio UDP/TCP server answering from them."""
 
-    def __init__(self, host: str = "127.0.0.1", ttl: int = 60) -> None:
+    def __init__(self, host: str = "127.0.0.1", ttl: int = 0) -> None:
+        """`ttl` 0 (the default) keeps resolvers from caching, so a test or lab scenario that
+        changes a record is seen at once; benchmarks set a real TTL."""
         self.host = host
         self.ttl = ttl
         self._records: dict[tuple[dns.name.Name, int], list[dns.rdata.Rdata]] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dns.asyncresolver
 import dns.nameserver
+import dns.resolver
 
 from relay.config import DnsConfig
 
@@ -17,6 +18,9 @@ def make_resolver(config: DnsConfig) -> dns.asyncresolver.Resolver:
         resolver.nameservers = [
             dns.nameserver.Do53Nameserver(host, port) for host, port in config.nameserver_addresses
         ]
+    # Answers are cached for their TTL: MX, A and the `_mta-sts` TXT record are asked for on every
+    # delivery, and a burst of mail to one domain should cost one query, not one per message.
+    resolver.cache = dns.resolver.LRUCache()
     resolver.lifetime = float(config.timeout)
     resolver.timeout = min(float(config.timeout), 3.0)
     return resolver
