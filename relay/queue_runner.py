@@ -83,10 +83,14 @@ class QueueRunner:
         async with asyncio.TaskGroup() as tasks:
             while True:
                 self._wake.clear()
-                for message in await asyncio.to_thread(self.spool.due, self.clock()):
-                    self._dispatch(message, tasks)
+                # One scan of the spool per wake-up serves both the due list and the gauge.
+                queued = await asyncio.to_thread(self.spool.list)
+                now = self.clock()
+                for message in queued:
+                    if message.is_due(now):
+                        self._dispatch(message, tasks)
                 if self.metrics is not None:
-                    self.metrics.queue_size.set(len(await asyncio.to_thread(self.spool.list)))
+                    self.metrics.queue_size.set(len(queued))
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
 
