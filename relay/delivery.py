@@ -61,6 +61,7 @@ from relay.decision import (
 from relay.errors import SessionError
 from relay.metrics import Metrics
 from relay.mx import MxHost, MxResult, MxStatus, lookup_mx
+from relay.smtp_tls import buffered_after_reply, upgrade_to_tls
 from relay.tls import unverified_context
 from tlsrpt_emit.model import PolicyType, ResultSink, ResultType, SessionResult
 
@@ -475,8 +476,7 @@ class Deliverer:
             else:
                 await _close(client)
             return attempt
-        protocol = client.protocol
-        injected = bytes(protocol._buffer) if protocol is not None else b""
+        injected = buffered_after_reply(client)
         injection = judge_pre_handshake_bytes(injected) if injected else None
         if injection is not None:
             # TLS-04: plaintext after the 220 was injected on the path; abort this attempt.
@@ -486,7 +486,9 @@ class Deliverer:
 
         context = self.ssl_context if plan == "verify" else self._unverified
         try:
-            await self._handshake(client, context, host.name)
+            await upgrade_to_tls(
+                client, context, host.name, handshake_timeout=self.config.delivery.command_timeout
+            )
         except ssl.SSLCertVerificationError as exc:
             await _close(client)
             tls_finding = judge_tls_failure(exc.verify_code, exc.verify_message or str(exc))
@@ -542,29 +544,6 @@ class Deliverer:
             cipher=cipher[0] if cipher else None,
         )
         return attempt
-
-    async def _handshake(
-        self, client: aiosmtplib.SMTP, context: ssl.SSLContext, server_hostname: str
-    ) -> None:
-        """The TLS handshake on the connection after our STARTTLS got its 220 (SNI: STS-10)."""
-        protocol = client.protocol
-        if protocol is None or protocol.transport is None:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost before the handshake")
-        loop = asyncio.get_running_loop()
-        transport = await loop.start_tls(
-            protocol.transport,  # type: ignore[arg-type]
-            protocol,
-            context,
-            server_side=False,
-            server_hostname=server_hostname,
-            ssl_handshake_timeout=self.config.delivery.command_timeout,
-        )
-        if transport is None:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost during the handshake")
-        protocol.transport = transport
-        protocol._over_ssl = True
-        client.transport = transport
-        client._reset_server_state()
 
     def _offered_before(self, history: HostHistory | None) -> bool:
         """True when the host offered STARTTLS within `detect.history_days` (remembered TLS)."""

@@ -35,6 +35,7 @@ from mtasts.match import policy_allows
 from mtasts.model import Mode, Policy
 from relay.config import Config
 from relay.mx import MxHost, MxStatus, lookup_mx
+from relay.smtp_tls import buffered_after_reply, upgrade_to_tls
 from relay.tls import unverified_context
 
 log = structlog.get_logger(__name__)
@@ -332,8 +333,7 @@ class _Prober:
         if refused is not None:
             probe.findings.append(refused)
             raise _Stop
-        protocol = client.protocol
-        injected = bytes(protocol._buffer) if protocol is not None else b""
+        injected = buffered_after_reply(client)
         injection = judge_pre_handshake_bytes(injected)
         if injection is not None:
             probe.findings.append(injection)
@@ -342,7 +342,9 @@ class _Prober:
 
         context = self.ssl_context if verify else unverified_context()
         try:
-            await self._handshake(client, context, probe.host)
+            await upgrade_to_tls(
+                client, context, probe.host, handshake_timeout=self.config.delivery.command_timeout
+            )
         except ssl.SSLCertVerificationError as exc:
             finding = judge_tls_failure(exc.verify_code, exc.verify_message or str(exc))
             probe.findings.append(finding)
@@ -370,29 +372,6 @@ class _Prober:
         lines = again.message.split("\n")
         after = judge_ehlo(again.code, lines, expect_starttls=False)
         probe.ehlo_after_tls = EhloInfo(again.code, after.keywords, after.offers_starttls)
-
-    async def _handshake(
-        self, client: aiosmtplib.SMTP, context: ssl.SSLContext, server_hostname: str
-    ) -> None:
-        """The TLS handshake after our STARTTLS got its 220, with SNI = the MX host name."""
-        protocol = client.protocol
-        if protocol is None or protocol.transport is None:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost before the handshake")
-        loop = asyncio.get_running_loop()
-        transport = await loop.start_tls(
-            protocol.transport,  # type: ignore[arg-type]
-            protocol,
-            context,
-            server_side=False,
-            server_hostname=server_hostname,
-            ssl_handshake_timeout=self.config.delivery.command_timeout,
-        )
-        if transport is None:
-            raise aiosmtplib.SMTPServerDisconnected("connection lost during the handshake")
-        protocol.transport = transport
-        protocol._over_ssl = True
-        client.transport = transport
-        client._reset_server_state()
 
 
 def _stage(probe: MxProbe) -> str:
