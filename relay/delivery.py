@@ -86,6 +86,8 @@ class DeliveryRequest:
     data: bytes
     tls_required_no: bool = False
     no_tlsrpt: bool = False
+    smtputf8: bool = False
+    eight_bit: bool = False
 
     @property
     def domain(self) -> str:
@@ -576,9 +578,20 @@ class Deliverer:
     ) -> DeliveryOutcome | RcptOutcome:
         """MAIL, RCPT, DATA on an established session; SMTP replies decide per recipient."""
         client = session.client
+        options: list[str] = []
+        if request.smtputf8:
+            if not client.supports_extension("smtputf8"):
+                # RFC 6531 3.2: an SMTPUTF8 message must not go to a server without SMTPUTF8.
+                reason = "554 5.6.7 the next hop does not support SMTPUTF8"
+                return _all(request, RcptStatus.BOUNCED, reason, mx_host, session.tls)
+            options.append("SMTPUTF8")
+        encoding = "utf-8" if request.smtputf8 else "ascii"
+        if request.eight_bit and client.supports_extension("8bitmime"):
+            # Without 8BITMIME at the next hop the body goes as it is, as Postfix does by default.
+            options.append("BODY=8BITMIME")
         try:
             try:
-                await client.mail(request.mail_from)
+                await client.mail(request.mail_from, options=options, encoding=encoding)
             except aiosmtplib.SMTPResponseException as exc:
                 verdict = decide_reply(exc.code, exc.message)
                 await client.rset()
@@ -587,7 +600,7 @@ class Deliverer:
             accepted: list[str] = []
             for rcpt in request.rcpts:
                 try:
-                    await client.rcpt(rcpt)
+                    await client.rcpt(rcpt, encoding=encoding)
                     accepted.append(rcpt)
                 except aiosmtplib.SMTPResponseException as exc:
                     verdict = decide_reply(exc.code, exc.message)

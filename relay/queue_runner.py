@@ -144,6 +144,8 @@ class QueueRunner:
             data=data,
             tls_required_no=message.flags.tls_required_no,
             no_tlsrpt=message.flags.no_tlsrpt,
+            smtputf8=message.flags.smtputf8,
+            eight_bit=message.flags.eight_bit,
         )
         outcome = await self.deliverer.deliver(request)
         if outcome.delivered:

@@ -33,7 +33,7 @@ from relay.config import (
     RelayConfig,
 )
 from relay.decision import Action
-from relay.delivery import Deliverer, DeliveryRequest, normalize_crlf
+from relay.delivery import Deliverer, DeliveryRequest, RcptStatus, normalize_crlf
 from relay.errors import ConfigError
 from relay.metrics import Metrics, start_metrics_server
 from relay.resolver import make_resolver
@@ -702,3 +702,31 @@ async def test_sts08_address_literal_has_no_policy(
     assert policies.asked == []
     assert sink.results == []
     assert mx.messages[0].rcpt_tos == ("bob@[127.0.0.61]",)
+
+
+async def test_smtputf8_message_bounces_at_a_next_hop_without_smtputf8(
+    start_mx: Callable[..., Any], make_deliverer: Callable[..., Deliverer], lab_dns: LabDns
+) -> None:
+    mx = await start_mx(f"mx1.{DOMAIN}", "127.0.0.11")  # aiosmtpd: no SMTPUTF8 unless enabled
+    mx_records(lab_dns, (10, f"mx1.{DOMAIN}"))
+    deliverer = make_deliverer(mx.port)
+    outcome = await deliverer.deliver(request(smtputf8=True))
+    await deliverer.close()
+    assert [r.status for r in outcome.rcpts] == [RcptStatus.BOUNCED]
+    assert "5.6.7" in outcome.rcpts[0].reason
+    assert mx.messages == []
+
+
+async def test_8bit_body_with_8bitmime_flag_is_delivered_intact(
+    start_mx: Callable[..., Any], make_deliverer: Callable[..., Deliverer], lab_dns: LabDns
+) -> None:
+    mx = await start_mx(f"mx1.{DOMAIN}", "127.0.0.11")
+    mx_records(lab_dns, (10, f"mx1.{DOMAIN}"))
+    deliverer = make_deliverer(mx.port)
+    body = "Subject: caf\u00e9\r\n\r\nd\u00e9j\u00e0 vu\r\n".encode()
+    outcome = await deliverer.deliver(
+        DeliveryRequest("q8", "alice@sender.test", (f"bob@{DOMAIN}",), body, eight_bit=True)
+    )
+    await deliverer.close()
+    assert [r.status for r in outcome.rcpts] == [RcptStatus.DELIVERED]
+    assert "d\u00e9j\u00e0 vu".encode() in mx.messages[0].data
