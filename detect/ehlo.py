@@ -11,18 +11,19 @@ wild. A keyword is a *garbled STARTTLS* when STARTTLS itself is absent and the k
 
 Why this cannot hit real extensions: every legitimate keyword that begins with ``X`` (``XFORWARD``,
 ``XCLIENT``, ``XEXCH50``, ``X-EXPS``, ``X-LINK2STATE``, ``XSHADOW``, ``XRCPTFORWARD``, ...) has one
-masking character at most and spells a word, never STARTTLS's letters in STARTTLS's positions; the
+or two masking characters and spells a word, never STARTTLS's letters in STARTTLS's positions; the
 8-character ones (``XFORWARD``, ``XMSGPRIO``) fail both tests. ``XXXA`` (a masked ``AUTH``) is not
 STARTTLS's length. More in ``detect/README.md``.
 The rule only fires when STARTTLS is missing, which is exactly when the garbling did harm.
 
-Runs of ``*`` (four or more) or keywords made only of ``X`` anywhere in the banner or EHLO reply are
-*masked reply* evidence: an inspecting device rewrote what the server said.
+Runs of ``*`` (four or more) in the banner or an EHLO line, and EHLO words made only of ``X`` (four
+or more), are *masked reply* evidence: an inspecting device rewrote what the server said.
 """
 
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Sequence
 
 from detect.model import EhloJudgement, Finding, FindingKind
@@ -30,17 +31,25 @@ from detect.model import EhloJudgement, Finding, FindingKind
 STARTTLS = "STARTTLS"
 MASK_CHARS = frozenset("X*#?")
 _STAR_RUN = re.compile(r"\*{4,}")
+# ESMTP keywords are ASCII (RFC 5321 4.1.1.1): fold case in ASCII only. str.upper() turns
+# U+00DF (sharp s) into "SS", so a 7-character word gains STARTTLS's length, and U+017F (long s)
+# into "S", so junk would pass as an offer of STARTTLS.
+_ASCII_UPPER = str.maketrans(string.ascii_lowercase, string.ascii_uppercase)
+
+
+def _upper(text: str) -> str:
+    return text.translate(_ASCII_UPPER)
 
 
 def _verb(line: str) -> str:
     """The keyword of one EHLO line (``SIZE 1000`` -> ``SIZE``, ``AUTH=LOGIN`` -> ``AUTH``)."""
     word = line.strip().split(" ", 1)[0] if line.strip() else ""
-    return word.split("=", 1)[0].upper()
+    return _upper(word.split("=", 1)[0])
 
 
 def is_garbled_starttls(keyword: str) -> bool:
     """True when `keyword` is masked junk in STARTTLS's shape (the rule in the module docstring)."""
-    word = keyword.upper()
+    word = _upper(keyword)
     if len(word) != len(STARTTLS) or word == STARTTLS:
         return False
     masked = sum(1 for ch in word if ch in MASK_CHARS)

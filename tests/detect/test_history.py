@@ -91,6 +91,8 @@ SEEN_TLS = HostHistory("mx.example.org", NOW - 2 * DAY, NOW - 2 * DAY, NOW - 2 *
 OLD_TLS = HostHistory("mx.example.org", NOW - 40 * DAY, NOW - 40 * DAY, NOW - 40 * DAY)
 STARTTLS_ONLY = HostHistory("mx.example.org", NOW - DAY, None, NOW - DAY)
 NEVER = HostHistory("mx.example.org", None, None, NOW - DAY)
+EDGE = HostHistory("mx.example.org", NOW - 30 * DAY, NOW - 30 * DAY, NOW - DAY)
+PAST_EDGE = HostHistory("mx.example.org", NOW - 30 * DAY - 1, NOW - 30 * DAY - 1, NOW - DAY)
 
 DOWNGRADE_TABLE = [
     ("no history", None, False, None, 30, None),
@@ -98,10 +100,24 @@ DOWNGRADE_TABLE = [
     ("starttls gone", SEEN_TLS, False, None, 30, STARTTLS_NOT_SUPPORTED),
     ("starttls gone, long ago", OLD_TLS, False, None, 30, None),
     ("starttls gone, window 60 days", OLD_TLS, False, None, 60, STARTTLS_NOT_SUPPORTED),
+    ("starttls gone, exactly history_days ago", EDGE, False, None, 30, STARTTLS_NOT_SUPPORTED),
+    ("starttls gone, a second too long ago", PAST_EDGE, False, None, 30, None),
+    ("cert fails, exactly history_days ago", EDGE, True, False, 30, VALIDATION_FAILURE),
+    ("cert fails, a second too long ago", PAST_EDGE, True, False, 30, None),
     ("history off", SEEN_TLS, False, None, 0, None),
+    ("history off, cert fails", SEEN_TLS, True, False, 0, None),
     ("cert now fails", SEEN_TLS, True, False, 30, VALIDATION_FAILURE),
     ("cert fails, never valid", STARTTLS_ONLY, True, False, 30, None),
     ("all well", SEEN_TLS, True, True, 30, None),
+    ("no history, cert fails", None, True, False, 30, None),
+    (
+        "starttls gone and cert was valid: starttls first",
+        SEEN_TLS,
+        False,
+        False,
+        30,
+        STARTTLS_NOT_SUPPORTED,
+    ),
     ("no tls this time but offered", SEEN_TLS, True, None, 30, None),
     ("starttls gone, never valid cert", STARTTLS_ONLY, False, None, 30, STARTTLS_NOT_SUPPORTED),
 ]

@@ -99,27 +99,32 @@ async def test_handshake_failure_without_verify_code(lab_ca: LabCA) -> None:
 
 
 @pytest.mark.parametrize(
-    ("code", "result_type"),
+    ("code", "result_type", "reason_code"),
     [
-        (2, CERTIFICATE_NOT_TRUSTED),
-        (9, CERTIFICATE_EXPIRED),
-        (10, CERTIFICATE_EXPIRED),
-        (18, CERTIFICATE_NOT_TRUSTED),
-        (19, CERTIFICATE_NOT_TRUSTED),
-        (20, CERTIFICATE_NOT_TRUSTED),
-        (21, CERTIFICATE_NOT_TRUSTED),
-        (27, CERTIFICATE_NOT_TRUSTED),
-        (62, CERTIFICATE_HOST_MISMATCH),
-        (7, VALIDATION_FAILURE),
-        (23, VALIDATION_FAILURE),
-        (None, VALIDATION_FAILURE),
-        (0, VALIDATION_FAILURE),
+        (10, CERTIFICATE_EXPIRED, "X509_V_ERR_CERT_HAS_EXPIRED"),
+        (9, CERTIFICATE_EXPIRED, "X509_V_ERR_CERT_NOT_YET_VALID"),
+        (62, CERTIFICATE_HOST_MISMATCH, "X509_V_ERR_HOSTNAME_MISMATCH"),
+        (18, CERTIFICATE_NOT_TRUSTED, "X509_V_ERR_DEPTH_ZERO_SELF_SIGNED_CERT"),
+        (19, CERTIFICATE_NOT_TRUSTED, "X509_V_ERR_SELF_SIGNED_CERT_IN_CHAIN"),
+        (20, CERTIFICATE_NOT_TRUSTED, "X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT_LOCALLY"),
+        (2, CERTIFICATE_NOT_TRUSTED, "X509_V_ERR_UNABLE_TO_GET_ISSUER_CERT"),
+        (21, CERTIFICATE_NOT_TRUSTED, "X509_V_ERR_UNABLE_TO_VERIFY_LEAF_SIGNATURE"),
+        (24, CERTIFICATE_NOT_TRUSTED, "X509_V_ERR_INVALID_CA"),
+        (27, CERTIFICATE_NOT_TRUSTED, "X509_V_ERR_CERT_UNTRUSTED"),
+        (28, CERTIFICATE_NOT_TRUSTED, "X509_V_ERR_CERT_REJECTED"),
+        (None, VALIDATION_FAILURE, "tls-handshake-failure"),
+        (0, VALIDATION_FAILURE, "tls-handshake-failure"),
+        (7, VALIDATION_FAILURE, "X509_V_ERR_7"),
+        (23, VALIDATION_FAILURE, "X509_V_ERR_23"),
+        (99999, VALIDATION_FAILURE, "X509_V_ERR_99999"),
     ],
 )
-def test_verify_code_table(code: int | None, result_type: str) -> None:
-    finding = judge_tls_failure(code, "message")
+def test_verify_code_table(code: int | None, result_type: str, reason_code: str) -> None:
+    finding = judge_tls_failure(code, "certificate verify failed")
+    assert finding.kind is FindingKind.TLS_FAILURE
     assert finding.result_type == result_type
-    assert finding.reason_code
+    assert finding.reason_code == reason_code
+    assert finding.evidence == "certificate verify failed"
 
 
 @settings(max_examples=200)
