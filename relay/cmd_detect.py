@@ -53,6 +53,13 @@ def host_text(history: HostHistory, history_days: int) -> str:
     )
 
 
+def _nothing_remembered(config: Config, *, as_json: bool) -> None:
+    if as_json:
+        print("[]")
+    else:
+        print(f"no remembered TLS ({config.state_db} does not exist)")
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     action: str = args.action
     host: str | None = args.host
@@ -60,6 +67,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("detect forget: give the MX host name to forget")
     if action == "list" and host:
         raise UsageError("detect list: takes no host name")
+    if not config.state_db.exists():
+        # Looking must not create the state dir (the relay's user owns it, not whoever ran list).
+        if action == "list":
+            _nothing_remembered(config, as_json=args.json)
+            return 0
+        assert host is not None
+        print(f"stsguard: error: no remembered TLS for {host_key(host)!r}", file=sys.stderr)
+        return 1
     try:
         store = SqliteTlsHistoryStore(config.state_db)
     except HistoryStoreError as exc:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -33,13 +32,28 @@ def stsguard(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_list_forget(config_file: Path, tmp_path: Path) -> None:
+def test_list_without_state_dir_creates_nothing(config_file: Path, tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    text = stsguard(config_file, "list")
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.strip() == f"no remembered TLS ({state / 'state.sqlite3'} does not exist)"
+    listed = stsguard(config_file, "list", "--json")
+    assert (listed.returncode, json.loads(listed.stdout)) == (0, [])
+    forgot = stsguard(config_file, "forget", "mx.example.org")
+    assert forgot.returncode == 1
+    assert forgot.stderr.strip() == "stsguard: error: no remembered TLS for 'mx.example.org'"
+    assert not state.exists()
+
+
+def test_list_empty_store(config_file: Path, tmp_path: Path) -> None:
+    SqliteTlsHistoryStore(tmp_path / "state" / "state.sqlite3").close()
     empty = stsguard(config_file, "list")
     assert (empty.returncode, empty.stdout.strip()) == (0, "no remembered TLS")
-    assert (tmp_path / "state" / "state.sqlite3").exists()  # state_dir made when missing
 
+
+def test_list_forget(config_file: Path, tmp_path: Path) -> None:
     store = SqliteTlsHistoryStore(tmp_path / "state" / "state.sqlite3")
-    now = time.time()
+    now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
     store.record("MX1.example.org.", offered_starttls=True, valid_cert=True, now=now)
     store.record("mx2.example.org", offered_starttls=False, valid_cert=False, now=now)
     store.close()
@@ -47,7 +61,11 @@ def test_list_forget(config_file: Path, tmp_path: Path) -> None:
     text = stsguard(config_file, "list")
     assert text.returncode == 0, text.stderr
     lines = text.stdout.splitlines()
-    assert lines[0].startswith("mx1.example.org  starttls=20")
+    assert lines[0] == (
+        "mx1.example.org  starttls=2027-01-15T08:00:00+00:00"
+        "  valid-cert=2027-01-15T08:00:00+00:00  seen=2027-01-15T08:00:00+00:00"
+        "  remembered-until=2027-01-25T08:00:00+00:00"
+    )
     assert "starttls=never" in lines[1]
     assert "remembered-until=-" in lines[1]
     assert lines[-1] == "2 host(s); remembered for 10 day(s)"
@@ -56,8 +74,13 @@ def test_list_forget(config_file: Path, tmp_path: Path) -> None:
     assert listed.returncode == 0, listed.stderr
     hosts = json.loads(listed.stdout)
     assert [h["host"] for h in hosts] == ["mx1.example.org", "mx2.example.org"]
-    assert hosts[0]["last_starttls_at"] == hosts[0]["last_valid_cert_at"] is not None
-    assert hosts[0]["remembered_until"] > hosts[0]["last_seen_at"]
+    assert hosts[0] == {
+        "host": "mx1.example.org",
+        "last_starttls_at": "2027-01-15T08:00:00+00:00",
+        "last_valid_cert_at": "2027-01-15T08:00:00+00:00",
+        "last_seen_at": "2027-01-15T08:00:00+00:00",
+        "remembered_until": "2027-01-25T08:00:00+00:00",
+    }
     assert hosts[1]["last_starttls_at"] is None
     assert hosts[1]["remembered_until"] is None
 
