@@ -301,7 +301,7 @@ async def stsguard_policy_rate(
 
     from mtasts.cache import MemoryPolicyStore, SqlitePolicyStore
     from mtasts.service import PolicyService
-    from relay.config import DnsConfig
+    from relay.config import Config, DnsConfig
     from relay.resolver import make_resolver
     from relay.tls import client_context
 
@@ -314,7 +314,15 @@ async def stsguard_policy_rate(
     resolver = make_resolver(DnsConfig(nameservers=(f"{DNS_IP}:53",)))
     if variant.endswith("+dnscache"):
         resolver.cache = dns.resolver.LRUCache()
-    service = PolicyService(store, resolver, client_context(str(ca_file)), https_port=443)
+    # `answer_ttl` as the relay sets it by default (`[mtasts].answer_ttl`); the `+memo` variant
+    # (the bench prototype that led to it) keeps its own memo on top.
+    service = PolicyService(
+        store,
+        resolver,
+        client_context(str(ca_file)),
+        https_port=443,
+        answer_ttl=Config().mtasts.answer_ttl if variant.startswith("sqlite") else 0,
+    )
     first = await service.get(WARM)
     if first.policy is None:
         raise RuntimeError(f"stsguard found no policy for {WARM}: {first}")

@@ -122,7 +122,11 @@ class LabWorld:
             },
             "dns": {"nameservers": [self.dns.address], "timeout": "2s"},
             "tls": {"ca_file": str(self.ca.ca_file)},
-            "mtasts": {"https_port": self.policy_host.port, "fetch_timeout": "15s"},
+            "mtasts": {
+                "https_port": self.policy_host.port,
+                "fetch_timeout": "15s",
+                "answer_ttl": "0s",  # scenarios change records and must be seen at once
+            },
             "tlsrpt": {
                 "organization_name": "stsguard lab",
                 "contact_info": "mailto:tlsrpt@lab.test",

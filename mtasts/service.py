@@ -14,6 +14,7 @@ import asyncio
 import ssl
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import dns.asyncresolver
 import httpx
@@ -56,7 +57,11 @@ class PolicyService:
         refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
         clock: Callable[[], float] = time.time,
         client: httpx.AsyncClient | None = None,
+        answer_ttl: float = 0.0,
     ) -> None:
+        """`answer_ttl` > 0 reuses a domain's failure-free answer for that many seconds without
+        asking DNS or the store again (a burst of mail to one domain then costs one look-up; a
+        changed TXT id is seen that much later, as with any DNS cache)."""
         self.store = store
         self.resolver = resolver
         self.ssl_context = ssl_context
@@ -68,6 +73,8 @@ class PolicyService:
         self.hits = 0
         self.misses = 0
         self._inflight: dict[str, asyncio.Future[PolicyResult]] = {}
+        self.answer_ttl = answer_ttl
+        self._recent: dict[str, tuple[PolicyResult, float]] = {}
 
     async def get(self, domain: str) -> PolicyResult:
         """The policy for mail to `domain` (STS-05..STS-08). Never raises a `PolicyError`."""
@@ -76,12 +83,28 @@ class PolicyService:
             # STS-08: an address literal or IP address has no policy; nor has a non-domain.
             self.misses += 1
             return PolicyResult(domain=domain, policy=None, source=PolicySource.NONE)
+        if self.answer_ttl > 0:
+            recent = self._recent.get(name)
+            if recent is not None and recent[1] > self.clock():
+                self.hits += 1
+                return recent[0]
         result = await self._single_flight(name)
         if result.source is PolicySource.CACHED:
             self.hits += 1
         else:
             self.misses += 1
+        if self.answer_ttl > 0 and result.failure is None:
+            self._remember(name, result)
         return result
+
+    def _remember(self, name: str, result: PolicyResult) -> None:
+        """Keep `result` for `answer_ttl` seconds; as a repeat it is an answer from the cache."""
+        now = self.clock()
+        if len(self._recent) >= 4096:
+            self._recent = {k: v for k, v in self._recent.items() if v[1] > now}
+        if result.source is PolicySource.FRESH:
+            result = replace(result, source=PolicySource.CACHED)
+        self._recent[name] = (result, now + self.answer_ttl)
 
     async def check_record_changed(self, domain: str) -> bool:
         """STS-12: before failing a message for good, look at the TXT id again.
@@ -93,6 +116,7 @@ class PolicyService:
         if name is None:
             return False
         before = self.store.get(name)
+        self._recent.pop(name, None)
         result = await self._single_flight(name)
         if result.source is not PolicySource.FRESH or result.record is None:
             return False

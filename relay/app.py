@@ -63,6 +63,7 @@ class Relay:
             fetch_timeout=config.mtasts.fetch_timeout,
             refresh_interval=config.mtasts.refresh_interval,
             clock=clock,
+            answer_ttl=config.mtasts.answer_ttl,
         )
         self.metrics.follow_policy_cache(lambda: self.policies.hits, lambda: self.policies.misses)
         self.history = SqliteTlsHistoryStore(config.state_db)

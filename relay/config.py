@@ -124,6 +124,7 @@ class MtastsConfig:
     https_port: int = 443
     fetch_timeout: int = 60
     refresh_interval: int = 86400
+    answer_ttl: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +301,12 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
     "tls": (TlsConfig, {"ca_file": _string}),
     "mtasts": (
         MtastsConfig,
-        {"https_port": _port, "fetch_timeout": _duration, "refresh_interval": _duration},
+        {
+            "https_port": _port,
+            "fetch_timeout": _duration,
+            "refresh_interval": _duration,
+            "answer_ttl": _duration,
+        },
     ),
     "detect": (
         DetectConfig,

@@ -294,3 +294,49 @@ async def test_sts04_service_fetch_timeout(lab: Lab, failure: Failure) -> None:
     assert result.policy is None
     assert result.failure is not None
     assert result.failure.result_type == FETCH_ERROR
+
+
+async def test_answer_ttl_reuses_a_good_answer_then_looks_again(lab: Lab) -> None:
+    lab.publish("example.org", "1")
+    clock = Clock()
+    svc = service(lab, clock, answer_ttl=5.0)
+    first = await svc.get("example.org")
+    assert first.source is PolicySource.FRESH
+    for _ in range(50):
+        again = await svc.get("example.org")
+        assert again.source is PolicySource.CACHED
+        assert again.policy == first.policy
+    assert lab.dns.count("_mta-sts.example.org", "TXT") == 1
+    lab.publish(
+        "example.org", "2", "version: STSv1\nmode: testing\nmx: b.example.org\nmax_age: 60\n"
+    )
+    clock.now += 6  # past answer_ttl: the new id is seen and the new policy fetched
+    changed = await svc.get("example.org")
+    assert changed.source is PolicySource.FRESH
+    assert changed.policy is not None
+    assert changed.policy.mx == ("b.example.org",)
+    assert (svc.hits, svc.misses) == (50, 2)
+
+
+async def test_answer_ttl_never_reuses_an_answer_with_a_failure(lab: Lab) -> None:
+    lab.publish("example.org", "1")
+    lab.host.set_failure("example.org", Failure.STATUS_500)
+    clock = Clock()
+    svc = service(lab, clock, answer_ttl=5.0)
+    first = await svc.get("example.org")
+    assert first.failure is not None
+    second = await svc.get("example.org")
+    assert second.failure is not None  # reported again: every session counts it (RPT-06)
+    assert lab.dns.count("_mta-sts.example.org", "TXT") == 2
+
+
+async def test_sts12_record_check_bypasses_answer_ttl(lab: Lab) -> None:
+    lab.publish("example.org", "1")
+    clock = Clock()
+    svc = service(lab, clock, answer_ttl=60.0)
+    await svc.get("example.org")
+    lab.publish("example.org", "2")
+    assert await svc.check_record_changed("example.org") is True
+    result = await svc.get("example.org")
+    assert result.record is not None
+    assert result.record.id == "2"
