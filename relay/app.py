@@ -12,7 +12,6 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import httpx
 import structlog
@@ -91,14 +90,16 @@ class Relay:
         )
         self.intake = Intake(config, self.spool, on_queued=self._queued)
 
-    def _queued(self, *_: Any) -> None:
+    def _queued(self, queue_id: str) -> None:
         self.metrics.accepted.inc()
-        self.runner.wake()
+        self.runner.wake(queue_id)
 
     async def submit_mail(self, mail_from: str, rcpts: list[str], data: bytes) -> None:
         """Queue our own TLS-RPT report mail: MTA-STS not applied, session not counted (RPT-10)."""
-        await asyncio.to_thread(self.spool.put, mail_from, rcpts, data, flags=REPORT_MAIL_FLAGS)
-        self.runner.wake()
+        queue_id = await asyncio.to_thread(
+            self.spool.put, mail_from, rcpts, data, flags=REPORT_MAIL_FLAGS
+        )
+        self.runner.wake(queue_id)
 
     async def bounce(
         self, message: QueuedMessage, data: bytes, failed: list[tuple[str, str]]
@@ -115,7 +116,7 @@ class Relay:
         )
         self.metrics.bounced.inc(len(failed))
         log.info("queue.bounced", queue_id=message.id, dsn_id=dsn_id, failed=len(failed))
-        self.runner.wake()
+        self.runner.wake(dsn_id)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Relay]:

@@ -71,28 +71,55 @@ class QueueRunner:
         self.metrics = metrics
         self.clock = clock
         self._wake = asyncio.Event()
+        self._new: set[str] = set()
+        self._scan_now = False
         self._busy: set[tuple[str, str]] = set()
         self._slots = asyncio.Semaphore(config.delivery.workers)
 
-    def wake(self) -> None:
-        """Look at the queue now (new mail arrived, or a flush)."""
+    def wake(self, queue_id: str | None = None) -> None:
+        """Look at the queue now: at message `queue_id` (just queued), or at all of it."""
+        if queue_id is None:
+            self._scan_now = True
+        else:
+            self._new.add(queue_id)
         self._wake.set()
 
     async def run(self) -> None:
-        """Run until cancelled; deliveries in flight are cancelled too (the spool keeps them)."""
+        """Run until cancelled; deliveries in flight are cancelled too (the spool keeps them).
+
+        The whole spool is read once a second (and on `wake()` without an id), which also finds
+        retries that came due and mail queued by other processes (`stsguard tlsrpt send`, a
+        `queue flush`); a message just queued here is read alone, so intake never pays for a
+        full scan per message.
+        """
+        last_scan = -POLL_SECONDS
         async with asyncio.TaskGroup() as tasks:
             while True:
                 self._wake.clear()
-                # One scan of the spool per wake-up serves both the due list and the gauge.
-                queued = await asyncio.to_thread(self.spool.list)
+                if self._scan_now or time.monotonic() - last_scan >= POLL_SECONDS:
+                    self._scan_now, self._new = False, set()
+                    last_scan = time.monotonic()
+                    queued = await asyncio.to_thread(self.spool.list)
+                    if self.metrics is not None:
+                        self.metrics.queue_size.set(len(queued))
+                else:
+                    fresh, self._new = self._new, set()
+                    queued = await asyncio.to_thread(self._read, fresh)
                 now = self.clock()
                 for message in queued:
                     if message.is_due(now):
                         self._dispatch(message, tasks)
-                if self.metrics is not None:
-                    self.metrics.queue_size.set(len(queued))
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+                if not self._new and not self._scan_now:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
+
+    def _read(self, ids: set[str]) -> list[QueuedMessage]:
+        """The named messages still in the queue."""
+        found = []
+        for queue_id in sorted(ids):
+            with contextlib.suppress(UnknownMessage):
+                found.append(self.spool.get(queue_id))
+        return found
 
     async def run_once(self) -> None:
         """Deliver everything due now and wait for it (tests and `stsguard queue flush --now`)."""
