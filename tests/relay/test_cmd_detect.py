@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from detect.history import SqliteTlsHistoryStore
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.cli import run_cli
 
 
 @pytest.fixture
@@ -22,14 +20,7 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def stsguard(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relay.cli", "detect", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-        check=False,
-    )
+    return run_cli("detect", *args, "--config", str(config))
 
 
 def test_list_without_state_dir_creates_nothing(config_file: Path, tmp_path: Path) -> None:

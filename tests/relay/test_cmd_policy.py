@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -15,8 +14,7 @@ from lab.dns import LabDns
 from lab.pki import LabCA
 from lab.policy_host import Failure, PolicyHost
 from relay.cli import main
-
-ROOT = Path(__file__).resolve().parent.parent.parent
+from tests.cli import run_cli_async
 
 
 @pytest.fixture
@@ -38,20 +36,7 @@ def config_file(tmp_path: Path, lab_dns: LabDns, lab_ca: LabCA, policy_host: Pol
     return path
 
 
-async def stsguard(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay.cli",
-        *args,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+stsguard = run_cli_async
 
 
 async def policy_json(domain: str, config: Path) -> dict[str, Any]:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from relay.spool import MessageFlags, Spool
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.cli import run_cli
 
 
 @pytest.fixture
@@ -23,14 +21,7 @@ def config_file(tmp_path: Path) -> Path:
 
 
 def stsguard(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "relay.cli", "queue", *args, "--config", str(config)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=30,
-        check=False,
-    )
+    return run_cli("queue", *args, "--config", str(config))
 
 
 def test_list_empty_queue_does_not_create_it(config_file: Path, tmp_path: Path) -> None:

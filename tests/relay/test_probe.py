@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -18,8 +16,8 @@ from relay.config import Config
 from relay.probe import ProbeReport, probe_domain
 from relay.resolver import make_resolver
 from relay.tls import client_context
+from tests.cli import run_cli_async
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 MX1 = "mx1.example.org"
 
 
@@ -159,20 +157,7 @@ async def test_unreachable_and_unlisted_mx_are_reported(world: LabWorld, tmp_pat
     assert "certificate verified" in text
 
 
-async def stsguard(*args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "relay.cli",
-        *args,
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    async with asyncio.timeout(60):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+stsguard = run_cli_async
 
 
 async def test_cli_probe_json_and_text(world: LabWorld, tmp_path: Path) -> None:
