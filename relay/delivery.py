@@ -173,6 +173,7 @@ class _Attempt:
     findings: tuple[Finding, ...] = ()
     helo_name: str = ""
     session: _Session | None = None
+    reused: bool = False  # a parked session: its EHLO and TLS were recorded when it was opened
 
 
 class Deliverer:
@@ -343,7 +344,8 @@ class Deliverer:
                 await _close(session.client)
             else:
                 self._park(host.name, ip, policy, session)
-        self._record_history(host.name, attempt.obs)
+        if not attempt.reused:
+            self._record_history(host.name, attempt.obs)
         if not request.no_tlsrpt and not _is_literal(request.domain):
             self._emit_session(request, host, ip, policy, attempt)
         self._log_attempt(policy, attempt, outcome)
@@ -363,7 +365,9 @@ class Deliverer:
         """A session ready for the message (reused or new), or the decision why there is none."""
         reused = await self._reuse(host.name, ip, policy)
         if reused is not None:
-            return _Attempt(reused.decision, reused.obs, reused.findings, reused.helo_name, reused)
+            return _Attempt(
+                reused.decision, reused.obs, reused.findings, reused.helo_name, reused, reused=True
+            )
         obs = Observation(mx_matches=mx_matches(policy, host.name))
         attempt = await self._establish(host, ip, policy, obs, (), "verify", last_mx=last_mx)
         # At most two more connections: unverified TLS after a certificate failure, plaintext

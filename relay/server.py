@@ -246,6 +246,19 @@ class _IntakeSMTP(SMTP):
     """aiosmtpd's SMTP where a failing RCPT or DATA hook answers that command with 451 (via
     `handle_exception`) and the session goes on in the state the command's failure leaves."""
 
+    # aiosmtpd builds its command and AUTH tables per connection from `dir(self)` and
+    # `inspect.getmembers(self)`, which reads every attribute: about 90 us of each message's CPU
+    # in the benchmark. Only the prefixed names matter to it, and they belong to the class.
+    _TABLE_PREFIXES = ("smtp_", "auth_", "handle_")
+    _table_names: list[str] | None = None
+
+    def __dir__(self) -> list[str]:
+        cls = type(self)
+        if cls._table_names is None:
+            names = object.__dir__(self)
+            cls._table_names = [n for n in names if n.startswith(cls._TABLE_PREFIXES)]
+        return cls._table_names
+
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         try:
             return await super()._call_handler_hook(command, *args)
