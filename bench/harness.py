@@ -375,6 +375,7 @@ log_level = "{log_level}"
 
 [delivery]
 port = {sink_port}
+concurrency_per_destination = 20
 
 [dns]
 nameservers = ["{dns}:53"]
@@ -701,7 +702,10 @@ class Bench:
         self.profiles.append(out)
         # --nonblocking: sampling must not pause the process it measures.
         return self.procs.start(
-            [spy, "record", "--nonblocking", "-p", str(pid), "-o", str(out), "-f", "speedscope"],
+            [
+                *(spy, "record", "--nonblocking", "-p", str(pid), "-o", str(out)),
+                *("-f", "speedscope", *(["--gil"] if self.args.profile_gil else [])),
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -887,6 +891,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--profile", type=Path, help="directory for py-spy speedscope profiles (relay, policy)"
+    )
+    parser.add_argument(
+        "--profile-gil",
+        action="store_true",
+        help="sample only the thread holding the GIL: where the Python CPU goes, no I/O waits",
     )
     parser.add_argument(
         "--only", default="ceiling,postfix,resolver,policy,relay", help="comma-separated runs"

@@ -90,9 +90,9 @@ class Relay:
         )
         self.intake = Intake(config, self.spool, on_queued=self._queued)
 
-    def _queued(self, queue_id: str) -> None:
+    def _queued(self, message: QueuedMessage, data: bytes) -> None:
         self.metrics.accepted.inc()
-        self.runner.wake(queue_id)
+        self.runner.submit(message, data)
 
     async def submit_mail(self, mail_from: str, rcpts: list[str], data: bytes) -> None:
         """Queue our own TLS-RPT report mail: MTA-STS not applied, session not counted (RPT-10)."""

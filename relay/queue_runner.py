@@ -1,8 +1,10 @@
 """The queue runner: hands due messages to the deliverer and writes each outcome back to the spool.
 
-One delivery per (message, recipient domain) at a time, at most `delivery.workers` at once. New
-mail wakes the runner at once; the spool is also polled every second, so a `stsguard queue flush`
-from another process is noticed. Spool calls do file I/O with fsync, so they run in a thread.
+One delivery per (message, recipient domain) at a time, at most `delivery.workers` at once. Mail
+accepted by this process is handed over with its bytes (`submit`) and delivered without reading
+the spool again; the spool is also read every second, which finds retries that came due and mail
+queued by other processes (a `stsguard queue flush`). Spool calls do file I/O with fsync, so they
+run in a thread.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from relay.spool import QueuedMessage, Spool
 log = structlog.get_logger(__name__)
 
 POLL_SECONDS = 1.0
+# Message bytes kept in memory between intake and delivery, at most; past it a submitted message
+# is read back from the spool when its turn comes, so a backlog does not grow the process.
+HELD_BYTES_MAX = 64 * 1024 * 1024
 
 
 class Delivers(Protocol):
@@ -72,6 +77,9 @@ class QueueRunner:
         self.clock = clock
         self._wake = asyncio.Event()
         self._new: set[str] = set()
+        self._submitted: list[tuple[QueuedMessage, bytes | None]] = []
+        self._held_bytes = 0
+        self._holders: dict[str, int] = {}  # submitted message -> delivery tasks holding its bytes
         self._scan_now = False
         self._busy: set[tuple[str, str]] = set()
         self._slots = asyncio.Semaphore(config.delivery.workers)
@@ -82,6 +90,15 @@ class QueueRunner:
             self._scan_now = True
         else:
             self._new.add(queue_id)
+        self._wake.set()
+
+    def submit(self, message: QueuedMessage, data: bytes) -> None:
+        """A message this process just queued: deliver it now, from memory when it fits."""
+        if self._held_bytes + len(data) > HELD_BYTES_MAX:
+            self._submitted.append((message, None))
+        else:
+            self._held_bytes += len(data)
+            self._submitted.append((message, data))
         self._wake.set()
 
     async def run(self) -> None:
@@ -105,11 +122,14 @@ class QueueRunner:
                 else:
                     fresh, self._new = self._new, set()
                     queued = await asyncio.to_thread(self._read, fresh)
+                submitted, self._submitted = self._submitted, []
+                for message, data in submitted:
+                    self._dispatch(message, tasks, data)
                 now = self.clock()
                 for message in queued:
                     if message.is_due(now):
                         self._dispatch(message, tasks)
-                if not self._new and not self._scan_now:
+                if not self._new and not self._scan_now and not self._submitted:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
 
@@ -127,28 +147,40 @@ class QueueRunner:
             for message in await asyncio.to_thread(self.spool.due, self.clock()):
                 self._dispatch(message, tasks)
 
-    def _dispatch(self, message: QueuedMessage, tasks: asyncio.TaskGroup) -> None:
+    def _dispatch(
+        self, message: QueuedMessage, tasks: asyncio.TaskGroup, data: bytes | None = None
+    ) -> None:
         now = self.clock()
         due = [r.address for r in message.pending if r.next_attempt_at <= now]
+        holders = 0
         for domain, rcpts in split_by_domain(due).items():
             key = (message.id, domain)
             if key in self._busy:
                 continue
             self._busy.add(key)
-            tasks.create_task(self._deliver(message, domain, rcpts))
+            holders += 1
+            tasks.create_task(self._deliver(message, domain, rcpts, data))
+        if data is not None:
+            if holders:
+                self._holders[message.id] = holders
+            else:
+                self._held_bytes -= len(data)
 
-    async def _deliver(self, message: QueuedMessage, domain: str, rcpts: list[str]) -> None:
+    async def _deliver(
+        self, message: QueuedMessage, domain: str, rcpts: list[str], data: bytes | None = None
+    ) -> None:
         key = (message.id, domain)
         try:
             async with self._slots:
-                # The `due` snapshot may be stale: a delivery that just finished may have removed
-                # or updated the message. Work from its current state.
-                current = await asyncio.to_thread(self.spool.get, message.id)
-                now = self.clock()
-                still_due = {r.address for r in current.pending if r.next_attempt_at <= now}
-                rcpts = [r for r in rcpts if r in still_due]
+                if data is None:
+                    # A snapshot from a scan may be stale: a delivery that just finished may
+                    # have removed or updated the message. Work from its current state.
+                    message = await asyncio.to_thread(self.spool.get, message.id)
+                    now = self.clock()
+                    still_due = {r.address for r in message.pending if r.next_attempt_at <= now}
+                    rcpts = [r for r in rcpts if r in still_due]
                 if rcpts:
-                    await self._deliver_now(current, domain, rcpts)
+                    await self._deliver_now(message, domain, rcpts, data)
         except UnknownMessage:
             pass  # delivered, bounced or deleted meanwhile
         except Exception as exc:
@@ -161,9 +193,21 @@ class QueueRunner:
                 log.exception("queue.defer_failed", queue_id=message.id)
         finally:
             self._busy.discard(key)
+            if data is not None:
+                self._release(message.id, len(data))
 
-    async def _deliver_now(self, message: QueuedMessage, domain: str, rcpts: list[str]) -> None:
-        data = await asyncio.to_thread(self.spool.read_data, message.id)
+    def _release(self, queue_id: str, size: int) -> None:
+        """The last delivery task holding a submitted message's bytes is done with them."""
+        self._holders[queue_id] -= 1
+        if not self._holders[queue_id]:
+            del self._holders[queue_id]
+            self._held_bytes -= size
+
+    async def _deliver_now(
+        self, message: QueuedMessage, domain: str, rcpts: list[str], data: bytes | None = None
+    ) -> None:
+        if data is None:
+            data = await asyncio.to_thread(self.spool.read_data, message.id)
         request = DeliveryRequest(
             queue_id=message.id,
             mail_from=message.mail_from,

@@ -1,5 +1,5 @@
 """SMTP intake: accept mail from allowed clients, check it, spool it, answer 250 only once it is
-on disk. Delivery is not started here; `on_queued(queue_id)` tells whoever cares.
+on disk. Delivery is not started here; `on_queued(message, data)` tells whoever cares.
 
 Two parts kept apart: `IntakeHandler` (aiosmtpd hooks: the protocol decisions) and `Intake` (start
 and stop a listening server inside the running event loop, so it lives in the relay's TaskGroup).
@@ -44,8 +44,9 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from relay.config import Config, RelayConfig
 from relay.errors import ConfigError
+from relay.group_commit import GroupCommit
 from relay.smtp_auth import PasswordAuthenticator, load_auth_file
-from relay.spool import MessageFlags, Spool, new_queue_id
+from relay.spool import MessageFlags, QueuedMessage, Spool, new_queue_id
 
 _log = structlog.get_logger("relay.server")
 
@@ -53,6 +54,9 @@ _BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+# Told of each message once it is durable: its envelope and the bytes as queued.
+OnQueued = Callable[[QueuedMessage, bytes], None]
 
 
 # --- pure checks ---------------------------------------------------------------------------
@@ -132,11 +136,12 @@ class IntakeHandler:
         config: RelayConfig,
         spool: Spool,
         *,
-        on_queued: Callable[[str], None] | None = None,
+        on_queued: OnQueued | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.spool = spool
+        self.commits = GroupCommit(spool)
         self.on_queued = on_queued
         self.clock = clock
         self.networks = parse_networks(config.accept_networks)
@@ -195,15 +200,11 @@ class IntakeHandler:
             rcpts=rcpts,
             now=self.clock(),
         )
-        await asyncio.to_thread(
-            self.spool.put,
-            mail_from,
-            rcpts,
-            trace + data,
-            flags=flags,
-            client=client,
-            queue_id=queue_id,
+        content = trace + data
+        message = self.spool.new_message(
+            mail_from, rcpts, len(content), flags=flags, client=client, queue_id=queue_id
         )
+        await self.commits.put(message, content)
         _log.info(
             "message_queued",
             queue_id=queue_id,
@@ -216,7 +217,7 @@ class IntakeHandler:
         )
         if self.on_queued is not None:
             try:
-                self.on_queued(queue_id)
+                self.on_queued(message, content)
             except Exception:
                 # The message is safe on disk; the queue runner will find it on its next poll.
                 _log.exception("on_queued_failed", queue_id=queue_id)
@@ -301,7 +302,7 @@ class Intake:
         config: Config,
         spool: Spool,
         *,
-        on_queued: Callable[[str], None] | None = None,
+        on_queued: OnQueued | None = None,
         clock: Callable[[], float] = time.time,
         timeout: float = 300,
         listen: tuple[str, int] | None = None,

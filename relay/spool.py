@@ -1,18 +1,26 @@
-"""The durable queue: one data file and one envelope file per message under ``state_dir/queue``.
+"""The durable queue: one file per message under ``state_dir/queue``.
 
 Layout::
 
-    queue/data/<id>      the message bytes as received (CRLF line ends, dot-unstuffed)
-    queue/env/<id>.json  the envelope: sender, per-recipient state, flags, received_at
-    queue/tmp/           files being written; anything left here after a crash is removed
+    queue/msg/<id>          the envelope as one JSON line, then the message bytes as received
+                            (CRLF line ends, dot-unstuffed); written once
+    queue/state/<id>.json   the envelope after a delivery attempt changed it (a deferral, some
+                            recipients done); when present it supersedes the first line of msg/<id>
+    queue/tmp/              files being written; anything left here after a crash is removed
 
 Why files and not SQLite: message bodies are written once and read once, may be large, and the
 relay, ``stsguard queue`` and an administrator's ``ls`` all see the same state without a schema.
+Why one file per message: creating and syncing files is most of a queue's disk cost, so a message
+costs one file and one ``fsync`` (the earlier layout, ``data/`` plus ``env/``, cost two of each; a
+queue in that layout is converted when a `Spool` opens it).
+
 Every write is crash-safe the same way: write a temp file, ``fsync`` it, ``rename`` it into place
-(atomic on POSIX), ``fsync`` the directory. `put` writes the data file first and the envelope last,
-so an envelope always has its data; the envelope's rename is the commit point. A data file without
-an envelope (a crash between the two renames, or during `delete`) was never acknowledged and is
-removed when a `Spool` opens the directory.
+(atomic on POSIX), ``fsync`` the directory. `commit` does this for a batch of messages with one
+directory ``fsync`` for all of them (group commit: concurrent sessions share it); the rename into
+``msg/`` is the commit point, and nothing is acknowledged before the directory ``fsync``. Removing
+a finished message unlinks ``msg/<id>`` first, then its state file, without an ``fsync``: a crash
+just after may bring the message back and deliver it again, never lose it (Postfix makes the same
+trade). A state file without its message is removed when a `Spool` opens the directory.
 
 Envelope updates are read-modify-write under an ``flock`` on ``queue/lock``, so the relay and a
 ``stsguard queue flush`` in another process never lose each other's changes.
@@ -27,7 +35,7 @@ import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from enum import StrEnum
 from pathlib import Path
@@ -163,11 +171,11 @@ class Spool:
     def __init__(self, directory: Path | str, *, clock: Callable[[], float] = time.time) -> None:
         self.directory = Path(directory)
         self.clock = clock
-        self._data = self.directory / "data"
-        self._env = self.directory / "env"
+        self._msg = self.directory / "msg"
+        self._state = self.directory / "state"
         self._tmp = self.directory / "tmp"
         try:
-            for d in (self.directory, self._data, self._env, self._tmp):
+            for d in (self.directory, self._msg, self._state, self._tmp):
                 d.mkdir(parents=True, exist_ok=True)
             self._recover()
         except OSError as exc:
@@ -176,27 +184,57 @@ class Spool:
     # --- crash recovery --------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Remove half-written temp files and data files whose envelope never got committed."""
+        """Remove half-written temp files and orphaned state files; convert the old layout."""
         with self._locked():
             removed = 0
             for tmp in self._tmp.iterdir():
                 tmp.unlink(missing_ok=True)
                 removed += 1
-            for data in self._data.iterdir():
-                if not (self._env / f"{data.name}.json").exists():
-                    data.unlink(missing_ok=True)
+            for state in self._state.iterdir():
+                if not (self._msg / state.name.removesuffix(".json")).exists():
+                    state.unlink(missing_ok=True)
                     removed += 1
             if removed:
                 _fsync_dir(self._tmp)
-                _fsync_dir(self._data)
+                _fsync_dir(self._state)
                 _log.info("spool_recovered", removed_files=removed, directory=str(self.directory))
+            self._convert_two_file_layout()
+
+    def _convert_two_file_layout(self) -> None:
+        """Move messages from the ``data/`` + ``env/`` layout (stsguard before 2026-11-29) into
+        ``msg/``, each durably before its old files go; the old directories go when empty."""
+        env_dir, data_dir = self.directory / "env", self.directory / "data"
+        if not env_dir.is_dir():
+            return
+        converted = 0
+        for env in sorted(env_dir.glob("*.json")):
+            data = data_dir / env.stem
+            if not valid_queue_id(env.stem) or not data.exists():
+                continue  # left for an administrator; logged below
+            target = self._msg / env.stem
+            if not target.exists():
+                self._write_durably(target, env.read_bytes().strip() + b"\n" + data.read_bytes())
+            env.unlink()
+            data.unlink()
+            converted += 1
+        for old in (data_dir, env_dir):
+            # Data without an envelope was never acknowledged (the old commit point).
+            if old is data_dir and not any(env_dir.iterdir()):
+                for orphan in old.iterdir():
+                    orphan.unlink()
+            with contextlib.suppress(OSError):
+                old.rmdir()
+        if env_dir.exists():
+            _log.error("spool_old_layout_left", directory=str(env_dir))
+        _fsync_dir(self.directory)
+        _log.info("spool_converted", messages=converted, directory=str(self.directory))
 
     # --- low-level durable writes -----------------------------------------------------------
 
     @contextlib.contextmanager
     def _locked(self, *, shared: bool = False) -> Iterator[None]:
-        """Exclusive for read-modify-write and recovery; shared for `put`, which only adds new
-        files but must not have its uncommitted data file taken for an orphan by recovery."""
+        """Exclusive for read-modify-write and recovery; shared for `commit`, which only adds new
+        files but must not have its temp files removed by another process's recovery."""
         # A fresh open file description per call: flock then excludes other threads too.
         fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
@@ -205,39 +243,81 @@ class Spool:
         finally:
             os.close(fd)
 
-    def _write_durably(self, target: Path, blob: bytes) -> None:
-        """Temp file, fsync, rename into place, fsync the target directory."""
-        tmp = self._tmp / f"{target.name}.{secrets.token_hex(4)}.tmp"
+    def _write_temp(self, name: str, blob: bytes) -> Path:
+        """Write and fsync a temp file; returns its path (removed again if writing fails)."""
+        tmp = self._tmp / f"{name}.{secrets.token_hex(4)}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             view = memoryview(blob)
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
-        finally:
+        except OSError:
             os.close(fd)
-        os.rename(tmp, target)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return tmp
+
+    def _write_durably(self, target: Path, blob: bytes) -> None:
+        """Temp file, fsync, rename into place, fsync the target directory."""
+        os.rename(self._write_temp(target.name, blob), target)
         _fsync_dir(target.parent)
 
-    def _env_path(self, queue_id: str) -> Path:
+    def _msg_path(self, queue_id: str) -> Path:
         if not valid_queue_id(queue_id):
             raise UnknownMessage(f"no queued message {queue_id!r}")
-        return self._env / f"{queue_id}.json"
+        return self._msg / queue_id
 
-    def _read(self, queue_id: str) -> QueuedMessage:
-        path = self._env_path(queue_id)
+    def _read(self, queue_id: str, *, state: bool = True) -> QueuedMessage:
+        """The envelope: the state file when there is one, else the message file's first line."""
+        path = self._msg_path(queue_id)
         try:
-            blob = path.read_bytes()
+            with path.open("rb") as f:
+                header = f.readline()
+            if state:
+                with contextlib.suppress(FileNotFoundError):
+                    header = (self._state / f"{queue_id}.json").read_bytes()
         except FileNotFoundError:
             raise UnknownMessage(f"no queued message {queue_id!r}") from None
         except OSError as exc:
             raise SpoolError(f"{path}: cannot read: {exc}") from exc
         try:
-            return _decode(blob)
+            message = _decode(header)
         except (ValueError, KeyError, TypeError) as exc:
             raise SpoolError(f"{path}: damaged envelope: {exc}") from exc
+        if message.id != queue_id:
+            raise SpoolError(f"{path}: damaged envelope: it names {message.id!r}")
+        return message
 
     # --- public API ----------------------------------------------------------------------------
+
+    def new_message(
+        self,
+        mail_from: str,
+        rcpts: Collection[str],
+        size: int,
+        *,
+        flags: MessageFlags | None = None,
+        client: str = "",
+        queue_id: str | None = None,
+    ) -> QueuedMessage:
+        """The envelope of a message about to be queued (nothing is written yet)."""
+        if not rcpts:
+            raise SpoolError("a message needs at least one recipient")
+        queue_id = queue_id or new_queue_id()
+        if not valid_queue_id(queue_id):
+            raise SpoolError(f"not a queue id: {queue_id!r}")
+        now = self.clock()
+        return QueuedMessage(
+            id=queue_id,
+            mail_from=mail_from,
+            recipients=tuple(Recipient(a, next_attempt_at=now) for a in rcpts),
+            received_at=now,
+            size=size,
+            flags=flags or MessageFlags(),
+            client=client,
+        )
 
     def put(
         self,
@@ -251,54 +331,74 @@ class Spool:
     ) -> str:
         """Queue a message; when this returns, the message survives a crash. Returns its id
         (`queue_id` when the caller made one with `new_queue_id`, e.g. for a trace header)."""
-        if not rcpts:
-            raise SpoolError("a message needs at least one recipient")
-        queue_id = queue_id or new_queue_id()
-        if not valid_queue_id(queue_id):
-            raise SpoolError(f"not a queue id: {queue_id!r}")
-        now = self.clock()
-        message = QueuedMessage(
-            id=queue_id,
-            mail_from=mail_from,
-            recipients=tuple(Recipient(a, next_attempt_at=now) for a in rcpts),
-            received_at=now,
-            size=len(data),
-            flags=flags or MessageFlags(),
-            client=client,
+        message = self.new_message(
+            mail_from, rcpts, len(data), flags=flags, client=client, queue_id=queue_id
         )
+        (error,) = self.commit([(message, data)])
+        if error is not None:
+            raise error
+        return message.id
+
+    def commit(self, batch: Sequence[tuple[QueuedMessage, bytes]]) -> list[SpoolError | None]:
+        """Queue several messages with one directory fsync (group commit). Returns, per message,
+        None when it is durable or the error that kept it out of the queue."""
+        results: list[SpoolError | None] = [None] * len(batch)
+        written: list[tuple[int, Path, Path]] = []
         try:
             with self._locked(shared=True):
-                self._write_durably(self._data / queue_id, data)
-                self._write_durably(self._env / f"{queue_id}.json", _encode(message))
+                for i, (message, data) in enumerate(batch):
+                    target = self._msg / message.id
+                    try:
+                        tmp = self._write_temp(message.id, _encode(message) + b"\n" + data)
+                    except OSError as exc:
+                        results[i] = SpoolError(f"{self.directory}: cannot queue a message: {exc}")
+                    else:
+                        written.append((i, tmp, target))
+                for _, tmp, target in written:
+                    os.rename(tmp, target)
+                if written:
+                    _fsync_dir(self._msg)
         except OSError as exc:
-            raise SpoolError(f"{self.directory}: cannot queue a message: {exc}") from exc
-        return queue_id
+            # A failed rename or directory fsync: none of the batch is known to be durable, and
+            # its senders are told so; what did reach msg/ goes, or it would be delivered twice.
+            error = SpoolError(f"{self.directory}: cannot queue a message: {exc}")
+            for i, tmp, target in written:
+                for path in (tmp, target):
+                    with contextlib.suppress(OSError):
+                        path.unlink(missing_ok=True)
+                results[i] = error
+            return [r or error for r in results]
+        return results
 
     def get(self, queue_id: str) -> QueuedMessage:
         return self._read(queue_id)
 
     def read_data(self, queue_id: str) -> bytes:
-        self._env_path(queue_id)
+        path = self._msg_path(queue_id)
         try:
-            return self.data_path(queue_id).read_bytes()
+            with path.open("rb") as f:
+                f.readline()
+                return f.read()
         except FileNotFoundError:
             raise UnknownMessage(f"no queued message {queue_id!r}") from None
-
-    def data_path(self, queue_id: str) -> Path:
-        self._env_path(queue_id)
-        return self._data / queue_id
+        except OSError as exc:
+            raise SpoolError(f"{path}: cannot read: {exc}") from exc
 
     def list(self) -> _Messages:
         """Every queued message, oldest first."""
+        with os.scandir(self._state) as entries:
+            states = {e.name.removesuffix(".json") for e in entries}
         messages = []
-        for path in self._env.glob("*.json"):
+        with os.scandir(self._msg) as entries:
+            names = [e.name for e in entries]
+        for name in names:
             try:
-                messages.append(self._read(path.stem))
+                messages.append(self._read(name, state=name in states))
             except UnknownMessage:
-                continue  # finished between glob and read
+                continue  # finished between the listing and the read
             except SpoolError as exc:
                 # One damaged file must not stop the queue; `get` still reports it.
-                _log.error("spool_damaged_envelope", file=str(path), error=str(exc))
+                _log.error("spool_damaged_envelope", file=str(self._msg / name), error=str(exc))
         return sorted(messages, key=lambda m: (m.received_at, m.id))
 
     def due(self, now: float) -> _Messages:
@@ -348,38 +448,37 @@ class Spool:
             updated = replace(message, recipients=tuple(recipients))
             try:
                 if updated.pending:
-                    self._write_durably(self._env_path(queue_id), _encode(updated))
+                    self._write_state(updated)
                 else:
                     self._remove(queue_id)
             except OSError as exc:
                 raise SpoolError(f"{self.directory}: cannot update {queue_id}: {exc}") from exc
         return updated
 
+    def _write_state(self, message: QueuedMessage) -> None:
+        self._write_durably(self._state / f"{message.id}.json", _encode(message))
+
     def delete(self, queue_id: str) -> None:
         """Remove a message whatever its state; `UnknownMessage` if there is none."""
         with self._locked():
-            self._read(queue_id)
+            self._read(queue_id, state=False)
             try:
                 self._remove(queue_id)
             except OSError as exc:
                 raise SpoolError(f"{self.directory}: cannot delete {queue_id}: {exc}") from exc
 
     def _remove(self, queue_id: str) -> None:
-        # Envelope first: it is the commit record; a data file left behind is cleaned at start.
-        self._env_path(queue_id).unlink(missing_ok=True)
-        _fsync_dir(self._env)
-        (self._data / queue_id).unlink(missing_ok=True)
+        # The message file first: it is the commit record; a state file left behind is removed
+        # at start.
+        self._msg_path(queue_id).unlink(missing_ok=True)
+        (self._state / f"{queue_id}.json").unlink(missing_ok=True)
 
     def flush(self) -> int:
         """Make every pending recipient due now; returns how many messages were touched."""
         now = self.clock()
         touched = 0
         with self._locked():
-            for path in self._env.glob("*.json"):
-                try:
-                    message = self._read(path.stem)
-                except UnknownMessage:
-                    continue
+            for message in self.list():
                 if not message.pending or message.is_due(now):
                     continue
                 recipients = tuple(
@@ -387,7 +486,7 @@ class Spool:
                     for r in message.recipients
                 )
                 try:
-                    self._write_durably(path, _encode(replace(message, recipients=recipients)))
+                    self._write_state(replace(message, recipients=recipients))
                 except OSError as exc:
                     raise SpoolError(f"{self.directory}: cannot flush {message.id}: {exc}") from exc
                 touched += 1

@@ -35,7 +35,7 @@ from relay.smtp_auth import (
     parse_auth_file,
     parse_hash,
 )
-from relay.spool import MessageFlags, Spool
+from relay.spool import MessageFlags, QueuedMessage, Spool
 
 MESSAGE = b"From: a@example.net\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
 
@@ -127,15 +127,15 @@ class Raw:
 async def test_accepted_message_is_spooled_before_the_250(
     start_intake: Callable[..., Any], spool: Spool, tmp_path: Path
 ) -> None:
-    """The 250 must not leave before spool.put returned: hold put and watch the client wait."""
+    """The 250 must not leave before spool.commit returned: hold it and watch the client wait."""
     release = threading.Event()
     entered = threading.Event()
 
     class SlowSpool(Spool):
-        def put(self, *args: Any, **kwargs: Any) -> str:
+        def commit(self, *args: Any, **kwargs: Any) -> list[SpoolError | None]:
             entered.set()
             assert release.wait(5)
-            return super().put(*args, **kwargs)
+            return super().commit(*args, **kwargs)
 
     intake = await start_intake(SlowSpool(tmp_path / "queue"))
 
@@ -335,8 +335,8 @@ async def test_tls06_clean_message_with_dot_lines_is_one_message(
 
 async def test_spool_failure_answers_451(start_intake: Callable[..., Any], tmp_path: Path) -> None:
     class BrokenSpool(Spool):
-        def put(self, *args: Any, **kwargs: Any) -> str:
-            raise SpoolError("disk full")
+        def commit(self, batch: Any) -> list[SpoolError | None]:
+            return [SpoolError("disk full")] * len(batch)
 
     intake = await start_intake(BrokenSpool(tmp_path / "broken"))
     with pytest.raises(smtplib.SMTPDataError) as info:
@@ -499,15 +499,20 @@ def test_tls_required_header_parser_never_raises(data: bytes) -> None:
 
 
 async def test_on_queued_and_one_log_line_per_message(tmp_path: Path, spool: Spool) -> None:
-    queued: list[str] = []
-    intake = Intake(make_config(tmp_path), spool, on_queued=queued.append, listen=("127.0.0.1", 0))
+    queued: list[tuple[QueuedMessage, bytes]] = []
+    intake = Intake(
+        make_config(tmp_path),
+        spool,
+        on_queued=lambda m, d: queued.append((m, d)),
+        listen=("127.0.0.1", 0),
+    )
     async with intake.running():
         with structlog.testing.capture_logs() as logs:
             await asyncio.to_thread(
                 send, intake.address, "a@x.test", ["b@y.test", "c@y.test"], MESSAGE
             )
     [msg] = spool.list()
-    assert queued == [msg.id]
+    assert queued == [(msg, spool.read_data(msg.id))]
     [line] = [e for e in logs if e["event"] == "message_queued"]
     assert line["queue_id"] == msg.id
     assert line["mail_from"] == "a@x.test"
@@ -517,7 +522,7 @@ async def test_on_queued_and_one_log_line_per_message(tmp_path: Path, spool: Spo
 
 
 async def test_failing_on_queued_still_answers_250(tmp_path: Path, spool: Spool) -> None:
-    def broken(queue_id: str) -> None:
+    def broken(message: QueuedMessage, data: bytes) -> None:
         raise RuntimeError("runner gone")
 
     intake = Intake(make_config(tmp_path), spool, on_queued=broken, listen=("127.0.0.1", 0))

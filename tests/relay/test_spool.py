@@ -1,7 +1,9 @@
-"""The durable queue: state changes, restart, crash leftovers and the fsync-before-rename order."""
+"""The durable queue: state changes, restart, crash leftovers, the fsync-before-rename order, group
+commit and the conversion of the old two-file layout."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -49,7 +51,8 @@ def test_put_get_read_data(spool: Spool, clock: Clock) -> None:
     assert msg.flags == flags
     assert msg.size == len(b"X: y\r\n\r\nhi\r\n")
     assert spool.read_data(qid) == b"X: y\r\n\r\nhi\r\n"
-    assert spool.data_path(qid).read_bytes() == b"X: y\r\n\r\nhi\r\n"
+    # One file per message: the envelope line, then the bytes as received.
+    assert (spool.directory / "msg" / qid).read_bytes().endswith(b"}\nX: y\r\n\r\nhi\r\n")
 
 
 def test_null_sender_is_queued(spool: Spool) -> None:
@@ -90,7 +93,8 @@ def test_due_deferred_delivered_bounced(spool: Spool, clock: Clock) -> None:
     assert final.pending == ()
     with pytest.raises(UnknownMessage):
         spool.get(qid)
-    assert list((spool.directory / "data").iterdir()) == []
+    assert list((spool.directory / "msg").iterdir()) == []
+    assert list((spool.directory / "state").iterdir()) == []
 
 
 def test_marking_a_finished_recipient_again_changes_nothing(spool: Spool) -> None:
@@ -114,19 +118,21 @@ def test_restart_keeps_everything(tmp_path: Path, clock: Clock) -> None:
 def test_half_written_files_are_cleaned_at_start(tmp_path: Path, clock: Clock) -> None:
     spool = Spool(tmp_path / "q", clock=clock)
     kept = spool.put("a@x", ["b@y"], b"kept")
-    # A crash while writing a temp file, and one between the data and envelope renames.
+    spool.mark_deferred(kept, ["b@y"], error="later", next_attempt_at=clock.now + 60)
+    # A crash while writing a temp file, and one between removing a message and its state file.
     (tmp_path / "q" / "tmp" / "ABCDEFGHIJKLMNOP.1234.tmp").write_bytes(b"half")
-    (tmp_path / "q" / "data" / "QRSTUVWXYZ234567").write_bytes(b"never acknowledged")
+    (tmp_path / "q" / "state" / "QRSTUVWXYZ234567.json").write_bytes(b"{}")
     reopened = Spool(tmp_path / "q", clock=clock)
     assert list((tmp_path / "q" / "tmp").iterdir()) == []
-    assert sorted(p.name for p in (tmp_path / "q" / "data").iterdir()) == [kept]
+    assert sorted(p.name for p in (tmp_path / "q" / "state").iterdir()) == [f"{kept}.json"]
     assert [m.id for m in reopened.list()] == [kept]
+    assert reopened.get(kept).recipients[0].last_error == "later"
 
 
 def test_durability_order_fsync_before_rename(
     spool: Spool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Data file: write, fsync, rename, fsync dir; then the envelope the same way, last."""
+    """One file per message: write, fsync, rename into msg/, fsync msg/."""
     events: list[str] = []
     real_fsync, real_rename, real_open = os.fsync, os.rename, os.open
     opened: dict[int, str] = {}
@@ -148,14 +154,85 @@ def test_durability_order_fsync_before_rename(
     monkeypatch.setattr("relay.spool.os.fsync", fake_fsync)
     monkeypatch.setattr("relay.spool.os.rename", fake_rename)
     spool.put("a@x", ["b@y"], b"body")
-    assert events == [
-        "fsync:file",
-        "rename:data",
-        "fsync:data",
-        "fsync:file",
-        "rename:env",
-        "fsync:env",
-    ]
+    assert events == ["fsync:file", "rename:msg", "fsync:msg"]
+    events.clear()
+    # A batch: every file synced before any rename, then one directory fsync for all.
+    batch = [(spool.new_message("a@x", ["b@y"], 1), b"x") for _ in range(3)]
+    assert spool.commit(batch) == [None, None, None]
+    assert events == ["fsync:file"] * 3 + ["rename:msg"] * 3 + ["fsync:msg"]
+    assert {m.id for m in spool.list()} >= {m.id for m, _ in batch}
+
+
+def test_a_failed_write_fails_only_its_message(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_write = os.write
+
+    def disk_full_for_big(fd: int, data: bytes) -> int:
+        if len(data) > 1000:
+            raise OSError(28, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("relay.spool.os.write", disk_full_for_big)
+    small = spool.new_message("a@x", ["b@y"], 2)
+    big = spool.new_message("a@x", ["b@y"], 2000)
+    errors = spool.commit([(small, b"ok"), (big, b"x" * 2000)])
+    assert errors[0] is None
+    assert isinstance(errors[1], SpoolError)
+    assert "No space left" in str(errors[1])
+    assert [m.id for m in spool.list()] == [small.id]
+    assert list((spool.directory / "tmp").iterdir()) == []
+
+
+def test_a_failed_directory_sync_fails_the_whole_batch(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(path: Path) -> None:
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr("relay.spool._fsync_dir", broken)
+    batch = [(spool.new_message("a@x", ["b@y"], 1), b"x") for _ in range(2)]
+    errors = spool.commit(batch)
+    assert all(isinstance(e, SpoolError) for e in errors)
+    # Its senders hear of a failure, so nothing of it may be delivered.
+    assert spool.list() == []
+
+
+def test_the_two_file_layout_is_converted(tmp_path: Path, clock: Clock) -> None:
+    """A queue written by the earlier layout (data/<id> + env/<id>.json) keeps every message."""
+    q = tmp_path / "q"
+    (q / "data").mkdir(parents=True)
+    (q / "env").mkdir()
+    ids = ["ABCDEFGHIJKLMNOP", "QRSTUVWXYZ234567"]
+    for n, qid in enumerate(ids):
+        envelope = {
+            "id": qid,
+            "mail_from": "a@x",
+            "recipients": [
+                {
+                    "address": "b@y",
+                    "status": "pending",
+                    "attempts": n,
+                    "next_attempt_at": clock.now,
+                    "last_error": "451 later" if n else "",
+                }
+            ],
+            "received_at": clock.now + n,
+            "size": 5,
+            "flags": {"is_bounce": bool(n)},
+            "client": "127.0.0.1",
+        }
+        (q / "env" / f"{qid}.json").write_text(json.dumps(envelope))
+        (q / "data" / qid).write_bytes(b"body%d" % n)
+    (q / "data" / "AAAAAAAAAAAAAAAA").write_bytes(b"never acknowledged")
+    spool = Spool(q, clock=clock)
+    assert [m.id for m in spool.list()] == ids
+    assert spool.read_data(ids[1]) == b"body1"
+    assert spool.get(ids[1]).flags.is_bounce
+    assert spool.get(ids[1]).recipients[0].last_error == "451 later"
+    assert not (q / "data").exists()
+    assert not (q / "env").exists()
+    assert sorted(p.name for p in (q / "msg").iterdir()) == ids
 
 
 def test_flush_makes_everything_due(spool: Spool, clock: Clock) -> None:
@@ -182,9 +259,18 @@ def test_delete_and_unknown_ids(spool: Spool) -> None:
 
 def test_damaged_envelope_is_a_spool_error(spool: Spool) -> None:
     qid = spool.put("a@x", ["b@y"], b"d")
-    (spool.directory / "env" / f"{qid}.json").write_bytes(b"{not json")
+    (spool.directory / "msg" / qid).write_bytes(b"{not json\nd")
     with pytest.raises(SpoolError):
         spool.get(qid)
+    # A file whose envelope names another message is damaged too.
+    other = spool.put("a@x", ["b@y"], b"d")
+    (spool.directory / "msg" / "AAAAAAAAAAAAAAAA").write_bytes(
+        (spool.directory / "msg" / other).read_bytes()
+    )
+    with pytest.raises(SpoolError, match="names"):
+        spool.get("AAAAAAAAAAAAAAAA")
+    spool.delete(other)
+    (spool.directory / "msg" / "AAAAAAAAAAAAAAAA").unlink()
     good = spool.put("a@x", ["b@y"], b"d")
     assert [m.id for m in spool.list()] == [good]  # the damaged one does not stop the queue
 
