@@ -372,6 +372,7 @@ hostname = "relay.bench.test"
 accept_networks = ["127.0.0.0/8"]
 state_dir = "{state}"
 log_level = "{log_level}"
+intake_processes = {intake_processes}
 
 [delivery]
 port = {sink_port}
@@ -608,6 +609,7 @@ class Bench:
                 dns=DNS_IP,
                 ca=self.ca_file,
                 log_level="info" if self.args.keep_logs else "warning",
+                intake_processes=self.args.intake_processes,
             )
         )
         relay_log = self.workdir / "stsguard.log"
@@ -636,7 +638,7 @@ class Bench:
                 except (RuntimeError, OSError) as exc:
                     log(f"stsguard: {stage.__name__} failed: {exc}")
                     errors.append(f"{stage.__name__}: {exc}")
-                peak = max(peak, procstat.status_kib(pid, "VmHWM"))
+                peak = max(peak, procstat.tree_status_kib(pid, "VmHWM"))
                 if proc.poll() is not None:
                     errors.append(f"the relay exited with status {proc.returncode}")
                     break
@@ -676,7 +678,7 @@ class Bench:
     def relay_idle_sessions(self, pid: int) -> None:
         log(f"stsguard: {self.args.idle} idle sessions")
         time.sleep(0.5)
-        before = procstat.status_kib(pid, "VmRSS")
+        before = procstat.tree_rss_kib(pid)
         per = asyncio.run(self.measure_idle(pid, before))
         self.results.extra.setdefault("stsguard_memory", {}).update(
             rss_before_idle_kib=before, idle_session_kib=per
@@ -685,7 +687,7 @@ class Bench:
     async def measure_idle(self, pid: int, before: int) -> float:
         writers = await idle_sessions(RELAY_PORT, self.args.idle)
         await asyncio.sleep(0.5)
-        after = procstat.status_kib(pid, "VmRSS")
+        after = procstat.tree_rss_kib(pid)
         for w in writers:
             w.close()
         return (after - before) / len(writers)
@@ -891,6 +893,13 @@ def main() -> int:
     )
     parser.add_argument(
         "--profile", type=Path, help="directory for py-spy speedscope profiles (relay, policy)"
+    )
+    parser.add_argument(
+        "--intake-processes",
+        type=int,
+        default=1,
+        help="the relay's [relay].intake_processes (default 1: one intake process beside the "
+        "delivering one, as the relay is meant to run on a machine with two cores or more)",
     )
     parser.add_argument(
         "--profile-gil",

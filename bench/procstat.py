@@ -79,4 +79,10 @@ def status_kib(pid: int, field: str) -> int:
 
 def tree_rss_kib(root: int) -> int:
     """Summed resident memory of a process tree (shared pages count once per process)."""
-    return sum(status_kib(p, "VmRSS") for p in tree(root))
+    return tree_status_kib(root, "VmRSS")
+
+
+def tree_status_kib(root: int, field: str) -> int:
+    """A ``kB`` field of /proc/PID/status summed over a process tree (VmHWM: each process's
+    own peak, so the sum is an upper bound of the tree's peak)."""
+    return sum(status_kib(p, field) for p in tree(root))

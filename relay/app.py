@@ -1,5 +1,8 @@
 """`stsguard relay`: the smarthost as one TaskGroup (intake, queue runner, TLS-RPT).
 
+With ``[relay].intake_processes`` > 0 the intake runs in that many child processes
+(`relay.intake_pool`) and this process delivers what they queue.
+
 `Relay` builds every part from the one `Config` and owns their lifetimes; `run(args, config)` is the
 CLI entry point, which stops cleanly on SIGTERM or SIGINT (the queue is on disk, nothing is lost).
 """
@@ -12,6 +15,7 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import httpx
 import structlog
@@ -24,6 +28,7 @@ from relay.cmd_tlsrpt import report_settings
 from relay.config import Config
 from relay.delivery import Deliverer
 from relay.errors import StsguardError
+from relay.intake_pool import IntakePool
 from relay.log import configure_logging
 from relay.metrics import Metrics, start_metrics_server
 from relay.queue_runner import QueueRunner
@@ -41,9 +46,17 @@ log = structlog.get_logger(__name__)
 class Relay:
     """Every part of the running smarthost, built from one config."""
 
-    def __init__(self, config: Config, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.time,
+        config_path: Path | None = None,
+    ) -> None:
+        """`config_path` is the file `config` came from; intake processes read it too."""
         self.config = config
         self.clock = clock
+        self.config_path = config_path
         state_dir = config.relay.state_dir
         try:
             state_dir.mkdir(parents=True, exist_ok=True)
@@ -89,10 +102,51 @@ class Relay:
             clock=clock,
         )
         self.intake = Intake(config, self.spool, on_queued=self._queued)
+        self.pool: IntakePool | None = None
+        if config.relay.intake_processes:
+            if config_path is None:
+                raise StsguardError(
+                    "[relay].intake_processes: the intake processes read the config file; "
+                    "start the relay with --config FILE"
+                )
+            self.pool = IntakePool(
+                config.relay.intake_processes,
+                config_path,
+                config.relay.listen_address,
+                on_queued=self._queued_elsewhere,
+            )
 
     def _queued(self, message: QueuedMessage, data: bytes) -> None:
         self.metrics.accepted.inc()
         self.runner.submit(message, data)
+
+    def _queued_elsewhere(self, queue_ids: list[str]) -> None:
+        """Mail queued by the intake processes."""
+        self.metrics.accepted.inc(len(queue_ids))
+        for queue_id in queue_ids:
+            self.runner.wake(queue_id)
+
+    @property
+    def listen_address(self) -> tuple[str, int]:
+        return self.pool.address if self.pool is not None else self.intake.address
+
+    async def _start_intake(self) -> None:
+        try:
+            if self.pool is not None:
+                await self.pool.start()
+            else:
+                await self.intake.start()
+        except OSError as exc:
+            if self.pool is not None:
+                await self.pool.stop()
+            raise StsguardError(
+                f"[relay].listen: cannot listen on {self.config.relay.listen}: "
+                f"{exc.strerror or exc}"
+            ) from None
+        except BaseException:
+            if self.pool is not None:
+                await self.pool.stop()
+            raise
 
     async def submit_mail(self, mail_from: str, rcpts: list[str], data: bytes) -> None:
         """Queue our own TLS-RPT report mail: MTA-STS not applied, session not counted (RPT-10)."""
@@ -122,13 +176,7 @@ class Relay:
     async def running(self) -> AsyncIterator[Relay]:
         """Start intake, the queue runner and TLS-RPT; stop them all on the way out."""
         settings = report_settings(self.config) if self.config.tlsrpt.enabled else None
-        try:
-            await self.intake.start()
-        except OSError as exc:
-            raise StsguardError(
-                f"[relay].listen: cannot listen on {self.config.relay.listen}: "
-                f"{exc.strerror or exc}"
-            ) from None
+        await self._start_intake()
         metrics_server = None
         http = httpx.AsyncClient(verify=self.ssl_context, follow_redirects=False, timeout=60)
         try:
@@ -156,9 +204,12 @@ class Relay:
                         max_delay=float(self.config.tlsrpt.max_delay),
                     )
                     children.append(tasks.create_task(sender.run(), name="tlsrpt-sender"))
+                if self.pool is not None:
+                    children.append(tasks.create_task(self.pool.run(), name="intake-pool"))
                 log.info(
                     "relay.started",
-                    listen=self.intake.address,
+                    listen=self.listen_address,
+                    intake_processes=self.config.relay.intake_processes,
                     state_dir=str(self.config.relay.state_dir),
                 )
                 try:
@@ -169,6 +220,8 @@ class Relay:
                         task.cancel()
         finally:
             await self.intake.stop()
+            if self.pool is not None:
+                await self.pool.stop()
             await self.deliverer.close()
             await http.aclose()
             self.sink.flush()
@@ -178,18 +231,18 @@ class Relay:
             log.info("relay.stopped")
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, config_path: Path | None = None) -> None:
     """Run the relay until SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Relay(config).running():
+    async with Relay(config, config_path=config_path).running():
         await stop.wait()
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
     """`stsguard relay --config FILE`."""
     configure_logging(config.relay.log_format, config.relay.log_level)
-    asyncio.run(serve(config))
+    asyncio.run(serve(config, Path(args.config) if args.config else None))
     return 0

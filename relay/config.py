@@ -83,6 +83,7 @@ class RelayConfig:
     auth_file: str = ""
     log_format: str = "auto"
     log_level: str = "info"
+    intake_processes: int = 0
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -281,6 +282,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "auth_file": _string,
             "log_format": _choice(LOG_FORMATS),
             "log_level": _log_level,
+            "intake_processes": _int_range(0, 64),
         },
     ),
     "delivery": (

@@ -85,7 +85,8 @@ class QueueRunner:
         self._slots = asyncio.Semaphore(config.delivery.workers)
 
     def wake(self, queue_id: str | None = None) -> None:
-        """Look at the queue now: at message `queue_id` (just queued), or at all of it."""
+        """Look at the queue now: at message `queue_id` (just queued by another process, such as
+        an intake process), or at all of it."""
         if queue_id is None:
             self._scan_now = True
         else:
@@ -94,12 +95,15 @@ class QueueRunner:
 
     def submit(self, message: QueuedMessage, data: bytes) -> None:
         """A message this process just queued: deliver it now, from memory when it fits."""
-        if self._held_bytes + len(data) > HELD_BYTES_MAX:
-            self._submitted.append((message, None))
-        else:
-            self._held_bytes += len(data)
-            self._submitted.append((message, data))
+        self._submitted.append((message, self._hold(data)))
         self._wake.set()
+
+    def _hold(self, data: bytes) -> bytes | None:
+        """`data` when it fits the memory budget (and counts against it), else None."""
+        if self._held_bytes + len(data) > HELD_BYTES_MAX:
+            return None
+        self._held_bytes += len(data)
+        return data
 
     async def run(self) -> None:
         """Run until cancelled; deliveries in flight are cancelled too (the spool keeps them).
@@ -120,11 +124,15 @@ class QueueRunner:
                     if self.metrics is not None:
                         self.metrics.queue_size.set(len(queued))
                 else:
+                    # Queued by an intake process: envelope and bytes in one read.
                     fresh, self._new = self._new, set()
-                    queued = await asyncio.to_thread(self._read, fresh)
+                    queued = []
+                    if fresh:
+                        for message, data in await asyncio.to_thread(self._read, fresh):
+                            self._submitted.append((message, self._hold(data)))
                 submitted, self._submitted = self._submitted, []
-                for message, data in submitted:
-                    self._dispatch(message, tasks, data)
+                for message, held in submitted:
+                    self._dispatch(message, tasks, held)
                 now = self.clock()
                 for message in queued:
                     if message.is_due(now):
@@ -133,12 +141,12 @@ class QueueRunner:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
 
-    def _read(self, ids: set[str]) -> list[QueuedMessage]:
-        """The named messages still in the queue."""
+    def _read(self, ids: set[str]) -> list[tuple[QueuedMessage, bytes]]:
+        """The named messages still in the queue, with their bytes."""
         found = []
         for queue_id in sorted(ids):
             with contextlib.suppress(UnknownMessage):
-                found.append(self.spool.get(queue_id))
+                found.append(self.spool.read_message(queue_id))
         return found
 
     async def run_once(self) -> None:

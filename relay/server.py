@@ -34,6 +34,7 @@ import email.parser
 import email.policy
 import ipaddress
 import re
+import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -306,10 +307,13 @@ class Intake:
         clock: Callable[[], float] = time.time,
         timeout: float = 300,
         listen: tuple[str, int] | None = None,
+        sock: socket.socket | None = None,
     ) -> None:
-        """`listen` overrides ``[relay].listen`` (tests pass port 0 for a free port)."""
+        """`listen` overrides ``[relay].listen`` (tests pass port 0 for a free port); `sock` is a
+        listening socket to serve instead (an intake process shares its parent's)."""
         relay = config.relay
         self.listen = listen or relay.listen_address
+        self.sock = sock
         self.config = config
         self.handler = IntakeHandler(relay, spool, on_queued=on_queued, clock=clock)
         self.tls_context = server_tls_context(relay)
@@ -352,7 +356,10 @@ class Intake:
     async def start(self) -> None:
         host, port = self.listen
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._protocol, host, port)
+        if self.sock is not None:
+            self._server = await loop.create_server(self._protocol, sock=self.sock)
+        else:
+            self._server = await loop.create_server(self._protocol, host, port)
         _log.info("intake_listening", address=f"{self.address[0]}:{self.address[1]}")
 
     async def stop(self) -> None:

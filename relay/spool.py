@@ -373,6 +373,10 @@ class Spool:
     def get(self, queue_id: str) -> QueuedMessage:
         return self._read(queue_id)
 
+    def read_message(self, queue_id: str) -> tuple[QueuedMessage, bytes]:
+        """The envelope and the message bytes."""
+        return self._read(queue_id), self.read_data(queue_id)
+
     def read_data(self, queue_id: str) -> bytes:
         path = self._msg_path(queue_id)
         try:

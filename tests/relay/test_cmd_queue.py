@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from relay.spool import MessageFlags, Spool
-from tests.cli import run_cli
+from tests.cli import ROOT, run_cli
 
 
 @pytest.fixture
@@ -85,3 +86,22 @@ def test_delete_unknown_or_missing_id(config_file: Path, tmp_path: Path) -> None
     junk = stsguard(config_file, "delete", "../../etc/passwd")
     assert junk.returncode != 0
     assert "Traceback" not in junk.stderr
+
+
+def test_a_reader_that_goes_away_is_no_traceback(config_file: Path, tmp_path: Path) -> None:
+    """`stsguard queue list | head -1`: the pipe closes early; stop quietly, as Unix tools do."""
+    spool = Spool(tmp_path / "state" / "queue")
+    for n in range(3):
+        spool.put("a@example.net", [f"b{n}@example.org"], b"x\r\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "queue", "list", "--config", str(config_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=ROOT,
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(30) == 141
+    assert "Traceback" not in err
