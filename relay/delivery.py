@@ -144,7 +144,9 @@ class DeliveryOutcome:
 
 def normalize_crlf(data: bytes) -> bytes:
     """Every line ending as CRLF, ending with one (TLS-06: no bare LF or CR reaches the MX)."""
-    data = _LINE_ENDINGS.sub(b"\r\n", data)
+    pairs = data.count(b"\r\n")
+    if not data.count(b"\r") == pairs == data.count(b"\n"):  # intake refused bare ones already
+        data = _LINE_ENDINGS.sub(b"\r\n", data)
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 

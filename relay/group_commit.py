@@ -1,20 +1,64 @@
-"""Group commit: messages that finish DATA together go to disk together.
+"""Group commit: spool work that many tasks ask for at once goes to disk together.
 
 Each accepted message needs an ``fsync`` of its file and of the queue directory before its 250.
 `GroupCommit.put` queues the message and waits; one writer task hands everything waiting to
 `Spool.commit` in one trip to a worker thread, which syncs every file and then the directory
 once. While that batch is on its way to the disk the next one gathers, so under load a directory
 sync and a thread hand-off serve many sessions, and a lone message still goes at once.
+`ThreadBatch` is that mechanism for any blocking function of a list; the queue runner uses it to
+remove delivered messages (`Spool.finish`).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
+from typing import Generic, TypeVar
 
 from relay.errors import SpoolError
 from relay.spool import QueuedMessage, Spool
 
-_Waiting = tuple[QueuedMessage, bytes, asyncio.Future[None]]
+T = TypeVar("T")
+
+
+class ThreadBatch(Generic[T]):
+    """Calls ``work(items) -> errors`` in a worker thread for every item asked for meanwhile.
+
+    `work` returns one ``SpoolError | None`` per item, in order."""
+
+    def __init__(self, work: Callable[[Sequence[T]], Sequence[SpoolError | None]]) -> None:
+        self.work = work
+        self._waiting: list[tuple[T, asyncio.Future[None]]] = []
+        self._runner: asyncio.Task[None] | None = None
+        self.batches = 0  # how many calls of `work` were made (for tests and the benchmark)
+
+    async def __call__(self, item: T) -> None:
+        """Return once `work` has done `item`; raises the error it reported for it."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._runner is None or self._runner.done():
+            self._runner = asyncio.create_task(self._run())
+        await future
+
+    async def _run(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting, []
+            self.batches += 1
+            try:
+                errors = await asyncio.to_thread(self.work, [item for item, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in batch:
+                    future.cancel()
+                raise
+            except Exception as exc:  # a bug rather than the disk: `work` reports OSError itself
+                errors = [SpoolError(f"spool: {exc!r}")] * len(batch)
+            for (_, future), error in zip(batch, errors, strict=True):
+                if future.done():
+                    continue  # its caller went away; the work is done all the same
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
 
 
 class GroupCommit:
@@ -22,34 +66,12 @@ class GroupCommit:
 
     def __init__(self, spool: Spool) -> None:
         self.spool = spool
-        self._waiting: list[_Waiting] = []
-        self._writer: asyncio.Task[None] | None = None
-        self.batches = 0  # how many commits were made (for tests and the benchmark)
+        self._batch: ThreadBatch[tuple[QueuedMessage, bytes]] = ThreadBatch(spool.commit)
+
+    @property
+    def batches(self) -> int:
+        return self._batch.batches
 
     async def put(self, message: QueuedMessage, data: bytes) -> None:
         """Return once `message` is durable in the queue; `SpoolError` when it is not queued."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((message, data, future))
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write())
-        await future
-
-    async def _write(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            self.batches += 1
-            try:
-                errors = await asyncio.to_thread(self.spool.commit, [(m, d) for m, d, _ in batch])
-            except asyncio.CancelledError:
-                for _, _, future in batch:
-                    future.cancel()
-                raise
-            except Exception as exc:  # a bug rather than the disk: commit reports OSError itself
-                errors = [SpoolError(f"cannot queue a message: {exc!r}")] * len(batch)
-            for (_, _, future), error in zip(batch, errors, strict=True):
-                if future.done():
-                    continue  # its session went away; the message is queued all the same
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
+        await self._batch((message, data))

@@ -22,6 +22,7 @@ from relay.config import Config
 from relay.decision import Action, Decision
 from relay.delivery import DeliveryOutcome, DeliveryRequest
 from relay.errors import UnknownMessage
+from relay.group_commit import ThreadBatch
 from relay.metrics import Metrics
 from relay.routing import expired, next_retry
 from relay.spool import QueuedMessage, Spool
@@ -80,6 +81,7 @@ class QueueRunner:
         self._submitted: list[tuple[QueuedMessage, bytes | None]] = []
         self._held_bytes = 0
         self._holders: dict[str, int] = {}  # submitted message -> delivery tasks holding its bytes
+        self._finish = ThreadBatch(spool.finish)  # removals of delivered mail share thread hops
         self._scan_now = False
         self._busy: set[tuple[str, str]] = set()
         self._slots = asyncio.Semaphore(config.delivery.workers)
@@ -227,10 +229,12 @@ class QueueRunner:
             eight_bit=message.flags.eight_bit,
         )
         outcome = await self.deliverer.deliver(request)
-        if outcome.delivered:
-            await asyncio.to_thread(
-                self.spool.mark_delivered, message.id, [r.rcpt for r in outcome.delivered]
-            )
+        delivered = [r.rcpt for r in outcome.delivered]
+        if delivered and set(delivered) == {r.address for r in message.pending}:
+            # Every recipient still pending is done: remove it without reading it back.
+            await self._finish(message.id)
+        elif delivered:
+            await asyncio.to_thread(self.spool.mark_delivered, message.id, delivered)
         bounced = [(r.rcpt, r.reason) for r in outcome.bounced]
         deferred = list(outcome.deferred)
         if deferred:

@@ -117,6 +117,7 @@ class QueuedMessage:
 
 # `Spool.list` shadows the builtin inside the class body.
 _Messages = list[QueuedMessage]
+_Errors = list[SpoolError | None]  # per item of a batch: None when done
 
 
 def new_queue_id() -> str:
@@ -461,6 +462,19 @@ class Spool:
 
     def _write_state(self, message: QueuedMessage) -> None:
         self._write_durably(self._state / f"{message.id}.json", _encode(message))
+
+    def finish(self, queue_ids: Sequence[str]) -> _Errors:
+        """Remove messages whose every pending recipient is done (the caller knows, having
+        delivered them), without reading them first. One lock for the lot."""
+        results: _Errors = []
+        with self._locked():
+            for queue_id in queue_ids:
+                try:
+                    self._remove(queue_id)
+                    results.append(None)
+                except (OSError, UnknownMessage) as exc:
+                    results.append(SpoolError(f"{self.directory}: cannot remove {queue_id}: {exc}"))
+        return results
 
     def delete(self, queue_id: str) -> None:
         """Remove a message whatever its state; `UnknownMessage` if there is none."""

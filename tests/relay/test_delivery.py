@@ -15,6 +15,8 @@ import dns.asyncresolver
 import pytest
 import structlog
 from aiosmtpd.smtp import SMTP
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from structlog.testing import LogCapture, capture_logs
 
 from lab.dns import LabDns
@@ -730,3 +732,15 @@ async def test_8bit_body_with_8bitmime_flag_is_delivered_intact(
     await deliverer.close()
     assert [r.status for r in outcome.rcpts] == [RcptStatus.DELIVERED]
     assert "d\u00e9j\u00e0 vu".encode() in mx.messages[0].data
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"x", b"."]), max_size=30))
+def test_normalize_crlf_leaves_no_bare_line_end(parts: list[bytes]) -> None:
+    data = b"".join(parts)
+    out = normalize_crlf(data)
+    assert out.endswith(b"\r\n")
+    assert out.count(b"\r") == out.count(b"\n") == out.count(b"\r\n")
+    assert out.replace(b"\r\n", b"") == data.replace(b"\r\n", b"").replace(b"\r", b"").replace(
+        b"\n", b""
+    )

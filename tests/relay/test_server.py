@@ -14,6 +14,7 @@ from typing import Any, cast
 
 import pytest
 import structlog.testing
+from aiosmtpd.smtp import SMTP
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,6 +23,7 @@ from relay.config import Config, RelayConfig
 from relay.errors import ConfigError, SpoolError
 from relay.server import (
     Intake,
+    _IntakeSMTP,
     bare_line_end,
     client_allowed,
     parse_networks,
@@ -333,6 +335,28 @@ async def test_tls06_clean_message_with_dot_lines_is_one_message(
 # --- failures inside the handler --------------------------------------------------------------
 
 
+async def test_junk_paths_get_a_clear_error_not_a_451(
+    start_intake: Callable[..., Any], spool: Spool
+) -> None:
+    """The stdlib address parser raises IndexError on ``<``: the client hears 553, not 451."""
+    intake = await start_intake(spool)
+
+    def client() -> list[bytes]:
+        raw = Raw(intake.address)
+        raw.cmd(b"EHLO client.test")
+        replies = [raw.cmd(b"MAIL FROM:<"), raw.cmd(b"MAIL FROM:<a@x.test>")]
+        replies.append(raw.cmd(b"RCPT TO:<"))
+        raw.close()
+        return replies
+
+    with structlog.testing.capture_logs() as logs:
+        mail_junk, mail_ok, rcpt_junk = await asyncio.to_thread(client)
+    assert mail_junk.startswith(b"553 5.1.3")
+    assert mail_ok.startswith(b"250")
+    assert rcpt_junk.startswith(b"553 5.1.3")
+    assert not [e for e in logs if e["event"] == "intake_error"]
+
+
 async def test_spool_failure_answers_451(start_intake: Callable[..., Any], tmp_path: Path) -> None:
     class BrokenSpool(Spool):
         def commit(self, batch: Any) -> list[SpoolError | None]:
@@ -488,6 +512,48 @@ def test_tls06_bare_line_end_property(data: bytes) -> None:
         assert data[offset : offset + 1] in (b"\r", b"\n")
         assert data[offset : offset + 2] != b"\r\n"
         assert offset == 0 or data[offset - 1 : offset + 1] != b"\r\n"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"\r\n", b"x", b"\r\n.\r\n"]), max_size=30))
+def test_tls06_bare_line_end_on_line_end_soup(parts: list[bytes]) -> None:
+    """The fast path (counting pairs) and the search agree on data made of line ends."""
+    data = b"".join(parts)
+    clean = data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n")
+    offset = bare_line_end(data)
+    assert (offset is None) == clean
+    if offset is not None:
+        assert data[offset : offset + 2] != b"\r\n"
+        assert offset == 0 or data[offset - 1 : offset + 1] != b"\r\n"
+
+
+_ATOM = st.text(alphabet="abcXYZ019!#$%&'*+/=?^_`{|}~-", min_size=1, max_size=5)
+_PATH_TEXT = st.one_of(
+    st.builds(
+        lambda local, domain, gap, rest: f"<{'.'.join(local)}@{'.'.join(domain)}>{gap}{rest}",
+        st.lists(_ATOM, min_size=1, max_size=3),
+        st.lists(st.text(alphabet="ab-9", min_size=1, max_size=4), min_size=1, max_size=3),
+        st.sampled_from(["", " ", "  ", "\t", " (c) "]),
+        st.sampled_from(["", "SIZE=100", "BODY=8BITMIME SMTPUTF8", "x", "(comment)"]),
+    ),
+    st.text(alphabet='<>@."() \tab\\[]:', max_size=20),
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_PATH_TEXT)
+def test_fast_path_parser_agrees_with_aiosmtpd(arg: str) -> None:
+    """MAIL FROM / RCPT TO paths: the fast path gives what aiosmtpd's own parser gives."""
+    loop = asyncio.new_event_loop()
+    try:
+        ours = _IntakeSMTP(object(), loop=loop, hostname="h")
+        try:
+            expected = SMTP._getaddr(ours, arg)
+        except (IndexError, ValueError):  # aiosmtpd's own parser trips over "<"
+            expected = (None, None)
+        assert ours._getaddr(arg) == expected
+    finally:
+        loop.close()
 
 
 @settings(max_examples=200, deadline=None)

@@ -293,3 +293,13 @@ def test_envelope_round_trip(
     assert msg.mail_from == mail_from
     assert [r.address for r in msg.recipients] == rcpts
     assert spool.read_data(qid) == data
+
+
+def test_finish_removes_messages_and_their_state(spool: Spool, clock: Clock) -> None:
+    a = spool.put("a@x", ["b@y"], b"one")
+    b = spool.put("a@x", ["c@y"], b"two")
+    spool.mark_deferred(b, ["c@y"], error="451", next_attempt_at=clock.now)
+    assert spool.finish([a, b, "not-an-id"])[:2] == [None, None]
+    assert spool.list() == []
+    assert list((spool.directory / "state").iterdir()) == []
+    assert spool.finish([a]) == [None]  # already gone: nothing to do
