@@ -76,8 +76,13 @@ def start_relay(config_file: Path) -> subprocess.Popen[bytes]:
     )
 
 
-async def test_kill_9_during_intake_and_delivery_loses_nothing(tmp_path: Path) -> None:
-    rng = random.Random(8461)
+@pytest.mark.parametrize("intake_processes", [0, 1])
+async def test_kill_9_during_intake_and_delivery_loses_nothing(
+    tmp_path: Path, intake_processes: int
+) -> None:
+    """With intake_processes = 1 the SIGKILL hits the main process; its intake child, orphaned,
+    stops on its own, and the restarted relay binds the port again."""
+    rng = random.Random(8461 + intake_processes)
     async with LabWorld(tmp_path / "world").running() as world:
         mx = await world.add_mx("mx1.example.org", "127.0.0.11", cert=CertKind.GOOD)
         world.publish_mx("example.org", [(10, "mx1.example.org")])
@@ -88,7 +93,11 @@ async def test_kill_9_during_intake_and_delivery_loses_nothing(tmp_path: Path) -
                 tmp_path / "state",
                 delivery={"retry_initial": "1s", "retry_max": "2s"},
                 tlsrpt={"enabled": False},
-                relay={"log_level": "info", "log_format": "json"},
+                relay={
+                    "log_level": "info",
+                    "log_format": "json",
+                    "intake_processes": intake_processes,
+                },
             )
         )
         # relay_settings picks a fresh port each call: read the one written to the file.
