@@ -36,7 +36,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -129,9 +129,29 @@ def valid_queue_id(text: str) -> bool:
     return len(text) == 16 and set(text) <= _ID_CHARS
 
 
+_FLAG_NAMES = tuple(f.name for f in fields(MessageFlags))
+
+
 def _encode(message: QueuedMessage) -> bytes:
-    raw = asdict(message)
-    raw["recipients"] = [{**asdict(r), "status": r.status.value} for r in message.recipients]
+    # By hand rather than `dataclasses.asdict`, which deep-copies and cost 3% of the relay's CPU.
+    raw = {
+        "id": message.id,
+        "mail_from": message.mail_from,
+        "recipients": [
+            {
+                "address": r.address,
+                "status": r.status.value,
+                "attempts": r.attempts,
+                "next_attempt_at": r.next_attempt_at,
+                "last_error": r.last_error,
+            }
+            for r in message.recipients
+        ],
+        "received_at": message.received_at,
+        "size": message.size,
+        "flags": {name: getattr(message.flags, name) for name in _FLAG_NAMES},
+        "client": message.client,
+    }
     return json.dumps(raw, sort_keys=True).encode("utf-8")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import SpoolError, UnknownMessage
-from relay.spool import MessageFlags, RcptStatus, Spool, valid_queue_id
+from relay.spool import MessageFlags, QueuedMessage, RcptStatus, Recipient, Spool, valid_queue_id
 
 
 class Clock:
@@ -303,3 +304,19 @@ def test_finish_removes_messages_and_their_state(spool: Spool, clock: Clock) -> 
     assert spool.list() == []
     assert list((spool.directory / "state").iterdir()) == []
     assert spool.finish([a]) == [None]  # already gone: nothing to do
+
+
+def test_the_envelope_keeps_every_field(spool: Spool, clock: Clock) -> None:
+    """A field added to the envelope or its recipients must reach the disk and come back."""
+    flags = MessageFlags(**{f.name: True for f in fields(MessageFlags)})
+    qid = spool.put("a@x", ["b@y"], b"d", flags=flags, client="192.0.2.1")
+    spool.mark_deferred(qid, ["b@y"], error="451 later", next_attempt_at=clock.now + 5)
+    raw = json.loads((spool.directory / "state" / f"{qid}.json").read_bytes())
+    assert set(raw) == {f.name for f in fields(QueuedMessage)}
+    assert set(raw["recipients"][0]) == {f.name for f in fields(Recipient)}
+    reopened = Spool(spool.directory, clock=clock).get(qid)
+    assert reopened == spool.get(qid)
+    assert reopened.flags == flags
+    assert reopened.recipients[0] == Recipient(
+        "b@y", RcptStatus.PENDING, 1, clock.now + 5, "451 later"
+    )
