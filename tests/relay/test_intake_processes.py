@@ -17,19 +17,10 @@ from typing import Any
 
 import pytest
 
-from lab.mx import CertKind
 from lab.world import LabWorld, wait_until
+from tests.relay_process import enforced_example_org, start_relay, write_config
 
 pytestmark = pytest.mark.slow
-
-
-def start_relay(config_file: Path) -> subprocess.Popen[bytes]:
-    log = (config_file.parent / "relay.log").open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "relay.cli", "relay", "--config", str(config_file)],
-        stdout=log,
-        stderr=log,
-    )
 
 
 def log_lines(config_file: Path) -> list[dict[str, Any]]:
@@ -66,18 +57,10 @@ def send(port: int, n: int) -> None:
 
 async def test_intake_processes_accept_restart_and_stop(tmp_path: Path) -> None:
     async with LabWorld(tmp_path / "world").running() as world:
-        mx = await world.add_mx("mx1.example.org", "127.0.0.11", cert=CertKind.GOOD)
-        world.publish_mx("example.org", [(10, "mx1.example.org")])
-        world.publish_policy("example.org", "enforce", ["mx1.example.org"])
-        config_file = tmp_path / "relay.toml"
-        config_file.write_text(
-            world.relay_toml(
-                tmp_path / "state",
-                tlsrpt={"enabled": False},
-                relay={"intake_processes": 2, "log_level": "info", "log_format": "json"},
-            )
+        mx = await enforced_example_org(world)
+        config_file, port = write_config(
+            world, tmp_path, tlsrpt={"enabled": False}, relay={"intake_processes": 2}
         )
-        port = int(config_file.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
         relay = start_relay(config_file)
         try:
             await wait_until(lambda: len(children(config_file)) == 2, 20)
@@ -112,13 +95,8 @@ async def test_intake_processes_accept_restart_and_stop(tmp_path: Path) -> None:
 
 async def test_children_leave_when_the_main_process_is_killed(tmp_path: Path) -> None:
     async with LabWorld(tmp_path / "world").running() as world:
-        config_file = tmp_path / "relay.toml"
-        config_file.write_text(
-            world.relay_toml(
-                tmp_path / "state",
-                tlsrpt={"enabled": False},
-                relay={"intake_processes": 1, "log_level": "info", "log_format": "json"},
-            )
+        config_file, _ = write_config(
+            world, tmp_path, tlsrpt={"enabled": False}, relay={"intake_processes": 1}
         )
         relay = start_relay(config_file)
         try:

@@ -9,7 +9,6 @@ import random
 import signal
 import smtplib
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -19,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from lab.mx import CertKind
 from lab.world import LabWorld, wait_until
+from tests.relay_process import enforced_example_org, start_relay, write_config
 
 MESSAGES = 200
 SENDERS = 5
@@ -67,15 +66,6 @@ class Upstream:
                 time.sleep(0.05)
 
 
-def start_relay(config_file: Path) -> subprocess.Popen[bytes]:
-    log = (config_file.parent / "relay.log").open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "relay.cli", "relay", "--config", str(config_file)],
-        stdout=log,
-        stderr=log,
-    )
-
-
 @pytest.mark.parametrize("intake_processes", [0, 1])
 async def test_kill_9_during_intake_and_delivery_loses_nothing(
     tmp_path: Path, intake_processes: int
@@ -84,24 +74,14 @@ async def test_kill_9_during_intake_and_delivery_loses_nothing(
     stops on its own, and the restarted relay binds the port again."""
     rng = random.Random(8461 + intake_processes)
     async with LabWorld(tmp_path / "world").running() as world:
-        mx = await world.add_mx("mx1.example.org", "127.0.0.11", cert=CertKind.GOOD)
-        world.publish_mx("example.org", [(10, "mx1.example.org")])
-        world.publish_policy("example.org", "enforce", ["mx1.example.org"])
-        config_file = tmp_path / "relay.toml"
-        config_file.write_text(
-            world.relay_toml(
-                tmp_path / "state",
-                delivery={"retry_initial": "1s", "retry_max": "2s"},
-                tlsrpt={"enabled": False},
-                relay={
-                    "log_level": "info",
-                    "log_format": "json",
-                    "intake_processes": intake_processes,
-                },
-            )
+        mx = await enforced_example_org(world)
+        config_file, port = write_config(
+            world,
+            tmp_path,
+            delivery={"retry_initial": "1s", "retry_max": "2s"},
+            tlsrpt={"enabled": False},
+            relay={"intake_processes": intake_processes},
         )
-        # relay_settings picks a fresh port each call: read the one written to the file.
-        port = int(config_file.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
         upstream = Upstream(port)
         relay = start_relay(config_file)
         senders = [
