@@ -34,6 +34,7 @@ import fcntl
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -118,6 +119,10 @@ class QueuedMessage:
 # `Spool.list` shadows the builtin inside the class body.
 _Messages = list[QueuedMessage]
 _Errors = list[SpoolError | None]  # per item of a batch: None when done
+_StateKey = tuple[int, int, int] | None  # a state file's (inode, mtime_ns, size); None: no file
+
+# `Spool.list` reads every envelope afresh this often even when no state file changed.
+RELIST_SECONDS = 60.0
 
 
 def new_queue_id() -> str:
@@ -195,6 +200,10 @@ class Spool:
         self._msg = self.directory / "msg"
         self._state = self.directory / "state"
         self._tmp = self.directory / "tmp"
+        # `list`'s memory of envelopes: id -> (state file key when read, envelope)
+        self._seen: dict[str, tuple[_StateKey, QueuedMessage]] = {}
+        self._seen_lock = threading.Lock()
+        self._seen_since = time.monotonic()
         try:
             for d in (self.directory, self._msg, self._state, self._tmp):
                 d.mkdir(parents=True, exist_ok=True)
@@ -410,20 +419,47 @@ class Spool:
             raise SpoolError(f"{path}: cannot read: {exc}") from exc
 
     def list(self) -> _Messages:
-        """Every queued message, oldest first."""
-        with os.scandir(self._state) as entries:
-            states = {e.name.removesuffix(".json") for e in entries}
-        messages = []
-        with os.scandir(self._msg) as entries:
-            names = [e.name for e in entries]
-        for name in names:
-            try:
-                messages.append(self._read(name, state=name in states))
-            except UnknownMessage:
-                continue  # finished between the listing and the read
-            except SpoolError as exc:
-                # One damaged file must not stop the queue; `get` still reports it.
-                _log.error("spool_damaged_envelope", file=str(self._msg / name), error=str(exc))
+        """Every queued message, oldest first.
+
+        A message file is written once, so an envelope read before is reused while the
+        message's state file is unchanged (same inode, mtime and size): a scan of a large queue
+        costs two directory listings, not a read per message. Everything is read afresh every
+        `RELIST_SECONDS` all the same."""
+        with self._seen_lock:
+            if time.monotonic() - self._seen_since >= RELIST_SECONDS:
+                self._seen, self._seen_since = {}, time.monotonic()
+            states: dict[str, _StateKey] = {}
+            with os.scandir(self._state) as entries:
+                for entry in entries:
+                    with contextlib.suppress(FileNotFoundError):
+                        st = entry.stat()
+                        states[entry.name.removesuffix(".json")] = (
+                            st.st_ino,
+                            st.st_mtime_ns,
+                            st.st_size,
+                        )
+            with os.scandir(self._msg) as entries:
+                names = [entry.name for entry in entries]
+            seen, self._seen = self._seen, {}
+            messages = []
+            for name in names:
+                key = states.get(name)
+                cached = seen.get(name)
+                if cached is not None and cached[0] == key:
+                    message = cached[1]
+                else:
+                    try:
+                        message = self._read(name, state=key is not None)
+                    except UnknownMessage:
+                        continue  # finished between the listing and the read
+                    except SpoolError as exc:
+                        # One damaged file must not stop the queue; `get` still reports it.
+                        _log.error(
+                            "spool_damaged_envelope", file=str(self._msg / name), error=str(exc)
+                        )
+                        continue
+                self._seen[name] = (key, message)
+                messages.append(message)
         return sorted(messages, key=lambda m: (m.received_at, m.id))
 
     def due(self, now: float) -> _Messages:

@@ -320,3 +320,48 @@ def test_the_envelope_keeps_every_field(spool: Spool, clock: Clock) -> None:
     assert reopened.recipients[0] == Recipient(
         "b@y", RcptStatus.PENDING, 1, clock.now + 5, "451 later"
     )
+
+
+@pytest.fixture
+def reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The ids whose envelope `Spool` reads from disk from now on."""
+    seen: list[str] = []
+    real_read = Spool._read
+
+    def counting_read(self: Spool, queue_id: str, *, state: bool = True) -> QueuedMessage:
+        seen.append(queue_id)
+        return real_read(self, queue_id, state=state)
+
+    monkeypatch.setattr(Spool, "_read", counting_read)
+    return seen
+
+
+def test_a_scan_reads_only_what_changed(spool: Spool, clock: Clock, reads: list[str]) -> None:
+    """A large queue is scanned every second: unchanged envelopes are not read again, and
+    changes by another process (a new state file, a deletion, a new message) are seen."""
+    ids = [spool.put("a@x", [f"b{n}@y"], b"d") for n in range(5)]
+    assert len(spool.list()) == 5
+    reads.clear()
+    assert len(spool.list()) == 5
+    assert reads == []
+
+    other = Spool(spool.directory, clock=clock)  # another process
+    other.mark_deferred(ids[0], ["b0@y"], error="451", next_attempt_at=clock.now + 60)
+    other.delete(ids[1])
+    added = other.put("a@x", ["c@y"], b"d")
+    reads.clear()
+    listed = {m.id: m for m in spool.list()}
+    assert sorted(reads) == sorted([ids[0], added])
+    assert set(listed) == {ids[0], ids[2], ids[3], ids[4], added}
+    assert listed[ids[0]].recipients[0].next_attempt_at == clock.now + 60
+
+
+def test_a_scan_reads_everything_again_after_a_while(
+    spool: Spool, reads: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    qid = spool.put("a@x", ["b@y"], b"d")
+    spool.list()
+    reads.clear()
+    monkeypatch.setattr("relay.spool.RELIST_SECONDS", 0.0)
+    spool.list()
+    assert reads == [qid]
