@@ -61,7 +61,7 @@ from relay.decision import (
 from relay.errors import SessionError
 from relay.metrics import Metrics
 from relay.mx import MxHost, MxResult, MxStatus, lookup_mx
-from relay.smtp_tls import buffered_after_reply, upgrade_to_tls
+from relay.smtp_tls import buffered_after_reply, mx_client, upgrade_to_tls
 from relay.tls import unverified_context
 from tlsrpt_emit.model import PolicyType, ResultSink, ResultType, SessionResult
 
@@ -406,18 +406,10 @@ class Deliverer:
         `plan` is "verify" (verifying context), "unverified" (after a certificate failure) or
         "plain" (no STARTTLS, after a failed attempt that the policy lets go on in plaintext).
         """
-        delivery = self.config.delivery
-        client = aiosmtplib.SMTP(
-            hostname=ip,
-            port=delivery.port,
-            local_hostname=self.config.relay.hostname,
-            start_tls=False,
-            use_tls=False,
-            timeout=delivery.command_timeout,
-        )
+        client = mx_client(self.config, ip)
         try:
             try:
-                banner = await client.connect(timeout=delivery.connect_timeout)
+                banner = await client.connect(timeout=self.config.delivery.connect_timeout)
             except aiosmtplib.SMTPConnectResponseError as exc:
                 judged = judge_banner(exc.code, exc.message)
                 raise SessionError(f"banner {exc.code} {exc.message}", judged) from exc

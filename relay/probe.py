@@ -35,7 +35,7 @@ from mtasts.match import policy_allows
 from mtasts.model import Mode, Policy
 from relay.config import Config
 from relay.mx import MxHost, MxStatus, lookup_mx
-from relay.smtp_tls import buffered_after_reply, upgrade_to_tls
+from relay.smtp_tls import buffered_after_reply, mx_client, upgrade_to_tls
 from relay.tls import unverified_context
 
 log = structlog.get_logger(__name__)
@@ -258,21 +258,10 @@ class _Prober:
         self.ssl_context = ssl_context
         self.expect = expect
 
-    def _client(self, ip: str) -> aiosmtplib.SMTP:
-        delivery = self.config.delivery
-        return aiosmtplib.SMTP(
-            hostname=ip,
-            port=delivery.port,
-            local_hostname=self.config.relay.hostname,
-            start_tls=False,
-            use_tls=False,
-            timeout=delivery.command_timeout,
-        )
-
     async def probe(self, probe: MxProbe) -> None:
         """Fill `probe` in: verified first, then (after a certificate failure) unverified."""
         assert probe.address is not None
-        client = self._client(probe.address)
+        client = mx_client(self.config, probe.address)
         try:
             await self._session(client, probe, verify=True)
         except _Stop:
@@ -285,7 +274,7 @@ class _Prober:
         if probe.tls is None or probe.tls.verified or probe.error is not None:
             return
         # The certificate failed: connect again, unverified, only to read what it says.
-        client = self._client(probe.address)
+        client = mx_client(self.config, probe.address)
         seen = MxProbe(probe.host, probe.preference, probe.address, probe.matches_policy)
         try:
             await self._session(client, seen, verify=False)

@@ -1,4 +1,5 @@
-"""Our own STARTTLS on an aiosmtplib connection: what was buffered after the 220, and the upgrade.
+"""Connections to recipient MX hosts: the aiosmtplib client as delivery and `stsguard probe`
+both make it, and our own STARTTLS on it (what was buffered after the 220, and the upgrade).
 
 aiosmtplib's `starttls()` would read and hand over the connection in one step; we need the two
 apart, to look at the receive buffer between the 220 and the handshake (TLS-04) and to choose the
@@ -11,6 +12,21 @@ import asyncio
 import ssl
 
 import aiosmtplib
+
+from relay.config import Config
+
+
+def mx_client(config: Config, ip: str) -> aiosmtplib.SMTP:
+    """An unconnected client for the MX at `ip`: our EHLO name, `[delivery]` port and command
+    timeout, and no automatic STARTTLS (we send it ourselves, see `upgrade_to_tls`)."""
+    return aiosmtplib.SMTP(
+        hostname=ip,
+        port=config.delivery.port,
+        local_hostname=config.relay.hostname,
+        start_tls=False,
+        use_tls=False,
+        timeout=config.delivery.command_timeout,
+    )
 
 
 def buffered_after_reply(client: aiosmtplib.SMTP) -> bytes:
