@@ -114,9 +114,10 @@ def _header_block(data: bytes) -> bytes:
 
 def tls_required_no(data: bytes) -> bool:
     """True when the message has a ``TLS-Required: No`` header (RFC 8689 section 5)."""
-    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(
-        _header_block(data)
-    )
+    block = _header_block(data)
+    if b"tls-required" not in block.lower():
+        return False  # nearly every message: no need to parse the headers
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
     return any(str(v).strip().lower() == "no" for v in headers.get_all("TLS-Required", []))
 
 
