@@ -95,6 +95,7 @@ class IntakePool:
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,
+                "-P",  # not the working directory first on sys.path: the installed relay only
                 "-m",
                 "relay.intake_process",
                 "--config",
