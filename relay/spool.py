@@ -301,10 +301,18 @@ class Spool:
 
     def _read(self, queue_id: str, *, state: bool = True) -> QueuedMessage:
         """The envelope: the state file when there is one, else the message file's first line."""
+        return self._load(queue_id, state=state)[0]
+
+    def _load(
+        self, queue_id: str, *, state: bool = True, body: bool = False
+    ) -> tuple[QueuedMessage, bytes]:
+        """The envelope as `_read` gives it, and the message bytes when `body` (else b""): one
+        open of the message file either way."""
         path = self._msg_path(queue_id)
         try:
             with path.open("rb") as f:
                 header = f.readline()
+                data = f.read() if body else b""
             if state:
                 with contextlib.suppress(FileNotFoundError):
                     header = (self._state / f"{queue_id}.json").read_bytes()
@@ -318,7 +326,7 @@ class Spool:
             raise SpoolError(f"{path}: damaged envelope: {exc}") from exc
         if message.id != queue_id:
             raise SpoolError(f"{path}: damaged envelope: it names {message.id!r}")
-        return message
+        return message, data
 
     # --- public API ----------------------------------------------------------------------------
 
@@ -404,8 +412,8 @@ class Spool:
         return self._read(queue_id)
 
     def read_message(self, queue_id: str) -> tuple[QueuedMessage, bytes]:
-        """The envelope and the message bytes."""
-        return self._read(queue_id), self.read_data(queue_id)
+        """The envelope and the message bytes, from one open of the message file."""
+        return self._load(queue_id, body=True)
 
     def read_data(self, queue_id: str) -> bytes:
         path = self._msg_path(queue_id)

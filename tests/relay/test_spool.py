@@ -365,3 +365,14 @@ def test_a_scan_reads_everything_again_after_a_while(
     monkeypatch.setattr("relay.spool.RELIST_SECONDS", 0.0)
     spool.list()
     assert reads == [qid]
+
+
+def test_read_message_gives_the_current_envelope_and_the_bytes(spool: Spool, clock: Clock) -> None:
+    qid = spool.put("a@x", ["b@y"], b"line\r\n")
+    spool.mark_deferred(qid, ["b@y"], error="451 later", next_attempt_at=clock.now + 9)
+    message, data = spool.read_message(qid)
+    assert data == b"line\r\n"
+    assert message == spool.get(qid)
+    assert message.recipients[0].last_error == "451 later"
+    with pytest.raises(UnknownMessage):
+        spool.read_message("AAAAAAAAAAAAAAAA")
