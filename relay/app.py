@@ -136,16 +136,14 @@ class Relay:
                 await self.pool.start()
             else:
                 await self.intake.start()
-        except OSError as exc:
+        except BaseException as exc:
             if self.pool is not None:
-                await self.pool.stop()
-            raise StsguardError(
-                f"[relay].listen: cannot listen on {self.config.relay.listen}: "
-                f"{exc.strerror or exc}"
-            ) from None
-        except BaseException:
-            if self.pool is not None:
-                await self.pool.stop()
+                await self.pool.stop()  # the children started before the failure
+            if isinstance(exc, OSError):
+                raise StsguardError(
+                    f"[relay].listen: cannot listen on {self.config.relay.listen}: "
+                    f"{exc.strerror or exc}"
+                ) from None
             raise
 
     async def submit_mail(self, mail_from: str, rcpts: list[str], data: bytes) -> None:
