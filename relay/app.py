@@ -1,7 +1,7 @@
 """`stsguard relay`: the smarthost as one TaskGroup (intake, queue runner, TLS-RPT).
 
 With ``[relay].intake_processes`` > 0 the intake runs in that many child processes
-(`relay.intake_pool`) and this process delivers what they queue.
+(`relay.intake.pool`) and this process delivers what they queue.
 
 `Relay` builds every part from the one `Config` and owns their lifetimes; `run(args, config)` is the
 CLI entry point, which stops cleanly on SIGTERM or SIGINT (the queue is on disk, nothing is lost).
@@ -9,7 +9,6 @@ CLI entry point, which stops cleanly on SIGTERM or SIGINT (the queue is on disk,
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 import signal
@@ -23,18 +22,17 @@ import structlog
 from detect.history import SqliteTlsHistoryStore
 from mtasts.cache import SqlitePolicyStore
 from mtasts.service import PolicyService
-from relay.bounce import build_dsn, should_bounce
-from relay.cmd_tlsrpt import report_settings
 from relay.config import Config
-from relay.delivery import Deliverer
+from relay.delivery.deliverer import Deliverer
 from relay.errors import StsguardError
-from relay.intake_pool import IntakePool
-from relay.log import configure_logging
+from relay.intake.pool import IntakePool
+from relay.intake.server import Intake
 from relay.metrics import Metrics, start_metrics_server
-from relay.queue_runner import QueueRunner
+from relay.queue.bounce import build_dsn, should_bounce
+from relay.queue.runner import QueueRunner
+from relay.queue.spool import REPORT_MAIL_FLAGS, MessageFlags, QueuedMessage, Spool
+from relay.reports import report_settings
 from relay.resolver import make_resolver
-from relay.server import Intake
-from relay.spool import REPORT_MAIL_FLAGS, MessageFlags, QueuedMessage, Spool
 from relay.tls import client_context
 from tlsrpt_emit.schedule import Clients, ReportSender
 from tlsrpt_emit.sink import CountingSink
@@ -237,10 +235,3 @@ async def serve(config: Config, config_path: Path | None = None) -> None:
         loop.add_signal_handler(sig, stop.set)
     async with Relay(config, config_path=config_path).running():
         await stop.wait()
-
-
-def run(args: argparse.Namespace, config: Config) -> int:
-    """`stsguard relay --config FILE`."""
-    configure_logging(config.relay.log_format, config.relay.log_level)
-    asyncio.run(serve(config, Path(args.config) if args.config else None))
-    return 0

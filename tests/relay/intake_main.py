@@ -9,9 +9,9 @@ import asyncio
 import sys
 
 from relay.config import load_config
+from relay.intake.server import Intake
 from relay.log import configure_logging
-from relay.server import Intake
-from relay.spool import Spool
+from relay.queue.spool import Spool
 
 
 async def main(config_path: str, port: int) -> None:

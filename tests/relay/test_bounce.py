@@ -9,8 +9,8 @@ from email.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.bounce import build_dsn, should_bounce, status_of
-from relay.spool import MessageFlags, QueuedMessage, Recipient
+from relay.queue.bounce import build_dsn, should_bounce, status_of
+from relay.queue.spool import MessageFlags, QueuedMessage, Recipient
 
 ORIGINAL = (
     b"Received: from client ([127.0.0.1])\r\n\tby relay.test; Thu, 01 Jan 1970 00:00:00 +0000\r\n"

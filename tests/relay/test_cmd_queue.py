@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.spool import MessageFlags, Spool
+from relay.queue.spool import MessageFlags, Spool
 from tests.cli import ROOT, run_cli
 
 

@@ -35,7 +35,7 @@ from relay.config import (
     RelayConfig,
 )
 from relay.decision import Action
-from relay.delivery import Deliverer, DeliveryRequest, RcptStatus, normalize_crlf
+from relay.delivery.deliverer import Deliverer, DeliveryRequest, RcptStatus, normalize_crlf
 from relay.errors import ConfigError
 from relay.metrics import Metrics, start_metrics_server
 from relay.resolver import make_resolver

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from relay.errors import SpoolError
-from relay.group_commit import GroupCommit
-from relay.spool import QueuedMessage, Spool
+from relay.intake.group_commit import GroupCommit
+from relay.queue.spool import QueuedMessage, Spool
 
 
 class HeldSpool(Spool):

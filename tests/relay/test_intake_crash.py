@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from relay.spool import Spool
+from relay.queue.spool import Spool
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]

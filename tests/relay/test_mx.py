@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lab.dns import LabDns
-from relay.mx import MxStatus, address_literal, lookup_mx
+from relay.delivery.mx import MxStatus, address_literal, lookup_mx
 
 
 async def test_mx_records_sorted_with_addresses(

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from relay import queue_runner
 from relay.config import Config
 from relay.decision import Decision
-from relay.delivery import DeliveryOutcome, DeliveryRequest, RcptOutcome, RcptStatus
-from relay.queue_runner import QueueRunner
-from relay.spool import Spool
+from relay.delivery.deliverer import DeliveryOutcome, DeliveryRequest, RcptOutcome, RcptStatus
+from relay.queue import runner as queue_runner
+from relay.queue.runner import QueueRunner
+from relay.queue.spool import Spool
 
 
 class CountingSpool(Spool):

@@ -7,7 +7,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from relay.routing import expired, next_retry, order_by_preference
+from relay.delivery.mx import order_by_preference
+from relay.queue.retry import expired, next_retry
 
 
 def test_order_by_preference_lowest_first() -> None:

@@ -21,7 +21,14 @@ from hypothesis import strategies as st
 from lab.pki import LabCA
 from relay.config import Config, RelayConfig
 from relay.errors import ConfigError, SpoolError
-from relay.server import (
+from relay.intake.auth import (
+    PasswordAuthenticator,
+    hash_password,
+    load_auth_file,
+    parse_auth_file,
+    parse_hash,
+)
+from relay.intake.server import (
     Intake,
     _IntakeSMTP,
     bare_line_end,
@@ -30,14 +37,7 @@ from relay.server import (
     received_header,
     tls_required_no,
 )
-from relay.smtp_auth import (
-    PasswordAuthenticator,
-    hash_password,
-    load_auth_file,
-    parse_auth_file,
-    parse_hash,
-)
-from relay.spool import MessageFlags, QueuedMessage, Spool
+from relay.queue.spool import MessageFlags, QueuedMessage, Spool
 
 MESSAGE = b"From: a@example.net\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
 

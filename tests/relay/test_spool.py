@@ -13,7 +13,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import SpoolError, UnknownMessage
-from relay.spool import MessageFlags, QueuedMessage, RcptStatus, Recipient, Spool, valid_queue_id
+from relay.queue.spool import (
+    MessageFlags,
+    QueuedMessage,
+    RcptStatus,
+    Recipient,
+    Spool,
+    valid_queue_id,
+)
 
 
 class Clock:
@@ -151,9 +158,9 @@ def test_durability_order_fsync_before_rename(
         events.append(f"rename:{Path(str(dst)).parent.name}")
         real_rename(src, dst)  # type: ignore[arg-type]
 
-    monkeypatch.setattr("relay.spool.os.open", fake_open)
-    monkeypatch.setattr("relay.spool.os.fsync", fake_fsync)
-    monkeypatch.setattr("relay.spool.os.rename", fake_rename)
+    monkeypatch.setattr("relay.queue.spool.os.open", fake_open)
+    monkeypatch.setattr("relay.queue.spool.os.fsync", fake_fsync)
+    monkeypatch.setattr("relay.queue.spool.os.rename", fake_rename)
     spool.put("a@x", ["b@y"], b"body")
     assert events == ["fsync:file", "rename:msg", "fsync:msg"]
     events.clear()
@@ -174,7 +181,7 @@ def test_a_failed_write_fails_only_its_message(
             raise OSError(28, "No space left on device")
         return real_write(fd, data)
 
-    monkeypatch.setattr("relay.spool.os.write", disk_full_for_big)
+    monkeypatch.setattr("relay.queue.spool.os.write", disk_full_for_big)
     small = spool.new_message("a@x", ["b@y"], 2)
     big = spool.new_message("a@x", ["b@y"], 2000)
     errors = spool.commit([(small, b"ok"), (big, b"x" * 2000)])
@@ -191,7 +198,7 @@ def test_a_failed_directory_sync_fails_the_whole_batch(
     def broken(path: Path) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr("relay.spool._fsync_dir", broken)
+    monkeypatch.setattr("relay.queue.spool._fsync_dir", broken)
     batch = [(spool.new_message("a@x", ["b@y"], 1), b"x") for _ in range(2)]
     errors = spool.commit(batch)
     assert all(isinstance(e, SpoolError) for e in errors)
@@ -362,7 +369,7 @@ def test_a_scan_reads_everything_again_after_a_while(
     qid = spool.put("a@x", ["b@y"], b"d")
     spool.list()
     reads.clear()
-    monkeypatch.setattr("relay.spool.RELIST_SECONDS", 0.0)
+    monkeypatch.setattr("relay.queue.spool.RELIST_SECONDS", 0.0)
     spool.list()
     assert reads == [qid]
 

@@ -22,8 +22,8 @@ from lab.collector import ReportCollector
 from lab.mx import CertKind
 from lab.world import LabWorld, wait_until
 from relay.app import Relay
-from relay.cmd_tlsrpt import report_settings
 from relay.config import Config
+from relay.reports import report_settings
 from tests.tlsrpt_emit.test_report import lab_dnsfunc, make_dkim_key
 from tlsrpt_emit.schedule import Clients, send_day
 
@@ -86,7 +86,7 @@ async def test_rpt_day_of_sessions_reported_by_https_and_dkim_mail(tmp_path: Pat
                 )
             assert sorted(s.status for s in sent) == ["delivered", "delivered"]
             await wait_until(lambda: len(rua_mx.messages) == 2)
-            await wait_until(lambda: not relay.spool.list())
+            await wait_until(lambda: not relay.queue.spool.list())
             relay.sink.flush()
             counted = relay.report_store.domains(day)
 

@@ -13,8 +13,8 @@ from lab.collector import ReportCollector
 from lab.dns import LabDns
 from lab.pki import LabCA
 from relay.cli import main
-from relay.cmd_tlsrpt import parse_day
-from relay.spool import REPORT_MAIL_FLAGS, Spool
+from relay.cli.tlsrpt import parse_day
+from relay.queue.spool import REPORT_MAIL_FLAGS, Spool
 from tests.tlsrpt_emit.sessions import DAY, NOON, day_results
 from tlsrpt_emit.sink import CountingSink
 from tlsrpt_emit.store import SqliteReportStore

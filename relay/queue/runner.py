@@ -20,12 +20,12 @@ import structlog
 
 from relay.config import Config
 from relay.decision import Action, Decision
-from relay.delivery import DeliveryOutcome, DeliveryRequest
+from relay.delivery.deliverer import DeliveryOutcome, DeliveryRequest
 from relay.errors import UnknownMessage
-from relay.group_commit import ThreadBatch
+from relay.intake.group_commit import ThreadBatch
 from relay.metrics import Metrics
-from relay.routing import expired, next_retry
-from relay.spool import QueuedMessage, Spool
+from relay.queue.retry import expired, next_retry
+from relay.queue.spool import QueuedMessage, Spool
 
 log = structlog.get_logger(__name__)
 
@@ -36,7 +36,7 @@ HELD_BYTES_MAX = 64 * 1024 * 1024
 
 
 class Delivers(Protocol):
-    """What the runner needs of `relay.delivery.Deliverer`."""
+    """What the runner needs of `relay.delivery.deliverer.Deliverer`."""
 
     async def deliver(self, request: DeliveryRequest) -> DeliveryOutcome: ...
 

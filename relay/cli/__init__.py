@@ -13,12 +13,12 @@ from relay.errors import StsguardError
 
 # subcommand -> module whose `run(args, config) -> int` carries it out
 _COMMANDS = {
-    "relay": "relay.app",
-    "policy": "relay.cmd_policy",
-    "probe": "relay.cmd_probe",
-    "tlsrpt": "relay.cmd_tlsrpt",
-    "queue": "relay.cmd_queue",
-    "detect": "relay.cmd_detect",
+    "relay": "relay.cli.relay",
+    "policy": "relay.cli.policy",
+    "probe": "relay.cli.probe",
+    "tlsrpt": "relay.cli.tlsrpt",
+    "queue": "relay.cli.queue",
+    "detect": "relay.cli.detect",
     "lab": "lab.runner",
 }
 
@@ -92,7 +92,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         # and keep Python from complaining again when it flushes stdout on exit.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,7 +4,7 @@ The auth file has one user per line, ``#`` starts a comment::
 
     alice:pbkdf2-sha256$600000$<salt, base64>$<derived key, base64>
 
-Make a line with ``python -c "from relay.smtp_auth import hash_password as h; print('alice:' +
+Make a line with ``python -c "from relay.intake.auth import hash_password as h; print('alice:' +
 h('secret'))"``. PBKDF2-HMAC-SHA256 comes with `hashlib`, so no crypt or bcrypt library is needed;
 the iteration count is stored per line, so it can be raised later without breaking old lines.
 """
@@ -26,7 +26,7 @@ from aiosmtpd.smtp import AuthResult, LoginPassword
 
 from relay.errors import ConfigError
 
-_log = structlog.get_logger("relay.smtp_auth")
+_log = structlog.get_logger("relay.intake.auth")
 
 SCHEME = "pbkdf2-sha256"
 DEFAULT_ITERATIONS = 600_000

@@ -12,9 +12,9 @@ import json
 
 from mtasts.parse import policy_domain
 from relay.config import Config
+from relay.delivery.probe import probe_domain
 from relay.errors import UsageError
 from relay.log import configure_logging
-from relay.probe import probe_domain
 from relay.resolver import make_resolver
 from relay.tls import client_context
 

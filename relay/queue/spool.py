@@ -46,7 +46,7 @@ import structlog
 
 from relay.errors import SpoolError, UnknownMessage
 
-_log = structlog.get_logger("relay.spool")
+_log = structlog.get_logger("relay.queue.spool")
 
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
 

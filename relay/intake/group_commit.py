@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from typing import Generic, TypeVar
 
 from relay.errors import SpoolError
-from relay.spool import QueuedMessage, Spool
+from relay.queue.spool import QueuedMessage, Spool
 
 T = TypeVar("T")
 

@@ -17,12 +17,13 @@ import httpx
 
 from relay.config import Config
 from relay.errors import UsageError
+from relay.queue.spool import REPORT_MAIL_FLAGS, Spool
+from relay.reports import report_settings
 from relay.resolver import make_resolver
-from relay.spool import REPORT_MAIL_FLAGS, Spool
 from relay.tls import client_context
 from tlsrpt_emit.errors import TlsRptError
 from tlsrpt_emit.model import Report
-from tlsrpt_emit.render import DkimKey, report_to_dict
+from tlsrpt_emit.render import report_to_dict
 from tlsrpt_emit.schedule import (
     Clients,
     ReportSettings,
@@ -43,25 +44,6 @@ def parse_day(text: str | None, now: float) -> datetime.date:
         return datetime.date.fromisoformat(text)
     except ValueError:
         raise UsageError(f"--date: expected YYYY-MM-DD, got {text!r}") from None
-
-
-def report_settings(config: Config) -> ReportSettings:
-    """`[tlsrpt]` as `ReportSettings` (the relay's daily sender uses the same)."""
-    cfg = config.tlsrpt
-    key = None
-    if cfg.dkim_key_file:
-        if not (cfg.dkim_domain and cfg.dkim_selector):
-            raise UsageError("[tlsrpt].dkim_key_file needs dkim_domain and dkim_selector")
-        try:
-            key = DkimKey.from_file(cfg.dkim_domain, cfg.dkim_selector, cfg.dkim_key_file)
-        except TlsRptError as exc:
-            raise UsageError(f"[tlsrpt].dkim_key_file: {exc}") from None
-    return ReportSettings(
-        organization_name=cfg.organization_name,
-        contact_info=cfg.contact_info or f"mailto:postmaster@{config.relay.hostname}",
-        submitter=cfg.submitter,
-        dkim_key=key,
-    )
 
 
 def open_store(config: Config) -> ReportStore:

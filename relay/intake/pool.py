@@ -1,7 +1,7 @@
 """The main process's side of ``[relay].intake_processes``.
 
 The main process binds the listening socket once (so a second relay on the same address still
-fails with "address in use"), starts N `relay.intake_process` children that accept on it, passes
+fails with "address in use"), starts N `relay.intake.process` children that accept on it, passes
 the queue ids they report to the queue runner, and restarts a child that dies (after 1 s, doubling
 to 30 s while it keeps dying). Each child's notify socket is one end of a ``SOCK_SEQPACKET`` pair.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 import structlog
 
 from relay.errors import StsguardError
-from relay.intake_process import QUEUED, READY
+from relay.intake.process import QUEUED, READY
 
 log = structlog.get_logger(__name__)
 
@@ -97,7 +97,7 @@ class IntakePool:
                 sys.executable,
                 "-P",  # not the working directory first on sys.path: the installed relay only
                 "-m",
-                "relay.intake_process",
+                "relay.intake.process",
                 "--config",
                 str(self.config_path),
                 "--listen-fd",

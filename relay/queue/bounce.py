@@ -18,7 +18,7 @@ from email.mime.multipart import MIMEMultipart
 from email.mime.text import MIMEText
 from email.utils import format_datetime
 
-from relay.spool import MessageFlags, QueuedMessage
+from relay.queue.spool import MessageFlags, QueuedMessage
 
 _STATUS = re.compile(r"\b([245])\.(\d{1,3})\.(\d{1,3})\b")
 _REPLY_CODE = re.compile(r"^[245]\d\d[ -]")

@@ -58,10 +58,10 @@ from relay.decision import (
     screen_mx,
     wants_starttls,
 )
+from relay.delivery.mx import MxHost, MxResult, MxStatus, lookup_mx
+from relay.delivery.starttls import buffered_after_reply, mx_client, upgrade_to_tls
 from relay.errors import SessionError
 from relay.metrics import Metrics
-from relay.mx import MxHost, MxResult, MxStatus, lookup_mx
-from relay.smtp_tls import buffered_after_reply, mx_client, upgrade_to_tls
 from relay.tls import unverified_context
 from tlsrpt_emit.model import PolicyType, ResultSink, ResultType, SessionResult
 

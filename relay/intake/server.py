@@ -45,11 +45,11 @@ from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 
 from relay.config import Config, RelayConfig
 from relay.errors import ConfigError
-from relay.group_commit import GroupCommit
-from relay.smtp_auth import PasswordAuthenticator, load_auth_file
-from relay.spool import MessageFlags, QueuedMessage, Spool, new_queue_id
+from relay.intake.auth import PasswordAuthenticator, load_auth_file
+from relay.intake.group_commit import GroupCommit
+from relay.queue.spool import MessageFlags, QueuedMessage, Spool, new_queue_id
 
-_log = structlog.get_logger("relay.server")
+_log = structlog.get_logger("relay.intake.server")
 
 _BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")

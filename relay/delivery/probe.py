@@ -3,7 +3,7 @@
     report = await probe_domain("example.org", config, resolver=..., ssl_context=...)
     report.as_json()  # or report.as_text()
 
-The same aiosmtplib sequence as `relay.delivery` (plaintext connect, banner, EHLO, our own
+The same aiosmtplib sequence as `relay.delivery.deliverer` (plaintext connect, banner, EHLO, our own
 STARTTLS with a look at the receive buffer after the 220, handshake with SNI = the MX host name),
 judged by `detect`, but it never sends MAIL: after the handshake it says EHLO again and QUIT.
 A certificate that fails verification is reported with its RFC 8460 result type; a second,
@@ -34,8 +34,8 @@ from mtasts.fetch import fetch_policy, lookup_sts_record
 from mtasts.match import policy_allows
 from mtasts.model import Mode, Policy
 from relay.config import Config
-from relay.mx import MxHost, MxStatus, lookup_mx
-from relay.smtp_tls import buffered_after_reply, mx_client, upgrade_to_tls
+from relay.delivery.mx import MxHost, MxStatus, lookup_mx
+from relay.delivery.starttls import buffered_after_reply, mx_client, upgrade_to_tls
 from relay.tls import unverified_context
 
 log = structlog.get_logger(__name__)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 import random
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from itertools import groupby
+from typing import TypeVar
 
 import dns.asyncresolver
 import dns.exception
@@ -14,9 +17,20 @@ import dns.rdatatype
 import dns.resolver
 import structlog
 
-from relay.routing import order_by_preference
-
 log = structlog.get_logger(__name__)
+
+_T = TypeVar("_T")
+
+
+def order_by_preference(records: Iterable[tuple[int, _T]], rng: random.Random) -> list[_T]:
+    """Items sorted by MX preference, lowest first; equal preferences in random order
+    (RFC 5321 section 5.1)."""
+    ordered: list[_T] = []
+    for _pref, group in groupby(sorted(records, key=lambda r: r[0]), key=lambda r: r[0]):
+        same = [item for _, item in group]
+        rng.shuffle(same)
+        ordered.extend(same)
+    return ordered
 
 
 class MxStatus(StrEnum):

@@ -2,7 +2,7 @@
 shares with its siblings, queues each message durably before the 250, and tells the main process
 its queue id. Delivery, policies, remembered TLS, TLS-RPT and metrics stay in the main process.
 
-Started by `relay.intake_pool` as ``python -P -m relay.intake_process --config FILE --listen-fd
+Started by `relay.intake.pool` as ``python -P -m relay.intake.process --config FILE --listen-fd
 N --notify-fd N --index N``. The notify socket is a ``SOCK_SEQPACKET`` pair end: ``R`` once
 listening, then ``Q<queue id>`` per message. It closes when the main process ends, and this
 process then stops too. A lost notice costs nothing: the main process reads the spool every second.
@@ -21,9 +21,9 @@ import structlog
 
 from relay.config import Config, load_config
 from relay.errors import StsguardError
+from relay.intake.server import Intake
 from relay.log import configure_logging
-from relay.server import Intake
-from relay.spool import QueuedMessage, Spool
+from relay.queue.spool import QueuedMessage, Spool
 
 log = structlog.get_logger(__name__)
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from relay.config import Config
 from relay.errors import UnknownMessage, UsageError
-from relay.spool import QueuedMessage, Spool
+from relay.queue.spool import QueuedMessage, Spool
 
 
 def _iso(timestamp: float) -> str:

@@ -1,0 +1,1 @@
+"""Outbound delivery: MX look-up, the MX session, STARTTLS, message transfer, reporting."""

@@ -1,0 +1,1 @@
+"""SMTP intake: the server, AUTH, group commit, the intake processes (validate and spool only)."""

@@ -1,0 +1,1 @@
+"""The queue manager: the durable spool, scheduling, retry and expiry, bounces."""

@@ -1,0 +1,1 @@
+"""The store layer behind the three libraries' store Protocols."""
