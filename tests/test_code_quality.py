@@ -42,3 +42,19 @@ def test_libraries_do_not_import_relay_lab_or_each_other(package: str) -> None:
     for path in (ROOT / package).rglob("*.py"):
         wrong = imported_packages(path) & forbidden
         assert not wrong, f"{path.relative_to(ROOT)} imports {sorted(wrong)}"
+
+
+def test_daemon_never_imports_a_cli_module() -> None:
+    """The running relay (everything in relay/ outside relay/cli/) never imports relay.cli."""
+    for path in (ROOT / "relay").rglob("*.py"):
+        if "cli" in path.relative_to(ROOT / "relay").parts:
+            continue
+        tree = ast.parse(path.read_text(), str(path))
+        for node in ast.walk(tree):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            wrong = [n for n in names if n == "relay.cli" or n.startswith("relay.cli.")]
+            assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}"

@@ -86,7 +86,7 @@ async def test_rpt_day_of_sessions_reported_by_https_and_dkim_mail(tmp_path: Pat
                 )
             assert sorted(s.status for s in sent) == ["delivered", "delivered"]
             await wait_until(lambda: len(rua_mx.messages) == 2)
-            await wait_until(lambda: not relay.queue.spool.list())
+            await wait_until(lambda: not relay.spool.list())
             relay.sink.flush()
             counted = relay.report_store.domains(day)
 
