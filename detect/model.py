@@ -18,6 +18,7 @@ class FindingKind(StrEnum):
     MASKED_REPLY = "masked-reply"  # banner or EHLO lines masked with runs of '*' or 'X'
     TLS_FAILURE = "tls-failure"  # handshake or certificate check failed
     DOWNGRADE = "downgrade"  # the host did better within detect.history_days
+    TLSA_MISMATCH = "tlsa-mismatch"  # DANE: the chain does not satisfy the TLSA records
 
 
 STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
