@@ -174,7 +174,12 @@ class Relay:
         settings = report_settings(self.config) if self.config.tlsrpt.enabled else None
         await self._start_intake()
         metrics_server = None
-        http = httpx.AsyncClient(verify=self.ssl_context, follow_redirects=False, timeout=60)
+        post_timeout = float(self.config.tlsrpt.post_timeout)
+        # trust_env=False: no proxy or CA settings from the environment; tlsrpt_emit resolves
+        # the rua host through the relay's resolver and connects to its address itself.
+        http = httpx.AsyncClient(
+            verify=self.ssl_context, follow_redirects=False, trust_env=False, timeout=post_timeout
+        )
         try:
             if self.config.relay.metrics_listen:
                 try:
@@ -195,7 +200,12 @@ class Relay:
                     sender = ReportSender(
                         self.report_store,
                         settings=settings,
-                        clients=Clients(self.resolver, http, submit_mail=self.submit_mail),
+                        clients=Clients(
+                            self.resolver,
+                            http,
+                            submit_mail=self.submit_mail,
+                            post_timeout=post_timeout,
+                        ),
                         clock=self.clock,
                         max_delay=float(self.config.tlsrpt.max_delay),
                     )

@@ -145,6 +145,7 @@ class TlsrptConfig:
     dkim_key_file: str = ""
     max_delay: int = 4 * 3600
     flush_interval: int = 5
+    post_timeout: int = 60
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,6 +264,13 @@ def _duration(value: Any, key: str) -> int:
     return parse_duration(value, key)
 
 
+def _positive_duration(value: Any, key: str) -> int:
+    seconds = parse_duration(value, key)
+    if seconds < 1:
+        raise ConfigError(f"{key}: must be at least 1 second, got {value!r}")
+    return seconds
+
+
 def _log_level(value: Any, key: str) -> str:
     return _choice(("debug", "info", "warning", "error"))(value, key)
 
@@ -326,6 +334,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "dkim_key_file": _string,
             "max_delay": _duration,
             "flush_interval": _duration,
+            "post_timeout": _positive_duration,
         },
     ),
 }

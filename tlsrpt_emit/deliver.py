@@ -1,15 +1,27 @@
 """Handing a rendered report to its rua destinations: https POST (RPT-11) and mailto (RPT-09/10).
 
-Both take their clients from outside: an `httpx.AsyncClient` and a `submit_mail` function. The
-relay's `submit_mail` puts the mail into its own durable queue flagged so that MTA-STS and DANE
-are not applied and that session is not counted (RPT-10); this package cannot import the relay.
+Both take their clients from outside: an `httpx.AsyncClient`, the relay's resolver and a
+`submit_mail` function. The relay's `submit_mail` puts the mail into its own durable queue flagged
+so that MTA-STS and DANE are not applied and that session is not counted (RPT-10); this package
+cannot import the relay.
+
+The endpoint and the record are someone else's, so neither is trusted: the POST's answer is read
+up to `MAX_RESPONSE_BODY` and dropped, the whole POST (DNS included) has one deadline, the rua host
+is resolved through the given resolver only (never the system's), and a `mailto:` address that is
+not exactly one clean address after percent-decoding is skipped.
 """
 
 from __future__ import annotations
 
+import asyncio
+import ipaddress
+import re
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
 import httpx
 import structlog
 
@@ -23,26 +35,134 @@ log = structlog.get_logger(__name__)
 SubmitMail = Callable[[str, list[str], bytes], Awaitable[None]]
 """``submit_mail(mail_from, rcpt_to, message_bytes)``: queue one report mail for delivery."""
 
+MAX_RESPONSE_BODY = 64 * 1024
+"""Bytes of a POST's answer read (and dropped) at most; the rest is never received."""
+POST_TIMEOUT = 60.0
+"""Seconds one POST may take in all, DNS included (`[tlsrpt].post_timeout`)."""
 
-async def post_report(url: str, gz_bytes: bytes, *, client: httpx.AsyncClient) -> int:
+# One mailbox (RFC 5321 4.1.2, RFC 6531 for UTF-8): a dot-atom or quoted local part, then a
+# domain of labels or an address literal. No space, no control, no second address.
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u00a0-\U0010ffff]"
+_LOCAL = rf"(?:{_ATEXT}+(?:\.{_ATEXT}+)*|\"[\x21\x23-\x5b\x5d-\x7e\u00a0-\U0010ffff]*\")"
+_LABEL = (
+    r"[A-Za-z0-9\u00a0-\U0010ffff](?:[A-Za-z0-9\-\u00a0-\U0010ffff]*[A-Za-z0-9\u00a0-\U0010ffff])?"
+)
+_DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[\x21-\x5a\x5e-\x7e]+\])"
+_MAILBOX = re.compile(rf"{_LOCAL}@{_DOMAIN}")
+
+
+def report_mailbox(uri: str) -> str:
+    """The one address of a ``mailto:`` rua URI, percent-decoded; `MailDeliveryError` (not
+    temporary) when it is not exactly one address free of spaces and control characters."""
+    address = mailto_address(uri)
+    clean = all(c.isprintable() and not c.isspace() for c in address)
+    if not clean or len(address) > 254 or _MAILBOX.fullmatch(address) is None:
+        raise MailDeliveryError(
+            f"{uri}: not exactly one mail address after percent-decoding ({address!r})",
+            destination=uri,
+            temporary=False,
+        )
+    return address
+
+
+async def _addresses(host: str, resolver: dns.asyncresolver.Resolver | None) -> list[str]:
+    """The addresses to try for the rua host: itself when it is an IP literal, else its A then
+    (only if there is none) AAAA records, looked up through `resolver` alone."""
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        pass
+    if resolver is None:
+        raise HttpsDeliveryError(f"no resolver given to look up {host}")
+    errors: list[str] = []
+    for rdtype in ("A", "AAAA"):
+        try:
+            answer = await resolver.resolve(host.rstrip(".") + ".", rdtype)
+        except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+            continue
+        except dns.exception.DNSException as exc:
+            errors.append(f"{rdtype} look-up failed: {exc}")
+            continue
+        found = [rdata.to_text() for rdata in answer]
+        if found:
+            return found
+    raise HttpsDeliveryError(f"{host}: {'; '.join(errors) or 'no A or AAAA record'}")
+
+
+async def _post_to(client: httpx.AsyncClient, url: httpx.URL, address: str, gz_bytes: bytes) -> int:
+    """One POST to `address` with SNI, certificate check and Host naming the URL's host; the
+    answer's body is read up to `MAX_RESPONSE_BODY` and dropped."""
+    host = url.raw_host.decode("ascii")
+    host_header = host if url.port is None else f"{host}:{url.port}"
+    async with client.stream(
+        "POST",
+        url.copy_with(host=address),
+        content=gz_bytes,
+        headers={
+            "Host": host_header,
+            "Content-Type": MEDIA_TYPE_GZIP,
+            "Connection": "close",
+            "Accept-Encoding": "identity",
+        },
+        extensions={"sni_hostname": host},
+        follow_redirects=False,  # RPT-11: a 3xx is a failure, whatever the client's setting
+    ) as response:
+        read = 0
+        async for chunk in response.aiter_raw():
+            read += len(chunk)
+            if read >= MAX_RESPONSE_BODY:
+                break  # leaving the block closes the connection: the rest is never received
+        return response.status_code
+
+
+async def post_report(
+    url: str,
+    gz_bytes: bytes,
+    *,
+    client: httpx.AsyncClient,
+    resolver: dns.asyncresolver.Resolver | None = None,
+    timeout: float = POST_TIMEOUT,  # noqa: ASYNC109  (the whole POST, DNS included)
+) -> int:
     """POST the gzipped report; any 2xx is success (RPT-11). Returns the status code.
 
-    Redirects are not followed (a 3xx is a failure), as the client is expected to be set up.
+    The host is resolved through `resolver` (an IP literal needs none); the connection goes to
+    its addresses in turn with SNI and the certificate check for the host. Redirects are not
+    followed. Everything, DNS included, ends after `timeout` seconds.
     """
     try:
-        response = await client.post(
-            url,
-            content=gz_bytes,
-            headers={"Content-Type": MEDIA_TYPE_GZIP},
-            follow_redirects=False,
-        )
-    except httpx.HTTPError as exc:
-        raise HttpsDeliveryError(f"{url}: {exc!r}", destination=url) from exc
-    if not 200 <= response.status_code < 300:
+        parsed = httpx.URL(url)
+        if parsed.scheme != "https" or not parsed.raw_host:
+            raise HttpsDeliveryError(f"{url}: not an https: URL", destination=url)
+        host = parsed.raw_host.decode("ascii")
+    except (httpx.InvalidURL, UnicodeDecodeError) as exc:
+        raise HttpsDeliveryError(f"{url}: not an https: URL ({exc})", destination=url) from None
+    try:
+        async with asyncio.timeout(timeout):
+            status = await _post_first(client, parsed, await _addresses(host, resolver), gz_bytes)
+    except TimeoutError:
         raise HttpsDeliveryError(
-            f"{url}: HTTP {response.status_code}", destination=url, status=response.status_code
-        )
-    return response.status_code
+            f"{url}: no complete answer within {timeout:g} s", destination=url
+        ) from None
+    except HttpsDeliveryError as exc:
+        raise HttpsDeliveryError(f"{url}: {exc}", destination=url) from exc
+    if not 200 <= status < 300:
+        raise HttpsDeliveryError(f"{url}: HTTP {status}", destination=url, status=status)
+    return status
+
+
+async def _post_first(
+    client: httpx.AsyncClient, url: httpx.URL, addresses: list[str], gz_bytes: bytes
+) -> int:
+    """The status from the first address that connects; any later error ends the search."""
+    last: Exception | None = None
+    for address in addresses:
+        try:
+            return await _post_to(client, url, address, gz_bytes)
+        except httpx.ConnectError as exc:  # refused, unreachable, or TLS: try the next one
+            last = exc
+        except httpx.HTTPError as exc:
+            raise HttpsDeliveryError(f"{address}: {exc!r}") from exc
+    raise HttpsDeliveryError(f"{addresses[-1]}: {last!r}") from last
 
 
 async def mail_report(
@@ -55,8 +175,11 @@ async def mail_report(
     now: float,
     dkim_key: DkimKey | None = None,
 ) -> None:
-    """Build the DKIM-signed report mail for one mailto: URI and submit it."""
-    address = mailto_address(uri)
+    """Build the DKIM-signed report mail for one mailto: URI and submit it.
+
+    A URI that is not exactly one clean address raises a non-temporary `MailDeliveryError`
+    before anything is built (a ``%0D%0A`` in it would otherwise become a header line)."""
+    address = report_mailbox(uri)
     message = build_report_mail(
         report, gz_bytes, mail_from=mail_from, rcpt_to=[address], now=now, dkim_key=dkim_key
     )
@@ -86,6 +209,8 @@ async def deliver_report(
     mail_from: str,
     now: float,
     dkim_key: DkimKey | None = None,
+    resolver: dns.asyncresolver.Resolver | None = None,
+    post_timeout: float = POST_TIMEOUT,
 ) -> DeliveryOutcome:
     """Try every destination once (RPT-02: the report is delivered when any one accepts)."""
     accepted: list[str] = []
@@ -93,7 +218,9 @@ async def deliver_report(
     for uri in destinations:
         try:
             if uri[:6].lower() == "https:":
-                await post_report(uri, gz_bytes, client=client)
+                await post_report(
+                    uri, gz_bytes, client=client, resolver=resolver, timeout=post_timeout
+                )
             elif submit_mail is None:
                 raise MailDeliveryError("no mail submitter configured", destination=uri)
             else:
@@ -107,6 +234,10 @@ async def deliver_report(
                     dkim_key=dkim_key,
                 )
         except ReportDeliveryError as exc:
+            if not exc.temporary:
+                log.warning("tlsrpt.rua_skipped", report_id=report.report_id, error=str(exc))
+                errors.append((uri, str(exc)))
+                continue
             log.info("tlsrpt.destination_failed", report_id=report.report_id, error=str(exc))
             errors.append((uri, str(exc)))
         else:

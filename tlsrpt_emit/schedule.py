@@ -17,7 +17,7 @@ import httpx
 import structlog
 
 from tlsrpt_emit.aggregate import build_reports, random_report_ids, submitter_for
-from tlsrpt_emit.deliver import SubmitMail, deliver_report
+from tlsrpt_emit.deliver import POST_TIMEOUT, SubmitMail, deliver_report
 from tlsrpt_emit.errors import TlsRptLookupError, TlsRptRecordError
 from tlsrpt_emit.model import Report, utc_day
 from tlsrpt_emit.record import lookup_tlsrpt_record
@@ -94,6 +94,7 @@ class Clients:
     resolver: dns.asyncresolver.Resolver
     http: httpx.AsyncClient
     submit_mail: SubmitMail | None = None
+    post_timeout: float = POST_TIMEOUT  # seconds for one https POST, DNS included
 
 
 def build_day_reports(
@@ -161,6 +162,8 @@ async def send_one(
         gz,
         todo,
         client=clients.http,
+        resolver=clients.resolver,
+        post_timeout=clients.post_timeout,
         submit_mail=clients.submit_mail,
         mail_from=settings.sender_address,
         now=now,

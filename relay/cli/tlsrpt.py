@@ -102,7 +102,12 @@ async def _send(
                 spool.put, mail_from, rcpts, data, flags=REPORT_MAIL_FLAGS, client="tlsrpt"
             )
 
-        clients = Clients(resolver=make_resolver(config.dns), http=http, submit_mail=submit_mail)
+        clients = Clients(
+            resolver=make_resolver(config.dns),
+            http=http,
+            submit_mail=submit_mail,
+            post_timeout=float(config.tlsrpt.post_timeout),
+        )
         now = time.time()
         if domain:
             return [await send_one(day, domain, store, settings=settings, clients=clients, now=now)]
