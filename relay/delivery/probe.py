@@ -3,9 +3,9 @@
     report = await probe_domain("example.org", config, resolver=..., ssl_context=...)
     report.as_json()  # or report.as_text()
 
-The same aiosmtplib sequence as `relay.delivery.deliverer` (plaintext connect, banner, EHLO, our own
-STARTTLS with a look at the receive buffer after the 220, handshake with SNI = the MX host name),
-judged by `detect`, but it never sends MAIL: after the handshake it says EHLO again and QUIT.
+The same `relay.delivery.session.MxSession` steps as delivery (plaintext connect, banner, EHLO, our
+own STARTTLS with a look at the receive buffer after the 220, handshake with SNI = the MX host
+name), judged by `detect`, but it never sends MAIL: after the handshake it says EHLO again and QUIT.
 A certificate that fails verification is reported with its RFC 8460 result type; a second,
 unverified connection is made only to read the certificate's details.
 The MTA-STS policy is looked up live (TXT record and HTTPS fetch); no cache is read or written.
@@ -14,44 +14,29 @@ The MTA-STS policy is looked up live (TXT record and HTTPS fetch); no cache is r
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import ssl
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiosmtplib
 import dns.asyncresolver
 import structlog
 from cryptography import x509
 
-from detect.ehlo import judge_banner, judge_ehlo
 from detect.model import Finding
-from detect.starttls import judge_pre_handshake_bytes, judge_starttls_reply
-from detect.tls import judge_tls_failure
 from mtasts.errors import PolicyError
 from mtasts.fetch import fetch_policy, lookup_sts_record
 from mtasts.match import policy_allows
 from mtasts.model import Mode, Policy
 from relay.config import Config
 from relay.delivery.mx import MxHost, MxStatus, lookup_mx
-from relay.delivery.starttls import buffered_after_reply, mx_client, upgrade_to_tls
+from relay.delivery.session import BannerRefused, Hello, MxSession, Reply
+from relay.errors import SessionError
 from relay.tls import unverified_context
 
 log = structlog.get_logger(__name__)
 
 _QUIT_TIMEOUT = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One SMTP reply: code and text (lines joined with newlines)."""
-
-    code: int
-    text: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {"code": self.code, "text": self.text}
 
 
 @dataclass(frozen=True, slots=True)
@@ -251,7 +236,7 @@ class _Stop(Exception):
 
 
 class _Prober:
-    """Runs the probe sequence against one address of one MX host."""
+    """Runs the probe sequence (an `MxSession`'s steps) against one address of one MX host."""
 
     def __init__(self, config: Config, ssl_context: ssl.SSLContext, *, expect: bool) -> None:
         self.config = config
@@ -261,29 +246,30 @@ class _Prober:
     async def probe(self, probe: MxProbe) -> None:
         """Fill `probe` in: verified first, then (after a certificate failure) unverified."""
         assert probe.address is not None
-        client = mx_client(self.config, probe.address)
+        mx = MxSession(self.config, probe.address, probe.host)
         try:
-            await self._session(client, probe, verify=True)
+            await self._session(mx, probe, verify=True)
         except _Stop:
             pass
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            probe.error = f"{_stage(probe)}: {_describe(exc)}"
+        except SessionError as exc:
+            probe.error = f"{_stage(probe)}: {_describe(exc.__cause__ or exc)}"
             return
         finally:
-            await _quit(client)
+            await mx.quit(grace=_QUIT_TIMEOUT)
         if probe.tls is None or probe.tls.verified or probe.error is not None:
             return
         # The certificate failed: connect again, unverified, only to read what it says.
-        client = mx_client(self.config, probe.address)
+        mx = MxSession(self.config, probe.address, probe.host)
         seen = MxProbe(probe.host, probe.preference, probe.address, probe.matches_policy)
         try:
-            await self._session(client, seen, verify=False)
+            await self._session(mx, seen, verify=False)
         except _Stop:
             pass
-        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
-            probe.error = f"unverified retry to read the certificate: {_describe(exc)}"
+        except SessionError as exc:
+            cause = exc.__cause__ or exc
+            probe.error = f"unverified retry to read the certificate: {_describe(cause)}"
         finally:
-            await _quit(client)
+            await mx.quit(grace=_QUIT_TIMEOUT)
         if seen.tls is not None:
             probe.tls = TlsInfo(
                 seen.tls.version,
@@ -294,73 +280,52 @@ class _Prober:
             )
             probe.ehlo_after_tls = seen.ehlo_after_tls
 
-    async def _session(self, client: aiosmtplib.SMTP, probe: MxProbe, *, verify: bool) -> None:
+    async def _session(self, mx: MxSession, probe: MxProbe, *, verify: bool) -> None:
         """One connection: banner, EHLO, STARTTLS, handshake, EHLO again. Raises `_Stop` when
         the sequence cannot go on (no STARTTLS, refused, injected bytes, handshake failed)."""
-        delivery = self.config.delivery
-        name = self.config.relay.hostname.encode("ascii")
         try:
-            banner = await client.connect(timeout=delivery.connect_timeout)
-        except aiosmtplib.SMTPConnectResponseError as exc:
-            probe.banner = Reply(exc.code, exc.message)
-            probe.findings += judge_banner(exc.code, exc.message)
-            probe.error = f"banner refused: {exc.code} {exc.message}"
+            probe.banner, judged = await mx.open()
+        except BannerRefused as exc:
+            probe.banner = exc.banner
+            probe.findings += exc.findings
+            probe.error = f"banner refused: {exc.banner.code} {exc.banner.text}"
             raise _Stop from exc
-        probe.banner = Reply(banner.code, banner.message)
-        probe.findings += judge_banner(banner.code, banner.message)
+        probe.findings += judged
 
-        ehlo = await client.execute_command(b"EHLO", name)
-        judged = judge_ehlo(ehlo.code, ehlo.message.split("\n"), expect_starttls=self.expect)
-        probe.ehlo = EhloInfo(ehlo.code, judged.keywords, judged.offers_starttls)
-        probe.findings += judged.findings
-        if ehlo.code != 250 or not judged.offers_starttls:
+        hello = await mx.hello(expect_starttls=self.expect)
+        probe.ehlo = _ehlo_info(hello)
+        probe.findings += hello.judgement.findings
+        if not hello.ok or not hello.judgement.offers_starttls:
             raise _Stop
 
-        reply = await client.execute_command(b"STARTTLS")
-        probe.starttls_reply = Reply(reply.code, reply.message)
-        refused = judge_starttls_reply(reply.code, reply.message)
-        if refused is not None:
-            probe.findings.append(refused)
+        step = await mx.starttls()
+        probe.starttls_reply = step.reply
+        if step.refusal is not None:
+            probe.findings.append(step.refusal)
             raise _Stop
-        injected = buffered_after_reply(client)
-        injection = judge_pre_handshake_bytes(injected)
-        if injection is not None:
-            probe.findings.append(injection)
-            client.close()  # the path is tampered with: no handshake, no QUIT
+        if step.injection is not None:
+            probe.findings.append(step.injection)
+            mx.close()  # the path is tampered with: no handshake, no QUIT
             raise _Stop
 
-        context = self.ssl_context if verify else unverified_context()
-        try:
-            await upgrade_to_tls(
-                client, context, probe.host, handshake_timeout=self.config.delivery.command_timeout
-            )
-        except ssl.SSLCertVerificationError as exc:
-            finding = judge_tls_failure(exc.verify_code, exc.verify_message or str(exc))
-            probe.findings.append(finding)
-            probe.tls = TlsInfo(None, None, verified=False, result_type=finding.result_type)
-            client.close()
-            raise _Stop from exc
-        except (ssl.SSLError, ConnectionError, TimeoutError, aiosmtplib.SMTPException) as exc:
-            finding = judge_tls_failure(None, str(exc) or type(exc).__name__)
-            probe.findings.append(finding)
-            probe.tls = TlsInfo(None, None, verified=False, result_type=finding.result_type)
-            probe.error = f"TLS handshake: {_describe(exc)}"
-            client.close()
-            raise _Stop from exc
-        ssl_object = client.get_transport_info("ssl_object")
-        if isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
-            cipher = ssl_object.cipher()
-            der = ssl_object.getpeercert(binary_form=True)
-            probe.tls = TlsInfo(
-                ssl_object.version(),
-                cipher[0] if cipher else None,
-                verified=verify,
-                certificate=certificate_info(der) if der else None,
-            )
-        again = await client.execute_command(b"EHLO", name)
-        lines = again.message.split("\n")
-        after = judge_ehlo(again.code, lines, expect_starttls=False)
-        probe.ehlo_after_tls = EhloInfo(again.code, after.keywords, after.offers_starttls)
+        tls = await mx.handshake(self.ssl_context if verify else unverified_context())
+        if tls.finding is not None:
+            probe.findings.append(tls.finding)
+            probe.tls = TlsInfo(None, None, verified=False, result_type=tls.finding.result_type)
+            if not tls.cert_failure and tls.error is not None:
+                probe.error = f"TLS handshake: {_describe(tls.error)}"
+            raise _Stop
+        probe.tls = TlsInfo(
+            tls.version,
+            tls.cipher,
+            verified=verify,
+            certificate=certificate_info(tls.peer_der) if tls.peer_der else None,
+        )
+        probe.ehlo_after_tls = _ehlo_info(await mx.hello_again())
+
+
+def _ehlo_info(hello: Hello) -> EhloInfo:
+    return EhloInfo(hello.code, hello.judgement.keywords, hello.judgement.offers_starttls)
 
 
 def _stage(probe: MxProbe) -> str:
@@ -379,18 +344,6 @@ def _stage(probe: MxProbe) -> str:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-async def _quit(client: aiosmtplib.SMTP) -> None:
-    """QUIT politely if the session is still up; close it either way."""
-    try:
-        if client.is_connected:
-            await client.quit(timeout=_QUIT_TIMEOUT)
-    except (aiosmtplib.SMTPException, OSError, TimeoutError):
-        pass
-    finally:
-        with contextlib.suppress(Exception):
-            client.close()
 
 
 async def live_policy(

@@ -1,0 +1,93 @@
+"""What the queue hands the deliverer (`DeliveryRequest`) and gets back (`DeliveryOutcome`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from relay.decision import Action, Decision
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryRequest:
+    """One message for recipients of one domain. `no_tlsrpt` marks a TLS-RPT report (RPT-10)."""
+
+    queue_id: str
+    mail_from: str
+    rcpts: tuple[str, ...]
+    data: bytes
+    tls_required_no: bool = False
+    no_tlsrpt: bool = False
+    smtputf8: bool = False
+    eight_bit: bool = False
+
+    @property
+    def domain(self) -> str:
+        return self.rcpts[0].rpartition("@")[2].lower().rstrip(".")
+
+
+class RcptStatus(StrEnum):
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    BOUNCED = "bounced"
+
+
+@dataclass(frozen=True, slots=True)
+class RcptOutcome:
+    """What became of one recipient. `result_type` is the TLS-RPT result type of a TLS failure."""
+
+    rcpt: str
+    status: RcptStatus
+    reason: str = ""
+    result_type: str | None = None
+    mx_host: str = ""
+    tls: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryOutcome:
+    """Per recipient: delivered, deferred or bounced. `policy_id` is the `_mta-sts` record id of
+    the MTA-STS policy applied, which the queue keeps for the STS-12 check at expiry."""
+
+    queue_id: str
+    rcpts: tuple[RcptOutcome, ...]
+    policy_id: str | None = None
+
+    @property
+    def tls_failure(self) -> bool:
+        """True when a deferral was a TLS failure (it has a TLS-RPT result type)."""
+        return any(r.result_type for r in self.deferred)
+
+    def _with(self, status: RcptStatus) -> tuple[RcptOutcome, ...]:
+        return tuple(r for r in self.rcpts if r.status is status)
+
+    @property
+    def delivered(self) -> tuple[RcptOutcome, ...]:
+        return self._with(RcptStatus.DELIVERED)
+
+    @property
+    def deferred(self) -> tuple[RcptOutcome, ...]:
+        return self._with(RcptStatus.DEFERRED)
+
+    @property
+    def bounced(self) -> tuple[RcptOutcome, ...]:
+        return self._with(RcptStatus.BOUNCED)
+
+
+def every_rcpt(
+    request: DeliveryRequest, status: RcptStatus, reason: str, mx_host: str = "", tls: bool = False
+) -> DeliveryOutcome:
+    """The same outcome for every recipient of `request`."""
+    return DeliveryOutcome(
+        request.queue_id,
+        tuple(RcptOutcome(r, status, reason, None, mx_host, tls) for r in request.rcpts),
+    )
+
+
+def rcpt_status(verdict: Decision) -> RcptStatus:
+    """The recipient status a reply decision (`decide_reply`) stands for."""
+    if verdict.action is Action.BOUNCE:
+        return RcptStatus.BOUNCED
+    if verdict.delivers:
+        return RcptStatus.DELIVERED
+    return RcptStatus.DEFERRED

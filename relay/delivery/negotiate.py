@@ -1,0 +1,270 @@
+"""Setting up a session to one MX address under the domain's TLS policy, for delivery.
+
+`Negotiator.attempt` drives an `MxSession` (banner, EHLO, STARTTLS, handshake, EHLO again) and asks
+`relay.decision` after each step what to do. When a certificate fails and the policy allows
+delivery anyway, a second connection is made with an unverified context; after a failed STARTTLS
+that the policy lets go on in plaintext, a plaintext one. The failure seen first is what the
+attempt reports.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+
+from detect.history import HostHistory, TlsHistoryStore, judge_downgrade
+from detect.model import Finding, FindingKind
+from relay.config import Config
+from relay.decision import (
+    Action,
+    Decision,
+    EffectivePolicy,
+    Observation,
+    decide,
+    may_retry_unverified,
+    mx_matches,
+    wants_starttls,
+)
+from relay.delivery.session import MxSession
+from relay.errors import SessionError
+from relay.tls import unverified_context
+
+
+class Plan(StrEnum):
+    """What one connection tries: verified TLS, unverified TLS (after a certificate failure), or
+    plaintext (after a failed STARTTLS the policy lets go on without TLS)."""
+
+    VERIFY = "verify"
+    UNVERIFIED = "unverified"
+    PLAIN = "plain"
+
+
+@dataclass(eq=False, slots=True)
+class Established:
+    """A session ready for MAIL FROM, and what was learned setting it up."""
+
+    mx: MxSession
+    decision: Decision
+    obs: Observation
+    findings: tuple[Finding, ...]
+    helo_name: str
+    tls: bool
+    tls_version: str | None = None
+    cipher: str | None = None
+    idle_since: float = 0.0
+
+
+@dataclass(slots=True)
+class Attempt:
+    """What one session attempt on one MX gave (before the message was sent, if at all)."""
+
+    decision: Decision
+    obs: Observation = field(default_factory=Observation)
+    findings: tuple[Finding, ...] = ()
+    helo_name: str = ""
+    session: Established | None = None
+    reused: bool = False  # a pooled session: its EHLO and TLS were recorded when it was opened
+    sending_ip: str = ""  # our end of the last connection made, "" when none connected
+
+    @classmethod
+    def reusing(cls, session: Established) -> Attempt:
+        return cls(
+            session.decision,
+            session.obs,
+            session.findings,
+            session.helo_name,
+            session,
+            reused=True,
+            sending_ip=session.mx.sending_ip,
+        )
+
+
+class Negotiator:
+    """Opens sessions to MX addresses and decides, step by step, whether they may carry mail."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        ssl_context: ssl.SSLContext,
+        history: TlsHistoryStore,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.ssl_context = ssl_context
+        self.history = history
+        self.clock = clock
+        self._unverified = unverified_context()
+
+    async def attempt(
+        self, host: str, ip: str, policy: EffectivePolicy, *, last_mx: bool
+    ) -> Attempt:
+        """A new session ready for the message, or the decision why there is none.
+        Raises `SessionError` when the first connection could not be had or broke."""
+        obs = Observation(mx_matches=mx_matches(policy, host))
+        attempt = await self._establish(host, ip, policy, obs, (), Plan.VERIFY, last_mx=last_mx)
+        # At most two more connections: unverified TLS after a certificate failure, plaintext
+        # after a failed STARTTLS attempt, each only when the decision allows it.
+        for _ in range(2):
+            if attempt.session is not None or not attempt.decision.delivers:
+                break
+            plan = Plan.UNVERIFIED if attempt.decision.action is Action.DELIVER_TLS else Plan.PLAIN
+            try:
+                attempt = await self._establish(
+                    host, ip, policy, attempt.obs, attempt.findings, plan, last_mx=last_mx
+                )
+            except SessionError as exc:
+                # The TLS failure already seen is still the session's result for TLS-RPT.
+                action = Action.DEFER if last_mx else Action.NEXT_MX
+                reason = f"{attempt.decision.reason}; {plan} retry failed: {exc}"
+                attempt.decision = replace(attempt.decision, action=action, reason=reason)
+                break
+        return attempt
+
+    async def _establish(
+        self,
+        host: str,
+        ip: str,
+        policy: EffectivePolicy,
+        obs: Observation,
+        findings: tuple[Finding, ...],
+        plan: Plan,
+        *,
+        last_mx: bool,
+    ) -> Attempt:
+        """One TCP connection: banner, EHLO, STARTTLS unless `plan` is plain, EHLO again."""
+        mx = MxSession(self.config, ip, host)
+        _banner, judged = await mx.open()
+        findings += judged
+        try:
+            attempt = await self._negotiate(mx, policy, obs, findings, plan, last_mx=last_mx)
+        except SessionError:
+            mx.close()
+            raise
+        attempt.sending_ip = mx.sending_ip
+        return attempt
+
+    async def _negotiate(
+        self,
+        mx: MxSession,
+        policy: EffectivePolicy,
+        obs: Observation,
+        findings: tuple[Finding, ...],
+        plan: Plan,
+        *,
+        last_mx: bool,
+    ) -> Attempt:
+        host = mx.server_name
+        expect = policy.strict or policy.is_sts or self._offered_before(self.history.get(host))
+        hello = await mx.hello(expect_starttls=expect and plan is not Plan.PLAIN)
+        helo_name = hello.judgement.server_name
+        findings += tuple(f for f in hello.judgement.findings if f not in findings)
+        obs = replace(
+            obs,
+            ehlo_ok=hello.ok,
+            offered_starttls=hello.ok and hello.judgement.offers_starttls,
+        )
+
+        def conclude(obs: Observation, found: tuple[Finding, ...]) -> Attempt:
+            found = self._with_downgrade(host, obs, found)
+            return Attempt(decide(policy, obs, found, last_mx=last_mx), obs, found, helo_name)
+
+        if not obs.ehlo_ok or plan is Plan.PLAIN or not wants_starttls(policy, obs):
+            return await self._plaintext(mx, conclude(obs, findings), helo_name)
+
+        # STARTTLS, sent by us so the receive buffer can be checked before the handshake.
+        step = await mx.starttls()
+        if step.refusal is not None:
+            findings += (step.refusal,)
+        if step.reply.code != 220:
+            # RFC 3207: after a refused STARTTLS the plaintext session goes on.
+            obs = replace(obs, starttls_ok=False)
+            return await self._plaintext(mx, conclude(obs, findings), helo_name, helo=False)
+        if step.injection is not None:
+            # TLS-04: plaintext after the 220 was injected on the path; abort this attempt.
+            mx.close()
+            return conclude(replace(obs, starttls_ok=False), (*findings, step.injection))
+        obs = replace(obs, starttls_ok=True)
+
+        tls = await mx.handshake(self.ssl_context if plan is Plan.VERIFY else self._unverified)
+        if tls.finding is not None:
+            obs = replace(
+                obs,
+                handshake_ok=False,
+                cert_valid=False if tls.cert_failure else obs.cert_valid,
+                tls_result_type=tls.finding.result_type,
+                reason_code=tls.finding.reason_code,
+            )
+            findings += (tls.finding,)
+            attempt = conclude(obs, findings)
+            if tls.cert_failure and may_retry_unverified(policy):
+                retry = conclude(replace(obs, handshake_ok=True), findings)
+                if retry.decision.action is Action.DELIVER_TLS:
+                    # Let the caller connect again without verification; report what was seen.
+                    return Attempt(retry.decision, obs, retry.findings, helo_name)
+            return attempt
+        verified = plan is Plan.VERIFY
+        obs = replace(obs, handshake_ok=True, cert_valid=True if verified else obs.cert_valid)
+        # TLS-03: forget what was learned before the handshake and say EHLO again.
+        again = await mx.hello_again()
+        if not again.ok:
+            mx.close()
+            raise SessionError(f"EHLO after STARTTLS refused: {again.code} {again.text}")
+        helo_name = again.judgement.server_name
+        attempt = conclude(obs, findings)
+        attempt.helo_name = helo_name
+        if attempt.decision.action is not Action.DELIVER_TLS:
+            mx.close()
+            return attempt
+        attempt.session = Established(
+            mx,
+            attempt.decision,
+            obs,
+            attempt.findings,
+            helo_name,
+            tls=True,
+            tls_version=tls.version,
+            cipher=tls.cipher,
+        )
+        return attempt
+
+    async def _plaintext(
+        self, mx: MxSession, attempt: Attempt, helo_name: str, *, helo: bool = True
+    ) -> Attempt:
+        """Keep the session for plaintext delivery when the decision allows it, else close it."""
+        if attempt.decision.action is not Action.DELIVER_PLAINTEXT:
+            mx.close()
+            return attempt
+        if helo and not attempt.obs.ehlo_ok:
+            # HELO only when the decision allowed plaintext (never under enforce: TLS-07).
+            await mx.helo()
+        attempt.session = Established(
+            mx, attempt.decision, attempt.obs, attempt.findings, helo_name, tls=False
+        )
+        return attempt
+
+    def _offered_before(self, history: HostHistory | None) -> bool:
+        """True when the host offered STARTTLS within `detect.history_days` (remembered TLS)."""
+        if history is None or history.last_starttls_at is None:
+            return False
+        return self.clock() - history.last_starttls_at <= self.config.detect.history_days * 86400
+
+    def _with_downgrade(
+        self, host: str, obs: Observation, findings: tuple[Finding, ...]
+    ) -> tuple[Finding, ...]:
+        """Add the downgrade finding when this host did better within `history_days`."""
+        if any(f.kind is FindingKind.DOWNGRADE for f in findings):
+            return findings
+        if obs.handshake_ok and obs.cert_valid:
+            return findings
+        finding = judge_downgrade(
+            self.history.get(host),
+            # A refused STARTTLS or injected bytes leave no more TLS than a stripped keyword.
+            offered_starttls=obs.offered_starttls and obs.starttls_ok is not False,
+            cert_valid=obs.cert_valid,
+            now=self.clock(),
+            history_days=self.config.detect.history_days,
+        )
+        return (*findings, finding) if finding is not None else findings
