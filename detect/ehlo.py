@@ -73,7 +73,7 @@ def judge_banner(code: int, text: str) -> tuple[Finding, ...]:
         return (
             Finding(
                 FindingKind.MASKED_REPLY,
-                evidence=f"{code} {text}"[:300],
+                evidence=f"{code} {text}",
                 expected="an unmasked greeting",
             ),
         )
@@ -89,7 +89,7 @@ def judge_ehlo(code: int, lines: Sequence[str], *, expect_starttls: bool) -> Ehl
         raw = f"{code} " + " / ".join(lines)
         refused = Finding(
             FindingKind.EHLO_REFUSED,
-            evidence=raw[:300],
+            evidence=raw,
             expected="250 reply to EHLO",
         )
         return EhloJudgement(False, (), server_name, (refused,))
@@ -103,7 +103,7 @@ def judge_ehlo(code: int, lines: Sequence[str], *, expect_starttls: bool) -> Ehl
             findings.append(
                 Finding(
                     FindingKind.STARTTLS_GARBLED,
-                    evidence=f"250-{line.strip()}"[:300],
+                    evidence=f"250-{line.strip()}",
                     expected=STARTTLS,
                 )
             )
@@ -124,7 +124,7 @@ def judge_ehlo(code: int, lines: Sequence[str], *, expect_starttls: bool) -> Ehl
         findings.append(
             Finding(
                 FindingKind.MASKED_REPLY,
-                evidence=" / ".join(masked)[:300],
+                evidence=" / ".join(masked),
                 expected="unmasked EHLO lines",
             )
         )

@@ -24,6 +24,19 @@ class FindingKind(StrEnum):
 STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
 VALIDATION_FAILURE = "validation-failure"
 
+MAX_EVIDENCE = 300
+"""Characters of evidence kept in a finding (so in logs, reasons and TLS-RPT reports): a peer
+decides how long its EHLO reply is, not us."""
+
+
+def bounded_evidence(text: str) -> str:
+    """`text` cut to at most `MAX_EVIDENCE` characters; a cut one ends with its original length
+    (``...[28904 characters in all]``)."""
+    if len(text) <= MAX_EVIDENCE:
+        return text
+    note = f"...[{len(text)} characters in all]"
+    return text[: MAX_EVIDENCE - len(note)] + note
+
 
 @dataclass(frozen=True, slots=True)
 class Finding:
@@ -31,6 +44,7 @@ class Finding:
 
     `result_type` is the RFC 8460 result type the finding is reported as in TLS-RPT;
     `reason_code` is its `failure-reason-code` (e.g. ``X509_V_ERR_CERT_HAS_EXPIRED``).
+    `evidence` longer than `MAX_EVIDENCE` is cut on construction (`bounded_evidence`).
     """
 
     kind: FindingKind
@@ -38,6 +52,10 @@ class Finding:
     result_type: str = STARTTLS_NOT_SUPPORTED
     expected: str = ""
     reason_code: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.evidence) > MAX_EVIDENCE:
+            object.__setattr__(self, "evidence", bounded_evidence(self.evidence))
 
     def as_log(self) -> dict[str, str]:
         return {

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ssl
+
 from detect.model import VALIDATION_FAILURE, Finding, FindingKind
 
 CERTIFICATE_EXPIRED = "certificate-expired"
@@ -24,9 +26,34 @@ _VERIFY_CODES: dict[int, tuple[str, str]] = {
 }
 
 
+NO_DETAIL = "TLS handshake failed without a reason from the TLS library"
+CLOSED_IN_HANDSHAKE = (
+    "connection closed during the TLS handshake without an alert"
+    " (a server that offers only TLS 1.0/1.1 does this; TLS 1.2 is the minimum)"
+)
+
+
+def describe_tls_error(exc: BaseException) -> str:
+    """Words for a failed handshake, never empty. A peer limited to TLS 1.0/1.1 makes OpenSSL
+    end the handshake with a bare ``ConnectionResetError()``, whose text is ``""``."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return getattr(exc, "verify_message", None) or str(exc) or NO_DETAIL
+    if isinstance(exc, ssl.SSLError):
+        text = str(exc)
+        reason = getattr(exc, "reason", None) or ""
+        return text if reason in text else f"{reason}: {text}".strip(": ") or NO_DETAIL
+    if isinstance(exc, (ConnectionResetError, ConnectionAbortedError, EOFError)) and not str(exc):
+        return CLOSED_IN_HANDSHAKE
+    if isinstance(exc, TimeoutError) and not str(exc):
+        return "TLS handshake timed out"
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__} ({NO_DETAIL})"
+
+
 def judge_tls_failure(verify_code: int | None, message: str) -> Finding:
     """A `tls-failure` finding. Without a verify code (handshake failure, protocol version too
-    low, connection reset) the result type is validation-failure with the message as reason."""
+    low, connection reset) the result type is validation-failure with the message as reason; an
+    empty message becomes `NO_DETAIL` (pass `describe_tls_error(exc)` to say more)."""
     name, result_type = _VERIFY_CODES.get(
         verify_code if verify_code is not None else -1,
         (
@@ -36,7 +63,7 @@ def judge_tls_failure(verify_code: int | None, message: str) -> Finding:
     )
     return Finding(
         FindingKind.TLS_FAILURE,
-        evidence=message[:300],
+        evidence=message.strip() or NO_DETAIL,
         result_type=result_type,
         expected="a certificate valid for the MX host name, chained to a trusted root",
         reason_code=name,

@@ -15,9 +15,14 @@ from relay.errors import ConfigError
 
 def client_context(ca_file: str = "") -> ssl.SSLContext:
     """A verifying client context (TLS 1.2+, host name checked) trusting the system store and
-    `ca_file`."""
+    `ca_file`.
+
+    The name is checked against the subjectAltName only: RFC 9525 (6.3) drops the CN-ID, so a
+    certificate whose only name is its subject CN does not match (OpenSSL would fall back to it).
+    """
     ctx = ssl.create_default_context()
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.hostname_checks_common_name = False
     if ca_file:
         try:
             ctx.load_verify_locations(cafile=ca_file)

@@ -25,7 +25,7 @@ import aiosmtplib
 from detect.ehlo import judge_banner, judge_ehlo
 from detect.model import EhloJudgement, Finding
 from detect.starttls import judge_pre_handshake_bytes, judge_starttls_reply
-from detect.tls import judge_tls_failure
+from detect.tls import describe_tls_error, judge_tls_failure
 from relay.config import Config
 from relay.delivery.starttls import buffered_after_reply, mx_client, upgrade_to_tls
 from relay.errors import SessionError
@@ -163,7 +163,7 @@ class MxSession:
             return TlsStep(finding, cert_failure=True, error=exc)
         except (ssl.SSLError, ConnectionError, TimeoutError, aiosmtplib.SMTPException) as exc:
             self.close()
-            return TlsStep(judge_tls_failure(None, str(exc) or type(exc).__name__), error=exc)
+            return TlsStep(judge_tls_failure(None, describe_tls_error(exc)), error=exc)
         ssl_object = self.client.get_transport_info("ssl_object")
         if not isinstance(ssl_object, ssl.SSLObject | ssl.SSLSocket):
             return TlsStep()

@@ -10,11 +10,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detect.model import VALIDATION_FAILURE, FindingKind
+from detect.model import MAX_EVIDENCE, VALIDATION_FAILURE, FindingKind
 from detect.tls import (
     CERTIFICATE_EXPIRED,
     CERTIFICATE_HOST_MISMATCH,
     CERTIFICATE_NOT_TRUSTED,
+    describe_tls_error,
     judge_tls_failure,
 )
 from lab.pki import IssuedCert, LabCA
@@ -137,4 +138,52 @@ def test_property_any_failure_has_a_result_type(code: int | None, message: str) 
         CERTIFICATE_NOT_TRUSTED,
         VALIDATION_FAILURE,
     }
-    assert finding.evidence == message[:300]
+    assert finding.evidence
+    assert len(finding.evidence) <= MAX_EVIDENCE
+    if message.strip() and len(message.strip()) <= MAX_EVIDENCE:
+        assert finding.evidence == message.strip()
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # ssl.TLSVersion.TLSv1 / TLSv1_1
+@pytest.mark.parametrize("version", ["TLSv1", "TLSv1_1"])
+async def test_tls_10_and_11_servers_fail_with_a_reason(lab_ca: LabCA, version: str) -> None:
+    """OpenSSL ends such a handshake with a bare ConnectionResetError(): its text is empty,
+    which used to log ``tls-failure: `` with nothing after it."""
+    from relay.tls import client_context
+
+    server_ctx = lab_ca.issue(NAME).server_context()
+    server_ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+    server_ctx.minimum_version = server_ctx.maximum_version = getattr(ssl.TLSVersion, version)
+    server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.43", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises((ssl.SSLError, ConnectionError)) as info:
+            await asyncio.open_connection(
+                "127.0.0.43", port, ssl=client_context(str(lab_ca.ca_file)), server_hostname=NAME
+            )
+    finally:
+        server.close()
+        await server.wait_closed()
+    reason = describe_tls_error(info.value)
+    assert reason.strip()
+    finding = judge_tls_failure(None, reason)
+    assert finding.evidence == reason
+    assert finding.result_type == VALIDATION_FAILURE
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        ConnectionResetError(),
+        ConnectionAbortedError(),
+        TimeoutError(),
+        ssl.SSLError(),
+        ssl.SSLEOFError(8, "EOF occurred in violation of protocol"),
+        ssl.SSLCertVerificationError(),
+        OSError(),
+        RuntimeError(""),
+    ],
+)
+def test_every_tls_error_has_words(exc: BaseException) -> None:
+    assert describe_tls_error(exc).strip()
+    assert judge_tls_failure(None, "").evidence.strip()
