@@ -31,6 +31,8 @@ from detect.model import EhloJudgement, Finding, FindingKind
 STARTTLS = "STARTTLS"
 MASK_CHARS = frozenset("X*#?")
 _STAR_RUN = re.compile(r"\*{4,}")
+_NAME_LABEL = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?$")
+_ADDRESS_LITERAL = re.compile(r"^\[[^\[\]\s]+\]$")
 # ESMTP keywords are ASCII (RFC 5321 4.1.1.1): fold case in ASCII only. str.upper() turns
 # U+00DF (sharp s) into "SS", so a 7-character word gains STARTTLS's length, and U+017F (long s)
 # into "S", so junk would pass as an offer of STARTTLS.
@@ -67,6 +69,27 @@ def _is_masked(text: str) -> bool:
     return len(verb) >= 4 and set(verb) == {"X"}
 
 
+def _is_name_label(label: str) -> bool:
+    """An LDH label, or a U-label (an SMTPUTF8 server may greet with one, RFC 6531 3.3)."""
+    if label.isascii():
+        return bool(_NAME_LABEL.match(label))
+    return label.replace("-", "").isalnum() and not label.startswith("-")
+
+
+def greeting_name(text: str) -> str:
+    """The server's name at the start of a 220 greeting or a 250 EHLO reply (RFC 5321 4.1.1.1,
+    4.2: ``Domain / address-literal``), or "" when the first word is no such name."""
+    word = text.strip().split(" ", 1)[0]
+    if _ADDRESS_LITERAL.match(word):
+        return word
+    labels = word.rstrip(".").split(".")
+    if not word or not all(_is_name_label(label) for label in labels):
+        return ""
+    if all(label.isdigit() for label in labels):
+        return ""  # "5.5.2" or a bare IP address: not a domain
+    return word
+
+
 def judge_banner(code: int, text: str) -> tuple[Finding, ...]:
     """Findings in the 220 greeting: a masked banner is tampering evidence."""
     if _STAR_RUN.search(text):
@@ -84,7 +107,8 @@ def judge_ehlo(code: int, lines: Sequence[str], *, expect_starttls: bool) -> Ehl
     """Judge an EHLO reply. `lines` are the reply's text lines without codes; the first names the
     server (TLS-01: it is not a keyword). `expect_starttls` is True when the policy or the host's
     history says STARTTLS must be there."""
-    server_name = lines[0].strip().split(" ", 1)[0] if lines else ""
+    # Only a 250 reply names the server; a refusal's first word is its status ("5.5.2").
+    server_name = greeting_name(lines[0]) if code == 250 and lines else ""
     if code != 250:
         raw = f"{code} " + " / ".join(lines)
         refused = Finding(

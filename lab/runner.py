@@ -36,9 +36,10 @@ from lab.world import LabWorld, wait_until
 from relay.app import Relay
 from relay.config import Config
 from relay.errors import UsageError
-from tlsrpt_emit.aggregate import build_reports
+from relay.reports import report_settings
 from tlsrpt_emit.model import ResultSink, SessionResult
 from tlsrpt_emit.render import render_json
+from tlsrpt_emit.schedule import build_day_reports
 
 SETTLE_SECONDS = 20.0
 PARALLEL = 8  # scenarios in flight at once: enough to be quick, few enough for 2 cores
@@ -287,13 +288,7 @@ class LabRun:
 
     def _reports(self, relay: Relay) -> list[dict[str, Any]]:
         day = dt.datetime.now(dt.UTC).date()
-        rows = relay.report_store.counts(day)
-        reports = build_reports(
-            rows,
-            day=day,
-            organization_name=relay.config.tlsrpt.organization_name,
-            contact_info=relay.config.tlsrpt.contact_info,
-        )
+        reports = build_day_reports(relay.report_store, day, report_settings(relay.config))
         result: list[dict[str, Any]] = [json.loads(render_json(r)) for r in reports]
         return result
 

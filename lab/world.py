@@ -129,7 +129,7 @@ class LabWorld:
             },
             "tlsrpt": {
                 "organization_name": "stsguard lab",
-                "contact_info": "mailto:tlsrpt@lab.test",
+                "contact_info": "tlsrpt@lab.test",
             },
         }
         for name, values in sections.items():

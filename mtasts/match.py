@@ -4,19 +4,23 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from mtasts.names import a_label
+
 if TYPE_CHECKING:
     from mtasts.model import Policy
 
 
 def normalize_host(host: str) -> str:
-    """Lower-case, without the trailing dot; a U-label name becomes its A-label form."""
-    host = host.strip().rstrip(".").lower()
-    if not host.isascii():
-        try:
-            host = host.encode("idna").decode("ascii")
-        except UnicodeError:
-            return host
-    return host
+    """Lower-case A-labels (IDNA 2008, UTS 46), without the trailing dot (IDN-01).
+
+    A name that is not a valid IDN is only lower-cased: it then matches no A-label pattern.
+    """
+    host = host.strip()
+    if host.startswith("*."):
+        rest = a_label(host[2:])
+        return "*." + (rest if rest is not None else host[2:].lower().rstrip("."))
+    found = a_label(host)
+    return found if found is not None else host.lower().rstrip(".")
 
 
 def mx_matches(pattern: str, host: str) -> bool:

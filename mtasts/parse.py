@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from mtasts.errors import PolicyInvalidError, StsRecordError
 from mtasts.model import Mode, Policy, StsRecord
+from mtasts.names import a_label
 
 MAX_MAX_AGE = 31_557_600  # 3.2: "max_age" is at most 31557600 seconds (about a year)
 
@@ -152,22 +153,19 @@ def _show(line: str) -> str:
 def policy_domain(domain: str) -> str | None:
     """The policy domain of a recipient domain: itself, lower-case A-labels, no trailing dot.
 
+    U-labels are mapped by IDNA 2008 and UTS 46 (IDN-01): ``faß.de`` is ``xn--fa-hia.de``.
     None for an address literal (``[192.0.2.1]``), a bare IP address or a name that is not a
     valid domain: those have no MTA-STS policy (STS-08). Never a parent domain.
     """
     name = domain.strip()
     if not name or name.startswith("[") or ":" in name:
         return None
-    name = name.rstrip(".") if not name.endswith("..") else name
-    if not name.isascii():
-        try:
-            name = name.encode("idna").decode("ascii")
-        except UnicodeError:
-            return None
-    name = name.lower()
-    labels = name.split(".")
-    if len(name) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
+    found = a_label(name)
+    if found is None:
+        return None
+    labels = found.split(".")
+    if len(found) > 253 or len(labels) < 2 or not all(_LABEL.match(label) for label in labels):
         return None
     if labels[-1].isdigit():
         return None  # 192.0.2.1: an IP address, not a domain
-    return name
+    return found

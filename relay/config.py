@@ -14,7 +14,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mtasts.match import normalize_host
 from relay.errors import ConfigError
+from tlsrpt_emit.aggregate import contact_address, submitter_for
 
 _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -171,7 +173,7 @@ class Config:
 
     def domain_tls(self, domain: str) -> str:
         """The local TLS override for a recipient domain, or ``"mta-sts"`` when there is none."""
-        override = self.domains.get(domain.lower().rstrip("."))
+        override = self.domains.get(normalize_host(domain))
         return override.tls if override else "mta-sts"
 
 
@@ -275,6 +277,17 @@ def _log_level(value: Any, key: str) -> str:
     return _choice(("debug", "info", "warning", "error"))(value, key)
 
 
+def _contact_info(value: Any, key: str) -> str:
+    """RFC 8460 4.4: an e-mail address; a ``mailto:`` URI is read as its address."""
+    text = _string(value, key)
+    if not text:
+        return text
+    try:
+        return contact_address(text)
+    except ValueError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+
+
 _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
     "relay": (
         RelayConfig,
@@ -327,7 +340,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
         {
             "enabled": _bool,
             "organization_name": _string,
-            "contact_info": _string,
+            "contact_info": _contact_info,
             "submitter": _string,
             "dkim_domain": _string,
             "dkim_selector": _string,
@@ -367,7 +380,27 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
         else:
             known = ", ".join(sorted([*_SECTIONS, "domains"]))
             raise ConfigError(f"[{name}]: unknown section (known sections: {known})")
-    return Config(**parts)
+    config = Config(**parts)
+    _check_submitter(config)
+    return config
+
+
+def _check_submitter(config: Config) -> None:
+    """RFC 8460 5.3: the submitter is the domain of the contact-info address."""
+    cfg = config.tlsrpt
+    if cfg.submitter:
+        contact = cfg.contact_info or default_contact_info(config)
+        want = submitter_for(contact)
+        if normalize_host(cfg.submitter) != want:
+            raise ConfigError(
+                f"[tlsrpt].submitter: {cfg.submitter!r} must be the domain of contact_info "
+                f"{contact!r} ({want!r}; RFC 8460 5.3), or be left out"
+            )
+
+
+def default_contact_info(config: Config) -> str:
+    """`[tlsrpt].contact_info` when not set: the postmaster of our host name."""
+    return f"postmaster@{config.relay.hostname}"
 
 
 def _domains(raw: Any) -> dict[str, DomainConfig]:
@@ -382,7 +415,7 @@ def _domains(raw: Any) -> dict[str, DomainConfig]:
             if name != "tls":
                 raise ConfigError(f"{key}.{name}: unknown key (known keys: tls)")
         tls = _choice(DOMAIN_TLS)(table.get("tls", "mta-sts"), f"{key}.tls")
-        result[domain.lower().rstrip(".")] = DomainConfig(tls=tls)
+        result[normalize_host(domain)] = DomainConfig(tls=tls)  # IDN-01: A-labels, like look-ups
     return result
 
 

@@ -3,7 +3,7 @@ and `stsguard tlsrpt` share."""
 
 from __future__ import annotations
 
-from relay.config import Config
+from relay.config import Config, default_contact_info
 from relay.errors import UsageError
 from tlsrpt_emit.errors import TlsRptError
 from tlsrpt_emit.render import DkimKey
@@ -23,7 +23,6 @@ def report_settings(config: Config) -> ReportSettings:
             raise UsageError(f"[tlsrpt].dkim_key_file: {exc}") from None
     return ReportSettings(
         organization_name=cfg.organization_name,
-        contact_info=cfg.contact_info or f"mailto:postmaster@{config.relay.hostname}",
-        submitter=cfg.submitter,
+        contact_info=cfg.contact_info or default_contact_info(config),
         dkim_key=key,
     )

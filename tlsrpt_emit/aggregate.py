@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
-import random
+import hashlib
+import re
 import urllib.parse
 from collections.abc import Callable, Iterable
 
 from tlsrpt_emit.model import PolicyCounts, PolicyType, Report, ReportPolicy
+from tlsrpt_emit.names import a_label
 
 ReportIdFactory = Callable[[str], str]
 
@@ -28,28 +30,38 @@ def mx_patterns(policy_strings: Iterable[str]) -> tuple[str, ...]:
     return tuple(found)
 
 
-def submitter_for(contact_info: str, submitter: str = "") -> str:
-    """`[tlsrpt].submitter` if set, else the domain of `contact_info` (mailto or URL)."""
-    if submitter:
-        return submitter.lower().rstrip(".")
+# local@domain, no spaces, brackets or separators (a display name or a list is not an address)
+_ADDRESS = re.compile(r"^[^\s@<>(),;:\\\"\[\]]+@[^\s@<>(),;:\\\"\[\]]+$")
+
+
+def contact_address(contact_info: str) -> str:
+    """`contact_info` as RFC 8460 4.4 wants it: an e-mail address (``tlsrpt@example.net``).
+
+    A ``mailto:`` URI, as earlier versions wrote it, is read as its address. Raises `ValueError`
+    naming the problem when it is not an address.
+    """
     text = contact_info.strip()
-    if text.lower().startswith("mailto:"):
+    if text[:7].lower() == "mailto:":
         text = urllib.parse.unquote(text[7:].split("?", 1)[0])
-    if "@" in text:
-        return text.rpartition("@")[2].lower().rstrip(".")
-    try:
-        host = urllib.parse.urlsplit(text).hostname
-    except ValueError:
-        host = None
-    return (host or text).lower().rstrip(".")
+    if not _ADDRESS.match(text):
+        raise ValueError(f"{contact_info!r} is not an e-mail address (like tlsrpt@example.net)")
+    local, _, domain = text.rpartition("@")
+    return f"{local}@{a_label(domain)}"
 
 
-def random_report_ids(day: datetime.date, seed: int | None = None) -> ReportIdFactory:
-    """Report ids like ``2026-11-28T00:00:00Z_example.org_5f0c...``; seeded for tests."""
-    rng: random.Random = random.SystemRandom() if seed is None else random.Random(seed)
+def submitter_for(contact_info: str) -> str:
+    """The submitter: the domain of the contact-info address, in A-labels (RFC 8460 5.3)."""
+    return a_label(contact_info.strip().rpartition("@")[2].split("?", 1)[0])
+
+
+def stable_report_ids(day: datetime.date, submitter: str) -> ReportIdFactory:
+    """Report ids like ``2026-11-28T00:00:00Z_example.org_5f0c...`` made from the day, the
+    policy domain and the submitter: unique per report, and `tlsrpt show` gives the id that
+    `tlsrpt send` (or the daily sender, or another relay of a fleet) sends."""
 
     def make(domain: str) -> str:
-        return f"{day.isoformat()}T00:00:00Z_{domain}_{rng.getrandbits(64):016x}"
+        digest = hashlib.sha256(f"{submitter}!{domain}!{day.isoformat()}".encode()).hexdigest()
+        return f"{day.isoformat()}T00:00:00Z_{domain}_{digest[:16]}"
 
     return make
 
@@ -60,12 +72,14 @@ def build_reports(
     day: datetime.date,
     organization_name: str,
     contact_info: str,
-    submitter: str = "",
     report_id_factory: ReportIdFactory | None = None,
-    seed: int | None = None,
 ) -> list[Report]:
-    """One report per policy domain with counts on `day` (other days' rows are ignored)."""
-    make_id = report_id_factory or random_report_ids(day, seed)
+    """One report per policy domain with counts on `day` (other days' rows are ignored).
+
+    `contact_info` is an e-mail address (see `contact_address`); its domain is the submitter.
+    """
+    who = submitter_for(contact_info)
+    make_id = report_id_factory or stable_report_ids(day, who)
     start, end = day_range(day)
     by_domain: dict[str, list[ReportPolicy]] = {}
     for row in rows:
@@ -83,7 +97,6 @@ def build_reports(
                 failures=row.failures,
             )
         )
-    who = submitter_for(contact_info, submitter)
     return [
         Report(
             organization_name=organization_name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -95,6 +96,30 @@ class FailureKey:
     receiving_ip: str = ""
     failure_reason_code: str = ""
     additional_information: str = ""
+
+
+# An absolute URI (RFC 3986 4.3): a scheme, ":", and no spaces or characters a URI never holds.
+_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:[^\s\"<>\\^`{|}]+$")
+
+
+def is_uri(text: str) -> bool:
+    """True when `text` is an absolute URI (what `additional-information` may hold)."""
+    return bool(_URI.match(text))
+
+
+def split_diagnostics(reason_code: str, additional: str) -> tuple[str, str]:
+    """`(failure-reason-code, additional-information)` as RFC 8460 4.4 wants them.
+
+    `additional-information` is a URI pointing at more detail; free text (``ehlo-refused: 502
+    5.5.2 ...``) is a diagnostic, so it joins the reason code (which is "a text field to include
+    a TLS-related error code or error message").
+    """
+    additional = additional.strip()
+    if not additional or is_uri(additional):
+        return reason_code, additional
+    if not reason_code or reason_code in additional:
+        return additional, ""
+    return f"{reason_code}: {additional}", ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,9 +89,13 @@ def parse_tlsrpt_record(text: str) -> TlsRptRecord:
     fields = _DELIM.split(text)
     seen: dict[str, str] = {}
     extensions: list[tuple[str, str]] = []
-    for item in fields[1:]:
+    for position, item in enumerate(fields[1:], start=2):
         if not item:
-            continue  # a trailing ";" (and, leniently, an empty field)
+            if position == len(fields):
+                continue  # a trailing ";" is allowed
+            # The grammar (1*(field-delim tlsrpt-field) [field-delim]) has no empty field: ";;"
+            # is an error here as in `_mta-sts` (RFC 8461 3.1), so the two parsers agree.
+            raise TlsRptRecordError(f"record has an empty field (field {position})")
         name, eq, value = item.partition("=")
         if not eq or not _EXT_NAME.match(name):
             raise TlsRptRecordError(f"bad field {item!r}")

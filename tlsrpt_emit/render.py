@@ -22,7 +22,15 @@ from typing import Any
 import dkim
 
 from tlsrpt_emit.errors import MailDeliveryError, ReportFormatError
-from tlsrpt_emit.model import FailureKey, PolicyType, Report, ReportPolicy, ResultType
+from tlsrpt_emit.model import (
+    FailureKey,
+    PolicyType,
+    Report,
+    ReportPolicy,
+    ResultType,
+    split_diagnostics,
+)
+from tlsrpt_emit.names import a_label
 
 MEDIA_TYPE_GZIP = "application/tlsrpt+gzip"
 
@@ -57,10 +65,12 @@ def _failure_dict(f: FailureKey, count: int) -> dict[str, Any]:
     if f.receiving_ip:
         out["receiving-ip"] = f.receiving_ip
     out["failed-session-count"] = count
-    if f.additional_information:
-        out["additional-information"] = f.additional_information
+    # 4.4: additional-information is a URI; free text (counts stored before) becomes the reason.
+    reason_code, additional = split_diagnostics(f.failure_reason_code, f.additional_information)
+    if additional:
+        out["additional-information"] = additional
     # RPT-05: always give a reason code; the result type when nothing more specific is known.
-    out["failure-reason-code"] = f.failure_reason_code or str(f.result_type)
+    out["failure-reason-code"] = reason_code or str(f.result_type)
     return out
 
 
@@ -68,7 +78,7 @@ def _policy_dict(p: ReportPolicy) -> dict[str, Any]:
     policy: dict[str, Any] = {
         "policy-type": str(p.policy_type),
         "policy-string": list(p.policy_strings),
-        "policy-domain": p.policy_domain,
+        "policy-domain": a_label(p.policy_domain),  # IDN-01: A-labels, as in the file name
     }
     if p.mx_hosts:
         policy["mx-host"] = list(p.mx_hosts)  # RFC 8460 4.4: a JSON array of strings
@@ -104,15 +114,6 @@ def render_json(report: Report, *, indent: int | None = None) -> bytes:
 def gzip_report(data: bytes) -> bytes:
     """gzip with a zero timestamp, so the same report gives the same bytes (RPT-08)."""
     return gzip.compress(data, mtime=0)
-
-
-def a_label(domain: str) -> str:
-    """The domain in A-labels (IDNA), lower case, without a trailing dot."""
-    name = domain.rstrip(".").lower()
-    try:
-        return name.encode("idna").decode("ascii")
-    except UnicodeError:
-        return name
 
 
 def report_filename(report: Report, *, gzipped: bool = True) -> str:

@@ -16,7 +16,7 @@ import dns.asyncresolver
 import httpx
 import structlog
 
-from tlsrpt_emit.aggregate import build_reports, random_report_ids, submitter_for
+from tlsrpt_emit.aggregate import build_reports, stable_report_ids, submitter_for
 from tlsrpt_emit.deliver import POST_TIMEOUT, SubmitMail, deliver_report
 from tlsrpt_emit.errors import TlsRptLookupError, TlsRptRecordError
 from tlsrpt_emit.model import Report, utc_day
@@ -69,22 +69,24 @@ def report_day(run_at: float) -> datetime.date:
 
 @dataclass(frozen=True, slots=True)
 class ReportSettings:
-    """Who we are in reports (`[tlsrpt]` config) and how report mail is signed."""
+    """Who we are in reports (`[tlsrpt]` config) and how report mail is signed.
+
+    `contact_info` is an e-mail address (RFC 8460 4.4); its domain is the submitter (5.3).
+    """
 
     organization_name: str
     contact_info: str
-    submitter: str = ""
     mail_from: str = ""
     dkim_key: DkimKey | None = None
 
     @property
+    def submitter(self) -> str:
+        return submitter_for(self.contact_info)
+
+    @property
     def sender_address(self) -> str:
         """The From of report mail: as configured, else the contact-info address."""
-        if self.mail_from:
-            return self.mail_from
-        if self.contact_info.lower().startswith("mailto:"):
-            return self.contact_info[7:].split("?", 1)[0]
-        return f"tlsrpt-noreply@{submitter_for(self.contact_info, self.submitter)}"
+        return self.mail_from or self.contact_info
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,14 +108,13 @@ def build_day_reports(
     report_ids: dict[str, str] | None = None,
 ) -> list[Report]:
     """The reports of `day` from the store (one per policy domain), ids kept from earlier tries."""
-    fresh = random_report_ids(day)
+    fresh = stable_report_ids(day, settings.submitter)
     known = report_ids or {}
     return build_reports(
         store.counts(day, domain),
         day=day,
         organization_name=settings.organization_name,
         contact_info=settings.contact_info,
-        submitter=settings.submitter,
         report_id_factory=lambda d: known.get(d) or fresh(d),
     )
 

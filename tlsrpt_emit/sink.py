@@ -13,7 +13,8 @@ from collections.abc import Callable
 import structlog
 
 from tlsrpt_emit.errors import ReportStoreError
-from tlsrpt_emit.model import FailureKey, PolicyKey, SessionResult, utc_day
+from tlsrpt_emit.model import FailureKey, PolicyKey, SessionResult, split_diagnostics, utc_day
+from tlsrpt_emit.names import a_label
 from tlsrpt_emit.store import ReportStore, Tally
 
 log = structlog.get_logger(__name__)
@@ -23,7 +24,7 @@ def count_into(batch: dict[PolicyKey, Tally], result: SessionResult) -> None:
     """Add one session result to a batch (pure apart from mutating `batch`)."""
     key = PolicyKey(
         day=utc_day(result.when),
-        policy_domain=result.policy_domain.lower().rstrip("."),
+        policy_domain=a_label(result.policy_domain),  # IDN-01: SMTPUTF8 recipients give U-labels
         policy_type=result.policy_type,
         policy_strings=result.policy_strings,
     )
@@ -31,15 +32,18 @@ def count_into(batch: dict[PolicyKey, Tally], result: SessionResult) -> None:
     if result.result_type is None:
         tally.successes += 1
         return
+    reason_code, additional = split_diagnostics(
+        result.failure_reason_code, result.additional_information
+    )
     tally.failures[
         FailureKey(
             result_type=result.result_type,
             sending_mta_ip=result.sending_mta_ip,
-            receiving_mx_hostname=result.mx_host.lower().rstrip("."),
+            receiving_mx_hostname=a_label(result.mx_host),
             receiving_mx_helo=result.receiving_mx_helo,
             receiving_ip=result.receiving_ip,
-            failure_reason_code=result.failure_reason_code,
-            additional_information=result.additional_information,
+            failure_reason_code=reason_code,
+            additional_information=additional,
         )
     ] += 1
 

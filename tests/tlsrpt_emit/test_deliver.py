@@ -35,7 +35,7 @@ from tlsrpt_emit.schedule import (
 )
 
 SETTINGS = ReportSettings(
-    organization_name="Reporter Org", contact_info="mailto:t@reporter.example"
+    organization_name="Reporter Org", contact_info="t@reporter.example"
 )
 NEXT_MIDNIGHT = datetime.datetime(2026, 11, 29, tzinfo=datetime.UTC).timestamp()
 
