@@ -34,9 +34,7 @@ from tlsrpt_emit.schedule import (
     send_day,
 )
 
-SETTINGS = ReportSettings(
-    organization_name="Reporter Org", contact_info="t@reporter.example"
-)
+SETTINGS = ReportSettings(organization_name="Reporter Org", contact_info="t@reporter.example")
 NEXT_MIDNIGHT = datetime.datetime(2026, 11, 29, tzinfo=datetime.UTC).timestamp()
 
 
