@@ -29,6 +29,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+from lab.dnssec import SignedZone, ZoneKey
+
 TxtValue = str | tuple[str, ...]
 
 
@@ -48,6 +50,9 @@ class LabDns:
         self.ttl = ttl
         self._records: dict[tuple[dns.name.Name, int], list[dns.rdata.Rdata]] = {}
         self._servfail: set[dns.name.Name] = set()
+        self._broken: set[tuple[dns.name.Name, int]] = set()
+        self.key = ZoneKey()
+        self._signed: SignedZone | None = None
         self.queries: Counter[tuple[str, str]] = Counter()
         self.port = 0
         self._udp: asyncio.DatagramTransport | None = None
@@ -61,6 +66,7 @@ class LabDns:
         text = _txt_rdata_text(value) if key[1] == dns.rdatatype.TXT else str(value)
         rdata = dns.rdata.from_text(dns.rdataclass.IN, key[1], text)
         self._records.setdefault(key, []).append(rdata)
+        self._signed = None
 
     def set(self, name: str, rdtype: str, values: Iterable[TxtValue]) -> None:
         """Replace every record of this name and type."""
@@ -74,6 +80,7 @@ class LabDns:
         for key in list(self._records):
             if key[0] == owner and (rdtype is None or key[1] == dns.rdatatype.from_text(rdtype)):
                 del self._records[key]
+        self._signed = None
 
     def servfail(self, name: str, on: bool = True) -> None:
         """Answer SERVFAIL for this name (a broken or unreachable authority)."""
@@ -82,6 +89,26 @@ class LabDns:
             self._servfail.add(owner)
         else:
             self._servfail.discard(owner)
+
+    def break_dnssec(self, name: str, rdtype: str, on: bool = True) -> None:
+        """Serve this RRset with a forged (broken) signature: an attacker who rewrites answers
+        on the path; a validating resolver calls it bogus and answers SERVFAIL."""
+        key = (dns.name.from_text(name), dns.rdatatype.from_text(rdtype))
+        if on:
+            self._broken.add(key)
+        else:
+            self._broken.discard(key)
+
+    @property
+    def trust_anchor(self) -> str:
+        """The DNSKEY a validating resolver must trust for the lab (everything is under `.`)."""
+        return self.key.trust_anchor
+
+    def signed_zone(self) -> SignedZone:
+        """The records signed (again, only after a change): served to queries with the DO bit."""
+        if self._signed is None:
+            self._signed = SignedZone(self._records, self.key, self.ttl)
+        return self._signed
 
     def count(self, name: str, rdtype: str) -> int:
         """How many queries for this name and type arrived."""
@@ -108,13 +135,54 @@ class LabDns:
         if owner in self._servfail:
             response.set_rcode(dns.rcode.SERVFAIL)
             return response.to_wire()
-        rdatas = self._records.get((owner, rdtype))
-        if rdatas:
-            rrset = dns.rrset.from_rdata_list(owner, self.ttl, rdatas)
-            response.answer.append(rrset)
-        elif not any(key[0] == owner for key in self._records):
-            response.set_rcode(dns.rcode.NXDOMAIN)
+        dnssec_ok = query.edns >= 0 and bool(query.ednsflags & dns.flags.DO)
+        signed = self.signed_zone() if dnssec_ok else None
+        if signed is not None:
+            response.use_edns(0, dns.flags.DO, 1232)
+        self._answer_into(response, owner, rdtype, signed)
         return response.to_wire()
+
+    def _rdatas(
+        self, owner: dns.name.Name, rdtype: int, signed: SignedZone | None
+    ) -> list[dns.rdata.Rdata]:
+        if signed is not None:
+            rrset = signed.rrset(owner, rdtype)
+            return list(rrset) if rrset is not None else []
+        return self._records.get((owner, rdtype), [])
+
+    def _answer_into(
+        self,
+        response: dns.message.Message,
+        owner: dns.name.Name,
+        rdtype: int,
+        signed: SignedZone | None,
+    ) -> None:
+        """Fill `response` for `owner`/`rdtype`, following CNAMEs held here (at most 8)."""
+        for _hop in range(8):
+            found = self._rdatas(owner, rdtype, signed)
+            cname = (
+                []
+                if found or rdtype == dns.rdatatype.CNAME
+                else self._rdatas(owner, dns.rdatatype.CNAME, signed)
+            )
+            answer_type = rdtype if found else dns.rdatatype.CNAME
+            if found or cname:
+                response.answer.append(dns.rrset.from_rdata_list(owner, self.ttl, found or cname))
+                if signed is not None:
+                    broken = (owner, answer_type) in self._broken
+                    response.answer.append(signed.rrsig(owner, answer_type, broken=broken))
+                if found:
+                    return
+                owner = cname[0].target  # type: ignore[attr-defined]
+                continue
+            exists = owner == dns.name.root or any(
+                key[0].is_subdomain(owner) for key in self._records
+            )
+            if not exists:
+                response.set_rcode(dns.rcode.NXDOMAIN)
+            if signed is not None:
+                response.authority += signed.denial(owner, nxdomain=not exists)
+            return
 
     # --- serving (I/O) -----------------------------------------------------------------------
 

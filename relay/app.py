@@ -32,7 +32,7 @@ from relay.queue.bounce import build_dsn, should_bounce
 from relay.queue.runner import QueueRunner
 from relay.queue.spool import REPORT_MAIL_FLAGS, MessageFlags, QueuedMessage, Spool
 from relay.reports import report_settings
-from relay.resolver import make_resolver
+from relay.resolver import dane_warning, make_resolver
 from relay.tls import client_context
 from tlsrpt_emit.schedule import Clients, ReportSender
 from tlsrpt_emit.sink import CountingSink
@@ -218,6 +218,9 @@ class Relay:
                     intake_processes=self.config.relay.intake_processes,
                     state_dir=str(self.config.relay.state_dir),
                 )
+                dane_off = dane_warning(self.config.dns)
+                if dane_off is not None:
+                    log.warning("relay.dane_unavailable", reason=dane_off)
                 try:
                     yield self
                 finally:

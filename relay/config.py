@@ -22,7 +22,8 @@ _DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 NO_POLICY_TLS = ("opportunistic", "encrypt", "verify")
-DOMAIN_TLS = ("none", "opportunistic", "encrypt", "verify", "mta-sts")
+DOMAIN_TLS = ("none", "opportunistic", "encrypt", "verify", "mta-sts", "dane", "dane-only")
+DNSSEC = ("auto", "off", "ad")
 ON_DOWNGRADE = ("defer", "log")
 LOG_FORMATS = ("auto", "json", "console")
 
@@ -109,6 +110,22 @@ class DeliveryConfig:
 class DnsConfig:
     nameservers: tuple[str, ...] = ()
     timeout: int = 10
+    dnssec: str = "auto"  # off | ad; auto = ad when every nameserver is on loopback, else off
+
+    @property
+    def dnssec_mode(self) -> str:
+        """Whether the AD bit is trusted (``"ad"``) or not (``"off"``): DANE needs ``"ad"``.
+
+        Like Postfix's `smtp_dns_support_level = dnssec`, the AD bit is believed only from a
+        resolver the operator vouches for; by default that is a validating resolver on loopback
+        (a local unbound), because the path to any other one can forge the bit.
+        """
+        if self.dnssec != "auto":
+            return self.dnssec
+        hosts = [host for host, _ in self.nameserver_addresses]
+        if hosts and all(ipaddress.ip_address(h).is_loopback for h in hosts):
+            return "ad"
+        return "off"
 
     @property
     def nameserver_addresses(self) -> tuple[tuple[str, int], ...]:
@@ -320,7 +337,10 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "workers": _int_range(1, 10000),
         },
     ),
-    "dns": (DnsConfig, {"nameservers": _nameservers, "timeout": _duration}),
+    "dns": (
+        DnsConfig,
+        {"nameservers": _nameservers, "timeout": _duration, "dnssec": _choice(DNSSEC)},
+    ),
     "tls": (TlsConfig, {"ca_file": _string}),
     "mtasts": (
         MtastsConfig,

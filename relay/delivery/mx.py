@@ -17,6 +17,9 @@ import dns.rdatatype
 import dns.resolver
 import structlog
 
+from relay.resolver import DnsAnswer, DnsTempFail
+from relay.resolver import query as dns_query
+
 log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
@@ -42,11 +45,14 @@ class MxStatus(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class MxHost:
-    """One MX host in delivery order; `addresses` are its A then AAAA addresses."""
+    """One MX host in delivery order; `addresses` are its A then AAAA addresses, `secure` when
+    they were DNSSEC-validated, `canonical_name` the name they were found at after CNAMEs."""
 
     name: str
     preference: int
     addresses: tuple[str, ...]
+    secure: bool = False
+    canonical_name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +65,7 @@ class MxResult:
     reason: str = ""
     implicit: bool = False
     literal: bool = False
+    secure: bool = False  # the MX RRset was DNSSEC-validated (RFC 7672 2.2.1)
 
     @property
     def permanent(self) -> bool:
@@ -82,34 +89,41 @@ class _TempFail(Exception):
     pass
 
 
-async def _query(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) -> list[str] | None:
-    """Answer texts; [] for no data, None for NXDOMAIN; `_TempFail` for SERVFAIL or timeout."""
+async def _query(
+    resolver: dns.asyncresolver.Resolver, name: str, rdtype: str
+) -> tuple[list[str] | None, DnsAnswer]:
+    """Answer texts ([] for no data, None for NXDOMAIN) and the answer with its DNSSEC state;
+    `_TempFail` for SERVFAIL (bogus, under a validating resolver) or timeout."""
     try:
-        answer = await resolver.resolve(name, rdtype, search=False)
-    except dns.resolver.NXDOMAIN:
-        return None
-    except dns.resolver.NoAnswer:
-        return []
-    except (dns.resolver.NoNameservers, dns.exception.Timeout) as exc:
-        raise _TempFail(f"{rdtype} {name}: {exc}") from exc
-    except dns.exception.DNSException as exc:
-        raise _TempFail(f"{rdtype} {name}: {exc}") from exc
-    return [rdata.to_text() for rdata in answer]
+        answer = await dns_query(resolver, name, rdtype)
+    except DnsTempFail as exc:
+        raise _TempFail(str(exc)) from exc
+    return (list(answer.texts) if answer.texts is not None else None), answer
+
+
+async def resolve_host(host: str, preference: int, resolver: dns.asyncresolver.Resolver) -> MxHost:
+    """`host` with its A then AAAA addresses (empty when it has none or the look-up failed) and
+    whether they were DNSSEC-signed (RFC 7672 2.2.2: only then is TLSA looked up)."""
+    addresses: list[str] = []
+    answered: list[DnsAnswer] = []
+    for rdtype in ("A", "AAAA"):
+        try:
+            found, answer = await _query(resolver, host, rdtype)
+        except _TempFail as exc:
+            log.info("mx.address_lookup_failed", host=host, error=str(exc))
+            continue
+        answered.append(answer)
+        if found is None:
+            break
+        addresses.extend(found)
+    secure = bool(answered) and all(a.secure for a in answered)
+    canonical = next((a.canonical_name for a in answered if a.texts), host)
+    return MxHost(host, preference, tuple(addresses), secure, canonical)
 
 
 async def resolve_addresses(host: str, resolver: dns.asyncresolver.Resolver) -> tuple[str, ...]:
     """A then AAAA addresses of `host`; empty when it has none or the look-up failed."""
-    addresses: list[str] = []
-    for rdtype in ("A", "AAAA"):
-        try:
-            found = await _query(resolver, host, rdtype)
-        except _TempFail as exc:
-            log.info("mx.address_lookup_failed", host=host, error=str(exc))
-            continue
-        if found is None:
-            break
-        addresses.extend(found)
-    return tuple(addresses)
+    return (await resolve_host(host, 0, resolver)).addresses
 
 
 async def lookup_mx(
@@ -121,7 +135,7 @@ async def lookup_mx(
         return MxResult(domain, MxStatus.OK, (MxHost(literal, 0, (literal,)),), literal=True)
     name = domain.rstrip(".").lower()
     try:
-        answers = await _query(resolver, name, "MX")
+        answers, mx_answer = await _query(resolver, name, "MX")
         if answers is None:
             return MxResult(domain, MxStatus.NO_DOMAIN, reason=f"{name}: no such domain")
         records: list[tuple[int, str]] = []
@@ -135,14 +149,16 @@ async def lookup_mx(
         records = [r for r in records if r[1]]
         if not records:
             # RFC 5321 5.1: no MX, the domain itself is the implicit MX.
-            addresses = await resolve_addresses(name, resolver)
-            if not addresses:
+            implicit = await resolve_host(name, 0, resolver)
+            if not implicit.addresses:
                 return MxResult(domain, MxStatus.NO_DOMAIN, reason=f"{name}: no MX and no address")
-            return MxResult(domain, MxStatus.OK, (MxHost(name, 0, addresses),), implicit=True)
+            return MxResult(
+                domain, MxStatus.OK, (implicit,), implicit=True, secure=mx_answer.secure
+            )
     except _TempFail as exc:
         return MxResult(domain, MxStatus.TEMPFAIL, reason=str(exc))
     ordered = order_by_preference(
         ((pref, (pref, host)) for pref, host in records), rng or random.Random()
     )
-    hosts = [MxHost(host, pref, await resolve_addresses(host, resolver)) for pref, host in ordered]
-    return MxResult(domain, MxStatus.OK, tuple(hosts))
+    hosts = [await resolve_host(host, pref, resolver) for pref, host in ordered]
+    return MxResult(domain, MxStatus.OK, tuple(hosts), secure=mx_answer.secure)
