@@ -126,7 +126,7 @@ async def _get_body(
             raise PolicyFetchError(f"{url}: HTTP status {response.status_code}{detail}")
         _check_media_type(response.headers.get("content-type"), url)
         length = response.headers.get("content-length", "")
-        if length.isdigit() and int(length) > MAX_POLICY_SIZE:
+        if length.isascii() and length.isdigit() and int(length) > MAX_POLICY_SIZE:
             raise PolicyFetchError(f"{url}: body of {length} bytes is over {MAX_POLICY_SIZE}")
         body = bytearray()
         async for chunk in response.aiter_raw():

@@ -14,15 +14,15 @@ MAX_MAX_AGE = 31_557_600  # 3.2: "max_age" is at most 31557600 seconds (about a 
 # 3.1: sts-field-delim = *WSP ";" *WSP; a record must begin with the version field.
 _RECORD_START = re.compile(r"^v=STSv1[ \t]*;")
 _FIELD_DELIM = re.compile(r"[ \t]*;[ \t]*")
-_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
-_EXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}$")
-_EXT_VALUE = re.compile(r"^[\x21-\x3a\x3c\x3e-\x7e]+$")  # no "=", ";", space or controls
+_ID = re.compile(r"^[A-Za-z0-9]{1,32}\Z")
+_EXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}\Z")
+_EXT_VALUE = re.compile(r"^[\x21-\x3a\x3c\x3e-\x7e]+\Z")  # no "=", ";", space or controls
 
 # 3.2: a field is "name:" *WSP value, then optional trailing WSP before the line end.
-_POLICY_FIELD = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.\-]{0,31}):[ \t]*(.*?)[ \t]*$")
-_MAX_AGE = re.compile(r"^[0-9]{1,10}$")
-_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
-_POLICY_VCHAR = re.compile(r"^[^\x00-\x1f\x7f]+$")
+_POLICY_FIELD = re.compile(r"^([A-Za-z0-9][A-Za-z0-9_.\-]{0,31}):[ \t]*(.*?)[ \t]*\Z")
+_MAX_AGE = re.compile(r"^[0-9]{1,10}\Z")
+_LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z")
+_POLICY_VCHAR = re.compile(r"^[^\x00-\x1f\x7f]+\Z")
 
 
 def parse_sts_record(text: str) -> StsRecord:

@@ -18,7 +18,13 @@ from mtasts.match import normalize_host
 from relay.errors import ConfigError
 from tlsrpt_emit.aggregate import contact_address, submitter_for
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_DURATION = re.compile(r"\s*([0-9]+)\s*([smhdw]?)\s*", re.ASCII)  # used with fullmatch
+_PORT = re.compile(r"[0-9]{1,5}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_HOSTNAME = re.compile(
+    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+    r"|\[[\x21-\x5a\x5e-\x7e]+\]"
+)
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 NO_POLICY_TLS = ("opportunistic", "encrypt", "verify")
@@ -36,7 +42,7 @@ def parse_duration(text: str | int, key: str) -> int:
         if text < 0:
             raise ConfigError(f"{key}: a duration cannot be negative")
         return text
-    m = _DURATION.match(text) if isinstance(text, str) else None
+    m = _DURATION.fullmatch(text) if isinstance(text, str) else None
     if not m:
         raise ConfigError(
             f"{key}: expected a duration like '30s', '5m', '4h' or '5d', got {text!r}"
@@ -46,7 +52,7 @@ def parse_duration(text: str | int, key: str) -> int:
 
 def parse_hostport(text: str, key: str, default_port: int | None = None) -> tuple[str, int]:
     """Split ``host:port``, ``[v6]:port`` or (with a default port) a bare host or address."""
-    if not isinstance(text, str) or not text.strip():
+    if not isinstance(text, str) or not text.strip() or _CONTROL.search(text):
         raise ConfigError(f"{key}: expected 'host:port', got {text!r}")
     text = text.strip()
     host, sep, port_text = text.rpartition(":")
@@ -68,7 +74,8 @@ def parse_hostport(text: str, key: str, default_port: int | None = None) -> tupl
         if default_port is None:
             raise ConfigError(f"{key}: expected 'host:port', got {text!r}")
         return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    # Not str.isdigit: it accepts "²", which int() then refuses with a ValueError.
+    if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
         raise ConfigError(f"{key}: bad port in {text!r}")
     return host, int(port_text)
 
@@ -214,6 +221,23 @@ def _string(value: Any, key: str) -> str:
     return value
 
 
+def _line(value: Any, key: str) -> str:
+    """A string that may go into a header line, a report or an SMTP command: no control
+    characters (CR, LF, NUL, TAB and the rest of C0, DEL, C1)."""
+    text = _string(value, key)
+    if _CONTROL.search(text):
+        raise ConfigError(f"{key}: control characters (CR, LF, NUL...) are not allowed: {text!r}")
+    return text
+
+
+def _hostname(value: Any, key: str) -> str:
+    """Our EHLO name and the `Received:` host: a DNS name or an address literal."""
+    text = _line(value, key)
+    if not _HOSTNAME.fullmatch(text):
+        raise ConfigError(f"{key}: expected a host name or [address literal], got {text!r}")
+    return text
+
+
 def _bool(value: Any, key: str) -> bool:
     if not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -276,7 +300,7 @@ def _nameservers(value: Any, key: str) -> tuple[str, ...]:
 
 
 def _path(value: Any, key: str) -> Path:
-    return Path(_string(value, key))
+    return Path(_line(value, key))
 
 
 def _duration(value: Any, key: str) -> int:
@@ -296,7 +320,7 @@ def _log_level(value: Any, key: str) -> str:
 
 def _contact_info(value: Any, key: str) -> str:
     """RFC 8460 4.4: an e-mail address; a ``mailto:`` URI is read as its address."""
-    text = _string(value, key)
+    text = _line(value, key)
     if not text:
         return text
     try:
@@ -310,14 +334,14 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
         RelayConfig,
         {
             "listen": _listen,
-            "hostname": _string,
+            "hostname": _hostname,
             "accept_networks": _networks,
             "max_message_size": _int_range(1024, 2**40),
             "state_dir": _path,
             "metrics_listen": _optional_listen,
-            "tls_cert_file": _string,
-            "tls_key_file": _string,
-            "auth_file": _string,
+            "tls_cert_file": _line,
+            "tls_key_file": _line,
+            "auth_file": _line,
             "log_format": _choice(LOG_FORMATS),
             "log_level": _log_level,
             "intake_processes": _int_range(0, 64),
@@ -359,12 +383,12 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
         TlsrptConfig,
         {
             "enabled": _bool,
-            "organization_name": _string,
+            "organization_name": _line,
             "contact_info": _contact_info,
-            "submitter": _string,
-            "dkim_domain": _string,
-            "dkim_selector": _string,
-            "dkim_key_file": _string,
+            "submitter": _line,
+            "dkim_domain": _line,
+            "dkim_selector": _line,
+            "dkim_key_file": _line,
             "max_delay": _duration,
             "flush_interval": _duration,
             "post_timeout": _positive_duration,

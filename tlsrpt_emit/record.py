@@ -21,13 +21,13 @@ SCHEMES = ("mailto", "https")
 
 # field-delim = *WSP ";" *WSP
 _DELIM = re.compile(r"[ \t]*;[ \t]*")
-_VERSION_FIELD = re.compile(r"^v=TLSRPTv1[ \t]*(?:;|$)")
-_EXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}$")
+_VERSION_FIELD = re.compile(r"^v=TLSRPTv1[ \t]*(?:;|\Z)")
+_EXT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,31}\Z")
 # tlsrpt-ext-value: %x21-3A / %x3C / %x3E-7E (no "=", ";", space or controls)
-_EXT_VALUE = re.compile(r"^[\x21-\x3a\x3c\x3e-\x7e]+$")
+_EXT_VALUE = re.compile(r"^[\x21-\x3a\x3c\x3e-\x7e]+\Z")
 # A URI (RFC 3986) as far as we care: scheme ":" then printable ASCII, where "," "!" ";" must be
 # percent-encoded (RFC 8460 section 3), so they cannot appear raw.
-_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):([\x21-\x7e]+)$")
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):([\x21-\x7e]+)\Z")
 _RUA_SPLIT = re.compile(r"[ \t]*,[ \t]*")
 
 
