@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +11,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(*args: str, timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    """`stsguard ARGS`, waited for; from a test without its own event loop."""
+def run_cli(
+    *args: str, timeout: float = 30, env: dict[str, str] | None = None, cwd: Path = ROOT
+) -> subprocess.CompletedProcess[str]:
+    """`stsguard ARGS`, waited for; from a test without its own event loop. `env` is added to
+    this process's environment."""
     return subprocess.run(
         [sys.executable, "-m", "relay.cli", *args],
         capture_output=True,
         text=True,
-        cwd=ROOT,
+        cwd=cwd,
         timeout=timeout,
         check=False,
+        env={**os.environ, **env} if env is not None else None,
     )
 
 

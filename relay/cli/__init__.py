@@ -1,4 +1,5 @@
-"""The `stsguard` command line. Each subcommand lives in its own module with `run(args, config)`."""
+"""The `stsguard` command line: one module per command, each with `add_arguments(parser)` and
+`run(args, config) -> int`. Only the module of the command being run is imported."""
 
 from __future__ import annotations
 
@@ -7,80 +8,129 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
-from relay.config import load_config
+from relay.config import Config, load_config
 from relay.errors import StsguardError
+from relay.version import stsguard_version
 
-# subcommand -> module whose `run(args, config) -> int` carries it out
-_COMMANDS = {
-    "relay": "relay.cli.relay",
-    "policy": "relay.cli.policy",
-    "probe": "relay.cli.probe",
-    "tlsrpt": "relay.cli.tlsrpt",
-    "queue": "relay.cli.queue",
-    "detect": "relay.cli.detect",
-    "lab": "lab.runner",
+DEFAULT_CONFIG = Path("/etc/stsguard/stsguard.toml")
+CONFIG_ENV = "STSGUARD_CONFIG"
+
+# command -> (module with `add_arguments` and `run`, one line of help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "relay": ("relay.cli.relay", "run the smarthost: SMTP in, queue, delivery, daily TLS-RPT"),
+    "check": ("relay.cli.check", "run every start-up check of the relay without starting it"),
+    "policy": (
+        "relay.cli.policy",
+        "show a domain's MTA-STS and TLS-RPT set-up and what is wrong with it",
+    ),
+    "probe": (
+        "relay.cli.probe",
+        "connect to a domain's MX hosts: EHLO, STARTTLS, TLS, remembered TLS, the decision",
+    ),
+    "tlsrpt": ("relay.cli.tlsrpt", "show or send the TLS-RPT reports of one UTC day"),
+    "queue": ("relay.cli.queue", "see and steer the queue"),
+    "detect": ("relay.cli.detect", "list remembered TLS per MX host, or forget one host"),
+    "lab": ("relay.cli.lab", "run the downgrade-attack lab on loopback"),
+    "example-config": ("relay.cli.example", "print the example config (every key, its default)"),
+    "example-unit": ("relay.cli.example", "print the systemd unit"),
 }
+
+EPILOG = """\
+exit status: 0 ok, 1 problems found (a broken policy, a probe with findings or failed look-ups,
+a check with errors, reports not sent), 2 usage or config error (one line on stderr).
+
+Without --config, commands read $STSGUARD_CONFIG, else /etc/stsguard/stsguard.toml when it
+exists, else the built-in defaults. `stsguard COMMAND --help` shows a command's options."""
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line on stderr and exit status 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise StsguardError(f"{self.prog}: {message}")
+        command = self.prog.removeprefix("stsguard").strip()
+        raise StsguardError(f"{command}: {message}" if command else message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="stsguard", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
-
-    def command(name: str, help_text: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument(
-            "--config", metavar="FILE", help="TOML config file (default: built-in defaults)"
-        )
-        return p
-
-    command("relay", "run the smarthost: SMTP in, queue, delivery, daily TLS-RPT")
-
-    p = command("policy", "show a domain's MTA-STS and TLS-RPT set-up and what is wrong with it")
-    p.add_argument("domain")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-    p = command("probe", "connect to a domain's MX hosts and report their EHLO, STARTTLS and TLS")
-    p.add_argument("domain")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
-
-    p = command("tlsrpt", "show or send the TLS-RPT reports of one UTC day")
-    p.add_argument("action", choices=["show", "send"])
-    p.add_argument("--date", metavar="YYYY-MM-DD", help="the UTC day (default: yesterday)")
-    p.add_argument("--domain", help="only the report for this policy domain")
-
-    p = command("queue", "list the queue, flush it (retry now), or delete a message")
-    p.add_argument("action", choices=["list", "flush", "delete"])
-    p.add_argument("id", nargs="?", help="queue id (for delete)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-    p = command("detect", "list remembered TLS per MX host, or forget one host")
-    p.add_argument("action", choices=["list", "forget"])
-    p.add_argument("host", nargs="?", help="MX host name (for forget)")
-    p.add_argument("--json", action="store_true", help="print JSON")
-
-    p = command(
-        "lab", "run the downgrade-attack lab on loopback; exit 0 only if all came out right"
+def _command_parser(
+    sub: argparse._SubParsersAction[_Parser], name: str, help_text: str
+) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    p.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML config file (default: ${CONFIG_ENV}, else {DEFAULT_CONFIG} when it exists)",
     )
-    p.add_argument("--json", action="store_true", help="one JSON object per scenario")
-    p.add_argument("--scenario", metavar="NAME", help="run only this scenario")
+    return p
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """The whole command line; with `only`, just that command's options are loaded (faster)."""
+    parser = _Parser(
+        prog="stsguard",
+        description="stsguard: an outbound SMTP smarthost that enforces MTA-STS, detects "
+        "STARTTLS downgrades and sends TLS-RPT reports.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"stsguard {stsguard_version()}")
+    sub = parser.add_subparsers(
+        title="commands", dest="command", required=True, metavar="COMMAND", parser_class=_Parser
+    )
+    for name, (module_name, help_text) in COMMANDS.items():
+        p = _command_parser(sub, name, help_text)
+        if only is None or only == name:
+            importlib.import_module(module_name).add_arguments(p)
     return parser
+
+
+def _named_command(argv: Sequence[str]) -> str | None:
+    for word in argv:
+        if not word.startswith("-"):
+            return word if word in COMMANDS else None
+    return None
+
+
+def config_path(given: str | None) -> Path | None:
+    """`--config`, else $STSGUARD_CONFIG, else /etc/stsguard/stsguard.toml when it exists."""
+    if given:
+        return Path(given)
+    if os.environ.get(CONFIG_ENV):
+        return Path(os.environ[CONFIG_ENV])
+    return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
+
+
+# Commands that read the relay's state directory rather than the network.
+_STATE_COMMANDS = ("queue", "detect", "tlsrpt")
+
+
+def unused_state_warning(config: Config, path: Path | None) -> str | None:
+    """A command on a state directory no relay has used is probably reading the wrong one."""
+    state_dir = config.relay.state_dir
+    if (state_dir / "queue").is_dir() or config.state_db.exists():
+        return None
+    where = f"config {path}" if path else "built-in defaults (no --config, no $STSGUARD_CONFIG)"
+    return (
+        f"no relay has used the state directory {state_dir} ({where}); "
+        "give the relay's config with --config or $STSGUARD_CONFIG"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `stsguard` console script."""
+    words = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = build_parser().parse_args(argv)
-        config = load_config(args.config)
-        module = importlib.import_module(_COMMANDS[args.command])
+        args = build_parser(_named_command(words)).parse_args(words)
+        path = config_path(args.config)
+        config = load_config(path)
+        args.config_path = path
+        # Checked before the command runs (it may create the directory), said after its output.
+        warning = unused_state_warning(config, path) if args.command in _STATE_COMMANDS else None
+        module = importlib.import_module(COMMANDS[args.command][0])
         status: int = module.run(args, config)
+        if warning:
+            print(f"stsguard: warning: {warning}", file=sys.stderr)
         return status
     except StsguardError as exc:
         print(f"stsguard: error: {exc}", file=sys.stderr)

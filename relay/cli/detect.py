@@ -2,7 +2,8 @@
 
 The relay remembers, per MX host, when it last offered STARTTLS and last showed a valid
 certificate (`detect.history`). A host that did within `[detect].history_days` and no longer does
-is treated as a downgrade. `forget` clears one host, e.g. after its operator really turned TLS off.
+is treated as a downgrade. `forget` clears one host, e.g. after its operator really turned TLS off;
+a host with nothing remembered is an error (exit 2), as an unknown id is for `queue delete`.
 """
 
 from __future__ import annotations
@@ -10,13 +11,18 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
-import sys
 from typing import Any
 
 from detect.errors import HistoryStoreError
 from detect.history import DAY, HostHistory, SqliteTlsHistoryStore, host_key
 from relay.config import Config
 from relay.errors import StsguardError, UsageError
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "forget"])
+    p.add_argument("host", nargs="?", help="MX host name (for forget)")
+    p.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _iso(when: float | None) -> str | None:
@@ -73,8 +79,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             _nothing_remembered(config, as_json=args.json)
             return 0
         assert host is not None
-        print(f"stsguard: error: no remembered TLS for {host_key(host)!r}", file=sys.stderr)
-        return 1
+        raise UsageError(f"detect forget: no remembered TLS for {host_key(host)!r}")
     try:
         store = SqliteTlsHistoryStore(config.state_db)
     except HistoryStoreError as exc:
@@ -94,9 +99,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
             return 0
         assert host is not None
         if not store.forget(host):
-            # Not a usage error: the command was right, there was just nothing to forget.
-            print(f"stsguard: error: no remembered TLS for {host_key(host)!r}", file=sys.stderr)
-            return 1
+            # The name matches no host: as `queue delete` of an unknown id, exit 2.
+            raise UsageError(f"detect forget: no remembered TLS for {host_key(host)!r}")
         print(f"forgot {host_key(host)}")
         return 0
     except HistoryStoreError as exc:

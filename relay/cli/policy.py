@@ -1,7 +1,8 @@
 """`stsguard policy DOMAIN [--json]`: a domain's MTA-STS and TLS-RPT set-up and what is wrong.
 
 Every look-up is live (TXT records, the policy fetch, MX hosts); nothing is read from or written
-to the relay's policy cache. Exit 0 whenever the look-ups ran: no policy is a normal answer.
+to the relay's policy cache. Exit 0 when no problem was found, 1 when any was (a look-up that
+failed, a broken or missing record), 2 on a bad domain name.
 """
 
 from __future__ import annotations
@@ -110,6 +111,11 @@ class PolicyReport:
 def _days(seconds: int) -> str:
     days = seconds / 86_400
     return f"{days:g} day" + ("" if days == 1 else "s")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 async def _sts_record(domain: str, resolver: dns.asyncresolver.Resolver, rep: PolicyReport) -> None:
@@ -241,4 +247,4 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(report.as_json(), indent=2))
     else:
         print(report.as_text())
-    return 0
+    return 1 if report.problems else 0

@@ -1,7 +1,8 @@
 """`stsguard probe DOMAIN [--json]`: what each MX host's EHLO, STARTTLS and TLS look like from here.
 
 The MTA-STS policy is looked up live; no message is sent (EHLO, STARTTLS, EHLO, QUIT). Exit 0
-whenever the probe ran, whatever it found; an MX that cannot be reached is reported, not raised.
+when every MX was probed without findings, 1 when the MX look-up failed, an MX could not be
+probed to the end or showed findings, 2 on a bad domain name.
 """
 
 from __future__ import annotations
@@ -12,11 +13,26 @@ import json
 
 from mtasts.parse import policy_domain
 from relay.config import Config
-from relay.delivery.probe import probe_domain
+from relay.delivery.probe import ProbeReport, probe_domain
 from relay.errors import UsageError
 from relay.log import configure_logging
 from relay.resolver import make_resolver
 from relay.tls import client_context
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def problems_found(report: ProbeReport) -> bool:
+    """Anything a monitoring check should flag: no MX answer, a probe cut short, findings."""
+    return bool(
+        report.mx_error
+        or report.policy_error
+        or not report.mx
+        or any(m.error or m.findings for m in report.mx)
+    )
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
@@ -32,4 +48,4 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(json.dumps(report.as_json(), indent=2))
     else:
         print(report.as_text())
-    return 0
+    return 1 if problems_found(report) else 0

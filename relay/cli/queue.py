@@ -17,6 +17,12 @@ from relay.errors import UnknownMessage, UsageError
 from relay.queue.spool import QueuedMessage, Spool
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["list", "flush", "delete"])
+    p.add_argument("id", nargs="?", help="queue id (for delete)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+
 def _iso(timestamp: float) -> str:
     return dt.datetime.fromtimestamp(timestamp, dt.UTC).isoformat(timespec="seconds")
 

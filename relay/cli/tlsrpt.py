@@ -34,6 +34,12 @@ from tlsrpt_emit.schedule import (
 from tlsrpt_emit.store import MemoryReportStore, ReportStore, SentReport, SqliteReportStore
 
 
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["show", "send"])
+    p.add_argument("--date", metavar="YYYY-MM-DD", help="the UTC day (default: yesterday)")
+    p.add_argument("--domain", help="only the report for this policy domain")
+
+
 def parse_day(text: str | None, now: float) -> datetime.date:
     """`--date`, or yesterday (UTC) when not given."""
     if text is None:

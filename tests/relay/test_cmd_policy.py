@@ -41,8 +41,8 @@ stsguard = run_cli_async
 
 async def policy_json(domain: str, config: Path) -> dict[str, Any]:
     code, out, err = await stsguard("policy", domain, "--json", "--config", str(config))
-    assert code == 0, err
     result: dict[str, Any] = json.loads(out)
+    assert code == (1 if result["problems"] else 0), err  # exit 1 whenever a problem is listed
     return result
 
 
@@ -79,7 +79,25 @@ async def test_policy_json_full_setup(
     assert policy_host.requests["example.org"] == 1
 
 
-async def test_policy_domain_without_policy_exits_0_with_nulls(config_file: Path) -> None:
+async def test_policy_clean_setup_exits_0_and_failed_lookups_exit_1(
+    config_file: Path, lab_dns: LabDns, policy_host: PolicyHost, tmp_path: Path
+) -> None:
+    policy = "version: STSv1\nmode: enforce\nmx: mx.clean.example\nmax_age: 604800\n"
+    publish(lab_dns, policy_host, "clean.example", policy)
+    lab_dns.add("clean.example", "MX", "10 mx.clean.example.")
+    lab_dns.add("_smtp._tls.clean.example", "TXT", "v=TLSRPTv1; rua=mailto:tlsrpt@clean.example")
+    code, out, err = await stsguard("policy", "clean.example", "--config", str(config_file))
+    assert (code, err) == (0, "")
+    assert "problems:     none found" in out
+    # Nothing answers DNS: every look-up fails, and a monitoring check must see it.
+    dead = tmp_path / "dead.toml"
+    dead.write_text('[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = "1s"\n')
+    code, out, _ = await stsguard("policy", "clean.example", "--json", "--config", str(dead))
+    assert code == 1
+    assert any("look-up failed" in p for p in json.loads(out)["problems"])
+
+
+async def test_policy_domain_without_policy_exits_1_with_nulls(config_file: Path) -> None:
     result = await policy_json("nothing.example", config_file)
     assert result["sts_record"] is None
     assert result["policy"] is None
@@ -117,7 +135,7 @@ async def test_policy_text_output_mode_none(
     lab_dns.add("_mta-sts.twice.example", "TXT", "v=STSv1; id=1")
     lab_dns.add("_mta-sts.twice.example", "TXT", "v=STSv1; id=2")
     code, out, err = await stsguard("policy", "none.example", "--config", str(config_file))
-    assert code == 0, err
+    assert code == 1, err
     assert "mode:       none" in out
     assert "mx pattern list empty" in out
     assert "TLS-RPT rua:  none" in out

@@ -1,0 +1,32 @@
+"""`stsguard check [--config FILE]`: every start-up check of the relay, without starting it.
+
+The same checks the relay runs (`relay.preflight`), plus binding the listening addresses and
+comparing the DKIM key with DNS when DNS answers. Exit 0: the relay would start (warnings are
+printed); 1: errors found (it would refuse to start); 2: the config cannot be loaded at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from relay.config import Config
+from relay.preflight import config_problems, dkim_problems, listen_problems
+from relay.resolver import make_resolver
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """No options beyond --config."""
+
+
+def run(args: argparse.Namespace, config: Config) -> int:
+    problems = [*config_problems(config), *listen_problems(config)]
+    problems += asyncio.run(dkim_problems(config, make_resolver(config.dns)))
+    source = args.config_path or "built-in defaults"
+    for problem in problems:
+        print(f"{problem.level}: {problem.message}", file=sys.stderr)
+    errors = sum(p.level == "error" for p in problems)
+    warnings = len(problems) - errors
+    print(f"{source}: {errors} error(s), {warnings} warning(s)")
+    return 1 if errors else 0
