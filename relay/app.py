@@ -22,19 +22,22 @@ import structlog
 from detect.history import SqliteTlsHistoryStore
 from mtasts.cache import SqlitePolicyStore
 from mtasts.service import PolicyService
+from relay import sd_notify
 from relay.config import Config
 from relay.delivery.deliverer import Deliverer
-from relay.errors import StsguardError
+from relay.errors import ConfigError, StsguardError
 from relay.intake.pool import IntakePool
 from relay.intake.server import Intake
 from relay.metrics import Metrics, start_metrics_server
+from relay.preflight import config_problems, dkim_problems, tlsrpt_identity_problem
 from relay.queue.bounce import build_dsn, should_bounce
 from relay.queue.runner import QueueRunner
 from relay.queue.spool import REPORT_MAIL_FLAGS, MessageFlags, QueuedMessage, Spool
 from relay.reports import report_settings
 from relay.resolver import dane_warning, make_resolver
 from relay.tls import client_context
-from tlsrpt_emit.schedule import Clients, ReportSender
+from relay.version import stsguard_version
+from tlsrpt_emit.schedule import Clients, ReportSender, ReportSettings
 from tlsrpt_emit.sink import CountingSink
 from tlsrpt_emit.store import SqliteReportStore
 
@@ -165,13 +168,30 @@ class Relay:
             self.spool.put, "", [message.mail_from], dsn, flags=MessageFlags(is_bounce=True)
         )
         self.metrics.bounced.inc(len(failed))
-        log.info("queue.bounced", queue_id=message.id, dsn_id=dsn_id, failed=len(failed))
+        log.warning("queue.bounced", queue_id=message.id, dsn_id=dsn_id, failed=len(failed))
         self.runner.wake(dsn_id)
+
+    def _start_checks(self) -> ReportSettings | None:
+        """The start-up checks (`relay.preflight`): an error stops the start, warnings are
+        logged; TLS-RPT settings, or None while reports must not be sent."""
+        problems = config_problems(self.config)
+        for problem in problems:
+            if problem.level == "error":
+                raise ConfigError(problem.message)
+        for problem in problems:
+            log.warning("relay.config_warning", problem=problem.message)
+        if not self.config.tlsrpt.enabled or tlsrpt_identity_problem(self.config):
+            return None
+        return report_settings(self.config)
+
+    async def _check_dkim(self) -> None:
+        for problem in await dkim_problems(self.config, self.resolver):
+            log.warning("relay.config_warning", problem=problem.message)
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Relay]:
         """Start intake, the queue runner and TLS-RPT; stop them all on the way out."""
-        settings = report_settings(self.config) if self.config.tlsrpt.enabled else None
+        settings = self._start_checks()
         await self._start_intake()
         metrics_server = None
         post_timeout = float(self.config.tlsrpt.post_timeout)
@@ -212,18 +232,24 @@ class Relay:
                     children.append(tasks.create_task(sender.run(), name="tlsrpt-sender"))
                 if self.pool is not None:
                     children.append(tasks.create_task(self.pool.run(), name="intake-pool"))
+                children.append(tasks.create_task(self._check_dkim(), name="dkim-check"))
                 log.info(
                     "relay.started",
+                    version=stsguard_version(),
+                    config=str(self.config_path) if self.config_path else None,
                     listen=self.listen_address,
+                    hostname=self.config.relay.hostname,
                     intake_processes=self.config.relay.intake_processes,
                     state_dir=str(self.config.relay.state_dir),
                 )
                 dane_off = dane_warning(self.config.dns)
                 if dane_off is not None:
                     log.warning("relay.dane_unavailable", reason=dane_off)
+                sd_notify.ready(f"listening on {self.listen_address[0]}:{self.listen_address[1]}")
                 try:
                     yield self
                 finally:
+                    sd_notify.stopping()
                     await self.intake.stop()
                     for task in children:
                         task.cancel()

@@ -6,8 +6,10 @@ Every key is optional and has a default that works; an unknown key or a bad valu
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -80,10 +82,36 @@ def parse_hostport(text: str, key: str, default_port: int | None = None) -> tupl
     return host, int(port_text)
 
 
+def hosts_file_fqdn(name: str, hosts_text: str) -> str:
+    """The first dotted name on an /etc/hosts line that lists `name` (or `name` itself)."""
+    for line in hosts_text.splitlines():
+        names = line.split("#", 1)[0].split()[1:]
+        if name in names:
+            dotted = [n for n in names if "." in n]
+            if dotted:
+                return dotted[0]
+    return name
+
+
+@functools.cache
+def machine_fqdn() -> str:
+    """This machine's full name without asking DNS: the host name if dotted, else its full name
+    in /etc/hosts (as `hostname -f` finds it there), else the bare host name."""
+    name = socket.gethostname()
+    if "." in name:
+        return name
+    try:
+        return hosts_file_fqdn(
+            name, Path("/etc/hosts").read_text(encoding="utf-8", errors="replace")
+        )
+    except OSError:
+        return name
+
+
 @dataclass(frozen=True, slots=True)
 class RelayConfig:
     listen: str = "127.0.0.1:2525"
-    hostname: str = "localhost"
+    hostname: str = ""
     accept_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     max_message_size: int = 52_428_800
     state_dir: Path = Path("./stsguard-state")
@@ -94,6 +122,11 @@ class RelayConfig:
     log_format: str = "auto"
     log_level: str = "info"
     intake_processes: int = 0
+    open_relay: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.hostname:  # the default: this machine's name
+            object.__setattr__(self, "hostname", machine_fqdn())
 
     @property
     def listen_address(self) -> tuple[str, int]:
@@ -345,6 +378,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "log_format": _choice(LOG_FORMATS),
             "log_level": _log_level,
             "intake_processes": _int_range(0, 64),
+            "open_relay": _bool,
         },
     ),
     "delivery": (

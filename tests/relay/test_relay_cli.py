@@ -54,6 +54,7 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
         config = tmp_path / "relay.toml"
         config.write_text(
             f'[relay]\nlisten = "127.0.0.1:{port}"\nstate_dir = "{tmp_path / "state"}"\n'
+            'hostname = "relay.example.net"\n[tlsrpt]\ncontact_info = "mailto:t@example.net"\n'
         )
         run = subprocess.run(relay_cmd(config), capture_output=True, text=True, timeout=30)
     assert run.returncode == 2

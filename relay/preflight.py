@@ -1,0 +1,267 @@
+"""The checks the relay runs before it starts, shared with `stsguard check` so the two cannot drift.
+
+`config_problems` reads files only; `listen_problems` binds and releases the listening addresses
+(the relay binds them itself when it starts); `dkim_problems` compares the DKIM key with DNS.
+Each returns `Problem`s: an error stops the relay (exit 2), a warning is logged and it starts.
+"""
+
+from __future__ import annotations
+
+import base64
+import ipaddress
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import dns.asyncresolver
+import dns.exception
+import dns.resolver
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from relay.config import Config, parse_hostport
+from relay.errors import StsguardError
+from relay.reports import report_settings
+from tlsrpt_emit.aggregate import submitter_for
+
+Level = Literal["warning", "error"]
+
+_OPEN_NETWORKS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
+_NOT_REAL_SUFFIXES = (".localhost", ".localdomain", ".local", ".invalid", ".internal", ".lan")
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing wrong with the set-up; `message` starts with the key it is about."""
+
+    level: Level
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.level}: {self.message}"
+
+
+def is_real_domain(name: str) -> bool:
+    """A name other hosts can resolve and reply to: dotted, not localhost or a private suffix."""
+    name = name.strip().lower().rstrip(".")
+    if "." not in name or name in ("localhost", "localdomain") or name.endswith(_NOT_REAL_SUFFIXES):
+        return False
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return True
+    return False  # an address literal is no domain
+
+
+def _domain_of(address: str) -> str:
+    return address.rpartition("@")[2] if "@" in address else address
+
+
+def tlsrpt_identity_problem(config: Config) -> str | None:
+    """Why TLS-RPT reports must not be sent yet, or None: every name a receiver sees in them
+    (contact-info, submitter, the DSN sender's domain) must be a real domain, so a fresh install
+    never mails third parties as postmaster@localhost."""
+    if not config.tlsrpt.enabled:
+        return None
+    try:
+        settings = report_settings(config)
+    except StsguardError:
+        return None  # reported as a key problem of its own
+    names = {
+        "[tlsrpt].contact_info": _domain_of(submitter_for(settings.contact_info)),
+        "[tlsrpt].submitter": submitter_for(settings.contact_info, settings.submitter),
+        "[relay].hostname (the DSN sender)": config.relay.hostname,
+    }
+    bad = [f"{key} names {value or '(nothing)'!r}" for key, value in names.items()]
+    bad = [b for b, value in zip(bad, names.values(), strict=True) if not is_real_domain(value)]
+    if not bad:
+        return None
+    return (
+        "TLS-RPT reports are counted but not sent until the reporting identity names a real "
+        f"domain: {'; '.join(bad)} (set [relay].hostname or [tlsrpt].contact_info)"
+    )
+
+
+def _hostname_problems(config: Config) -> list[Problem]:
+    name = config.relay.hostname
+    if name.lower().rstrip(".") == "localhost" or "." not in name:
+        return [
+            Problem(
+                "warning",
+                f"[relay].hostname is {name!r}: MX hosts see it in EHLO and DSNs come from "
+                f"MAILER-DAEMON@{name}; set this host's public name",
+            )
+        ]
+    return []
+
+
+def _open_relay_problems(config: Config) -> list[Problem]:
+    nets = config.relay.accept_networks
+    open_nets = [n for n in nets if ipaddress.ip_network(n, strict=False) in _OPEN_NETWORKS]
+    if not open_nets:
+        return []
+    if config.relay.open_relay:
+        return [
+            Problem(
+                "warning",
+                f"[relay].accept_networks contains {', '.join(open_nets)}: an open relay "
+                "(open_relay = true)",
+            )
+        ]
+    return [
+        Problem(
+            "error",
+            f"[relay].accept_networks contains {', '.join(open_nets)}, which makes an open relay "
+            "for the whole internet; narrow it, or set [relay].open_relay = true if you mean it",
+        )
+    ]
+
+
+def _file_problems(config: Config) -> list[Problem]:
+    """Certificates, keys, the AUTH file and the CA file, loaded as the relay will load them."""
+    # The intake's loaders, so `check` judges the files exactly as the relay does.
+    from relay.intake.auth import load_auth_file
+    from relay.intake.server import server_tls_context
+    from relay.tls import client_context
+
+    problems: list[Problem] = []
+    relay = config.relay
+    tls = None
+    try:
+        tls = server_tls_context(relay)
+    except StsguardError as exc:
+        problems.append(Problem("error", str(exc)))
+    if relay.auth_file:
+        try:
+            load_auth_file(relay.auth_file)
+        except StsguardError as exc:
+            problems.append(Problem("error", str(exc)))
+        if tls is None and not (relay.tls_cert_file or relay.tls_key_file):
+            problems.append(
+                Problem(
+                    "error",
+                    "[relay].auth_file: AUTH is offered only over TLS; set tls_cert_file and "
+                    "tls_key_file too",
+                )
+            )
+    try:
+        client_context(config.tls.ca_file)
+    except StsguardError as exc:
+        problems.append(Problem("error", str(exc)))
+    if config.tlsrpt.enabled:
+        try:
+            settings = report_settings(config)
+            if settings.dkim_key is not None:
+                _public_key_b64(settings.dkim_key.private_key)
+        except (StsguardError, ValueError, TypeError) as exc:
+            problems.append(Problem("error", f"[tlsrpt].dkim_key_file: {exc}"))
+    return problems
+
+
+def _state_dir_problems(config: Config) -> list[Problem]:
+    state_dir = config.relay.state_dir
+    probe = state_dir
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        return [Problem("error", f"[relay].state_dir: {probe} is not a directory")]
+    if not os.access(probe, os.W_OK | os.X_OK):
+        return [Problem("error", f"[relay].state_dir: {probe} is not writable by this user")]
+    return []
+
+
+def config_problems(config: Config) -> list[Problem]:
+    """Every check that needs no network: names, open relay, files, the state directory."""
+    problems = [
+        *_hostname_problems(config),
+        *_open_relay_problems(config),
+        *_file_problems(config),
+        *_state_dir_problems(config),
+    ]
+    identity = tlsrpt_identity_problem(config)
+    if identity:
+        problems.append(Problem("warning", f"[tlsrpt]: {identity}"))
+    return problems
+
+
+def _bind_problem(listen: str, key: str) -> Problem | None:
+    if listen.endswith(":0"):
+        return None
+    host, port = parse_hostport(listen, key)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((host, port))
+            sock.listen()
+    except OSError as exc:
+        return Problem("error", f"{key}: cannot listen on {listen}: {exc.strerror or exc}")
+    return None
+
+
+def listen_problems(config: Config) -> list[Problem]:
+    """Whether `[relay].listen` and `metrics_listen` can be bound now (for `stsguard check`)."""
+    checks = [(config.relay.listen, "[relay].listen")]
+    if config.relay.metrics_listen:
+        checks.append((config.relay.metrics_listen, "[relay].metrics_listen"))
+    return [p for listen, key in checks if (p := _bind_problem(listen, key)) is not None]
+
+
+def _public_key_b64(private_pem: bytes) -> str:
+    """The DKIM ``p=`` value of a PEM private key (RSA: SubjectPublicKeyInfo; Ed25519: raw)."""
+    key = serialization.load_pem_private_key(private_pem, password=None)
+    public = key.public_key()
+    if isinstance(public, ed25519.Ed25519PublicKey):
+        raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    else:
+        raw = public.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    return base64.b64encode(raw).decode()
+
+
+def _txt_tags(text: str) -> dict[str, str]:
+    tags: dict[str, str] = {}
+    for part in text.split(";"):
+        name, sep, value = part.partition("=")
+        if sep:
+            tags[name.strip()] = "".join(value.split())
+    return tags
+
+
+def _dkim_public_key(config: Config) -> str | None:
+    cfg = config.tlsrpt
+    if not (cfg.enabled and cfg.dkim_key_file and cfg.dkim_domain and cfg.dkim_selector):
+        return None
+    try:
+        return _public_key_b64(Path(cfg.dkim_key_file).read_bytes())
+    except (OSError, ValueError, TypeError):
+        return None  # config_problems reports the unreadable key
+
+
+async def dkim_problems(config: Config, resolver: dns.asyncresolver.Resolver) -> list[Problem]:
+    """The DKIM key of report mail against its published record, when DNS can be asked."""
+    expected = _dkim_public_key(config)
+    if expected is None:
+        return []
+    cfg = config.tlsrpt
+    name = f"{cfg.dkim_selector}._domainkey.{cfg.dkim_domain}."
+    key = "[tlsrpt].dkim_key_file"
+    try:
+        answer = await resolver.resolve(name, "TXT")
+    except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
+        return [Problem("error", f"{key}: no DKIM record at {name} (publish the public key)")]
+    except dns.exception.DNSException as exc:
+        return [Problem("warning", f"{key}: could not look up {name} to compare: {exc}")]
+    texts = [b"".join(r.strings).decode("ascii", "replace") for r in answer]
+    published = [_txt_tags(t).get("p", "") for t in texts]
+    if expected in published:
+        service = [_txt_tags(t).get("s", "*") for t in texts]
+        if not any("tlsrpt" in s.split(":") or "*" in s.split(":") for s in service):
+            return [Problem("warning", f"{key}: {name} lacks s=tlsrpt (RFC 8460 5.3)")]
+        return []
+    return [
+        Problem("error", f"{key}: the public key at {name} does not match the private key file")
+    ]
