@@ -24,7 +24,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from relay.config import Config, parse_hostport
 from relay.errors import StsguardError
 from relay.reports import report_settings
-from tlsrpt_emit.aggregate import submitter_for
 
 Level = Literal["warning", "error"]
 
@@ -55,10 +54,6 @@ def is_real_domain(name: str) -> bool:
     return False  # an address literal is no domain
 
 
-def _domain_of(address: str) -> str:
-    return address.rpartition("@")[2] if "@" in address else address
-
-
 def tlsrpt_identity_problem(config: Config) -> str | None:
     """Why TLS-RPT reports must not be sent yet, or None: every name a receiver sees in them
     (contact-info, submitter, the DSN sender's domain) must be a real domain, so a fresh install
@@ -70,8 +65,7 @@ def tlsrpt_identity_problem(config: Config) -> str | None:
     except StsguardError:
         return None  # reported as a key problem of its own
     names = {
-        "[tlsrpt].contact_info": _domain_of(submitter_for(settings.contact_info)),
-        "[tlsrpt].submitter": submitter_for(settings.contact_info, settings.submitter),
+        "[tlsrpt].contact_info (and the submitter, its domain)": settings.submitter,
         "[relay].hostname (the DSN sender)": config.relay.hostname,
     }
     bad = [f"{key} names {value or '(nothing)'!r}" for key, value in names.items()]
