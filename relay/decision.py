@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from detect.dane import DANE_REQUIRED, DNSSEC_INVALID, TlsaRecord
 from detect.model import Finding, FindingKind
 from mtasts.model import Mode, Policy, PolicyResult
 
@@ -35,6 +36,8 @@ class Requirement(StrEnum):
     VERIFY = "verify"  # TLS required with a valid certificate (local override)
     STS_ENFORCE = "sts-enforce"  # MTA-STS enforce (RFC 8461 section 5)
     STS_TESTING = "sts-testing"  # MTA-STS testing: deliver anyway, report
+    DANE = "dane"  # secure usable TLSA records: TLS authenticated by them (RFC 7672)
+    DANE_UNUSABLE = "dane-unusable"  # secure TLSA, none usable: TLS required, unauthenticated
 
 
 VALIDATION_FAILURE = "validation-failure"
@@ -49,21 +52,33 @@ class EffectivePolicy:
     policy: Policy | None = None
     tls_required_no: bool = False  # RFC 8689 `TLS-Required: No`: MTA-STS failures are ignored
     on_downgrade: str = "defer"  # defer | log: a remembered-TLS downgrade without a policy
+    tlsa: tuple[TlsaRecord, ...] = ()  # DANE: the MX host's secure TLSA RRset
+    dane_names: tuple[str, ...] = ()  # DANE-TA reference identifiers (RFC 7672 3.2.2)
 
     @property
     def is_sts(self) -> bool:
         return self.requirement in (Requirement.STS_ENFORCE, Requirement.STS_TESTING)
 
     @property
+    def is_dane(self) -> bool:
+        return self.requirement in (Requirement.DANE, Requirement.DANE_UNUSABLE)
+
+    @property
     def strict(self) -> bool:
         """True when a TLS failure stops delivery to this MX (never plaintext, never HELO)."""
-        if self.requirement is Requirement.STS_ENFORCE:
+        if self.requirement in (
+            Requirement.STS_ENFORCE,
+            Requirement.DANE,
+            Requirement.DANE_UNUSABLE,
+        ):
             return not self.tls_required_no
         return self.requirement in (Requirement.ENCRYPT, Requirement.VERIFY)
 
     @property
     def needs_valid_cert(self) -> bool:
-        return self.strict and self.requirement is not Requirement.ENCRYPT
+        """True when the certificate must validate: PKIX, or under DANE the TLSA records."""
+        unauthenticated = (Requirement.ENCRYPT, Requirement.DANE_UNUSABLE)
+        return self.strict and self.requirement not in unauthenticated
 
     @property
     def mode(self) -> str:
@@ -85,7 +100,10 @@ def effective_policy(
 
     A policy in mode none counts as no policy (RFC 8461 section 5).
     """
-    if domain_tls != "mta-sts":
+    if domain_tls == "dane-only":
+        # No MX host without DANE is used (`dane_for_mx`); this only stands for "verify".
+        return EffectivePolicy(Requirement.VERIFY, None, tls_required_no, on_downgrade)
+    if domain_tls not in ("mta-sts", "dane"):
         return EffectivePolicy(Requirement(domain_tls), None, tls_required_no, on_downgrade)
     policy = result.policy if result is not None else None
     if policy is not None and policy.mode is Mode.ENFORCE:
@@ -93,6 +111,56 @@ def effective_policy(
     if policy is not None and policy.mode is Mode.TESTING:
         return EffectivePolicy(Requirement.STS_TESTING, policy, tls_required_no, on_downgrade)
     return EffectivePolicy(Requirement(no_policy_tls), None, tls_required_no, on_downgrade)
+
+
+DANE_OVERRIDES = ("mta-sts", "dane", "dane-only")  # `[domains."x"].tls` values that let DANE in
+
+
+def dane_for_mx(
+    policy: EffectivePolicy,
+    tlsa_status: str,
+    records: tuple[TlsaRecord, ...] = (),
+    names: tuple[str, ...] = (),
+    *,
+    domain_tls: str = "mta-sts",
+    reason: str = "",
+    last_mx: bool,
+) -> tuple[EffectivePolicy, Decision | None]:
+    """The policy for one MX host once its TLSA look-up is known, or why it is not tried.
+
+    `tlsa_status` is secure | none | bogus | off (`relay.delivery.dane_lookup.TlsaStatus`).
+    - secure TLSA: DANE decides and MTA-STS is not consulted for this MX (RFC 8461 2, STS-14);
+      with no usable record TLS is still mandatory (RFC 7672 2.2).
+    - bogus (or a failed look-up): a temporary failure for this MX, never a fall-back to
+      MTA-STS or plaintext (RFC 7672 2.2); the next MX may still be tried.
+    - none/off: DANE does not apply; `dane-only` defers (dane-required), anything else keeps
+      `policy`. A local override other than mta-sts/dane/dane-only keeps DANE out altogether.
+    `TLS-Required: No` (RFC 8689) ignores DANE as it ignores MTA-STS.
+    """
+    if domain_tls not in DANE_OVERRIDES or policy.tls_required_no:
+        return policy, None
+    if tlsa_status == "secure":
+        usable = any(r.usable for r in records)
+        requirement = Requirement.DANE if usable else Requirement.DANE_UNUSABLE
+        dane = EffectivePolicy(
+            requirement,
+            None,
+            policy.tls_required_no,
+            policy.on_downgrade,
+            tlsa=records,
+            dane_names=names,
+        )
+        return dane, None
+    if tlsa_status == "bogus":
+        return policy, _give_up(
+            DNSSEC_INVALID, f"TLSA look-up failed: {reason}", last_mx=last_mx, code="dnssec-bogus"
+        )
+    if domain_tls == "dane-only":
+        why = reason or "no DNSSEC-signed TLSA records"
+        return policy, _give_up(
+            DANE_REQUIRED, f"dane-only: {why}", last_mx=last_mx, code="dane-required"
+        )
+    return policy, None
 
 
 @dataclass(frozen=True, slots=True)
