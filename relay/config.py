@@ -264,9 +264,10 @@ def _line(value: Any, key: str) -> str:
 
 
 def _hostname(value: Any, key: str) -> str:
-    """Our EHLO name and the `Received:` host: a DNS name or an address literal."""
+    """Our EHLO name and the `Received:` host: a DNS name or an address literal (empty: this
+    machine's name)."""
     text = _line(value, key)
-    if not _HOSTNAME.fullmatch(text):
+    if text and not _HOSTNAME.fullmatch(text):
         raise ConfigError(f"{key}: expected a host name or [address literal], got {text!r}")
     return text
 
