@@ -35,6 +35,7 @@ from relay.queue.runner import QueueRunner
 from relay.queue.spool import REPORT_MAIL_FLAGS, MessageFlags, QueuedMessage, Spool
 from relay.reports import report_settings
 from relay.resolver import dane_warning, make_resolver
+from relay.running import RunningMarker
 from relay.tls import client_context
 from relay.version import stsguard_version
 from tlsrpt_emit.schedule import Clients, ReportSender, ReportSettings
@@ -200,6 +201,7 @@ class Relay:
         http = httpx.AsyncClient(
             verify=self.ssl_context, follow_redirects=False, trust_env=False, timeout=post_timeout
         )
+        marker = RunningMarker(self.config.relay.state_dir)  # `stsguard tlsrpt send` asks for it
         try:
             if self.config.relay.metrics_listen:
                 try:
@@ -263,6 +265,7 @@ class Relay:
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()
+            marker.close()
             log.info("relay.stopped")
 
 

@@ -17,7 +17,7 @@ import httpx
 import structlog
 
 from tlsrpt_emit.aggregate import build_reports, stable_report_ids, submitter_for
-from tlsrpt_emit.deliver import POST_TIMEOUT, SubmitMail, deliver_report
+from tlsrpt_emit.deliver import POST_TIMEOUT, DeliveryOutcome, SubmitMail, deliver_report
 from tlsrpt_emit.errors import TlsRptLookupError, TlsRptRecordError
 from tlsrpt_emit.model import Report, utc_day
 from tlsrpt_emit.record import lookup_tlsrpt_record
@@ -30,6 +30,8 @@ DAY_SECONDS = 86400.0
 RETRY_INITIAL = 300.0  # first retry after 5 minutes ...
 RETRY_MAX = 4 * 3600.0  # ... doubling, at most 4 hours apart ...
 RETRY_WINDOW = DAY_SECONDS  # ... for up to 24 hours after the first attempt (RPT-12)
+
+OutcomeHook = Callable[[Report, DeliveryOutcome], None]
 
 
 # --- pure timing -----------------------------------------------------------------------------
@@ -127,8 +129,12 @@ async def send_one(
     settings: ReportSettings,
     clients: Clients,
     now: float,
+    on_outcome: OutcomeHook | None = None,
 ) -> SentReport:
-    """One attempt at the report of `domain` for `day`: look up rua, send, record progress."""
+    """One attempt at the report of `domain` for `day`: look up rua, send, record progress.
+
+    `on_outcome` hears which destinations took the report this round and why others did not.
+    """
     sent = store.get_sent(day, domain)
     if sent is None:
         sent = SentReport(day=day, domain=domain, report_id="")
@@ -170,6 +176,8 @@ async def send_one(
         now=now,
         dkim_key=settings.dkim_key,
     )
+    if on_outcome is not None:
+        on_outcome(report, outcome)
     if outcome.accepted:  # RPT-02: one destination is enough
         done = replace(
             sent,
@@ -218,6 +226,7 @@ async def send_day(
     settings: ReportSettings,
     clients: Clients,
     now: float,
+    on_outcome: OutcomeHook | None = None,
 ) -> list[SentReport]:
     """Send every report of `day` not yet finished whose retry time (if any) has come."""
     results = []
@@ -229,7 +238,15 @@ async def send_day(
             results.append(sent)
             continue
         results.append(
-            await send_one(day, domain, store, settings=settings, clients=clients, now=now)
+            await send_one(
+                day,
+                domain,
+                store,
+                settings=settings,
+                clients=clients,
+                now=now,
+                on_outcome=on_outcome,
+            )
         )
     return results
 

@@ -1,8 +1,9 @@
-"""`stsguard tlsrpt show|send [--date YYYY-MM-DD] [--domain D]`: one UTC day's TLS-RPT reports.
+"""`stsguard tlsrpt show|send [--date YYYY-MM-DD] [--domain D] [--force]`: one UTC day's reports.
 
-`show` prints the JSON that would be sent (pretty); `send` sends now: https destinations directly,
-mailto destinations by queueing the DKIM-signed report mail for the relay to deliver.
-Report ids already used in an earlier attempt are kept, so a retried report is the same report.
+`show` prints the JSON that would be sent (pretty); `send` sends a day that has ended: https
+destinations directly (`sent`), mailto destinations by queueing the DKIM-signed report mail for the
+relay to deliver (`queued`). Report ids come from day, domain and submitter, and an id used in an
+earlier attempt is kept, so `show` prints the id that `send` sends.
 """
 
 from __future__ import annotations
@@ -11,18 +12,24 @@ import argparse
 import asyncio
 import datetime
 import json
+import sys
 import time
+from dataclasses import dataclass, field
 
 import httpx
 
 from relay.config import Config
 from relay.errors import UsageError
+from relay.log import configure_logging
 from relay.queue.spool import REPORT_MAIL_FLAGS, Spool
 from relay.reports import report_settings
 from relay.resolver import make_resolver
+from relay.running import relay_running
 from relay.tls import client_context
+from tlsrpt_emit.deliver import DeliveryOutcome
 from tlsrpt_emit.errors import TlsRptError
 from tlsrpt_emit.model import Report
+from tlsrpt_emit.names import a_label
 from tlsrpt_emit.render import report_to_dict
 from tlsrpt_emit.schedule import (
     Clients,
@@ -38,6 +45,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=["show", "send"])
     p.add_argument("--date", metavar="YYYY-MM-DD", help="the UTC day (default: yesterday)")
     p.add_argument("--domain", help="only the report for this policy domain")
+    p.add_argument(
+        "--force", action="store_true", help="send: also a day that has not ended (marks it done)"
+    )
 
 
 def parse_day(text: str | None, now: float) -> datetime.date:
@@ -87,12 +97,25 @@ def _show(
     return 0
 
 
+@dataclass(slots=True)
+class _Heard:
+    """What each destination did with each report this run (from `send_one`'s hook)."""
+
+    accepted: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    errors: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+
+    def __call__(self, report: Report, outcome: DeliveryOutcome) -> None:
+        self.accepted[report.policy_domain] = outcome.accepted
+        self.errors[report.policy_domain] = outcome.errors
+
+
 async def _send(
     config: Config,
     store: ReportStore,
     day: datetime.date,
     settings: ReportSettings,
     domain: str | None,
+    heard: _Heard,
 ) -> list[SentReport]:
     async with httpx.AsyncClient(
         verify=client_context(config.tls.ca_file),
@@ -100,7 +123,7 @@ async def _send(
         timeout=float(config.mtasts.fetch_timeout),
     ) as http:
         # mailto: reports go into the relay's queue, flagged so MTA-STS is not applied and the
-        # session is not counted (RPT-10); the running relay picks them up within a second.
+        # session is not counted (RPT-10); a running relay picks them up within a second.
         spool = Spool(config.relay.state_dir / "queue")
 
         async def submit_mail(mail_from: str, rcpts: list[str], data: bytes) -> None:
@@ -116,30 +139,113 @@ async def _send(
         )
         now = time.time()
         if domain:
-            return [await send_one(day, domain, store, settings=settings, clients=clients, now=now)]
-        return await send_day(day, store, settings=settings, clients=clients, now=now)
+            sent = await send_one(
+                day, domain, store, settings=settings, clients=clients, now=now, on_outcome=heard
+            )
+            return [sent]
+        return await send_day(
+            day, store, settings=settings, clients=clients, now=now, on_outcome=heard
+        )
+
+
+def destination_lines(
+    sent: SentReport, heard: _Heard, *, relay_up: bool, state_dir: str
+) -> list[str]:
+    """``  URI: sent | queued | failed (why)`` for each destination of one report."""
+    accepted = heard.accepted.get(sent.domain)
+    if accepted is None:  # nothing tried this run: finished before, not due, or no record
+        lines = [f"  {uri}: done in an earlier run" for uri in sent.destinations_done]
+        return lines
+    lines = []
+    for uri in accepted:
+        if uri[:7].lower() == "mailto:":
+            where = (
+                "the relay delivers it"
+                if relay_up
+                else (f"no relay is running on {state_dir} to deliver it: start `stsguard relay`")
+            )
+            lines.append(f"  {uri}: queued ({where})")
+        else:
+            lines.append(f"  {uri}: sent")
+    lines += [f"  {uri}: failed ({error})" for uri, error in heard.errors.get(sent.domain, ())]
+    return lines
+
+
+def report_line(sent: SentReport) -> str:
+    """``DOMAIN: STATUS report REPORT-ID`` with what is still to come."""
+    what = {
+        "delivered": "delivered",
+        "pending": "not delivered, will be retried",
+        "failed": "failed, given up",
+        "no-record": "not sent",
+    }.get(sent.status, sent.status)
+    line = f"{sent.domain}: {what}"
+    if sent.report_id:
+        line += f", report {sent.report_id}"
+    if sent.status == "no-record" and sent.last_error:
+        line += f" ({sent.last_error})"
+    if sent.status == "pending" and sent.next_retry is not None:
+        at = datetime.datetime.fromtimestamp(sent.next_retry, datetime.UTC)
+        line += f" (next try {at:%Y-%m-%d %H:%M}Z by the relay)"
+    return line
+
+
+def check_day_ended(day: datetime.date, now: float, *, force: bool) -> None:
+    """RPT-03: a report covers a whole UTC day; refuse one that has not ended unless forced."""
+    end = datetime.datetime.combine(
+        day, datetime.time(0), tzinfo=datetime.UTC
+    ) + datetime.timedelta(days=1)
+    if now >= end.timestamp():
+        return
+    if not force:
+        raise UsageError(
+            f"tlsrpt send: {day} (UTC) has not ended; its report covers the whole day, so it is "
+            f"sent after {end:%Y-%m-%d %H:%M}Z (--force sends what is counted so far)"
+        )
+    print(
+        f"stsguard: --force: sending {day} before it has ended: the sessions counted until "
+        f"{datetime.datetime.fromtimestamp(now, datetime.UTC):%H:%M:%S}Z; the day is then marked "
+        "done, so sessions after now are never reported",
+        file=sys.stderr,
+    )
+
+
+def _send_command(
+    args: argparse.Namespace,
+    config: Config,
+    store: ReportStore,
+    day: datetime.date,
+    settings: ReportSettings,
+    domain: str | None,
+) -> int:
+    check_day_ended(day, time.time(), force=args.force)
+    if isinstance(store, MemoryReportStore):
+        print(f"no sessions recorded on {day}")
+        return 0
+    configure_logging(config.relay.log_format, "warning")  # log lines go to stderr
+    heard = _Heard()
+    results = asyncio.run(_send(config, store, day, settings, domain, heard))
+    if not results:
+        print(f"no sessions recorded on {day}")
+    relay_up = relay_running(config.relay.state_dir)
+    status = 0
+    for sent in results:
+        print(report_line(sent))
+        for line in destination_lines(
+            sent, heard, relay_up=relay_up, state_dir=str(config.relay.state_dir)
+        ):
+            print(line)
+        if sent.status in ("pending", "failed"):
+            status = 1
+    return status
 
 
 def run(args: argparse.Namespace, config: Config) -> int:
-    """Carry out `stsguard tlsrpt show|send`; exit 0 when everything shown or sent."""
+    """Carry out `stsguard tlsrpt show|send|summary`; exit 0 when everything shown or sent."""
     day = parse_day(args.date, time.time())
-    domain = args.domain.lower().rstrip(".") if args.domain else None
+    domain = a_label(args.domain) if args.domain else None
     settings = report_settings(config)
     store = open_store(config)
     if args.action == "show":
         return _show(store, day, settings, domain)
-    if isinstance(store, MemoryReportStore):
-        print(f"no sessions recorded on {day}")
-        return 0
-    results = asyncio.run(_send(config, store, day, settings, domain))
-    status = 0
-    for sent in results:
-        line = f"{sent.domain}: {sent.status}"
-        if sent.destinations_done:
-            line += f" to {', '.join(sent.destinations_done)}"
-        if sent.last_error:
-            line += f" ({sent.last_error})"
-        print(line)
-        if sent.status in ("pending", "failed"):
-            status = 1
-    return status
+    return _send_command(args, config, store, day, settings, domain)

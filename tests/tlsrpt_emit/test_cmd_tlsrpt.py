@@ -12,10 +12,17 @@ import pytest
 from lab.collector import ReportCollector
 from lab.dns import LabDns
 from lab.pki import LabCA
+from lab.world import free_port
+from relay.app import Relay
 from relay.cli import main
-from relay.cli.tlsrpt import parse_day
+from relay.cli.tlsrpt import check_day_ended, parse_day
+from relay.config import config_from_dict, load_config
+from relay.errors import UsageError
 from relay.queue.spool import REPORT_MAIL_FLAGS, Spool
+from relay.reports import report_settings
+from relay.running import relay_running
 from tests.tlsrpt_emit.sessions import DAY, NOON, day_results
+from tlsrpt_emit.schedule import build_day_reports
 from tlsrpt_emit.sink import CountingSink
 from tlsrpt_emit.store import SqliteReportStore
 
@@ -94,14 +101,112 @@ async def test_send_posts_to_https_rua(
         )
         argv = ["tlsrpt", "send", "--date", DAY.isoformat(), "--config", str(config)]
         status = await asyncio.to_thread(main, argv)
-    out = capsys.readouterr().out
-    assert "example.org: delivered to https://127.0.0.1:" in out
-    # The mailto report went into the relay's queue, flagged as report mail (RPT-10).
-    assert "plain.example: delivered to mailto:r@plain.example" in out
+    captured = capsys.readouterr()
+    out = captured.out.splitlines()
+    # Per report its id, per destination what happened: https sent, mailto only queued, and no
+    # relay runs on this state directory to deliver it.
+    (ex_id,) = [line for line in out if line.startswith("example.org: delivered, report ")]
+    assert f"  {collector.url('/in')}: sent" in out
+    assert any(
+        line.startswith("plain.example: delivered, report 2026-11-28T00:00:00Z_plain.example_")
+        for line in out
+    )
+    (queued_line,) = [line for line in out if line.startswith("  mailto:r@plain.example: ")]
+    assert queued_line.startswith("  mailto:r@plain.example: queued (no relay is running on ")
+    assert "delivered to" not in captured.out
+    # Log lines go to stderr, never among the results.
+    assert all(not line.startswith("{") and "tlsrpt." not in line for line in out)
     assert status == 0
     (queued,) = Spool(tmp_path / "state" / "queue").list()
     assert queued.flags == REPORT_MAIL_FLAGS
     assert [r.address for r in queued.recipients] == ["r@plain.example"]
     (got,) = collector.received
     assert got.headers["content-type"] == "application/tlsrpt+gzip"
-    assert got.report()["policies"][0]["policy"]["policy-domain"] == "example.org"
+    body = got.report()
+    assert body["policies"][0]["policy"]["policy-domain"] == "example.org"
+    # `show` before and after gives the id that was sent.
+    assert ex_id.endswith(body["report-id"])
+    assert (
+        main(
+            [
+                "tlsrpt",
+                "show",
+                "--date",
+                DAY.isoformat(),
+                "--domain",
+                "example.org",
+                "--config",
+                str(config),
+            ]
+        )
+        == 0
+    )
+    assert json.loads(capsys.readouterr().out)["report-id"] == body["report-id"]
+    # A second run sends nothing again and says so.
+    assert await asyncio.to_thread(main, argv) == 0
+    again = capsys.readouterr().out.splitlines()
+    assert f"  {collector.url('/in')}: done in an earlier run" in again
+    assert len(collector.received) == 1
+
+
+def test_show_gives_the_id_send_will_send(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    args = ["tlsrpt", "show", "--date", DAY.isoformat(), "--config", str(config)]
+    assert main(args) == 0
+    first = [r["report-id"] for r in json.loads(capsys.readouterr().out)]
+    assert main(args) == 0
+    assert [r["report-id"] for r in json.loads(capsys.readouterr().out)] == first
+    store = SqliteReportStore(tmp_path / "state" / "state.sqlite3")
+    settings = report_settings(load_config(config))
+    assert [r.report_id for r in build_day_reports(store, DAY, settings)] == first
+
+
+def test_send_refuses_a_day_that_has_not_ended(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    today = datetime.datetime.now(datetime.UTC).date()
+    for day in (today, today + datetime.timedelta(days=3)):
+        argv = ["tlsrpt", "send", "--date", day.isoformat(), "--config", str(config)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1
+        assert f"{day} (UTC) has not ended" in err
+        assert "--force" in err
+    store = SqliteReportStore(tmp_path / "state" / "state.sqlite3")
+    assert store.get_sent(today, "example.org") is None  # nothing marked done
+
+
+def test_send_force_says_what_it_does(
+    tmp_path: Path, lab_dns: LabDns, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path, f'[dns]\nnameservers = ["{lab_dns.address}"]\ntimeout = 2\n')
+    today = datetime.datetime.now(datetime.UTC).date()
+    argv = ["tlsrpt", "send", "--force", "--date", today.isoformat(), "--config", str(config)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    assert f"--force: sending {today} before it has ended" in captured.err
+    assert "sessions after now are never reported" in captured.err
+    assert captured.out.strip() == f"no sessions recorded on {today}"
+
+
+def test_check_day_ended() -> None:
+    midnight = datetime.datetime(2026, 11, 29, tzinfo=datetime.UTC).timestamp()
+    check_day_ended(DAY, midnight, force=False)  # 2026-11-28 ended at 2026-11-29 00:00Z
+    with pytest.raises(UsageError, match="has not ended"):
+        check_day_ended(DAY, midnight - 1, force=False)
+
+
+async def test_relay_holds_the_running_marker(tmp_path: Path) -> None:
+    config = config_from_dict(
+        {
+            "relay": {"state_dir": str(tmp_path / "s"), "listen": f"127.0.0.1:{free_port()}"},
+            "tlsrpt": {"enabled": False},
+        }
+    )
+    assert not relay_running(config.relay.state_dir)
+    async with Relay(config).running():
+        assert relay_running(config.relay.state_dir)
+    assert not relay_running(config.relay.state_dir)
