@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import structlog
 
 from lab.collector import ReportCollector
 from lab.dns import LabDns
@@ -25,6 +27,13 @@ from tests.tlsrpt_emit.sessions import DAY, NOON, day_results
 from tlsrpt_emit.schedule import build_day_reports
 from tlsrpt_emit.sink import CountingSink
 from tlsrpt_emit.store import SqliteReportStore
+
+
+@pytest.fixture(autouse=True)
+def _structlog_back_to_defaults() -> Iterator[None]:
+    """`tlsrpt send` points structlog at this test's captured stderr; undo that afterwards."""
+    yield
+    structlog.reset_defaults()
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:
