@@ -33,7 +33,7 @@ NO_POLICY_TLS = ("opportunistic", "encrypt", "verify")
 DOMAIN_TLS = ("none", "opportunistic", "encrypt", "verify", "mta-sts", "dane", "dane-only")
 DNSSEC = ("auto", "off", "ad")
 ON_DOWNGRADE = ("defer", "log")
-LOG_FORMATS = ("auto", "json", "console")
+LOG_FORMATS = ("auto", "json", "console", "journal")
 
 
 def parse_duration(text: str | int, key: str) -> int:

@@ -1,11 +1,19 @@
-"""structlog set-up: JSON lines in production, readable lines on a terminal."""
+"""structlog set-up: JSON lines in production, readable lines on a terminal, syslog-prefixed lines
+for the journal; library log records and Python warnings go through the same renderer.
+
+Event names are dotted ``area.event`` (``delivery.attempt``, ``intake.queued``); a line from a
+library is ``library.log`` with its logger's name, a Python warning ``python.warning``.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import warnings
+from typing import TextIO
 
 import structlog
+from structlog.types import EventDict, Processor, WrappedLogger
 
 _LEVELS = {
     "debug": logging.DEBUG,
@@ -14,22 +22,103 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 
+# syslog priorities (RFC 5424 6.2.1), as systemd reads them with SyslogLevelPrefix=true
+SYSLOG_PRIORITY = {
+    "debug": 7,
+    "info": 6,
+    "warning": 4,
+    "error": 3,
+    "exception": 3,
+    "critical": 2,
+}
+
+log = structlog.get_logger(__name__)
+
+
+class JournalRenderer:
+    """``<4>delivery.attempt key=value ...``: the priority prefix lets `journalctl -p warning`
+    select problems; no time stamp (the journal has one), one line per event."""
+
+    def __init__(self) -> None:
+        self._fields = structlog.processors.LogfmtRenderer(bool_as_flag=False)
+
+    def __call__(self, logger: WrappedLogger, name: str, event_dict: EventDict) -> str:
+        level = str(event_dict.pop("level", name))
+        event_dict.pop("timestamp", None)
+        event = str(event_dict.pop("event", ""))
+        rest = self._fields(logger, name, event_dict) if event_dict else ""
+        line = f"<{SYSLOG_PRIORITY.get(level, 6)}>{event}" + (f" {rest}" if rest else "")
+        return line.replace("\n", "\\n")
+
+
+def _library_line(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
+    """A stdlib record from a library (aiosmtpd, asyncio): ``library.log`` naming the logger."""
+    record = event_dict.get("_record")
+    if record is not None and not event_dict.get("_from_structlog", False):
+        event_dict["message"] = event_dict.pop("event", "")
+        event_dict["event"] = "library.log"
+        event_dict["logger"] = record.name
+    return event_dict
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: TextIO | None = None,
+    line: str | None = None,
+) -> None:
+    """`warnings.showwarning` replacement: one structured line instead of text on stderr."""
+    log.warning(
+        "python.warning",
+        category=category.__name__,
+        message=str(message),
+        source=f"{filename}:{lineno}",
+    )
+
+
+def _renderer(fmt: str) -> Processor:
+    if fmt == "journal":
+        return JournalRenderer()
+    if fmt == "json" or (fmt == "auto" and not sys.stderr.isatty()):
+        return structlog.processors.JSONRenderer()
+    return structlog.dev.ConsoleRenderer()
+
+
+class _StsguardHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Our stdlib handler, told apart from others (pytest's) when configuring again."""
+
 
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
-    """Configure structlog once at start-up. `fmt` is auto | json | console."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
-    renderer: structlog.types.Processor = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
-    )
+    """Configure logging once at start-up. `fmt` is auto | json | console | journal."""
+    renderer = _renderer(fmt)
+    threshold = _LEVELS.get(level, logging.INFO)
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            renderer,
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
+        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )
+    handler = _StsguardHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, _library_line],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                structlog.processors.format_exc_info,
+                renderer,
+            ],
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _StsguardHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(threshold)
+    warnings.showwarning = _show_warning

@@ -121,7 +121,7 @@ class PasswordAuthenticator:
             return AuthResult(success=False, handled=False)
         ok = self.check(auth_data.login, auth_data.password)
         _log.info(
-            "smtp_auth",
+            "intake.auth",
             mechanism=mechanism,
             user=auth_data.login.decode("utf-8", "replace"),
             success=ok,

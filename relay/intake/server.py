@@ -193,7 +193,7 @@ class IntakeHandler:
     ) -> str:
         client = _client(session)
         if not (session.authenticated or client_allowed(client, self.networks)):
-            _log.info("relay_denied", client=client, rcpt=address)
+            _log.info("intake.relay_denied", client=client, rcpt=address)
             return "550 5.7.1 Relaying denied: client not in accept_networks"
         if address not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(address)
@@ -205,7 +205,10 @@ class IntakeHandler:
         offset = bare_line_end(data)
         if offset is not None:
             _log.warning(
-                "smuggling_rejected", client=client, offset=offset, mail_from=envelope.mail_from
+                "intake.smuggling_rejected",
+                client=client,
+                offset=offset,
+                mail_from=envelope.mail_from,
             )
             return "550 5.5.2 Message contains a bare CR or LF; send CRLF line ends only"
         mail_from = str(envelope.mail_from or "")
@@ -234,7 +237,7 @@ class IntakeHandler:
         )
         await self.commits.put(message, content)
         _log.info(
-            "message_queued",
+            "intake.queued",
             queue_id=queue_id,
             mail_from=mail_from,
             rcpt_count=len(rcpts),
@@ -248,15 +251,15 @@ class IntakeHandler:
                 self.on_queued(message, content)
             except Exception:
                 # The message is safe on disk; the queue runner will find it on its next poll.
-                _log.exception("on_queued_failed", queue_id=queue_id)
+                _log.exception("intake.handoff_failed", queue_id=queue_id)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     async def handle_exception(self, error: Exception) -> str:
         if isinstance(error, TLSSetupException):
             # A client that gave up on our certificate: its business, no traceback.
-            _log.info("starttls_failed", error=repr(error.__cause__ or error))
+            _log.info("intake.starttls_failed", error=repr(error.__cause__ or error))
             return "454 4.7.0 TLS handshake failed"
-        _log.error("intake_error", error=repr(error), exc_info=error)
+        _log.error("intake.error", error=repr(error), exc_info=error)
         return "451 4.3.0 Temporary failure, try again later"
 
 
@@ -398,7 +401,7 @@ class Intake:
             self._server = await loop.create_server(self._protocol, sock=self.sock)
         else:
             self._server = await loop.create_server(self._protocol, host, port)
-        _log.info("intake_listening", address=f"{self.address[0]}:{self.address[1]}")
+        _log.info("intake.listening", address=f"{self.address[0]}:{self.address[1]}")
 
     async def stop(self) -> None:
         if self._server is not None:

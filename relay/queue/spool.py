@@ -227,7 +227,9 @@ class Spool:
             if removed:
                 _fsync_dir(self._tmp)
                 _fsync_dir(self._state)
-                _log.info("spool_recovered", removed_files=removed, directory=str(self.directory))
+                _log.info(
+                    "queue.spool_recovered", removed_files=removed, directory=str(self.directory)
+                )
             self._convert_two_file_layout()
 
     def _convert_two_file_layout(self) -> None:
@@ -255,9 +257,9 @@ class Spool:
             with contextlib.suppress(OSError):
                 old.rmdir()
         if env_dir.exists():
-            _log.error("spool_old_layout_left", directory=str(env_dir))
+            _log.error("queue.spool_old_layout_left", directory=str(env_dir))
         _fsync_dir(self.directory)
-        _log.info("spool_converted", messages=converted, directory=str(self.directory))
+        _log.info("queue.spool_converted", messages=converted, directory=str(self.directory))
 
     # --- low-level durable writes -----------------------------------------------------------
 
@@ -463,7 +465,9 @@ class Spool:
                     except SpoolError as exc:
                         # One damaged file must not stop the queue; `get` still reports it.
                         _log.error(
-                            "spool_damaged_envelope", file=str(self._msg / name), error=str(exc)
+                            "queue.spool_damaged_envelope",
+                            file=str(self._msg / name),
+                            error=str(exc),
                         )
                         continue
                 self._seen[name] = (key, message)

@@ -68,7 +68,7 @@ async def test_intake_processes_accept_restart_and_stop(tmp_path: Path) -> None:
             await asyncio.gather(*(asyncio.to_thread(send, port, n) for n in range(12)))
             await wait_until(lambda: len(mx.messages) == 12, 30)
             assert all(m.tls for m in mx.messages)
-            queued = [e for e in log_lines(config_file) if e["event"] == "message_queued"]
+            queued = [e for e in log_lines(config_file) if e["event"] == "intake.queued"]
             assert {e["process"] for e in queued} <= {"intake-1", "intake-2"}
             assert len(queued) == 12  # accepted by the children, none by the main process
 

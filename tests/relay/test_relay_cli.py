@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import smtplib
 import socket
@@ -60,3 +61,41 @@ def test_port_in_use_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert run.returncode == 2
     assert run.stderr.startswith("stsguard: error: [relay].listen: cannot listen on")
     assert run.stderr.count("\n") == 1
+
+
+def test_ready_notification_journal_lines_and_start_line(tmp_path: Path) -> None:
+    """Under systemd (`Type=notify`): READY=1 once listening, STOPPING=1 on SIGTERM, over a
+    real datagram socket; journal lines with priorities; version and config in relay.started."""
+    from importlib.metadata import version
+
+    port = free_port()
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'[relay]\nlisten = "127.0.0.1:{port}"\nstate_dir = "{tmp_path / "state"}"\n'
+        'hostname = "localhost"\nlog_format = "journal"\n[dns]\nnameservers = ["127.0.0.1:9"]\n'
+    )
+    sock_path = tmp_path / "notify"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(str(sock_path))
+        notify.settimeout(60)
+        env = {**os.environ, "NOTIFY_SOCKET": str(sock_path)}
+        proc = subprocess.Popen(relay_cmd(config), stderr=subprocess.PIPE, env=env)
+        try:
+            ready = notify.recv(4096).decode().splitlines()
+            assert ready[0] == "READY=1"
+            assert ready[1] == f"STATUS=listening on 127.0.0.1:{port}"
+            with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:  # listening by now
+                assert client.noop()[0] == 250
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        assert notify.recv(4096) == b"STOPPING=1"
+    assert proc.returncode == 0
+    lines = err.decode().splitlines()
+    started = next(line for line in lines if line.startswith("<6>relay.started "))
+    assert f"version={version('stsguard')}" in started
+    assert f"config={config}" in started
+    warnings = [line for line in lines if line.startswith("<4>relay.config_warning ")]
+    assert any("[relay].hostname is 'localhost'" in line for line in warnings)
+    assert any("TLS-RPT reports are counted but not sent" in line for line in warnings)
+    assert all(line[:3] in ("<6>", "<4>") for line in lines), lines

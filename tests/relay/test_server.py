@@ -354,7 +354,7 @@ async def test_junk_paths_get_a_clear_error_not_a_451(
     assert mail_junk.startswith(b"553 5.1.3")
     assert mail_ok.startswith(b"250")
     assert rcpt_junk.startswith(b"553 5.1.3")
-    assert not [e for e in logs if e["event"] == "intake_error"]
+    assert not [e for e in logs if e["event"] == "intake.error"]
 
 
 async def test_spool_failure_answers_451(start_intake: Callable[..., Any], tmp_path: Path) -> None:
@@ -579,7 +579,7 @@ async def test_on_queued_and_one_log_line_per_message(tmp_path: Path, spool: Spo
             )
     [msg] = spool.list()
     assert queued == [(msg, spool.read_data(msg.id))]
-    [line] = [e for e in logs if e["event"] == "message_queued"]
+    [line] = [e for e in logs if e["event"] == "intake.queued"]
     assert line["queue_id"] == msg.id
     assert line["mail_from"] == "a@x.test"
     assert line["rcpt_count"] == 2

@@ -1,0 +1,74 @@
+"""Log set-up as the relay process has it: every line, ours or a library's, in one format."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+from tests.cli import ROOT
+
+# Our events at three levels, a stdlib record from aiosmtpd (its real deprecation warning, as an
+# AUTH handler that reads Session.login_data triggers it) and a Python `warnings` warning.
+SCRIPT = textwrap.dedent(
+    """
+    import asyncio, sys, warnings
+    import structlog
+    from aiosmtpd.smtp import Session
+    from relay.log import configure_logging
+
+    configure_logging(sys.argv[1], "info")
+    log = structlog.get_logger("t")
+    log.debug("test.hidden")
+    log.info("test.info", n=1)
+    log.warning("test.warning", reason="two words")
+    log.error("test.error")
+    loop = asyncio.new_event_loop()
+    Session(loop).login_data
+    loop.close()
+    warnings.warn("old thing", DeprecationWarning, stacklevel=1)
+    """
+)
+
+
+def run_script(fmt: str) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, "-W", "always", "-c", SCRIPT, fmt],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    )
+    assert proc.stdout == ""
+    return proc.stderr.splitlines()
+
+
+def test_json_every_line_is_an_object_library_lines_included() -> None:
+    lines = [json.loads(line) for line in run_script("json")]
+    assert [(e["event"], e["level"]) for e in lines] == [
+        ("test.info", "info"),
+        ("test.warning", "warning"),
+        ("test.error", "error"),
+        ("library.log", "warning"),
+        ("python.warning", "warning"),
+    ]
+    library, python = lines[3], lines[4]
+    assert library["logger"] == "mail.log"
+    assert library["message"].startswith("Session.login_data is deprecated")
+    assert (python["category"], python["message"]) == ("DeprecationWarning", "old thing")
+    assert all("timestamp" in e for e in lines)
+
+
+def test_journal_lines_carry_syslog_priorities() -> None:
+    lines = run_script("journal")
+    assert lines == [
+        "<6>test.info n=1",
+        '<4>test.warning reason="two words"',
+        "<3>test.error",
+        "<4>library.log message="
+        '"Session.login_data is deprecated and will be removed in version 2.0" logger=mail.log',
+        lines[4],
+    ]
+    assert lines[4].startswith("<4>python.warning category=DeprecationWarning")
