@@ -3,16 +3,10 @@ valid certificate, and the pure judge that turns a worse session into a `downgra
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-import sqlite3
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Protocol
 
-from detect.errors import HistoryStoreError
 from detect.model import STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE, Finding, FindingKind
 
 DAY = 86400.0
@@ -43,6 +37,22 @@ def updated(
         last_starttls_at=now if offered_starttls else current.last_starttls_at,
         last_valid_cert_at=now if valid_cert else current.last_valid_cert_at,
         last_seen_at=now,
+    )
+
+
+def merged(a: HostHistory | None, b: HostHistory) -> HostHistory:
+    """Two histories of one host as one: the later time of each fact (pure)."""
+    if a is None:
+        return b
+
+    def later(x: float | None, y: float | None) -> float | None:
+        return y if x is None or (y is not None and y > x) else x
+
+    return HostHistory(
+        a.host,
+        later(a.last_starttls_at, b.last_starttls_at),
+        later(a.last_valid_cert_at, b.last_valid_cert_at),
+        max(a.last_seen_at, b.last_seen_at),
     )
 
 
@@ -87,7 +97,8 @@ def _iso(when: float) -> str:
 
 
 class TlsHistoryStore(Protocol):
-    """Where remembered TLS lives: SQLite by default, a shared store for a fleet."""
+    """Where remembered TLS lives: `relay.state.history_store.SqlTlsHistoryStore` (SQLite, or
+    PostgreSQL shared by a fleet); implementations raise `detect.errors.HistoryStoreError`."""
 
     def get(self, host: str) -> HostHistory | None: ...
 
@@ -124,75 +135,3 @@ class MemoryTlsHistoryStore:
 
     def all(self) -> list[HostHistory]:
         return sorted(self._hosts.values(), key=lambda h: h.host)
-
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS detect_tls_history (
-    host TEXT PRIMARY KEY,
-    last_starttls_at REAL,
-    last_valid_cert_at REAL,
-    last_seen_at REAL NOT NULL
-)
-"""
-
-
-class SqliteTlsHistoryStore:
-    """Remembered TLS in the shared SQLite state file (its own table), surviving restarts."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise HistoryStoreError(f"{self.path}: cannot open the TLS history: {exc}") from exc
-        with self._tx() as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute(_SCHEMA)
-
-    @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One transaction; sqlite3 errors become `HistoryStoreError` here, at the I/O edge."""
-        try:
-            with self._lock, self._db:
-                yield self._db
-        except sqlite3.Error as exc:
-            raise HistoryStoreError(f"{self.path}: TLS history: {exc}") from exc
-
-    def close(self) -> None:
-        self._db.close()
-
-    def get(self, host: str) -> HostHistory | None:
-        with self._tx() as db:
-            row = db.execute(
-                "SELECT host, last_starttls_at, last_valid_cert_at, last_seen_at "
-                "FROM detect_tls_history WHERE host = ?",
-                (host_key(host),),
-            ).fetchone()
-        return HostHistory(*row) if row else None
-
-    def record(self, host: str, *, offered_starttls: bool, valid_cert: bool, now: float) -> None:
-        key = host_key(host)
-        with self._tx() as db:
-            db.execute(
-                "INSERT INTO detect_tls_history VALUES (?, ?, ?, ?) "
-                "ON CONFLICT(host) DO UPDATE SET "
-                "last_starttls_at = COALESCE(excluded.last_starttls_at, last_starttls_at), "
-                "last_valid_cert_at = COALESCE(excluded.last_valid_cert_at, last_valid_cert_at), "
-                "last_seen_at = excluded.last_seen_at",
-                (key, now if offered_starttls else None, now if valid_cert else None, now),
-            )
-
-    def forget(self, host: str) -> bool:
-        with self._tx() as db:
-            cursor = db.execute("DELETE FROM detect_tls_history WHERE host = ?", (host_key(host),))
-        return cursor.rowcount > 0
-
-    def all(self) -> list[HostHistory]:
-        with self._tx() as db:
-            rows = db.execute(
-                "SELECT host, last_starttls_at, last_valid_cert_at, last_seen_at "
-                "FROM detect_tls_history ORDER BY host"
-            ).fetchall()
-        return [HostHistory(*row) for row in rows]

@@ -19,8 +19,6 @@ from pathlib import Path
 import httpx
 import structlog
 
-from detect.history import SqliteTlsHistoryStore
-from mtasts.cache import SqlitePolicyStore
 from mtasts.service import PolicyService
 from relay import sd_notify
 from relay.config import Config
@@ -36,11 +34,12 @@ from relay.queue.spool import REPORT_MAIL_FLAGS, MessageFlags, QueuedMessage, Sp
 from relay.reports import report_settings
 from relay.resolver import dane_warning, make_resolver
 from relay.running import RunningMarker
+from relay.state.database import StateError
+from relay.state.stores import open_state
 from relay.tls import client_context
 from relay.version import stsguard_version
 from tlsrpt_emit.schedule import Clients, ReportSender, ReportSettings
 from tlsrpt_emit.sink import CountingSink
-from tlsrpt_emit.store import SqliteReportStore
 
 log = structlog.get_logger(__name__)
 
@@ -68,7 +67,11 @@ class Relay:
         self.spool = Spool(state_dir / "queue", clock=clock)
         self.resolver = make_resolver(config.dns)
         self.ssl_context = client_context(config.tls.ca_file)
-        self.policy_store = SqlitePolicyStore(config.state_db)
+        try:
+            self.state = open_state(config.state_url, clock=clock)
+        except StateError as exc:
+            raise StsguardError(f"[state].url: {exc}") from None
+        self.policy_store = self.state.policies
         self.policies = PolicyService(
             self.policy_store,
             self.resolver,
@@ -80,8 +83,8 @@ class Relay:
             answer_ttl=config.mtasts.answer_ttl,
         )
         self.metrics.follow_policy_cache(lambda: self.policies.hits, lambda: self.policies.misses)
-        self.history = SqliteTlsHistoryStore(config.state_db)
-        self.report_store = SqliteReportStore(config.state_db)
+        self.history = self.state.history
+        self.report_store = self.state.reports
         self.sink = CountingSink(
             self.report_store, clock=clock, flush_interval=float(config.tlsrpt.flush_interval)
         )
@@ -117,6 +120,10 @@ class Relay:
                 config.relay.listen_address,
                 on_queued=self._queued_elsewhere,
             )
+
+    def close(self) -> None:
+        """Close the state store (after `running`; its stores stay readable until then)."""
+        self.state.close()
 
     def _queued(self, message: QueuedMessage, data: bytes) -> None:
         self.metrics.accepted.inc()
@@ -243,6 +250,7 @@ class Relay:
                     hostname=self.config.relay.hostname,
                     intake_processes=self.config.relay.intake_processes,
                     state_dir=str(self.config.relay.state_dir),
+                    state=self.state.url.redacted(),
                 )
                 dane_off = dane_warning(self.config.dns)
                 if dane_off is not None:
@@ -275,5 +283,9 @@ async def serve(config: Config, config_path: Path | None = None) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    async with Relay(config, config_path=config_path).running():
-        await stop.wait()
+    relay = Relay(config, config_path=config_path)
+    try:
+        async with relay.running():
+            await stop.wait()
+    finally:
+        relay.close()

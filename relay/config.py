@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from mtasts.match import normalize_host
 from relay.errors import ConfigError
+from relay.state.url import StateUrl, StateUrlError, parse_state_url
 from tlsrpt_emit.aggregate import contact_address, submitter_for
 
 _DURATION = re.compile(r"\s*([0-9]+)\s*([smhdw]?)\s*", re.ASCII)  # used with fullmatch
@@ -208,6 +209,11 @@ class TlsrptConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class StateConfig:
+    url: str = ""  # empty: sqlite:///<state_dir>/state.sqlite3
+
+
+@dataclass(frozen=True, slots=True)
 class DomainConfig:
     tls: str = "mta-sts"
 
@@ -222,11 +228,19 @@ class Config:
     detect: DetectConfig = field(default_factory=DetectConfig)
     tlsrpt: TlsrptConfig = field(default_factory=TlsrptConfig)
     domains: Mapping[str, DomainConfig] = field(default_factory=dict)
+    state: StateConfig = field(default_factory=StateConfig)
 
     @property
     def state_db(self) -> Path:
-        """The embedded SQLite state store (policy cache, TLS history, TLS-RPT counters)."""
-        return self.relay.state_dir / "state.sqlite3"
+        """The SQLite state file (policy cache, TLS history, TLS-RPT counters) when `[state].url`
+        names none: under `state_dir`."""
+        url = self.state_url
+        return url.path if url.path is not None else self.relay.state_dir / "state.sqlite3"
+
+    @property
+    def state_url(self) -> StateUrl:
+        """Where the state lives (`[state].url`, validated at load)."""
+        return parse_state_url(self.state.url, self.relay.state_dir / "state.sqlite3")
 
     def domain_tls(self, domain: str) -> str:
         """The local TLS override for a recipient domain, or ``"mta-sts"`` when there is none."""
@@ -363,6 +377,15 @@ def _contact_info(value: Any, key: str) -> str:
         raise ConfigError(f"{key}: {exc}") from None
 
 
+def _state_url(value: Any, key: str) -> str:
+    text = _line(value, key)
+    try:
+        parse_state_url(text, Path("state.sqlite3"))
+    except StateUrlError as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    return text
+
+
 _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
     "relay": (
         RelayConfig,
@@ -429,6 +452,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "post_timeout": _positive_duration,
         },
     ),
+    "state": (StateConfig, {"url": _state_url}),
 }
 
 

@@ -1,24 +1,20 @@
-"""Where TLS-RPT counts and the progress of sent reports are kept: SQLite, or memory for tests.
+"""Where TLS-RPT counts and the progress of sent reports are kept: the `ReportStore` Protocol,
+and a memory implementation for tests.
 
-The tables live in the shared state file (`state_dir/state.sqlite3`) under a ``tlsrpt_`` prefix.
-Counts arrive in batches (`CountingSink.flush`), never one write per session.
+The SQL implementation (SQLite, or PostgreSQL shared by a fleet of relays) is
+`relay.state.report_store.SqlReportStore`. Counts arrive in batches (`CountingSink.flush`), never
+one write per session, and are added to what is stored (a fleet's relays add into the same rows).
 """
 
 from __future__ import annotations
 
 import datetime
-import json
-import sqlite3
-import threading
 from collections import Counter
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol
 
-from tlsrpt_emit.errors import ReportStoreError
-from tlsrpt_emit.model import FailureKey, PolicyCounts, PolicyKey, PolicyType, ResultType
+from tlsrpt_emit.model import FailureKey, PolicyCounts, PolicyKey
 
 
 @dataclass(slots=True)
@@ -74,6 +70,20 @@ class ReportStore(Protocol):
 
     def pending_sent(self) -> list[SentReport]: ...
 
+    def claim(self, day: datetime.date, domain: str, *, now: float, lease: float) -> bool:
+        """Take the sending of this report until `now + lease`; False while another holds it
+        (another relay of a fleet sharing the store, or another task)."""
+        ...
+
+    def release(self, day: datetime.date, domain: str) -> None:
+        """Give back a claim taken with `claim`."""
+        ...
+
+
+def counts_sorted(tallies: Iterable[tuple[PolicyKey, Tally]]) -> list[PolicyCounts]:
+    """Frozen `PolicyCounts` in report order (one sort for every implementation)."""
+    return sorted((_freeze(k, t) for k, t in tallies), key=_policy_sort)
+
 
 def _freeze(key: PolicyKey, tally: Tally) -> PolicyCounts:
     failures = tuple(sorted(tally.failures.items(), key=lambda item: _failure_sort(item[0])))
@@ -102,18 +112,18 @@ class MemoryReportStore:
     def __init__(self) -> None:
         self._counts: dict[PolicyKey, Tally] = {}
         self._sent: dict[tuple[datetime.date, str], SentReport] = {}
+        self._claims: dict[tuple[datetime.date, str], float] = {}
 
     def add_counts(self, batch: Batch) -> None:
         for key, tally in batch.items():
             self._counts.setdefault(key, Tally()).merge(tally)
 
     def counts(self, day: datetime.date, domain: str | None = None) -> list[PolicyCounts]:
-        rows = [
-            _freeze(k, t)
+        return counts_sorted(
+            (k, t)
             for k, t in self._counts.items()
             if k.day == day and (domain is None or k.policy_domain == domain)
-        ]
-        return sorted(rows, key=_policy_sort)
+        )
 
     def domains(self, day: datetime.date) -> list[str]:
         return sorted({k.policy_domain for k in self._counts if k.day == day})
@@ -130,189 +140,14 @@ class MemoryReportStore:
             key=lambda s: (s.day, s.domain),
         )
 
+    def claim(self, day: datetime.date, domain: str, *, now: float, lease: float) -> bool:
+        if self._claims.get((day, domain), 0.0) > now:
+            return False
+        self._claims[(day, domain)] = now + lease
+        return True
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS tlsrpt_policy (
-    id INTEGER PRIMARY KEY,
-    day TEXT NOT NULL,
-    domain TEXT NOT NULL,
-    policy_type TEXT NOT NULL,
-    policy_strings TEXT NOT NULL,
-    successes INTEGER NOT NULL DEFAULT 0,
-    UNIQUE (day, domain, policy_type, policy_strings)
-);
-CREATE TABLE IF NOT EXISTS tlsrpt_failure (
-    policy_id INTEGER NOT NULL REFERENCES tlsrpt_policy(id),
-    result_type TEXT NOT NULL,
-    sending_mta_ip TEXT NOT NULL,
-    receiving_mx_hostname TEXT NOT NULL,
-    receiving_mx_helo TEXT NOT NULL,
-    receiving_ip TEXT NOT NULL,
-    failure_reason_code TEXT NOT NULL,
-    additional_information TEXT NOT NULL,
-    count INTEGER NOT NULL,
-    PRIMARY KEY (policy_id, result_type, sending_mta_ip, receiving_mx_hostname,
-                 receiving_mx_helo, receiving_ip, failure_reason_code, additional_information)
-);
-CREATE TABLE IF NOT EXISTS tlsrpt_sent (
-    day TEXT NOT NULL,
-    domain TEXT NOT NULL,
-    report_id TEXT NOT NULL,
-    destinations_done TEXT NOT NULL,
-    attempts INTEGER NOT NULL,
-    first_attempt REAL,
-    next_retry REAL,
-    last_error TEXT NOT NULL,
-    status TEXT NOT NULL,
-    PRIMARY KEY (day, domain)
-);
-"""
-
-
-class SqliteReportStore:
-    """A `ReportStore` in SQLite (WAL), safe to call from a worker thread (`CountingSink.run`)."""
-
-    def __init__(self, path: str | Path) -> None:
-        self.path = Path(path)
-        self._lock = threading.Lock()
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(
-                str(self.path), timeout=10.0, check_same_thread=False, isolation_level=None
-            )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.executescript(_SCHEMA)
-        except (OSError, sqlite3.Error) as exc:
-            raise ReportStoreError(f"{self.path}: cannot open report store: {exc}") from exc
-
-    def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _transaction(self, *, write: bool = False) -> Iterator[sqlite3.Connection]:
-        """One transaction; writers take the write lock up front so they never deadlock."""
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE" if write else "BEGIN")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise ReportStoreError(f"{self.path}: {exc}") from exc
-
-    def add_counts(self, batch: Batch) -> None:
-        with self._transaction(write=True) as db:
-            for key, tally in batch.items():
-                strings = json.dumps(list(key.policy_strings))
-                row = db.execute(
-                    "INSERT INTO tlsrpt_policy"
-                    " (day, domain, policy_type, policy_strings, successes)"
-                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT (day, domain, policy_type, policy_strings)"
-                    " DO UPDATE SET successes = successes + excluded.successes RETURNING id",
-                    (
-                        key.day.isoformat(),
-                        key.policy_domain,
-                        str(key.policy_type),
-                        strings,
-                        tally.successes,
-                    ),
-                ).fetchone()
-                for f, count in tally.failures.items():
-                    db.execute(
-                        "INSERT INTO tlsrpt_failure VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                        " ON CONFLICT DO UPDATE SET count = count + excluded.count",
-                        (
-                            row[0],
-                            str(f.result_type),
-                            f.sending_mta_ip,
-                            f.receiving_mx_hostname,
-                            f.receiving_mx_helo,
-                            f.receiving_ip,
-                            f.failure_reason_code,
-                            f.additional_information,
-                            count,
-                        ),
-                    )
-
-    def counts(self, day: datetime.date, domain: str | None = None) -> list[PolicyCounts]:
-        with self._transaction() as db:
-            policies = db.execute(
-                "SELECT id, domain, policy_type, policy_strings, successes FROM tlsrpt_policy"
-                " WHERE day = ? AND (? IS NULL OR domain = ?)",
-                (day.isoformat(), domain, domain),
-            ).fetchall()
-            rows: list[PolicyCounts] = []
-            for pid, dom, ptype, strings, successes in policies:
-                tally = Tally(successes=successes)
-                for r in db.execute(
-                    "SELECT result_type, sending_mta_ip, receiving_mx_hostname, receiving_mx_helo,"
-                    " receiving_ip, failure_reason_code, additional_information, count"
-                    " FROM tlsrpt_failure WHERE policy_id = ?",
-                    (pid,),
-                ):
-                    tally.failures[FailureKey(ResultType(r[0]), *r[1:7])] += r[7]
-                key = PolicyKey(day, dom, PolicyType(ptype), tuple(json.loads(strings)))
-                rows.append(_freeze(key, tally))
-        return sorted(rows, key=_policy_sort)
-
-    def domains(self, day: datetime.date) -> list[str]:
-        with self._transaction() as db:
-            found = db.execute(
-                "SELECT DISTINCT domain FROM tlsrpt_policy WHERE day = ? ORDER BY domain",
-                (day.isoformat(),),
-            ).fetchall()
-        return [d for (d,) in found]
-
-    def get_sent(self, day: datetime.date, domain: str) -> SentReport | None:
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT * FROM tlsrpt_sent WHERE day = ? AND domain = ?",
-                (day.isoformat(), domain),
-            ).fetchone()
-        return _sent_from_row(row) if row else None
-
-    def put_sent(self, sent: SentReport) -> None:
-        with self._transaction(write=True) as db:
-            db.execute(
-                "INSERT OR REPLACE INTO tlsrpt_sent VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    sent.day.isoformat(),
-                    sent.domain,
-                    sent.report_id,
-                    json.dumps(list(sent.destinations_done)),
-                    sent.attempts,
-                    sent.first_attempt,
-                    sent.next_retry,
-                    sent.last_error,
-                    sent.status,
-                ),
-            )
-
-    def pending_sent(self) -> list[SentReport]:
-        with self._transaction() as db:
-            rows = db.execute(
-                "SELECT * FROM tlsrpt_sent WHERE status = 'pending' ORDER BY day, domain"
-            ).fetchall()
-        return [_sent_from_row(r) for r in rows]
-
-
-def _sent_from_row(row: tuple[object, ...]) -> SentReport:
-    day, domain, report_id, done, attempts, first, next_retry, error, status = row
-    return SentReport(
-        day=datetime.date.fromisoformat(str(day)),
-        domain=str(domain),
-        report_id=str(report_id),
-        destinations_done=tuple(json.loads(str(done))),
-        attempts=int(str(attempts)),
-        first_attempt=float(str(first)) if first is not None else None,
-        next_retry=float(str(next_retry)) if next_retry is not None else None,
-        last_error=str(error),
-        status=str(status),
-    )
+    def release(self, day: datetime.date, domain: str) -> None:
+        self._claims.pop((day, domain), None)
 
 
 __all__ = [
@@ -320,6 +155,6 @@ __all__ = [
     "MemoryReportStore",
     "ReportStore",
     "SentReport",
-    "SqliteReportStore",
     "Tally",
+    "counts_sorted",
 ]

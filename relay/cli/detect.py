@@ -14,9 +14,11 @@ import json
 from typing import Any
 
 from detect.errors import HistoryStoreError
-from detect.history import DAY, HostHistory, SqliteTlsHistoryStore, host_key
+from detect.history import DAY, HostHistory, host_key
 from relay.config import Config
 from relay.errors import StsguardError, UsageError
+from relay.state.database import StateError
+from relay.state.stores import open_state, state_exists
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -73,7 +75,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("detect forget: give the MX host name to forget")
     if action == "list" and host:
         raise UsageError("detect list: takes no host name")
-    if not config.state_db.exists():
+    if not state_exists(config.state_url):
         # Looking must not create the state dir (the relay's user owns it, not whoever ran list).
         if action == "list":
             _nothing_remembered(config, as_json=args.json)
@@ -81,9 +83,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
         assert host is not None
         raise UsageError(f"detect forget: no remembered TLS for {host_key(host)!r}")
     try:
-        store = SqliteTlsHistoryStore(config.state_db)
-    except HistoryStoreError as exc:
+        state = open_state(config.state_url, front=False)
+    except StateError as exc:
         raise StsguardError(str(exc)) from None
+    store = state.history
     try:
         days = config.detect.history_days
         if action == "list":
@@ -106,4 +109,4 @@ def run(args: argparse.Namespace, config: Config) -> int:
     except HistoryStoreError as exc:
         raise StsguardError(str(exc)) from None
     finally:
-        store.close()
+        state.close()

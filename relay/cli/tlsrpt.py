@@ -25,9 +25,10 @@ from relay.queue.spool import REPORT_MAIL_FLAGS, Spool
 from relay.reports import report_settings
 from relay.resolver import make_resolver
 from relay.running import relay_running
+from relay.state.database import StateError
+from relay.state.stores import open_state, state_exists
 from relay.tls import client_context
 from tlsrpt_emit.deliver import DeliveryOutcome
-from tlsrpt_emit.errors import TlsRptError
 from tlsrpt_emit.model import Report
 from tlsrpt_emit.names import a_label
 from tlsrpt_emit.render import report_to_dict
@@ -38,7 +39,7 @@ from tlsrpt_emit.schedule import (
     send_day,
     send_one,
 )
-from tlsrpt_emit.store import MemoryReportStore, ReportStore, SentReport, SqliteReportStore
+from tlsrpt_emit.store import MemoryReportStore, ReportStore, SentReport
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -64,11 +65,11 @@ def parse_day(text: str | None, now: float) -> datetime.date:
 
 def open_store(config: Config) -> ReportStore:
     """The shared state file's report store; an empty one if the relay never ran here."""
-    if not config.state_db.exists():
+    if not state_exists(config.state_url):
         return MemoryReportStore()
     try:
-        return SqliteReportStore(config.state_db)
-    except TlsRptError as exc:
+        return open_state(config.state_url, front=False).reports
+    except StateError as exc:
         raise UsageError(str(exc)) from None
 
 

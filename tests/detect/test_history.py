@@ -1,89 +1,22 @@
-"""Remembered TLS: the stores (SQLite survives reopen) and the downgrade judge, `now` injected."""
+"""Remembered TLS: the downgrade judge and the pure updates, `now` injected (the stores:
+tests/relay/state)."""
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detect.errors import HistoryStoreError
 from detect.history import (
     DAY,
     HostHistory,
     MemoryTlsHistoryStore,
-    SqliteTlsHistoryStore,
-    TlsHistoryStore,
     judge_downgrade,
     updated,
 )
 from detect.model import STARTTLS_NOT_SUPPORTED, VALIDATION_FAILURE, FindingKind
 
 NOW = 1_800_000_000.0
-
-
-@pytest.fixture(params=["memory", "sqlite"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> TlsHistoryStore:
-    if request.param == "memory":
-        return MemoryTlsHistoryStore()
-    return SqliteTlsHistoryStore(tmp_path / "state" / "state.sqlite3")
-
-
-def test_store_records_and_keeps_the_last_good_times(store: TlsHistoryStore) -> None:
-    assert store.get("mx.example.org") is None
-    store.record("MX.Example.Org.", offered_starttls=True, valid_cert=True, now=NOW)
-    store.record("mx.example.org", offered_starttls=False, valid_cert=False, now=NOW + 60)
-    assert store.get("mx.EXAMPLE.org.") == HostHistory(
-        "mx.example.org", last_starttls_at=NOW, last_valid_cert_at=NOW, last_seen_at=NOW + 60
-    )
-    store.record("mx.example.org", offered_starttls=True, valid_cert=False, now=NOW + 120)
-    history = store.get("mx.example.org")
-    assert history is not None
-    assert (history.last_starttls_at, history.last_valid_cert_at) == (NOW + 120, NOW)
-    store.record("b.example.org", offered_starttls=False, valid_cert=False, now=NOW)
-    assert [h.host for h in store.all()] == ["b.example.org", "mx.example.org"]
-    assert store.get("b.example.org") == HostHistory("b.example.org", None, None, NOW)
-    assert store.forget("MX.example.org.")
-    assert not store.forget("mx.example.org")
-    assert [h.host for h in store.all()] == ["b.example.org"]
-
-
-def test_sqlite_survives_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "state.sqlite3"
-    first = SqliteTlsHistoryStore(path)
-    first.record("mx.example.org", offered_starttls=True, valid_cert=True, now=NOW)
-    first.close()
-    again = SqliteTlsHistoryStore(path)
-    assert again.get("mx.example.org") == HostHistory("mx.example.org", NOW, NOW, NOW)
-    assert again.path == path
-    again.close()
-
-
-def test_sqlite_shares_the_state_file(tmp_path: Path) -> None:
-    """Its own table in the shared state file: other tables are left alone."""
-    import sqlite3
-
-    path = tmp_path / "state.sqlite3"
-    with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE other (x)")
-        db.execute("INSERT INTO other VALUES (1)")
-    store = SqliteTlsHistoryStore(path)
-    store.record("mx.example.org", offered_starttls=True, valid_cert=False, now=NOW)
-    store.close()
-    with sqlite3.connect(path) as db:
-        assert db.execute("SELECT x FROM other").fetchall() == [(1,)]
-        assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-
-
-def test_sqlite_errors_are_translated(tmp_path: Path) -> None:
-    (tmp_path / "state.sqlite3").mkdir()
-    with pytest.raises(HistoryStoreError, match=r"state\.sqlite3"):
-        SqliteTlsHistoryStore(tmp_path / "state.sqlite3")
-    store = SqliteTlsHistoryStore(tmp_path / "ok.sqlite3")
-    store.close()
-    with pytest.raises(HistoryStoreError):
-        store.all()
 
 
 # (history, offered_starttls, cert_valid, history_days) -> (finding result type or None)

@@ -9,10 +9,12 @@ import pytest
 from structlog.testing import capture_logs
 
 from lab.policy_host import Failure
-from mtasts.cache import MemoryPolicyStore, PolicyStore, SqlitePolicyStore
+from mtasts.cache import MemoryPolicyStore, PolicyStore
 from mtasts.errors import FETCH_ERROR, POLICY_INVALID, WEBPKI_INVALID
 from mtasts.model import Mode, PolicySource
 from mtasts.service import PolicyService
+from relay.state.database import SqliteDatabase
+from relay.state.policy_store import SqlPolicyStore
 from tests.mtasts.conftest import Lab
 
 DAY = 86_400.0
@@ -189,12 +191,12 @@ async def test_restart_survival_with_sqlite(lab: Lab, tmp_path: Path) -> None:
     lab.publish("example.org")
     clock = Clock()
     path = tmp_path / "state.sqlite3"
-    store = SqlitePolicyStore(path)
+    store = SqlPolicyStore(SqliteDatabase(path))
     await service(lab, clock, store).get("example.org")
     store.close()
     clock.now += 600
     lab.host.set_failure("example.org", Failure.DOWN)
-    again = SqlitePolicyStore(path)
+    again = SqlPolicyStore(SqliteDatabase(path))
     result = await service(lab, clock, again).get("example.org")
     assert result.source is PolicySource.CACHED
     assert result.policy is not None

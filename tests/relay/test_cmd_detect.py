@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from detect.history import SqliteTlsHistoryStore
+from relay.state.database import SqliteDatabase
+from relay.state.history_store import SqlTlsHistoryStore
 from tests.cli import run_cli
 
 
@@ -43,13 +44,13 @@ def test_list_without_state_dir_creates_nothing(config_file: Path, tmp_path: Pat
 
 
 def test_list_empty_store(config_file: Path, tmp_path: Path) -> None:
-    SqliteTlsHistoryStore(tmp_path / "state" / "state.sqlite3").close()
+    SqlTlsHistoryStore(SqliteDatabase(tmp_path / "state" / "state.sqlite3")).close()
     empty = stsguard(config_file, "list")
     assert (empty.returncode, empty.stdout.strip()) == (0, "no remembered TLS")
 
 
 def test_list_forget(config_file: Path, tmp_path: Path) -> None:
-    store = SqliteTlsHistoryStore(tmp_path / "state" / "state.sqlite3")
+    store = SqlTlsHistoryStore(SqliteDatabase(tmp_path / "state" / "state.sqlite3"))
     now = 1_800_000_000.0  # 2027-01-15T08:00:00Z
     store.record("MX1.example.org.", offered_starttls=True, valid_cert=True, now=now)
     store.record("mx2.example.org", offered_starttls=False, valid_cert=False, now=now)
@@ -116,5 +117,5 @@ def test_unusable_state_is_one_line(tmp_path: Path) -> None:
     result = stsguard(config, "list")
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1
-    assert "cannot open the TLS history" in result.stderr
+    assert "cannot open the state file" in result.stderr
     assert "Traceback" not in result.stderr

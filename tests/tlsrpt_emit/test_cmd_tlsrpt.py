@@ -23,10 +23,11 @@ from relay.errors import UsageError
 from relay.queue.spool import REPORT_MAIL_FLAGS, Spool
 from relay.reports import report_settings
 from relay.running import relay_running
+from relay.state.database import SqliteDatabase
+from relay.state.report_store import SqlReportStore
 from tests.tlsrpt_emit.sessions import DAY, NOON, day_results
 from tlsrpt_emit.schedule import build_day_reports
 from tlsrpt_emit.sink import CountingSink
-from tlsrpt_emit.store import SqliteReportStore
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +39,7 @@ def _structlog_back_to_defaults() -> Iterator[None]:
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:
     state = tmp_path / "state"
-    store = SqliteReportStore(state / "state.sqlite3")
+    store = SqlReportStore(SqliteDatabase(state / "state.sqlite3"))
     sink = CountingSink(store, clock=lambda: 0.0)
     for result in day_results():
         sink.record(result)
@@ -167,7 +168,7 @@ def test_show_gives_the_id_send_will_send(
     first = [r["report-id"] for r in json.loads(capsys.readouterr().out)]
     assert main(args) == 0
     assert [r["report-id"] for r in json.loads(capsys.readouterr().out)] == first
-    store = SqliteReportStore(tmp_path / "state" / "state.sqlite3")
+    store = SqlReportStore(SqliteDatabase(tmp_path / "state" / "state.sqlite3"))
     settings = report_settings(load_config(config))
     assert [r.report_id for r in build_day_reports(store, DAY, settings)] == first
 
@@ -184,7 +185,7 @@ def test_send_refuses_a_day_that_has_not_ended(
         assert err.count("\n") == 1
         assert f"{day} (UTC) has not ended" in err
         assert "--force" in err
-    store = SqliteReportStore(tmp_path / "state" / "state.sqlite3")
+    store = SqlReportStore(SqliteDatabase(tmp_path / "state" / "state.sqlite3"))
     assert store.get_sent(today, "example.org") is None  # nothing marked done
 
 

@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
+from relay.state.database import SqliteDatabase
+from relay.state.report_store import SqlReportStore
 from tests.tlsrpt_emit.sessions import DAY, NOON, day_results, sts
 from tlsrpt_emit.model import FailureKey, PolicyType, ResultType
 from tlsrpt_emit.sink import CountingSink
-from tlsrpt_emit.store import MemoryReportStore, ReportStore, SentReport, SqliteReportStore
+from tlsrpt_emit.store import MemoryReportStore, ReportStore, SentReport
 
 
 def stores(tmp_path: Path) -> list[ReportStore]:
-    return [MemoryReportStore(), SqliteReportStore(tmp_path / "state.sqlite3")]
+    return [MemoryReportStore(), SqlReportStore(SqliteDatabase(tmp_path / "state.sqlite3"))]
 
 
 def test_sink_buffers_until_flush(tmp_path: Path) -> None:
@@ -52,7 +54,7 @@ def test_sink_buffers_until_flush(tmp_path: Path) -> None:
 
 
 def test_sink_batches_add_up(tmp_path: Path) -> None:
-    store = SqliteReportStore(tmp_path / "s.sqlite3")
+    store = SqlReportStore(SqliteDatabase(tmp_path / "s.sqlite3"))
     sink = CountingSink(store, clock=lambda: 0.0)
     sink.record(sts())
     sink.flush()
@@ -78,7 +80,7 @@ def test_results_go_to_their_utc_day(tmp_path: Path) -> None:
 
 def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     path = tmp_path / "state" / "state.sqlite3"
-    store = SqliteReportStore(path)
+    store = SqlReportStore(SqliteDatabase(path))
     sink = CountingSink(store, clock=lambda: 0.0)
     for result in day_results():
         sink.record(result)
@@ -97,7 +99,7 @@ def test_sqlite_survives_reopen(tmp_path: Path) -> None:
     store.put_sent(SentReport(day=DAY, domain="plain.example", report_id="r2", next_retry=5.0))
     before = store.counts(DAY)
     store.close()
-    again = SqliteReportStore(path)
+    again = SqlReportStore(SqliteDatabase(path))
     assert again.counts(DAY) == before
     assert again.counts(DAY, "plain.example") == [
         r for r in before if r.key.policy_domain == "plain.example"

@@ -1,0 +1,377 @@
+"""The in-memory front of a shared (PostgreSQL) state: mail keeps flowing through an outage.
+
+Each store answers from memory what it read less than `refresh` seconds ago, so a cached policy
+decision or a remembered-TLS look-up costs no query per message, and a relay sees what another
+relay of the fleet wrote within `refresh` seconds. While the database is down (`Availability`):
+policies and remembered TLS come from memory (a policy not held is fetched as if never seen);
+writes are kept and written when it is back; TLS-RPT counts are summed in memory, bounded by
+`MAX_PENDING_ROWS` rows, and written when it is back (lost if the relay stops first, and counted
+in the log line that says so); reading counts and claiming reports fail fast, so no report is sent
+from a partial view. No caller waits for a dead database: a probe thread tries it every
+`retry_interval` seconds. The outage is logged once (`state.unavailable`), its end once
+(`state.available`).
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+import structlog
+
+from detect.errors import HistoryStoreError
+from detect.history import HostHistory, host_key, merged, updated
+from mtasts.errors import PolicyStoreError
+from mtasts.state import CacheEntry, FetchFailure
+from relay.state.database import Database, StateError
+from relay.state.history_store import SqlTlsHistoryStore
+from relay.state.policy_store import SqlPolicyStore
+from relay.state.report_store import SqlReportStore
+from tlsrpt_emit.errors import ReportStoreError
+from tlsrpt_emit.model import PolicyCounts, PolicyKey
+from tlsrpt_emit.store import Batch, SentReport, Tally
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+K = TypeVar("K")
+
+REFRESH = 30.0  # seconds an answer read from the database is reused
+RETRY_INTERVAL = 5.0  # seconds between tries of a database that is down
+MAX_REMEMBERED = 100_000  # entries held per store before stale ones are dropped
+MAX_PENDING_ROWS = 100_000  # distinct TLS-RPT counter rows buffered during an outage
+STORE_ERRORS = (PolicyStoreError, HistoryStoreError, ReportStoreError, StateError)
+
+
+class Availability:
+    """Whether the shared database answers; logs the outage once and its end once."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Callable[[], float],
+        retry_interval: float = RETRY_INTERVAL,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.retry_interval = retry_interval
+        self._up = True
+        self._since = 0.0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._probe: threading.Thread | None = None
+        self._resyncs: list[Callable[[], None]] = []
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    def on_recovery(self, resync: Callable[[], None]) -> None:
+        """`resync()` writes what a store kept while the database was down."""
+        self._resyncs.append(resync)
+
+    def call(self, fn: Callable[..., T], *args: Any) -> tuple[bool, T | None]:
+        """(True, fn(*args)); (False, None) without calling while down, or when it fails."""
+        if not self._up:
+            return False, None
+        try:
+            return True, fn(*args)
+        except STORE_ERRORS as exc:
+            self.failed(exc)
+            return False, None
+
+    def failed(self, exc: Exception) -> None:
+        with self._lock:
+            if not self._up or self._stop.is_set():
+                return
+            self._up = False
+            self._since = self.clock()
+            log.error("state.unavailable", database=self.db.describe(), error=str(exc))
+            self._probe = threading.Thread(
+                target=self._wait_for_db, name="state-probe", daemon=True
+            )
+            self._probe.start()
+
+    def _wait_for_db(self) -> None:
+        while not self._stop.wait(self.retry_interval):
+            try:
+                with self.db.transaction() as tx:
+                    tx.execute("SELECT 1")
+            except Exception:  # any failure of the probe means: still down
+                continue
+            self._up = True  # writes from now on go to the database ...
+            try:
+                for resync in self._resyncs:  # ... and what was kept follows them
+                    resync()
+            except STORE_ERRORS:
+                self._up = False
+                continue
+            log.warning(
+                "state.available",
+                database=self.db.describe(),
+                down_for=round(self.clock() - self._since, 1),
+            )
+            return
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._probe is not None:
+            self._probe.join(timeout=2 * self.retry_interval)
+
+
+class _Recent(Generic[K, T]):
+    """Answers read from the database, with the time they were read."""
+
+    def __init__(self, clock: Callable[[], float], refresh: float) -> None:
+        self.clock = clock
+        self.refresh = refresh
+        self._items: dict[K, tuple[T | None, float]] = {}
+        self._lock = threading.Lock()
+
+    def fresh(self, key: K) -> tuple[bool, T | None]:
+        found = self._items.get(key)
+        if found is not None and self.clock() - found[1] < self.refresh:
+            return True, found[0]
+        return False, found[0] if found is not None else None
+
+    def held(self, key: K) -> T | None:
+        found = self._items.get(key)
+        return found[0] if found is not None else None
+
+    def keep(self, key: K, value: T | None, read_at: float | None = None) -> None:
+        now = self.clock()
+        with self._lock:
+            if len(self._items) >= MAX_REMEMBERED:
+                self._items = {k: v for k, v in self._items.items() if now - v[1] < self.refresh}
+            self._items[key] = (value, now if read_at is None else read_at)
+
+    def drop(self, key: K) -> None:
+        self._items.pop(key, None)
+
+    def values(self) -> list[T]:
+        return [v for v, _ in self._items.values() if v is not None]
+
+
+class SharedPolicyStore:
+    """`PolicyStore` over the shared database, with the memory front described above."""
+
+    def __init__(
+        self, backend: SqlPolicyStore, availability: Availability, *, refresh: float = REFRESH
+    ) -> None:
+        self.backend = backend
+        self.availability = availability
+        clock = availability.clock
+        self._entries: _Recent[str, CacheEntry] = _Recent(clock, refresh)
+        self._failures: _Recent[tuple[str, str], FetchFailure] = _Recent(clock, refresh)
+        self._unsaved: dict[str, CacheEntry] = {}
+        availability.on_recovery(self._resync)
+
+    def get(self, domain: str) -> CacheEntry | None:
+        fresh, held = self._entries.fresh(domain)
+        if fresh:
+            return held
+        ok, entry = self.availability.call(self.backend.get, domain)
+        if not ok:
+            return held  # the outage: what we hold, or None (and the policy is fetched)
+        self._entries.keep(domain, entry)
+        return entry
+
+    def put(self, entry: CacheEntry) -> None:
+        self._entries.keep(entry.domain, entry)
+        ok, _ = self.availability.call(self.backend.put, entry)
+        if not ok:
+            self._unsaved[entry.domain] = entry
+
+    def delete(self, domain: str) -> None:
+        self._entries.drop(domain)
+        self._unsaved.pop(domain, None)
+        self.backend.delete(domain)
+
+    def list(self) -> list[CacheEntry]:
+        ok, rows = self.availability.call(self.backend.list)
+        if ok and rows is not None:
+            return rows
+        return sorted(self._entries.values(), key=lambda e: e.domain)
+
+    def record_failure(self, domain: str, failure: FetchFailure) -> None:
+        self._failures.keep((domain, failure.record_id), failure)
+        self.availability.call(self.backend.record_failure, domain, failure)
+
+    def last_failure(self, domain: str, record_id: str) -> FetchFailure | None:
+        fresh, held = self._failures.fresh((domain, record_id))
+        if fresh:
+            return held
+        ok, failure = self.availability.call(self.backend.last_failure, domain, record_id)
+        if not ok:
+            return held
+        self._failures.keep((domain, record_id), failure)
+        return failure
+
+    def clear_failures(self, domain: str) -> None:
+        for key in [k for k in list(self._failures._items) if k[0] == domain]:
+            self._failures.drop(key)
+        self.availability.call(self.backend.clear_failures, domain)
+
+    def _resync(self) -> None:
+        for domain, entry in list(self._unsaved.items()):
+            self.backend.put(entry)
+            self._unsaved.pop(domain, None)
+
+
+class SharedTlsHistoryStore:
+    """`TlsHistoryStore` over the shared database, with the memory front described above."""
+
+    def __init__(
+        self,
+        backend: SqlTlsHistoryStore,
+        availability: Availability,
+        *,
+        refresh: float = REFRESH,
+    ) -> None:
+        self.backend = backend
+        self.availability = availability
+        self._hosts: _Recent[str, HostHistory] = _Recent(availability.clock, refresh)
+        self._unsaved: dict[str, HostHistory] = {}
+        self._lock = threading.Lock()
+        availability.on_recovery(self._resync)
+
+    def get(self, host: str) -> HostHistory | None:
+        key = host_key(host)
+        fresh, held = self._hosts.fresh(key)
+        if fresh:
+            return held
+        ok, stored = self.availability.call(self.backend.get, key)
+        if not ok:
+            return held
+        unsaved = self._unsaved.get(key)
+        found = merged(stored, unsaved) if unsaved is not None else stored
+        self._hosts.keep(key, found)
+        return found
+
+    def record(self, host: str, *, offered_starttls: bool, valid_cert: bool, now: float) -> None:
+        key = host_key(host)
+        seen = updated(None, key, offered_starttls=offered_starttls, valid_cert=valid_cert, now=now)
+        _, held = self._hosts.fresh(key)
+        # Keep the time it was read: a stale answer is still read again for others' news.
+        read_at = self._hosts._items.get(key, (None, 0.0))[1]
+        self._hosts.keep(key, merged(held, seen), read_at=read_at)
+        ok, _ = self.availability.call(self.backend.put, seen)
+        if not ok:
+            with self._lock:
+                if key in self._unsaved or len(self._unsaved) < MAX_REMEMBERED:
+                    self._unsaved[key] = merged(self._unsaved.get(key), seen)
+
+    def forget(self, host: str) -> bool:
+        key = host_key(host)
+        self._hosts.drop(key)
+        self._unsaved.pop(key, None)
+        return self.backend.forget(key)
+
+    def all(self) -> list[HostHistory]:
+        ok, rows = self.availability.call(self.backend.all)
+        if ok and rows is not None:
+            return rows
+        return sorted(self._hosts.values(), key=lambda h: h.host)
+
+    def _resync(self) -> None:
+        with self._lock:
+            unsaved, self._unsaved = self._unsaved, {}
+        try:
+            for history in unsaved.values():
+                self.backend.put(history)
+        except STORE_ERRORS:
+            with self._lock:
+                for key, history in unsaved.items():
+                    self._unsaved[key] = merged(self._unsaved.get(key), history)
+            raise
+
+
+class SharedReportStore:
+    """`ReportStore` over the shared database: counts buffered through an outage (bounded);
+    everything else needs the database (fails fast while it is down)."""
+
+    def __init__(self, backend: SqlReportStore, availability: Availability) -> None:
+        self.backend = backend
+        self.availability = availability
+        self._pending: dict[PolicyKey, Tally] = {}
+        self._rows = 0
+        self.lost = 0  # sessions dropped because the buffer was full
+        self._lock = threading.Lock()
+        availability.on_recovery(self._resync)
+
+    @property
+    def buffered(self) -> int:
+        """Sessions counted but not yet in the database."""
+        return sum(t.successes + t.failures.total() for t in self._pending.values())
+
+    def add_counts(self, batch: Batch) -> None:
+        ok, _ = self.availability.call(self.backend.add_counts, batch)
+        if ok:
+            return
+        with self._lock:
+            for key, tally in batch.items():
+                pending = self._pending.get(key)
+                new_rows = (pending is None) + sum(
+                    1 for f in tally.failures if pending is None or f not in pending.failures
+                )
+                if self._rows + new_rows > MAX_PENDING_ROWS:
+                    if not self.lost:
+                        log.error("state.counts_buffer_full", rows=self._rows)
+                    self.lost += tally.successes + tally.failures.total()
+                    continue
+                self._pending.setdefault(key, Tally()).merge(tally)
+                self._rows += new_rows
+
+    def _resync(self) -> None:
+        with self._lock:
+            pending, self._pending, self._rows = self._pending, {}, 0
+        if not pending:
+            return
+        try:
+            self.backend.add_counts(pending)
+        except STORE_ERRORS:
+            with self._lock:
+                for key, tally in pending.items():
+                    self._pending.setdefault(key, Tally()).merge(tally)
+                self._rows = sum(1 + len(t.failures) for t in self._pending.values())
+            raise
+        sessions = sum(t.successes + t.failures.total() for t in pending.values())
+        log.info("state.counts_written", sessions=sessions)
+
+    def _need(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        if not self.availability.up:
+            raise ReportStoreError(f"{self.availability.db.describe()}: database unavailable")
+        try:
+            return fn(*args, **kwargs)
+        except ReportStoreError as exc:
+            self.availability.failed(exc)
+            raise
+
+    def counts(self, day: datetime.date, domain: str | None = None) -> list[PolicyCounts]:
+        return self._need(self.backend.counts, day, domain)
+
+    def domains(self, day: datetime.date) -> list[str]:
+        return self._need(self.backend.domains, day)
+
+    def get_sent(self, day: datetime.date, domain: str) -> SentReport | None:
+        return self._need(self.backend.get_sent, day, domain)
+
+    def put_sent(self, sent: SentReport) -> None:
+        self._need(self.backend.put_sent, sent)
+
+    def pending_sent(self) -> list[SentReport]:
+        return self._need(self.backend.pending_sent)
+
+    def claim(self, day: datetime.date, domain: str, *, now: float, lease: float) -> bool:
+        return self._need(self.backend.claim, day, domain, now=now, lease=lease)
+
+    def release(self, day: datetime.date, domain: str) -> None:
+        self._need(self.backend.release, day, domain)
+
+    def close(self) -> None:
+        """Log what an outage still holds (those counts are lost with this process)."""
+        if self._pending:
+            log.error("state.counts_lost", sessions=self.buffered, reason="database unavailable")

@@ -1,0 +1,99 @@
+"""`open_state`: the three stores from `[state].url`, sharing one database.
+
+SQLite (one relay): the SQL stores as they are. PostgreSQL (a fleet): the same SQL stores behind
+the in-memory front of `relay.state.shared`, so an outage of the database never stops mail.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from detect.history import TlsHistoryStore
+from mtasts.cache import PolicyStore
+from relay.state import history_store, policy_store, report_store
+from relay.state.database import Database, PostgresDatabase, SqliteDatabase, open_database
+from relay.state.history_store import SqlTlsHistoryStore
+from relay.state.migrations import Steps, migrate
+from relay.state.policy_store import SqlPolicyStore
+from relay.state.report_store import SqlReportStore
+from relay.state.shared import (
+    STORE_ERRORS,
+    Availability,
+    SharedPolicyStore,
+    SharedReportStore,
+    SharedTlsHistoryStore,
+)
+from relay.state.url import StateUrl
+from tlsrpt_emit.store import ReportStore
+
+# component -> its schema steps, in the order they are migrated
+SCHEMAS: dict[str, Steps] = {
+    policy_store.COMPONENT: policy_store.STEPS,
+    history_store.COMPONENT: history_store.STEPS,
+    report_store.COMPONENT: report_store.STEPS,
+}
+
+
+def migrate_all(db: Database) -> None:
+    """Bring every component's tables to the latest version (raises `StateError`)."""
+    for component, steps in SCHEMAS.items():
+        migrate(db, component, steps)
+
+
+@dataclass
+class State:
+    """The relay's three stores over one database; `close` closes them all."""
+
+    url: StateUrl
+    db: SqliteDatabase | PostgresDatabase
+    policies: PolicyStore
+    history: TlsHistoryStore
+    reports: ReportStore
+    availability: Availability | None = None
+    _closers: list[Callable[[], None]] = field(default_factory=list)
+
+    def close(self) -> None:
+        for closer in self._closers:
+            closer()
+        if self.availability is not None:
+            self.availability.close()
+        self.db.close()
+
+
+def open_state(
+    url: StateUrl, *, clock: Callable[[], float] = time.time, front: bool = True
+) -> State:
+    """Open the database and its stores (migrating the schema); raises `StateError`.
+
+    `front` puts the memory front before a PostgreSQL database (the relay); the CLI reads and
+    writes the database directly (`front=False`). A PostgreSQL database that is down at start is
+    an outage like any other: the relay starts and the schema is migrated when it answers.
+    """
+    db = open_database(url)
+    try:
+        if isinstance(db, SqliteDatabase) or not front:
+            return State(url, db, SqlPolicyStore(db), SqlTlsHistoryStore(db), SqlReportStore(db))
+        return _shared(url, db, clock)
+    except BaseException:
+        db.close()
+        raise
+
+
+def _shared(url: StateUrl, db: PostgresDatabase, clock: Callable[[], float]) -> State:
+    availability = Availability(db, clock=clock)
+    availability.on_recovery(lambda: migrate_all(db))  # first: the tables, then the replays
+    policies = SharedPolicyStore(SqlPolicyStore(db, migrate_schema=False), availability)
+    history = SharedTlsHistoryStore(SqlTlsHistoryStore(db, migrate_schema=False), availability)
+    reports = SharedReportStore(SqlReportStore(db, migrate_schema=False), availability)
+    try:
+        migrate_all(db)
+    except STORE_ERRORS as exc:
+        availability.failed(exc)
+    return State(url, db, policies, history, reports, availability, [reports.close])
+
+
+def state_exists(url: StateUrl) -> bool:
+    """False for an SQLite file not made yet (a command that only looks must not create it)."""
+    return url.path is None or url.path.exists()
