@@ -18,7 +18,7 @@ import structlog
 
 from tlsrpt_emit.aggregate import build_reports, stable_report_ids, submitter_for
 from tlsrpt_emit.deliver import POST_TIMEOUT, DeliveryOutcome, SubmitMail, deliver_report
-from tlsrpt_emit.errors import TlsRptLookupError, TlsRptRecordError
+from tlsrpt_emit.errors import ReportStoreError, TlsRptLookupError, TlsRptRecordError
 from tlsrpt_emit.model import Report, utc_day
 from tlsrpt_emit.record import lookup_tlsrpt_record
 from tlsrpt_emit.render import DkimKey, gzip_report, render_json
@@ -30,6 +30,7 @@ DAY_SECONDS = 86400.0
 RETRY_INITIAL = 300.0  # first retry after 5 minutes ...
 RETRY_MAX = 4 * 3600.0  # ... doubling, at most 4 hours apart ...
 RETRY_WINDOW = DAY_SECONDS  # ... for up to 24 hours after the first attempt (RPT-12)
+CLAIM_LEASE = 15 * 60.0  # a relay that dies while sending holds the report this long at most
 
 OutcomeHook = Callable[[Report, DeliveryOutcome], None]
 
@@ -130,12 +131,47 @@ async def send_one(
     clients: Clients,
     now: float,
     on_outcome: OutcomeHook | None = None,
+    only_if_due: bool = False,
 ) -> SentReport:
-    """One attempt at the report of `domain` for `day`: look up rua, send, record progress.
+    """One attempt at the report of `domain` for `day`, under a claim (`ReportStore.claim`) so
+    that of the relays sharing a store exactly one sends it; read again once claimed (another
+    relay may have sent it meanwhile, or, with `only_if_due`, moved its retry past `now`).
 
     `on_outcome` hears which destinations took the report this round and why others did not.
     """
-    sent = store.get_sent(day, domain)
+    if not store.claim(day, domain, now=now, lease=CLAIM_LEASE):
+        log.info("tlsrpt.report_claimed_elsewhere", domain=domain, day=str(day))
+        return store.get_sent(day, domain) or SentReport(day=day, domain=domain, report_id="")
+    try:
+        sent = store.get_sent(day, domain)
+        if only_if_due and sent is not None and (sent.next_retry or 0.0) > now:
+            return sent
+        return await _attempt(
+            day,
+            domain,
+            store,
+            sent,
+            settings=settings,
+            clients=clients,
+            now=now,
+            on_outcome=on_outcome,
+        )
+    finally:
+        store.release(day, domain)
+
+
+async def _attempt(
+    day: datetime.date,
+    domain: str,
+    store: ReportStore,
+    sent: SentReport | None,
+    *,
+    settings: ReportSettings,
+    clients: Clients,
+    now: float,
+    on_outcome: OutcomeHook | None,
+) -> SentReport:
+    """Look up rua, send, record progress."""
     if sent is None:
         sent = SentReport(day=day, domain=domain, report_id="")
     if sent.finished:
@@ -246,6 +282,7 @@ async def send_day(
                 clients=clients,
                 now=now,
                 on_outcome=on_outcome,
+                only_if_due=True,
             )
         )
     return results
@@ -256,7 +293,9 @@ async def retry_due(
 ) -> list[SentReport]:
     """Retry every pending report whose retry time has come."""
     return [
-        await send_one(s.day, s.domain, store, settings=settings, clients=clients, now=now)
+        await send_one(
+            s.day, s.domain, store, settings=settings, clients=clients, now=now, only_if_due=True
+        )
         for s in store.pending_sent()
         if s.next_retry is not None and s.next_retry <= now
     ]
@@ -295,15 +334,20 @@ class ReportSender:
         run_at = self.first_run(self.clock())
         while True:
             now = self.clock()
-            if now >= run_at:
-                day = report_day(run_at)
-                log.info("tlsrpt.daily_run", day=str(day))
-                await send_day(
-                    day, self.store, settings=self.settings, clients=self.clients, now=now
-                )
-                run_at = next_run(now, self.max_delay, self.rng)
-            await retry_due(self.store, settings=self.settings, clients=self.clients, now=now)
-            wake = min([run_at, now + self.poll, *self._retry_times()])
+            try:
+                if now >= run_at:
+                    day = report_day(run_at)
+                    log.info("tlsrpt.daily_run", day=str(day))
+                    await send_day(
+                        day, self.store, settings=self.settings, clients=self.clients, now=now
+                    )
+                    run_at = next_run(now, self.max_delay, self.rng)
+                await retry_due(self.store, settings=self.settings, clients=self.clients, now=now)
+                retry_times = self._retry_times()
+            except ReportStoreError as exc:  # the store is down: the day is tried again later
+                log.warning("tlsrpt.store_unavailable", error=str(exc))
+                retry_times = []
+            wake = min([run_at, now + self.poll, *retry_times])
             await self.sleep(max(wake - self.clock(), 0.0))
 
     def _retry_times(self) -> list[float]:

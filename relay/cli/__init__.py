@@ -108,7 +108,7 @@ _STATE_COMMANDS = ("queue", "detect", "tlsrpt")
 def unused_state_warning(config: Config, path: Path | None) -> str | None:
     """A command on a state directory no relay has used is probably reading the wrong one."""
     state_dir = config.relay.state_dir
-    if (state_dir / "queue").is_dir() or config.state_db.exists():
+    if (state_dir / "queue").is_dir() or config.state_url.shared or config.state_db.exists():
         return None
     where = f"config {path}" if path else "built-in defaults (no --config, no $STSGUARD_CONFIG)"
     return (

@@ -14,6 +14,7 @@ import sys
 from relay.config import Config
 from relay.preflight import config_problems, dkim_problems, listen_problems
 from relay.resolver import make_resolver
+from relay.state.check import state_check
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -23,6 +24,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace, config: Config) -> int:
     problems = [*config_problems(config), *listen_problems(config)]
     problems += asyncio.run(dkim_problems(config, make_resolver(config.dns)))
+    state_problems, state_line = state_check(config.state_url)
+    problems += state_problems
+    print(state_line)
     source = args.config_path or "built-in defaults"
     for problem in problems:
         print(f"{problem.level}: {problem.message}", file=sys.stderr)
