@@ -8,6 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import trustme
+from cryptography import x509
+
+from detect.dane import association_data
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,6 +19,11 @@ class IssuedCert:
 
     cert_file: Path
     key_file: Path
+
+    def tlsa(self, usage: int = 3, selector: int = 1, matching_type: int = 1) -> str:
+        """A TLSA record (presentation form) for the leaf certificate of this file."""
+        leaf = x509.load_pem_x509_certificates(self.cert_file.read_bytes())[0]
+        return tlsa_text(leaf, usage, selector, matching_type)
 
     def server_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
@@ -44,8 +52,10 @@ class LabCA:
         *names: str,
         expired: bool = False,
         not_after: dt.datetime | None = None,
+        with_ca: bool = False,
     ) -> IssuedCert:
-        """A certificate for `names` (DNS names or IP addresses). `expired` ended yesterday."""
+        """A certificate for `names` (DNS names or IP addresses). `expired` ended yesterday.
+        `with_ca` sends the CA certificate too, as a DANE-TA(2) server must (RFC 7671 5.2.2)."""
         now = dt.datetime.now(dt.UTC)
         if expired:
             not_before, not_after = now - dt.timedelta(days=30), now - dt.timedelta(days=1)
@@ -57,7 +67,10 @@ class LabCA:
         stem = self.directory / f"{self.name}-{self._serial}-{names[0].replace('*', 'star')}"
         cert_file, key_file = stem.with_suffix(".crt"), stem.with_suffix(".key")
         leaf.private_key_pem.write_to_path(str(key_file))
-        cert_file.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
+        pems = [blob.bytes() for blob in leaf.cert_chain_pems]
+        if with_ca:
+            pems.append(self._ca.cert_pem.bytes())
+        cert_file.write_bytes(b"".join(pems))
         return IssuedCert(cert_file, key_file)
 
     @classmethod
@@ -72,6 +85,11 @@ class LabCA:
         Path(path).touch(mode=0o600)
         self._ca.private_key_pem.write_to_path(str(path))
 
+    def tlsa(self, usage: int = 2, selector: int = 0, matching_type: int = 1) -> str:
+        """A TLSA record (presentation form) naming this CA as a DANE-TA trust anchor."""
+        cert = x509.load_pem_x509_certificate(self._ca.cert_pem.bytes())
+        return tlsa_text(cert, usage, selector, matching_type)
+
     def client_context(self) -> ssl.SSLContext:
         """A client context that trusts only this CA."""
         return ssl.create_default_context(cafile=str(self.ca_file))
@@ -79,3 +97,8 @@ class LabCA:
     def untrusted(self) -> LabCA:
         """Another CA, not given to the relay: what an intercepting attacker signs with."""
         return LabCA(self.directory, name=f"{self.name}-rogue")
+
+
+def tlsa_text(cert: x509.Certificate, usage: int, selector: int, matching_type: int) -> str:
+    data = association_data(cert, selector, matching_type)
+    return f"{usage} {selector} {matching_type} {data.hex()}"

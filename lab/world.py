@@ -20,6 +20,7 @@ from lab.dns import LabDns
 from lab.mx import CertKind, LabMx
 from lab.pki import LabCA
 from lab.policy_host import PolicyHost
+from lab.unbound import LabUnbound
 from relay.config import Config, config_from_dict
 
 
@@ -46,9 +47,14 @@ def policy_text(mode: str, mx: list[str], max_age: int = 86400) -> str:
 class LabWorld:
     """DNS, CA, policy host and MX hosts on loopback, started and stopped together."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, validating: bool = False) -> None:
+        """`validating` puts a real unbound (`lab/unbound.py`) between the relay and the lab
+        DNS, so DNSSEC and DANE work as behind a local validating resolver."""
         self.directory = Path(directory)
         self.dns = LabDns()
+        self.unbound: LabUnbound | None = (
+            LabUnbound(self.dns, self.directory / "unbound") if validating else None
+        )
         self.ca = LabCA(self.directory / "pki")
         self.policy_host = PolicyHost(self.ca)
         self.mx_port = 0
@@ -57,6 +63,8 @@ class LabWorld:
 
     async def start(self) -> None:
         await self._stack.enter_async_context(self.dns.running())
+        if self.unbound is not None:
+            await self._stack.enter_async_context(self.unbound.running())
         await self._stack.enter_async_context(self.policy_host.running())
         self.mx_port = free_port("127.0.0.1")
 
@@ -95,6 +103,15 @@ class LabWorld:
         """The MX records of `domain`: (preference, host name) pairs."""
         self.dns.set(domain, "MX", [f"{pref} {host}." for pref, host in hosts])
 
+    def publish_tlsa(self, mx_host: str, records: list[str]) -> None:
+        """The TLSA records of `mx_host` (`_25._tcp.<mx_host>`), signed like the whole zone."""
+        self.dns.set(f"_25._tcp.{mx_host}", "TLSA", records)
+
+    @property
+    def nameserver(self) -> str:
+        """What the relay asks: unbound when validating, else the lab DNS itself."""
+        return self.unbound.address if self.unbound is not None else self.dns.address
+
     def publish_tlsrpt(self, domain: str, rua: str) -> None:
         self.dns.set(f"_smtp._tls.{domain}", "TXT", [f"v=TLSRPTv1; rua={rua}"])
 
@@ -120,7 +137,7 @@ class LabWorld:
                 "connect_timeout": "5s",
                 "command_timeout": "10s",
             },
-            "dns": {"nameservers": [self.dns.address], "timeout": "2s"},
+            "dns": {"nameservers": [self.nameserver], "timeout": "2s"},
             "tls": {"ca_file": str(self.ca.ca_file)},
             "mtasts": {
                 "https_port": self.policy_host.port,

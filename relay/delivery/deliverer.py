@@ -28,7 +28,16 @@ from mtasts.errors import PolicyError
 from mtasts.fetch import lookup_sts_record
 from mtasts.model import PolicyResult
 from relay.config import Config
-from relay.decision import Decision, EffectivePolicy, decide_expiry, effective_policy, screen_mx
+from relay.decision import (
+    DANE_OVERRIDES,
+    Decision,
+    EffectivePolicy,
+    dane_for_mx,
+    decide_expiry,
+    effective_policy,
+    screen_mx,
+)
+from relay.delivery.dane_lookup import lookup_tlsa
 from relay.delivery.model import (
     DeliveryOutcome,
     DeliveryRequest,
@@ -176,7 +185,15 @@ class Deliverer:
         hosts = mx.hosts
         for index, host in enumerate(hosts):
             last_mx = index == len(hosts) - 1
-            skip = screen_mx(policy, host.name)
+            host_policy, refusal = await self._dane(request, mx, host, policy, last_mx=last_mx)
+            if refusal is not None:
+                log.warning("delivery.dane_refused", mx_host=host.name, reason=refusal.reason)
+                self.reporter.refused(request, host.name, host_policy, refusal)
+                last = RcptOutcome(
+                    "", RcptStatus.DEFERRED, refusal.reason, refusal.result_type, host.name
+                )
+                continue
+            skip = screen_mx(host_policy, host.name)
             if skip is not None:
                 log.warning("delivery.mx_skipped", mx_host=host.name, reason=skip.reason)
                 last = RcptOutcome("", RcptStatus.DEFERRED, skip.reason, None, host.name)
@@ -185,7 +202,7 @@ class Deliverer:
                 log.info("delivery.mx_no_address", mx_host=host.name)
                 last = RcptOutcome("", RcptStatus.DEFERRED, f"{host.name} has no address")
                 continue
-            outcome = await self._try_host(request, host, policy, last_mx=last_mx)
+            outcome = await self._try_host(request, host, host_policy, last_mx=last_mx)
             if isinstance(outcome, DeliveryOutcome):
                 return replace(outcome, policy_id=policy_id)
             if last is None or outcome.result_type or not last.result_type:
@@ -196,6 +213,32 @@ class Deliverer:
             request.queue_id,
             tuple(replace(last, rcpt=r, status=RcptStatus.DEFERRED) for r in request.rcpts),
             policy_id,
+        )
+
+    async def _dane(
+        self,
+        request: DeliveryRequest,
+        mx: MxResult,
+        host: MxHost,
+        policy: EffectivePolicy,
+        *,
+        last_mx: bool,
+    ) -> tuple[EffectivePolicy, Decision | None]:
+        """The policy for this MX host once its TLSA records are known (RFC 7672, STS-14)."""
+        domain_tls = self.config.domain_tls(request.domain)
+        if mx.literal or domain_tls not in DANE_OVERRIDES or policy.tls_required_no:
+            return policy, None
+        if not host.addresses:
+            return policy, None
+        tlsa = await lookup_tlsa(self.resolver, host)
+        return dane_for_mx(
+            policy,
+            str(tlsa.status),
+            tlsa.records,
+            tlsa.names,
+            domain_tls=domain_tls,
+            reason=tlsa.reason,
+            last_mx=last_mx,
         )
 
     async def _try_host(

@@ -9,11 +9,13 @@ attempt reports.
 
 from __future__ import annotations
 
+import datetime as dt
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
+from detect.dane import check_chain
 from detect.history import HostHistory, TlsHistoryStore, judge_downgrade
 from detect.model import Finding, FindingKind
 from relay.config import Config
@@ -22,12 +24,14 @@ from relay.decision import (
     Decision,
     EffectivePolicy,
     Observation,
+    Requirement,
     decide,
     may_retry_unverified,
     mx_matches,
     wants_starttls,
 )
-from relay.delivery.session import MxSession
+from relay.delivery.dane_tls import dane_context
+from relay.delivery.session import MxSession, TlsStep
 from relay.errors import SessionError
 from relay.tls import unverified_context
 
@@ -97,6 +101,7 @@ class Negotiator:
         self.history = history
         self.clock = clock
         self._unverified = unverified_context()
+        self._dane = dane_context()
 
     async def attempt(
         self, host: str, ip: str, policy: EffectivePolicy, *, last_mx: bool
@@ -188,7 +193,11 @@ class Negotiator:
             return conclude(replace(obs, starttls_ok=False), (*findings, step.injection))
         obs = replace(obs, starttls_ok=True)
 
-        tls = await mx.handshake(self.ssl_context if plan is Plan.VERIFY else self._unverified)
+        tls = await mx.handshake(self._context(policy, plan))
+        if tls.finding is None and policy.requirement is Requirement.DANE:
+            tls = self._dane_check(policy, tls)
+            if tls.finding is not None:
+                mx.close()
         if tls.finding is not None:
             obs = replace(
                 obs,
@@ -205,7 +214,8 @@ class Negotiator:
                     # Let the caller connect again without verification; report what was seen.
                     return Attempt(retry.decision, obs, retry.findings, helo_name)
             return attempt
-        verified = plan is Plan.VERIFY
+        # Under DANE with no usable record the session is encrypted, not authenticated.
+        verified = plan is Plan.VERIFY and policy.requirement is not Requirement.DANE_UNUSABLE
         obs = replace(obs, handshake_ok=True, cert_valid=True if verified else obs.cert_valid)
         # TLS-03: forget what was learned before the handshake and say EHLO again.
         again = await mx.hello_again()
@@ -229,6 +239,21 @@ class Negotiator:
             cipher=tls.cipher,
         )
         return attempt
+
+    def _context(self, policy: EffectivePolicy, plan: Plan) -> ssl.SSLContext:
+        if policy.is_dane:
+            return self._dane  # the TLSA records authenticate, not the web PKI (RFC 7672 3.1)
+        return self.ssl_context if plan is Plan.VERIFY else self._unverified
+
+    def _dane_check(self, policy: EffectivePolicy, tls: TlsStep) -> TlsStep:
+        """The presented chain against the TLSA records; a mismatch is a certificate failure
+        (tlsa-invalid) on a connection that is then closed."""
+        now = dt.datetime.fromtimestamp(self.clock(), dt.UTC)
+        verdict = check_chain(policy.tlsa, tls.chain_der, names=policy.dane_names, now=now)
+        finding = verdict.finding()
+        if finding is None:
+            return tls
+        return replace(tls, finding=finding, cert_failure=True)
 
     async def _plaintext(
         self, mx: MxSession, attempt: Attempt, helo_name: str, *, helo: bool = True

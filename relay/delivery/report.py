@@ -14,7 +14,7 @@ import structlog
 
 from detect.history import TlsHistoryStore
 from mtasts.model import PolicyResult
-from relay.decision import EffectivePolicy, Observation
+from relay.decision import Decision, EffectivePolicy, Observation
 from relay.delivery.model import DeliveryOutcome, DeliveryRequest, RcptOutcome, RcptStatus
 from relay.delivery.negotiate import Attempt
 from relay.metrics import Metrics
@@ -70,6 +70,26 @@ class AttemptReporter:
             )
         )
 
+    def refused(
+        self, request: DeliveryRequest, host: str, policy: EffectivePolicy, decision: Decision
+    ) -> None:
+        """An MX not connected to because DANE forbade it (bogus TLSA: dnssec-invalid; dane-only
+        without TLSA: dane-required): one session result, as RFC 8460 4.3 counts them."""
+        if request.no_tlsrpt or decision.result_type is None:
+            return
+        self.sink.record(
+            SessionResult(
+                policy_domain=request.domain,
+                policy_type=PolicyType.TLSA,
+                policy_strings=_policy_strings(policy),
+                when=self.clock(),
+                mx_host=host,
+                result_type=ResultType(decision.result_type),
+                failure_reason_code=decision.reason_code,
+                additional_information=decision.reason,
+            )
+        )
+
     def finished(self, outcome: DeliveryOutcome) -> DeliveryOutcome:
         """Count the message's outcome. Bounces are counted where the DSN is made (the queue)."""
         if self.metrics is not None:
@@ -98,13 +118,12 @@ class AttemptReporter:
         attempt: Attempt,
     ) -> None:
         decision = attempt.decision
-        is_sts = policy.is_sts and policy.policy is not None
         session = attempt.session
         self.sink.record(
             SessionResult(
                 policy_domain=request.domain,
-                policy_type=PolicyType.STS if is_sts else PolicyType.NO_POLICY_FOUND,
-                policy_strings=policy.policy.policy_strings if policy.policy and is_sts else (),
+                policy_type=_policy_type(policy),
+                policy_strings=_policy_strings(policy),
                 when=self.clock(),
                 mx_host=host,
                 receiving_ip=ip,
@@ -139,6 +158,23 @@ class AttemptReporter:
             mx_helo=attempt.helo_name,
             findings=[f.as_log() for f in attempt.findings],
         )
+
+
+def _policy_type(policy: EffectivePolicy) -> PolicyType:
+    if policy.is_dane:
+        return PolicyType.TLSA
+    if policy.is_sts and policy.policy is not None:
+        return PolicyType.STS
+    return PolicyType.NO_POLICY_FOUND
+
+
+def _policy_strings(policy: EffectivePolicy) -> tuple[str, ...]:
+    """RFC 8460 4.4: the TLSA records in presentation form, or the STS policy's lines."""
+    if policy.is_dane:
+        return tuple(record.to_text() for record in policy.tlsa)
+    if policy.is_sts and policy.policy is not None:
+        return policy.policy.policy_strings
+    return ()
 
 
 def _outcome_reason(outcome: DeliveryOutcome | RcptOutcome) -> str:

@@ -27,6 +27,7 @@ from detect.model import EhloJudgement, Finding
 from detect.starttls import judge_pre_handshake_bytes, judge_starttls_reply
 from detect.tls import describe_tls_error, judge_tls_failure
 from relay.config import Config
+from relay.delivery.dane_tls import presented_chain
 from relay.delivery.starttls import buffered_after_reply, mx_client, upgrade_to_tls
 from relay.errors import SessionError
 
@@ -83,6 +84,7 @@ class TlsStep:
     cipher: str | None = None
     peer_der: bytes | None = None
     error: BaseException | None = None
+    chain_der: tuple[bytes, ...] = ()  # what the server sent, leaf first (for DANE)
 
     @property
     def ok(self) -> bool:
@@ -172,6 +174,7 @@ class MxSession:
             version=ssl_object.version(),
             cipher=cipher[0] if cipher else None,
             peer_der=ssl_object.getpeercert(binary_form=True),
+            chain_der=presented_chain(ssl_object),
         )
 
     async def hello_again(self) -> Hello:
