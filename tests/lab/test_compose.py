@@ -329,10 +329,14 @@ def test_dockerfile_installs_the_project_and_swaks() -> None:
         for line in text.replace("\\\n", " ").splitlines()
         if line.strip() and not line.lstrip().startswith("#")
     ]
-    assert instructions[0] == ["FROM", "python:3.11-slim"]
+    # A registry's python image by default, any local base where there is no registry.
+    assert instructions[0] == ["ARG", "BASE=python:3.11-slim"]
+    assert instructions[1] == ["FROM", "${BASE}"]
     runs = " ".join(arg for op, arg in instructions if op == "RUN")
     assert re.search(r"apt-get install .*\bswaks\b", runs)
-    assert re.search(r"pip install [^&]*\s\.(\s|$)", runs)
+    # From the pre-built wheels without an index when there are any, else from the source.
+    assert re.search(r"pip install [^&;]*--no-index --find-links lab/wheels stsguard", runs)
+    assert re.search(r"pip install [^&;]*\s\.;", runs)
     copied = {arg.split()[0] for op, arg in instructions if op == "COPY"}
     pyproject = tomllib.loads((LAB.parent / "pyproject.toml").read_text())
     packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
@@ -348,7 +352,22 @@ def test_every_service_uses_the_one_lab_image() -> None:
     images = {s["image"] for s in _services().values()}
     assert len(images) == 1
     for service in _services().values():
-        assert service["build"] == {"context": "..", "dockerfile": "lab/Dockerfile"}
+        assert service["build"] == {
+            "context": "..",
+            "dockerfile": "lab/Dockerfile",
+            "args": {"BASE": "${LAB_BASE:-python:3.11-slim}"},
+        }
+
+
+def test_no_top_level_name_for_docker_compose_1_29() -> None:
+    """docker-compose 1.29 (Debian 12) rejects a top-level `name:`; lab/.env names the project."""
+    assert "name" not in _compose()
+    env = dict(
+        line.split("=", 1)
+        for line in (LAB / ".env").read_text().splitlines()
+        if line and not line.startswith("#")
+    )
+    assert env["COMPOSE_PROJECT_NAME"] == "stsguard-lab"
 
 
 def test_readme_commands_name_real_services_and_modes() -> None:
