@@ -145,9 +145,14 @@ class ReportPolicy:
     mx_hosts: tuple[str, ...]
     successes: int
     failures: tuple[tuple[FailureKey, int], ...] = ()
+    # A report read from another sender: its `total-failure-session-count`, which need not be
+    # the sum of its failure-details (failure types may overlap, RFC 8460 4.4).
+    reported_failures: int | None = None
 
     @property
     def failure_total(self) -> int:
+        if self.reported_failures is not None:
+            return self.reported_failures
         return sum(count for _, count in self.failures)
 
 

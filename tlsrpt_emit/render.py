@@ -296,6 +296,7 @@ def parse_report_json(data: bytes | str) -> Report:
                 mx_hosts=_strings(pol.get("mx-host", []), "mx-host"),
                 successes=_count(summary, "total-successful-session-count"),
                 failures=tuple(failures),
+                reported_failures=_count(summary, "total-failure-session-count"),
             )
         )
     return Report(

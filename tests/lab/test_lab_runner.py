@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import subprocess
 import sys
+from typing import Any
 
 import pytest
 
-from lab.runner import format_table, run_lab
+from lab.runner import Outcome, format_table, run_lab
 from lab.scenarios import CAUGHT_AS, Attack, PolicySetup, build_scenarios
+from tests.tlsrpt_emit.strict import check_report, schema_errors
 
 pytestmark = pytest.mark.slow
 
 
-async def test_every_scenario_comes_out_as_expected() -> None:
-    outcomes, reports = await run_lab()
+@pytest.fixture(scope="module")
+def lab_run() -> tuple[list[Outcome], list[dict[str, Any]]]:
+    """One run of every scenario, shared by the tests that read its outcomes and reports."""
+    return asyncio.run(run_lab())
+
+
+def test_every_scenario_comes_out_as_expected(
+    lab_run: tuple[list[Outcome], list[dict[str, Any]]],
+) -> None:
+    outcomes, reports = lab_run
     wrong = [o for o in outcomes if not o.ok]
     assert not wrong, "\n" + format_table(wrong) + "\n" + "\n".join(str(o.observed) for o in wrong)
     # Every striptls class and garbling is caught under enforce: not delivered, with its finding.
@@ -30,6 +41,35 @@ async def test_every_scenario_comes_out_as_expected() -> None:
     garbled = by_domain["garble-enforce.lab.test"]["policies"][0]
     assert garbled["summary"]["total-failure-session-count"] >= 1
     assert garbled["failure-details"][0]["result-type"] == "starttls-not-supported"
+
+
+def test_every_lab_report_passes_the_strict_schema_and_parsedmarc(
+    lab_run: tuple[list[Outcome], list[dict[str, Any]]],
+) -> None:
+    """Issue 14: every report the lab produces, through our RFC 8460 schema, parsedmarc and our
+    own parser. D1 (sending-mta-ip of sessions we refused) is the delivery side's part: until it
+    lands, that one requirement is checked by the xfail test below and left out here."""
+    _, reports = lab_run
+    assert len(reports) >= 40
+    for doc in reports:
+        missing_ip = [e for e in schema_errors(doc) if "'sending-mta-ip' is a required" in e]
+        check_report(doc, allowed=missing_ip)
+    kinds = {
+        d["result-type"]
+        for doc in reports
+        for p in doc["policies"]
+        for d in p.get("failure-details", [])
+    }
+    assert {"starttls-not-supported", "certificate-expired", "sts-policy-fetch-error"} <= kinds
+
+
+@pytest.mark.xfail(strict=True, reason="D1: sending-mta-ip of refused sessions (delivery helper)")
+def test_d1_every_lab_session_failure_names_the_sending_mta_ip(
+    lab_run: tuple[list[Outcome], list[dict[str, Any]]],
+) -> None:
+    _, reports = lab_run
+    for doc in reports:
+        assert schema_errors(doc) == []
 
 
 def test_scenario_table_covers_every_attack_under_every_setup() -> None:

@@ -24,6 +24,7 @@ from lab.world import LabWorld, wait_until
 from relay.app import Relay
 from relay.config import Config
 from relay.reports import report_settings
+from tests.tlsrpt_emit.strict import check_report
 from tests.tlsrpt_emit.test_report import lab_dnsfunc, make_dkim_key
 from tlsrpt_emit.schedule import Clients, send_day
 
@@ -94,6 +95,7 @@ async def test_rpt_day_of_sessions_reported_by_https_and_dkim_mail(tmp_path: Pat
     by_domain = {}
     for request in collector.received:
         assert request.headers["content-type"] == "application/tlsrpt+gzip"
+        check_report(json.loads(gzip.decompress(request.body)))  # our strict schema too
         parsed = parse_smtp_tls_report_json(gzip.decompress(request.body).decode())
         by_domain[parsed["policies"][0]["policy_domain"]] = parsed["policies"][0]
     assert by_domain["example.org"]["successful_session_count"] == 2
