@@ -8,6 +8,7 @@ library is ``library.log`` with its logger's name, a Python warning ``python.war
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import warnings
 from typing import TextIO
@@ -78,8 +79,18 @@ def _show_warning(
     )
 
 
+def stderr_is_journal() -> bool:
+    """systemd connected stderr to the journal: $JOURNAL_STREAM names its device and inode."""
+    device, _, inode = os.environ.get("JOURNAL_STREAM", "").partition(":")
+    try:
+        st = os.fstat(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return False
+    return f"{st.st_dev}:{st.st_ino}" == f"{device}:{inode}"
+
+
 def _renderer(fmt: str) -> Processor:
-    if fmt == "journal":
+    if fmt == "journal" or (fmt == "auto" and stderr_is_journal()):
         return JournalRenderer()
     if fmt == "json" or (fmt == "auto" and not sys.stderr.isatty()):
         return structlog.processors.JSONRenderer()

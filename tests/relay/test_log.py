@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 from tests.cli import ROOT
 
@@ -72,3 +74,18 @@ def test_journal_lines_carry_syslog_priorities() -> None:
         lines[4],
     ]
     assert lines[4].startswith("<4>python.warning category=DeprecationWarning")
+
+
+def test_auto_is_journal_when_systemd_gave_stderr_to_the_journal(tmp_path: Path) -> None:
+    err = tmp_path / "stderr"
+    with err.open("w") as stream:
+        st = os.fstat(stream.fileno())
+        subprocess.run(
+            [sys.executable, "-c", SCRIPT, "auto"],
+            stderr=stream,
+            cwd=ROOT,
+            env={**os.environ, "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+            timeout=60,
+            check=True,
+        )
+    assert err.read_text().splitlines()[0] == "<6>test.info n=1"
