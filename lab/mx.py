@@ -6,7 +6,11 @@
     mx.messages[0].tls   # True when it came over TLS
 
 Each message is recorded with its envelope, data and TLS facts; `connections` counts TCP
-connections, so tests can check connection reuse.
+connections, so tests can check connection reuse. Misbehaving MX hosts for the tests:
+`mail_reply` / `rcpt_reply` answer MAIL / RCPT with that text as it is (a 2xx still takes the
+address: ``"252 2.1.5 cannot verify"``; garbage or a multi-line reply is sent raw), and `drop`
+closes the connection without a reply at "rcpt" (before the message) or "data" (after the final
+dot: the message is recorded, as it may have arrived).
 """
 
 from __future__ import annotations
@@ -54,13 +58,24 @@ class _Handler:
     def __init__(self, mx: LabMx) -> None:
         self.mx = mx
 
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
+    ) -> str:
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        reply = self.mx.mail_reply
+        return reply if reply is not None else "250 OK"
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
     ) -> str:
-        if self.mx.rcpt_reply is not None:
-            return self.mx.rcpt_reply
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
+        if self.mx.drop == "rcpt":
+            _drop(server)
+            return "421 dropped"  # never reaches the client
+        reply = self.mx.rcpt_reply
+        if reply is None or reply.startswith("2"):
+            envelope.rcpt_tos.append(address)
+        return reply if reply is not None else "250 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         ssl_object = session.ssl.get("ssl_object") if session.ssl else None
@@ -74,7 +89,15 @@ class _Handler:
                 helo=str(session.host_name or ""),
             )
         )
+        if self.mx.drop == "data":
+            _drop(server)
         return "250 OK queued"
+
+
+def _drop(server: SMTP) -> None:
+    """Close the connection at once: the client reads no reply."""
+    if isinstance(server.transport, asyncio.Transport):
+        server.transport.abort()
 
 
 class LabMx:
@@ -87,11 +110,15 @@ class LabMx:
         hostname: str = "mx.lab.example",
         tls_context: ssl.SSLContext | None = None,
         rcpt_reply: str | None = None,
+        mail_reply: str | None = None,
+        drop: str | None = None,
     ) -> None:
         self.host = host
         self.hostname = hostname
         self.tls_context = tls_context
         self.rcpt_reply = rcpt_reply  # e.g. "550 5.1.1 no such user": reject every recipient
+        self.mail_reply = mail_reply  # e.g. "251 OK" or garbage
+        self.drop = drop  # None | "rcpt" | "data": close without a reply there
         self.messages: list[ReceivedMessage] = []
         self.connections = 0
         self.port = 0
@@ -107,6 +134,8 @@ class LabMx:
         host: str = "127.0.0.1",
         cert: CertKind = CertKind.GOOD,
         rcpt_reply: str | None = None,
+        mail_reply: str | None = None,
+        drop: str | None = None,
     ) -> LabMx:
         """An MX named `hostname` presenting the kind of certificate `cert` says."""
         context: ssl.SSLContext | None
@@ -120,7 +149,14 @@ class LabMx:
             context = ca.issue(f"not-{hostname}").server_context()
         else:
             context = ca.untrusted().issue(hostname).server_context()
-        return cls(host, hostname=hostname, tls_context=context, rcpt_reply=rcpt_reply)
+        return cls(
+            host,
+            hostname=hostname,
+            tls_context=context,
+            rcpt_reply=rcpt_reply,
+            mail_reply=mail_reply,
+            drop=drop,
+        )
 
     def make_handler(self) -> _Handler:
         """The aiosmtpd handler that records into this MX (for custom SMTP subclasses)."""

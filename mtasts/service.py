@@ -115,12 +115,17 @@ class PolicyService:
         name = policy_domain(domain)
         if name is None:
             return False
-        before = self.store.get(name)
+        before = await asyncio.to_thread(self.store.get, name)
         self._recent.pop(name, None)
         result = await self._single_flight(name)
         if result.source is not PolicySource.FRESH or result.record is None:
             return False
         return before is None or before.record_id != result.record.id
+
+    def _store_fresh(self, entry: CacheEntry) -> None:
+        """Cache a fetched policy and forget the domain's fetch failures (in a worker thread)."""
+        self.store.put(entry)
+        self.store.clear_failures(entry.domain)
 
     async def _single_flight(self, name: str) -> PolicyResult:
         """Run `_resolve(name)` once for all concurrent callers."""
@@ -160,9 +165,15 @@ class PolicyService:
 
     async def _resolve(self, name: str) -> PolicyResult:
         now = self.clock()
-        entry = self.store.get(name)
+        # The store is SQLite (or a shared one): its calls run in a worker thread, never on the
+        # event loop that carries every SMTP session.
+        entry = await asyncio.to_thread(self.store.get, name)
         txt = await self._lookup(name)
-        last = self.store.last_failure(name, txt.record.id) if txt.record else None
+        last = (
+            await asyncio.to_thread(self.store.last_failure, name, txt.record.id)
+            if txt.record
+            else None
+        )
         action = decide(entry, txt, now, last_failure=last, refresh_interval=self.refresh_interval)
         bound = log.bind(domain=name, action=str(action))
         txt_failure = None
@@ -194,8 +205,10 @@ class PolicyService:
             )
         except PolicyError as exc:
             failed_at = self.clock()
-            self.store.record_failure(
-                name, FetchFailure(txt.record.id, failed_at, exc.result_type, exc.message)
+            await asyncio.to_thread(
+                self.store.record_failure,
+                name,
+                FetchFailure(txt.record.id, failed_at, exc.result_type, exc.message),
             )
             kept = fallback(entry, failed_at)
             # STS-07 / RPT-06: a failed refresh of a non-none policy is logged and reported.
@@ -210,8 +223,7 @@ class PolicyService:
             failure = PolicyFailure(exc.result_type, exc.message)
             return _answer(name, kept, PolicySource.CACHED, txt.record, failure)
         fresh = CacheEntry.fetched(name, policy, txt.record.id, self.clock())
-        self.store.put(fresh)
-        self.store.clear_failures(name)
+        await asyncio.to_thread(self._store_fresh, fresh)
         bound.info(
             "mtasts.policy_fetched",
             record_id=txt.record.id,

@@ -124,6 +124,7 @@ class RelayConfig:
     log_level: str = "info"
     intake_processes: int = 0
     open_relay: bool = False
+    log_recipients: bool | str = True  # true | false | "hash": envelope recipients in log lines
 
     def __post_init__(self) -> None:
         if not self.hostname:  # the default: this machine's name
@@ -145,6 +146,7 @@ class DeliveryConfig:
     command_timeout: int = 300
     concurrency_per_destination: int = 4
     workers: int = 32
+    max_mx_addresses: int = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -362,6 +364,12 @@ def _positive_duration(value: Any, key: str) -> int:
     return seconds
 
 
+def _log_recipients(value: Any, key: str) -> bool | str:
+    if isinstance(value, bool) or value == "hash":
+        return value  # type: ignore[no-any-return]
+    raise ConfigError(f'{key}: must be true, false or "hash"; got {value!r}')
+
+
 def _log_level(value: Any, key: str) -> str:
     return _choice(("debug", "info", "warning", "error"))(value, key)
 
@@ -403,6 +411,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "log_level": _log_level,
             "intake_processes": _int_range(0, 64),
             "open_relay": _bool,
+            "log_recipients": _log_recipients,
         },
     ),
     "delivery": (
@@ -417,6 +426,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "command_timeout": _duration,
             "concurrency_per_destination": _int_range(1, 1000),
             "workers": _int_range(1, 10000),
+            "max_mx_addresses": _int_range(1, 100),
         },
     ),
     "dns": (

@@ -9,6 +9,11 @@ new one (`negotiate`: banner, EHLO, our own STARTTLS, handshake with SNI = the M
 with `relay.decision` asked at every step), sends the message (`transfer`: MAIL, RCPT, DATA) and
 reports the attempt (`report`: TLS-RPT, remembered TLS, metrics, one log line). Sessions are kept
 for `idle_timeout` seconds and reused for the next message to the same MX (`pool`).
+
+An MX that fails before the final dot (refused, dropped, a protocol error) is a temporary failure
+of that MX and the next one is tried; at most `[delivery].max_mx_addresses` addresses per attempt;
+the relay's own listen address is never connected to (`loops`: 5.4.6 when nothing else is left).
+No SMTP, socket or TLS error escapes `deliver`.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import dns.asyncresolver
@@ -38,6 +43,7 @@ from relay.decision import (
     screen_mx,
 )
 from relay.delivery.dane_lookup import lookup_tlsa
+from relay.delivery.loops import LOOP_REASON, SelfAddresses, discard_self
 from relay.delivery.model import (
     DeliveryOutcome,
     DeliveryRequest,
@@ -49,6 +55,7 @@ from relay.delivery.mx import MxHost, MxResult, MxStatus, lookup_mx
 from relay.delivery.negotiate import Attempt, Negotiator
 from relay.delivery.pool import SessionPool
 from relay.delivery.report import AttemptReporter
+from relay.delivery.session import WIRE_ERRORS, ConnectFailed
 from relay.delivery.transfer import normalize_crlf, transfer
 from relay.errors import SessionError
 from relay.metrics import Metrics
@@ -71,6 +78,14 @@ class PolicyLookup(Protocol):
     """What the deliverer needs of `mtasts.service.PolicyService`."""
 
     async def get(self, domain: str) -> PolicyResult: ...
+
+
+@dataclass(slots=True)
+class _Tries:
+    """The addresses one attempt may still try (`max_mx_addresses`), and whether any answered."""
+
+    left: int
+    connected: bool = False
 
 
 class Deliverer:
@@ -103,8 +118,13 @@ class Deliverer:
             idle_timeout=idle_timeout,
             clock=clock,
         )
+        self.is_self = SelfAddresses(config)
         self.reporter = AttemptReporter(
-            history=history_store, sink=sink, clock=clock, metrics=metrics
+            history=history_store,
+            sink=sink,
+            clock=clock,
+            metrics=metrics,
+            log_recipients_mode=config.relay.log_recipients,
         )
 
     @property
@@ -120,16 +140,18 @@ class Deliverer:
         """Try each MX of the recipient domain until one takes the message or none is left."""
         await self.pool.prune()
         with structlog.contextvars.bound_contextvars(
-            queue_id=request.queue_id, recipient_domain=request.domain
+            queue_id=request.queue_id,
+            recipient_domain=request.domain,
+            rcpts=self.reporter.recipients(request.rcpts),
         ):
             mx = await lookup_mx(request.domain, self.resolver, rng=self.rng)
             if mx.status is not MxStatus.OK:
                 status = RcptStatus.BOUNCED if mx.permanent else RcptStatus.DEFERRED
-                log.info("delivery.mx_lookup", status=str(mx.status), reason=mx.reason)
-                return self.reporter.finished(every_rcpt(request, status, mx.reason))
+                log.warning("delivery.mx_lookup", status=str(mx.status), reason=mx.reason)
+                return self.reporter.finished(request, every_rcpt(request, status, mx.reason))
             policy, policy_id = await self._policy(request, mx)
             outcome = await self._try_hosts(request, mx, policy, policy_id)
-            return self.reporter.finished(outcome)
+            return self.reporter.finished(request, outcome)
 
     async def expiry_decision(
         self, domain: str, *, tls_failure: bool, failed_policy_id: str | None
@@ -181,8 +203,14 @@ class Deliverer:
     async def _try_hosts(
         self, request: DeliveryRequest, mx: MxResult, policy: EffectivePolicy, policy_id: str | None
     ) -> DeliveryOutcome:
+        hosts, looped = discard_self(mx.hosts, self.is_self)
+        if looped:
+            log.warning("delivery.mx_loop", mx_hosts=[h.name for h in mx.hosts if h not in hosts])
+            if not hosts:
+                reason = LOOP_REASON.format(domain=request.domain)
+                return replace(every_rcpt(request, RcptStatus.BOUNCED, reason), policy_id=policy_id)
+        tries = _Tries(self.config.delivery.max_mx_addresses)
         last: RcptOutcome | None = None
-        hosts = mx.hosts
         for index, host in enumerate(hosts):
             last_mx = index == len(hosts) - 1
             host_policy, refusal = await self._dane(request, mx, host, policy, last_mx=last_mx)
@@ -202,7 +230,14 @@ class Deliverer:
                 log.info("delivery.mx_no_address", mx_host=host.name)
                 last = RcptOutcome("", RcptStatus.DEFERRED, f"{host.name} has no address")
                 continue
-            outcome = await self._try_host(request, host, host_policy, last_mx=last_mx)
+            if tries.left <= 0:
+                log.warning(
+                    "delivery.mx_address_limit",
+                    mx_host=host.name,
+                    max_mx_addresses=self.config.delivery.max_mx_addresses,
+                )
+                break
+            outcome = await self._try_host(request, host, host_policy, tries, last_mx=last_mx)
             if isinstance(outcome, DeliveryOutcome):
                 return replace(outcome, policy_id=policy_id)
             if last is None or outcome.result_type or not last.result_type:
@@ -213,6 +248,7 @@ class Deliverer:
             request.queue_id,
             tuple(replace(last, rcpt=r, status=RcptStatus.DEFERRED) for r in request.rcpts),
             policy_id,
+            unreachable=not tries.connected,
         )
 
     async def _dane(
@@ -242,23 +278,41 @@ class Deliverer:
         )
 
     async def _try_host(
-        self, request: DeliveryRequest, host: MxHost, policy: EffectivePolicy, *, last_mx: bool
+        self,
+        request: DeliveryRequest,
+        host: MxHost,
+        policy: EffectivePolicy,
+        tries: _Tries,
+        *,
+        last_mx: bool,
     ) -> DeliveryOutcome | RcptOutcome:
         """A delivered/bounced outcome, or why this host did not take the message."""
         failure = RcptOutcome("", RcptStatus.DEFERRED, "no address answered", None, host.name)
         async with self.pool.slot(host.name):
             for ip in host.addresses:
+                if tries.left <= 0:
+                    log.warning(
+                        "delivery.mx_address_limit",
+                        mx_host=host.name,
+                        max_mx_addresses=self.config.delivery.max_mx_addresses,
+                    )
+                    break
+                tries.left -= 1
                 with structlog.contextvars.bound_contextvars(mx_host=host.name, mx_ip=ip):
                     try:
                         attempt = await self._attempt(request, host, ip, policy, last_mx=last_mx)
-                    except SessionError as exc:
-                        log.info(
+                    except (SessionError, *WIRE_ERRORS) as exc:
+                        if not isinstance(exc, ConnectFailed):
+                            tries.connected = True
+                        findings = exc.findings if isinstance(exc, SessionError) else ()
+                        log.warning(
                             "delivery.connect_failed",
                             error=str(exc),
-                            findings=[f.as_log() for f in exc.findings],
+                            findings=[f.as_log() for f in findings],
                         )
                         failure = replace(failure, reason=str(exc))
                         continue
+                    tries.connected = True
                     return await self._conclude(request, host, ip, policy, attempt)
         return failure
 
@@ -301,5 +355,5 @@ class Deliverer:
                 session.mx.close()
             else:
                 self.pool.park(host.name, ip, policy, session)
-        self.reporter.attempt(request, host.name, ip, policy, attempt, outcome)
+        await self.reporter.attempt(request, host.name, ip, policy, attempt, outcome)
         return outcome

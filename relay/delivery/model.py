@@ -47,11 +47,14 @@ class RcptOutcome:
 @dataclass(frozen=True, slots=True)
 class DeliveryOutcome:
     """Per recipient: delivered, deferred or bounced. `policy_id` is the `_mta-sts` record id of
-    the MTA-STS policy applied, which the queue keeps for the STS-12 check at expiry."""
+    the MTA-STS policy applied, which the queue keeps for the STS-12 check at expiry.
+    `unreachable` is True when MX hosts were tried and none could be connected to at all
+    (refused, timed out, no address): the queue's dead-destination signal."""
 
     queue_id: str
     rcpts: tuple[RcptOutcome, ...]
     policy_id: str | None = None
+    unreachable: bool = False
 
     @property
     def tls_failure(self) -> bool:

@@ -9,6 +9,7 @@ attempt reports.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import ssl
 from collections.abc import Callable
@@ -162,7 +163,9 @@ class Negotiator:
         last_mx: bool,
     ) -> Attempt:
         host = mx.server_name
-        expect = policy.strict or policy.is_sts or self._offered_before(self.history.get(host))
+        # The store may be SQLite or a shared one: never block the event loop on it.
+        history = await asyncio.to_thread(self.history.get, host)
+        expect = policy.strict or policy.is_sts or self._offered_before(history)
         hello = await mx.hello(expect_starttls=expect and plan is not Plan.PLAIN)
         helo_name = hello.judgement.server_name
         findings += tuple(f for f in hello.judgement.findings if f not in findings)
@@ -173,7 +176,7 @@ class Negotiator:
         )
 
         def conclude(obs: Observation, found: tuple[Finding, ...]) -> Attempt:
-            found = self._with_downgrade(host, obs, found)
+            found = self._with_downgrade(history, obs, found)
             return Attempt(decide(policy, obs, found, last_mx=last_mx), obs, found, helo_name)
 
         if not obs.ehlo_ok or plan is Plan.PLAIN or not wants_starttls(policy, obs):
@@ -277,7 +280,7 @@ class Negotiator:
         return self.clock() - history.last_starttls_at <= self.config.detect.history_days * 86400
 
     def _with_downgrade(
-        self, host: str, obs: Observation, findings: tuple[Finding, ...]
+        self, history: HostHistory | None, obs: Observation, findings: tuple[Finding, ...]
     ) -> tuple[Finding, ...]:
         """Add the downgrade finding when this host did better within `history_days`."""
         if any(f.kind is FindingKind.DOWNGRADE for f in findings):
@@ -285,7 +288,7 @@ class Negotiator:
         if obs.handshake_ok and obs.cert_valid:
             return findings
         finding = judge_downgrade(
-            self.history.get(host),
+            history,
             # A refused STARTTLS or injected bytes leave no more TLS than a stripped keyword.
             offered_starttls=obs.offered_starttls and obs.starttls_ok is not False,
             cert_valid=obs.cert_valid,

@@ -2,19 +2,27 @@
 
 Every attempt of a message on an MX (a new or a reused session) emits exactly one `SessionResult`
 (unless the message is a TLS-RPT report itself: RPT-10) and one `delivery.attempt` log line with
-the TLS facts, the policy mode, the outcome and findings. An MX skipped before connecting (STS-11)
-or not reachable at all emits none: no TLS session happened.
+the TLS facts, the policy mode, the outcome and findings; each message ends with one
+`delivery.outcome` line. An MX skipped before connecting (STS-11) or not reachable at all emits no
+session result: no TLS session happened. `sending-mta-ip` is our end of the connection, kept for
+sessions we refused ourselves too (enforce failures, remembered-TLS downgrades).
+
+Levels: findings, deferrals, bounces and plaintext deliveries that a finding flagged are
+`warning`, a mail loop is `error`, the rest `info`. Every line names the envelope recipients as
+`[relay].log_recipients` says (the addresses, none, or a short sha256 of each).
 """
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 from collections.abc import Callable
 
 import structlog
 
 from detect.history import TlsHistoryStore
 from mtasts.model import PolicyResult
-from relay.decision import Decision, EffectivePolicy, Observation
+from relay.decision import Action, Decision, EffectivePolicy, Observation
 from relay.delivery.model import DeliveryOutcome, DeliveryRequest, RcptOutcome, RcptStatus
 from relay.delivery.negotiate import Attempt
 from relay.metrics import Metrics
@@ -33,13 +41,15 @@ class AttemptReporter:
         sink: ResultSink,
         clock: Callable[[], float],
         metrics: Metrics | None = None,
+        log_recipients_mode: bool | str = True,
     ) -> None:
+        self.log_recipients = log_recipients_mode
         self.history = history
         self.sink = sink
         self.clock = clock
         self.metrics = metrics
 
-    def attempt(
+    async def attempt(
         self,
         request: DeliveryRequest,
         host: str,
@@ -50,10 +60,10 @@ class AttemptReporter:
     ) -> None:
         """Everything one attempt on one MX address leaves behind."""
         if not attempt.reused:
-            self._record_history(host, attempt.obs)
+            await self._record_history(host, attempt.obs)
         if not request.no_tlsrpt and not request.domain.startswith("["):
             self._emit_session(request, host, ip, policy, attempt)
-        self._log_attempt(policy, attempt, outcome)
+        self._log_attempt(request.rcpts, policy, attempt, outcome)
 
     def policy_failure(self, request: DeliveryRequest, result: PolicyResult) -> None:
         """The policy could not be had (fetch or validation failure): one session result."""
@@ -90,19 +100,41 @@ class AttemptReporter:
             )
         )
 
-    def finished(self, outcome: DeliveryOutcome) -> DeliveryOutcome:
-        """Count the message's outcome. Bounces are counted where the DSN is made (the queue)."""
+    def finished(self, request: DeliveryRequest, outcome: DeliveryOutcome) -> DeliveryOutcome:
+        """Count the message's outcome and log it (one `delivery.outcome` line). Bounces are
+        counted where the DSN is made (the queue)."""
         if self.metrics is not None:
             for rcpt in outcome.rcpts:
                 if rcpt.status is RcptStatus.DELIVERED:
                     self.metrics.delivered.labels(tls="yes" if rcpt.tls else "no").inc()
                 elif rcpt.status is RcptStatus.DEFERRED:
                     self.metrics.deferred.labels(reason=rcpt.result_type or "other").inc()
+        loop = any("5.4.6" in r.reason for r in outcome.bounced)
+        level = (
+            log.error if loop else log.warning if outcome.deferred or outcome.bounced else log.info
+        )
+        fields: dict[str, object] = {}
+        groups = (
+            (RcptStatus.DELIVERED, outcome.delivered),
+            (RcptStatus.DEFERRED, outcome.deferred),
+            (RcptStatus.BOUNCED, outcome.bounced),
+        )
+        for status, done in groups:
+            if done:
+                fields[str(status)] = self.recipients(tuple(r.rcpt for r in done))
+                fields[f"{status}_reason"] = "; ".join(sorted({r.reason for r in done}))
+        level("delivery.outcome", unreachable=outcome.unreachable, **fields)
         return outcome
 
-    def _record_history(self, host: str, obs: Observation) -> None:
+    def recipients(self, rcpts: tuple[str, ...]) -> list[str] | int:
+        """Recipients as `[relay].log_recipients` lets them be logged (a count when not)."""
+        return log_recipients(rcpts, self.log_recipients)
+
+    async def _record_history(self, host: str, obs: Observation) -> None:
         if obs.ehlo_ok:
-            self.history.record(
+            # The store may be SQLite or a shared one: never block the event loop on it.
+            await asyncio.to_thread(
+                self.history.record,
                 host,
                 offered_starttls=obs.offered_starttls,
                 valid_cert=obs.cert_valid is True,
@@ -118,7 +150,6 @@ class AttemptReporter:
         attempt: Attempt,
     ) -> None:
         decision = attempt.decision
-        session = attempt.session
         self.sink.record(
             SessionResult(
                 policy_domain=request.domain,
@@ -127,7 +158,7 @@ class AttemptReporter:
                 when=self.clock(),
                 mx_host=host,
                 receiving_ip=ip,
-                sending_mta_ip=session.mx.sending_ip if session is not None else "",
+                sending_mta_ip=attempt.sending_ip,
                 receiving_mx_helo=attempt.helo_name,
                 result_type=ResultType(decision.result_type) if decision.result_type else None,
                 failure_reason_code=decision.reason_code if decision.result_type else "",
@@ -136,7 +167,11 @@ class AttemptReporter:
         )
 
     def _log_attempt(
-        self, policy: EffectivePolicy, attempt: Attempt, outcome: DeliveryOutcome | RcptOutcome
+        self,
+        rcpts: tuple[str, ...],
+        policy: EffectivePolicy,
+        attempt: Attempt,
+        outcome: DeliveryOutcome | RcptOutcome,
     ) -> None:
         session = attempt.session
         if isinstance(outcome, DeliveryOutcome):
@@ -146,13 +181,19 @@ class AttemptReporter:
         if self.metrics is not None:
             for finding in attempt.findings:
                 self.metrics.findings.labels(kind=str(finding.kind)).inc()
-        log.info(
+        decision = attempt.decision
+        failed = not decision.delivers or result != str(RcptStatus.DELIVERED)
+        level = log.warning if attempt.findings or failed or decision.result_type else log.info
+        level(
             "delivery.attempt",
+            rcpts=self.recipients(rcpts),
             policy_mode=policy.mode,
-            action=str(attempt.decision.action),
-            result_type=attempt.decision.result_type,
+            action=str(decision.action),
+            result_type=decision.result_type,
             outcome=result,
-            reason=attempt.decision.reason if session is None else _outcome_reason(outcome),
+            reason=decision.reason if session is None else _outcome_reason(outcome),
+            tls=session.tls if session else False,
+            plaintext=decision.action is Action.DELIVER_PLAINTEXT,
             tls_version=session.tls_version if session else None,
             cipher=session.cipher if session else None,
             mx_helo=attempt.helo_name,
@@ -175,6 +216,17 @@ def _policy_strings(policy: EffectivePolicy) -> tuple[str, ...]:
     if policy.is_sts and policy.policy is not None:
         return policy.policy.policy_strings
     return ()
+
+
+def log_recipients(rcpts: tuple[str, ...], mode: bool | str) -> list[str] | int:
+    """The addresses (mode true), a short sha256 of each ("hash"), or only their number (false)."""
+    if mode == "hash":
+        return [_short_hash(r) for r in rcpts]
+    return list(rcpts) if mode is True else len(rcpts)
+
+
+def _short_hash(address: str) -> str:
+    return hashlib.sha256(address.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def _outcome_reason(outcome: DeliveryOutcome | RcptOutcome) -> str:

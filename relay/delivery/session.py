@@ -28,7 +28,13 @@ from detect.starttls import judge_pre_handshake_bytes, judge_starttls_reply
 from detect.tls import describe_tls_error, judge_tls_failure
 from relay.config import Config
 from relay.delivery.dane_tls import presented_chain
-from relay.delivery.starttls import buffered_after_reply, mx_client, upgrade_to_tls
+from relay.delivery.starttls import (
+    buffered_after_reply,
+    mx_client,
+    send_body,
+    strict_replies,
+    upgrade_to_tls,
+)
 from relay.errors import SessionError
 
 # What a broken or silent peer raises through aiosmtplib (ssl.SSLError is an OSError).
@@ -91,6 +97,10 @@ class TlsStep:
         return self.finding is None
 
 
+class ConnectFailed(SessionError):
+    """No SMTP connection could be had (refused, unreachable, timed out before the banner)."""
+
+
 class BannerRefused(SessionError):
     """The MX greeted with a non-220 banner; `banner` is what it said."""
 
@@ -120,7 +130,9 @@ class MxSession:
             self.close()
             raise BannerRefused(Reply(exc.code, exc.message)) from exc
         except WIRE_ERRORS as exc:
-            raise self._lost(exc) from exc
+            self.close()
+            raise ConnectFailed(f"{type(exc).__name__}: {exc}") from exc
+        strict_replies(self.client)
         sockname = self.client.get_transport_info("sockname")
         self._local_ip = str(sockname[0]) if sockname else ""
         return Reply(banner.code, banner.message), judge_banner(banner.code, banner.message)
@@ -163,7 +175,7 @@ class MxSession:
             self.close()
             finding = judge_tls_failure(exc.verify_code, exc.verify_message or str(exc))
             return TlsStep(finding, cert_failure=True, error=exc)
-        except (ssl.SSLError, ConnectionError, TimeoutError, aiosmtplib.SMTPException) as exc:
+        except WIRE_ERRORS as exc:  # ssl.SSLError is an OSError
             self.close()
             return TlsStep(judge_tls_failure(None, describe_tls_error(exc)), error=exc)
         ssl_object = self.client.get_transport_info("ssl_object")
@@ -180,6 +192,23 @@ class MxSession:
     async def hello_again(self) -> Hello:
         """EHLO over TLS: what was learned in plaintext is forgotten (TLS-03)."""
         return await self.hello(expect_starttls=False)
+
+    async def command(self, *args: bytes) -> Reply:
+        """One SMTP command and its reply (MAIL, RCPT, DATA, RSET)."""
+        reply = await self._command(*args)
+        return Reply(reply.code, reply.message)
+
+    async def message_body(self, body: bytes) -> Reply:
+        """After a 354: the dot-stuffed message and its final reply."""
+        try:
+            reply = await send_body(self.client, body)
+        except WIRE_ERRORS as exc:
+            raise self._lost(exc) from exc
+        return Reply(reply.code, reply.message)
+
+    def supports(self, extension: str) -> bool:
+        """True when the last EHLO offered `extension` (e.g. "smtputf8")."""
+        return self.client.supports_extension(extension)
 
     @property
     def sending_ip(self) -> str:
@@ -213,4 +242,6 @@ class MxSession:
 
     def _lost(self, exc: BaseException) -> SessionError:
         self.close()
+        if isinstance(exc, aiosmtplib.SMTPResponseException) and exc.code == -1:
+            return SessionError(f"protocol error: {exc.message}")  # a malformed reply
         return SessionError(f"{type(exc).__name__}: {exc}")

@@ -1,25 +1,34 @@
-"""Message transfer on an established session: MAIL, RCPT, DATA, and what each reply means."""
+"""Message transfer on an established session: MAIL, RCPT, DATA, and what each reply means.
+
+Replies are judged by class (`relay.delivery.replies`): any 2xx to MAIL or RCPT is acceptance
+and DATA follows. An MX that breaks the protocol or drops the connection before the final dot
+failed as a whole: `SessionError`, and the deliverer tries the next MX (RFC 5321 5.1). After the
+final dot the message may have arrived (RFC 5321 6.1), so the accepted recipients are deferred
+and no other MX is tried in this attempt.
+"""
 
 from __future__ import annotations
 
 import re
 
-import aiosmtplib
-
-from relay.decision import decide_reply
 from relay.delivery.model import (
     DeliveryOutcome,
     DeliveryRequest,
     RcptOutcome,
     RcptStatus,
     every_rcpt,
-    rcpt_status,
 )
 from relay.delivery.negotiate import Established
-from relay.delivery.session import WIRE_ERRORS
+from relay.delivery.replies import ReplyKind, ReplyVerdict, Stage, judge_reply
 from relay.errors import SessionError
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r")
+_LINE_START_DOT = re.compile(rb"(?m)^\.")
+_STATUS = {
+    ReplyKind.ACCEPTED: RcptStatus.DELIVERED,
+    ReplyKind.TEMPORARY: RcptStatus.DEFERRED,
+    ReplyKind.PERMANENT: RcptStatus.BOUNCED,
+}
 
 
 def normalize_crlf(data: bytes) -> bytes:
@@ -30,52 +39,117 @@ def normalize_crlf(data: bytes) -> bytes:
     return data if data.endswith(b"\r\n") else data + b"\r\n"
 
 
+def dot_stuffed(data: bytes) -> bytes:
+    """The message as DATA sends it: CRLF line ends, leading dots doubled, CRLF.CRLF at the end
+    (RFC 5321 4.5.2)."""
+    return _LINE_START_DOT.sub(b"..", normalize_crlf(data)) + b".\r\n"
+
+
+class _Unsendable(Exception):
+    """An address that cannot be written in this session; the text is the bounce reason."""
+
+
+def _address(address: str, *, utf8: bool) -> bytes:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in address):
+        raise _Unsendable("553 5.1.7 address contains a control character")
+    try:
+        return b"<" + address.encode("utf-8" if utf8 else "ascii") + b">"
+    except UnicodeEncodeError:
+        raise _Unsendable("553 5.6.7 non-ASCII address needs SMTPUTF8") from None
+
+
 async def transfer(
     request: DeliveryRequest, session: Established, mx_host: str
 ) -> DeliveryOutcome | RcptOutcome:
-    """MAIL, RCPT, DATA on an established session; SMTP replies decide per recipient.
-    Raises `SessionError` when the session broke."""
-    client = session.mx.client
-    options: list[str] = []
-    if request.smtputf8:
-        if not client.supports_extension("smtputf8"):
+    """MAIL, RCPT, DATA on an established session; replies decide per recipient.
+    Raises `SessionError` when the MX failed before the final dot (the next MX may be tried)."""
+    mx = session.mx
+
+    def outcome(rcpt: str, status: RcptStatus, reason: str) -> RcptOutcome:
+        return RcptOutcome(rcpt, status, reason, None, mx_host, session.tls)
+
+    def verdict_of(stage: Stage, code: int, text: str) -> ReplyVerdict:
+        verdict = judge_reply(stage, code, text)
+        if verdict.kind is ReplyKind.PROTOCOL_ERROR:
+            mx.close()
+            raise SessionError(verdict.reason)
+        return verdict
+
+    texts = (request.mail_from, *request.rcpts)
+    utf8 = request.smtputf8 or not all(t.isascii() for t in texts)
+    options: list[bytes] = []
+    if utf8:
+        if not mx.supports("smtputf8"):
             # RFC 6531 3.2: an SMTPUTF8 message must not go to a server without SMTPUTF8.
             reason = "554 5.6.7 the next hop does not support SMTPUTF8"
             return every_rcpt(request, RcptStatus.BOUNCED, reason, mx_host, session.tls)
-        options.append("SMTPUTF8")
-    encoding = "utf-8" if request.smtputf8 else "ascii"
-    if request.eight_bit and client.supports_extension("8bitmime"):
+        options.append(b"SMTPUTF8")
+    if request.eight_bit and mx.supports("8bitmime"):
         # Without 8BITMIME at the next hop the body goes as it is, as Postfix does by default.
-        options.append("BODY=8BITMIME")
+        options.append(b"BODY=8BITMIME")
     try:
+        sender = _address(request.mail_from, utf8=utf8)
+    except _Unsendable as exc:
+        return every_rcpt(request, RcptStatus.BOUNCED, str(exc), mx_host, session.tls)
+
+    reply = await mx.command(b"MAIL", b"FROM:" + sender, *options)
+    verdict = verdict_of(Stage.MAIL, reply.code, reply.text)
+    if verdict.kind is not ReplyKind.ACCEPTED:
+        await _reset(session)
+        status = _STATUS[verdict.kind]
+        return every_rcpt(request, status, verdict.reason, mx_host, session.tls)
+
+    results: dict[str, RcptOutcome] = {}
+    accepted: list[str] = []
+    for rcpt in request.rcpts:
         try:
-            await client.mail(request.mail_from, options=options, encoding=encoding)
-        except aiosmtplib.SMTPResponseException as exc:
-            verdict = decide_reply(exc.code, exc.message)
-            await client.rset()
-            return every_rcpt(request, rcpt_status(verdict), verdict.reason, mx_host, session.tls)
-        results: dict[str, RcptOutcome] = {}
-        accepted: list[str] = []
-        for rcpt in request.rcpts:
-            try:
-                await client.rcpt(rcpt, encoding=encoding)
-                accepted.append(rcpt)
-            except aiosmtplib.SMTPResponseException as exc:
-                verdict = decide_reply(exc.code, exc.message)
-                results[rcpt] = RcptOutcome(
-                    rcpt, rcpt_status(verdict), verdict.reason, None, mx_host, session.tls
-                )
-        if accepted:
-            try:
-                reply = await client.data(normalize_crlf(request.data))
-                status, reason = RcptStatus.DELIVERED, f"{reply.code} {reply.message}"
-            except aiosmtplib.SMTPResponseException as exc:
-                verdict = decide_reply(exc.code, exc.message)
-                status, reason = rcpt_status(verdict), verdict.reason
-            for rcpt in accepted:
-                results[rcpt] = RcptOutcome(rcpt, status, reason, None, mx_host, session.tls)
+            address = _address(rcpt, utf8=utf8)
+        except _Unsendable as exc:
+            results[rcpt] = outcome(rcpt, RcptStatus.BOUNCED, str(exc))
+            continue
+        reply = await mx.command(b"RCPT", b"TO:" + address)
+        verdict = verdict_of(Stage.RCPT, reply.code, reply.text)
+        if verdict.kind is ReplyKind.ACCEPTED:
+            accepted.append(rcpt)
         else:
-            await client.rset()
-    except WIRE_ERRORS as exc:
-        raise SessionError(f"session lost: {type(exc).__name__}: {exc}") from exc
+            results[rcpt] = outcome(rcpt, _STATUS[verdict.kind], verdict.reason)
+    if not accepted:
+        await _reset(session)
+        return DeliveryOutcome(request.queue_id, tuple(results[r] for r in request.rcpts))
+
+    reply = await mx.command(b"DATA")
+    verdict = verdict_of(Stage.DATA, reply.code, reply.text)
+    if verdict.kind is ReplyKind.GO_AHEAD:
+        verdict = await _end_of_data(session, request)
+        if verdict.kind is ReplyKind.PROTOCOL_ERROR:
+            mx.close()
+    else:
+        await _reset(session)
+    status = _STATUS.get(verdict.kind, RcptStatus.DEFERRED)
+    for rcpt in accepted:
+        results[rcpt] = outcome(rcpt, status, verdict.reason)
     return DeliveryOutcome(request.queue_id, tuple(results[r] for r in request.rcpts))
+
+
+async def _end_of_data(session: Established, request: DeliveryRequest) -> ReplyVerdict:
+    """Send the message and judge the final reply. From here on the message may have arrived:
+    a lost connection or a protocol error is a deferral on this MX, never the next MX."""
+    try:
+        reply = await session.mx.message_body(dot_stuffed(request.data))
+    except SessionError as exc:
+        return ReplyVerdict(
+            ReplyKind.PROTOCOL_ERROR,
+            f"connection lost after the end of data, the message may have arrived: {exc}",
+        )
+    return judge_reply(Stage.END_OF_DATA, reply.code, reply.text)
+
+
+async def _reset(session: Established) -> None:
+    """RSET after a refused transaction, so the session can carry the next message; a session
+    that cannot be reset is closed (the pool skips it)."""
+    try:
+        reply = await session.mx.command(b"RSET")
+    except SessionError:
+        return
+    if reply.code != 250:
+        session.mx.close()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from structlog.testing import capture_logs
@@ -342,3 +344,35 @@ async def test_sts12_record_check_bypasses_answer_ttl(lab: Lab) -> None:
     result = await svc.get("example.org")
     assert result.record is not None
     assert result.record.id == "2"
+
+
+class ThreadNotingStore(MemoryPolicyStore):
+    """A policy store that notes the thread of every call: never the event loop's."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: list[str] = []
+        for name in ("get", "put", "record_failure", "last_failure", "clear_failures"):
+            method = getattr(super(), name)
+            setattr(self, name, self._noting(method))
+
+    def _noting(self, method: Any) -> Any:
+        def call(*args: Any) -> Any:
+            self.threads.append(threading.current_thread().name)
+            return method(*args)
+
+        return call
+
+
+async def test_store_is_never_called_on_the_event_loop(lab: Lab) -> None:
+    lab.publish("example.org")
+    clock = Clock()
+    store = ThreadNotingStore()
+    svc = service(lab, clock, store)
+    await svc.get("example.org")  # get, put, clear_failures
+    lab.host.set_failure("example.org", Failure.STATUS_500)
+    clock.now += DAY - 1800
+    await svc.get("example.org")  # get, last_failure, record_failure
+    await svc.check_record_changed("example.org")
+    assert len(store.threads) >= 6
+    assert threading.current_thread().name not in store.threads

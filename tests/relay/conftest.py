@@ -35,8 +35,18 @@ async def start_mx(lab_ca: LabCA, lab_dns: LabDns) -> AsyncIterator[Callable[...
             cert: CertKind = CertKind.GOOD,
             port: int = 0,
             rcpt_reply: str | None = None,
+            mail_reply: str | None = None,
+            drop: str | None = None,
         ) -> LabMx:
-            mx = LabMx.with_cert(lab_ca, name, host=host, cert=cert, rcpt_reply=rcpt_reply)
+            mx = LabMx.with_cert(
+                lab_ca,
+                name,
+                host=host,
+                cert=cert,
+                rcpt_reply=rcpt_reply,
+                mail_reply=mail_reply,
+                drop=drop,
+            )
             await stack.enter_async_context(mx.running(port))
             lab_dns.add(name, "A", host)
             return mx
