@@ -7,6 +7,7 @@ pool's timeout) become the error class the caller names, so each library sees it
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
@@ -142,6 +143,8 @@ class PostgresDatabase:
     def __init__(self, url: StateUrl, *, max_size: int = 4, timeout: float = 5.0) -> None:
         from psycopg_pool import ConnectionPool
 
+        # The pool logs every failed reconnect; the outage is logged once by `Availability`.
+        logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
         self.url = url
         self.timeout = timeout
         self._pool: ConnectionPool[Any] = ConnectionPool(

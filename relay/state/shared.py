@@ -64,6 +64,8 @@ class Availability:
         self._stop = threading.Event()
         self._probe: threading.Thread | None = None
         self._resyncs: list[Callable[[], None]] = []
+        self.settled = threading.Event()  # set while up with nothing kept back (tests wait on it)
+        self.settled.set()
 
     @property
     def up(self) -> bool:
@@ -88,6 +90,7 @@ class Availability:
             if not self._up or self._stop.is_set():
                 return
             self._up = False
+            self.settled.clear()
             self._since = self.clock()
             log.error("state.unavailable", database=self.db.describe(), error=str(exc))
             self._probe = threading.Thread(
@@ -114,6 +117,7 @@ class Availability:
                 database=self.db.describe(),
                 down_for=round(self.clock() - self._since, 1),
             )
+            self.settled.set()
             return
 
     def close(self) -> None:

@@ -19,6 +19,7 @@ from relay.state.migrations import Steps, migrate
 from relay.state.policy_store import SqlPolicyStore
 from relay.state.report_store import SqlReportStore
 from relay.state.shared import (
+    RETRY_INTERVAL,
     STORE_ERRORS,
     Availability,
     SharedPolicyStore,
@@ -63,7 +64,11 @@ class State:
 
 
 def open_state(
-    url: StateUrl, *, clock: Callable[[], float] = time.time, front: bool = True
+    url: StateUrl,
+    *,
+    clock: Callable[[], float] = time.time,
+    front: bool = True,
+    retry_interval: float = RETRY_INTERVAL,
 ) -> State:
     """Open the database and its stores (migrating the schema); raises `StateError`.
 
@@ -74,15 +79,24 @@ def open_state(
     db = open_database(url)
     try:
         if isinstance(db, SqliteDatabase) or not front:
-            return State(url, db, SqlPolicyStore(db), SqlTlsHistoryStore(db), SqlReportStore(db))
-        return _shared(url, db, clock)
+            migrate_all(db)
+            return State(
+                url,
+                db,
+                SqlPolicyStore(db, migrate_schema=False),
+                SqlTlsHistoryStore(db, migrate_schema=False),
+                SqlReportStore(db, migrate_schema=False),
+            )
+        return _shared(url, db, clock, retry_interval)
     except BaseException:
         db.close()
         raise
 
 
-def _shared(url: StateUrl, db: PostgresDatabase, clock: Callable[[], float]) -> State:
-    availability = Availability(db, clock=clock)
+def _shared(
+    url: StateUrl, db: PostgresDatabase, clock: Callable[[], float], retry_interval: float
+) -> State:
+    availability = Availability(db, clock=clock, retry_interval=retry_interval)
     availability.on_recovery(lambda: migrate_all(db))  # first: the tables, then the replays
     policies = SharedPolicyStore(SqlPolicyStore(db, migrate_schema=False), availability)
     history = SharedTlsHistoryStore(SqlTlsHistoryStore(db, migrate_schema=False), availability)
