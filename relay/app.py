@@ -24,6 +24,7 @@ from relay import sd_notify
 from relay.config import Config
 from relay.delivery.deliverer import Deliverer
 from relay.errors import ConfigError, StsguardError
+from relay.intake.limits import raise_descriptor_limit
 from relay.intake.pool import IntakePool
 from relay.intake.server import Intake
 from relay.metrics import Metrics, start_metrics_server
@@ -279,6 +280,7 @@ class Relay:
 
 async def serve(config: Config, config_path: Path | None = None) -> None:
     """Run the relay until SIGTERM or SIGINT."""
+    raise_descriptor_limit()  # a service starts with a soft 1,024; README "Limits and abuse"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -35,6 +35,7 @@ DOMAIN_TLS = ("none", "opportunistic", "encrypt", "verify", "mta-sts", "dane", "
 DNSSEC = ("auto", "off", "ad")
 ON_DOWNGRADE = ("defer", "log")
 LOG_FORMATS = ("auto", "json", "console", "journal")
+TLS_REQUIRED_NO = ("honour", "authenticated", "ignore")
 
 
 def parse_duration(text: str | int, key: str) -> int:
@@ -125,6 +126,15 @@ class RelayConfig:
     intake_processes: int = 0
     open_relay: bool = False
     log_recipients: bool | str = True  # true | false | "hash": envelope recipients in log lines
+    # Intake limits (README "Limits and abuse"); per intake process when intake_processes > 0.
+    max_connections: int = 300
+    max_connections_per_ip: int = 50
+    idle_timeout: int = 300
+    session_timeout: int = 1800
+    max_junk_commands: int = 100
+    auth_failures_per_connection: int = 3
+    auth_failures_per_ip: int = 10
+    tls_required_no: str = "honour"
 
     def __post_init__(self) -> None:
         if not self.hostname:  # the default: this machine's name
@@ -412,6 +422,14 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "intake_processes": _int_range(0, 64),
             "open_relay": _bool,
             "log_recipients": _log_recipients,
+            "max_connections": _int_range(1, 1_000_000),
+            "max_connections_per_ip": _int_range(1, 1_000_000),
+            "idle_timeout": _positive_duration,
+            "session_timeout": _positive_duration,
+            "max_junk_commands": _int_range(1, 1_000_000),
+            "auth_failures_per_connection": _int_range(1, 1000),
+            "auth_failures_per_ip": _int_range(1, 1_000_000),
+            "tls_required_no": _choice(TLS_REQUIRED_NO),
         },
     ),
     "delivery": (

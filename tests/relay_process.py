@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,11 +30,12 @@ def write_config(world: LabWorld, directory: Path, **sections: dict[str, Any]) -
     return path, int(settings["relay"]["listen"].rpartition(":")[2])
 
 
-def start_relay(config_file: Path) -> subprocess.Popen[bytes]:
-    """`stsguard relay --config FILE`, its output appended to relay.log beside the file."""
+def start_relay(config_file: Path, *, prefix: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+    """`stsguard relay --config FILE`, its output appended to relay.log beside the file;
+    `prefix` runs it under another command (``prlimit --nofile=1024:1024``)."""
     log = (config_file.parent / "relay.log").open("ab")
     return subprocess.Popen(
-        [sys.executable, "-m", "relay.cli", "relay", "--config", str(config_file)],
+        [*prefix, sys.executable, "-m", "relay.cli", "relay", "--config", str(config_file)],
         stdout=log,
         stderr=log,
     )

@@ -100,8 +100,10 @@ class PasswordAuthenticator:
 
     def __init__(self, users: Mapping[str, PasswordHash]) -> None:
         self.users = dict(users)
-        # Spend the same time on unknown users as on known ones.
-        self._dummy = PasswordHash(1000, b"stsguard-dummy", bytes(32))
+        # An unknown user costs what a known one costs (no timing oracle for user names): the
+        # highest iteration count in the file, or the default when there is no user.
+        iterations = max((u.iterations for u in self.users.values()), default=DEFAULT_ITERATIONS)
+        self.dummy = PasswordHash(iterations, secrets.token_bytes(16), secrets.token_bytes(32))
 
     def check(self, login: bytes, password: bytes) -> bool:
         try:
@@ -110,7 +112,7 @@ class PasswordAuthenticator:
             return False
         entry = self.users.get(user)
         if entry is None:
-            self._dummy.matches(password)
+            self.dummy.matches(password)
             return False
         return entry.matches(password)
 
@@ -120,10 +122,11 @@ class PasswordAuthenticator:
         if not isinstance(auth_data, LoginPassword):
             return AuthResult(success=False, handled=False)
         ok = self.check(auth_data.login, auth_data.password)
-        _log.info(
+        # A failure is logged at warning by the server, which also counts and throttles it.
+        (_log.info if ok else _log.warning)(
             "intake.auth",
             mechanism=mechanism,
-            user=auth_data.login.decode("utf-8", "replace"),
+            user=auth_data.login.decode("utf-8", "replace")[:64],
             success=ok,
             client=str(session.peer[0]) if session.peer else "",
         )

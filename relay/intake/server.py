@@ -22,7 +22,22 @@ Choices, with reasons:
   hop for it), PIPELINING (aiosmtpd reads commands from one stream in order, so a pipelined batch is
   answered correctly; aiosmtpd does not advertise it by itself), STARTTLS when a certificate is
   configured, AUTH only after STARTTLS and only with ``[relay].auth_file``.
-- Any failure inside a hook answers ``451 4.3.0`` and logs the traceback; the client never sees it.
+- Limits (README "Limits and abuse"): sessions in total, per client address and from outside
+  ``accept_networks`` (`relay.intake.limits`), an idle timeout that data in flight also resets, a
+  session time limit and a budget of commands that move no mail (NOOP, RSET, ...), so no client
+  keeps a slot forever. Each over-limit client hears ``421 4.7.0`` and is disconnected.
+- Command hygiene (`relay.intake.hygiene`): control characters or invalid UTF-8 anywhere in a
+  command get ``501 5.5.2`` before the command runs; MAIL and RCPT addresses are checked again
+  (``553 5.1.3``; non-ASCII without SMTPUTF8 ``553 5.6.7``); a path the parser chokes on is a
+  ``553`` and one log line, never a traceback.
+- STARTTLS inside TLS is ``503`` (RFC 3207 section 4.2). Failed AUTHs are answered after a delay,
+  logged at warning, and end the session (421) after ``auth_failures_per_connection``; an address
+  with ``auth_failures_per_ip`` failures in 15 minutes gets 421 at AUTH without a password check.
+- ``TLS-Required: No`` (RFC 8689 section 5) becomes the message's flag as
+  ``[relay].tls_required_no`` says: from any client that may relay, only from authenticated ones,
+  or never.
+- Any other failure inside a hook answers ``451 4.3.0`` and logs the traceback; the client never
+  sees it.
 """
 
 from __future__ import annotations
@@ -32,21 +47,33 @@ import contextlib
 import datetime as dt
 import email.parser
 import email.policy
+import errno
+import functools
 import ipaddress
 import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, Session, TLSSetupException, syntax
 
 from relay.config import Config, RelayConfig
-from relay.errors import ConfigError
+from relay.errors import ConfigError, SpoolError
 from relay.intake.auth import PasswordAuthenticator, load_auth_file
 from relay.intake.group_commit import GroupCommit
+from relay.intake.hygiene import address_problem, command_problem
+from relay.intake.limits import (
+    BASE_RESERVE,
+    AuthFailures,
+    ConnectionLimits,
+    client_key,
+    connection_budget,
+    raise_descriptor_limit,
+)
 from relay.queue.spool import MessageFlags, QueuedMessage, Spool, new_queue_id
 
 _log = structlog.get_logger("relay.intake.server")
@@ -134,7 +161,8 @@ def received_header(
     """Our ``Received:`` trace line (RFC 5321 section 4.4); `for` only with a single recipient."""
     helo_text = _HELO_SAFE.sub("", helo)[:255] or "unknown"
     when = dt.datetime.fromtimestamp(now, dt.UTC).strftime("%a, %d %b %Y %H:%M:%S +0000")
-    recipient = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 else ""
+    # Only checked addresses get here; `for` is left out all the same for anything unprintable.
+    recipient = f"\r\n\tfor <{rcpts[0]}>" if len(rcpts) == 1 and rcpts[0].isprintable() else ""
     line = (
         f"Received: from {helo_text} ([{client}])\r\n"
         f"\tby {hostname} (stsguard) with {protocol} id {queue_id}{recipient};\r\n"
@@ -188,10 +216,28 @@ class IntakeHandler:
         lines.insert(len(lines) - 1, "250-PIPELINING")
         return lines
 
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
+    ) -> str:
+        smtputf8 = "SMTPUTF8" in options  # aiosmtpd gives the options upper-cased
+        problem = address_problem(address, smtputf8=smtputf8, null_ok=True)
+        if problem is not None:
+            _log.info(
+                "intake.address_refused", client=_client(session), command="MAIL", reply=problem
+            )
+            return problem
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 Ok"
+
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
     ) -> str:
         client = _client(session)
+        problem = address_problem(address, smtputf8=bool(envelope.smtp_utf8), null_ok=False)
+        if problem is not None:
+            _log.info("intake.address_refused", client=client, command="RCPT", reply=problem)
+            return problem
         if not (session.authenticated or client_allowed(client, self.networks)):
             _log.info("intake.relay_denied", client=client, rcpt=address)
             return "550 5.7.1 Relaying denied: client not in accept_networks"
@@ -217,7 +263,7 @@ class IntakeHandler:
         rcpts = list(envelope.rcpt_tos)
         options = {o.upper() for o in envelope.mail_options}
         flags = MessageFlags(
-            tls_required_no=tls_required_no(data),
+            tls_required_no=self._tls_required_no(data, session, client),
             smtputf8="SMTPUTF8" in options,
             eight_bit="BODY=8BITMIME" in options,
         )
@@ -254,7 +300,20 @@ class IntakeHandler:
                 _log.exception("intake.handoff_failed", queue_id=queue_id)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
+    def _tls_required_no(self, data: bytes, session: Session, client: str) -> bool:
+        """Whether the message's ``TLS-Required: No`` is honoured (``[relay].tls_required_no``)."""
+        if not tls_required_no(data):
+            return False
+        mode = self.config.tls_required_no
+        if mode == "honour" or (mode == "authenticated" and session.authenticated):
+            return True
+        _log.info("intake.tls_required_no_ignored", client=client, mode=mode)
+        return False
+
     async def handle_exception(self, error: Exception) -> str:
+        if isinstance(error, SpoolError):
+            _log.warning("intake.spool_failed", error=str(error))
+            return "451 4.3.0 Temporary failure, try again later"
         if isinstance(error, TLSSetupException):
             # A client that gave up on our certificate: its business, no traceback.
             _log.info("intake.starttls_failed", error=repr(error.__cause__ or error))
@@ -274,12 +333,174 @@ def _auth_user(session: Session) -> str:
     return login.decode("utf-8", "replace") if isinstance(login, bytes) else ""
 
 
+# Commands that move no mail; a session may send `max_junk_commands` of them between messages.
+_JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "HELO", "EHLO"})
+# Failed AUTHs are answered this many seconds late, so a password guesser gets nowhere fast.
+AUTH_FAILURE_DELAY = 1.0
+
+
+@dataclass
+class SessionRules:
+    """The limits every session of one intake shares (README "Limits and abuse")."""
+
+    hostname: str
+    networks: tuple[IPNetwork, ...]
+    connections: ConnectionLimits
+    auth_failures: AuthFailures
+    idle_timeout: float
+    session_timeout: float
+    max_junk_commands: int
+    auth_failures_per_connection: int
+    auth_failure_delay: float = AUTH_FAILURE_DELAY
+
+    @classmethod
+    def from_config(
+        cls, config: RelayConfig, *, max_connections: int | None = None
+    ) -> SessionRules:
+        networks = parse_networks(config.accept_networks)
+        return cls(
+            hostname=config.hostname,
+            networks=networks,
+            connections=ConnectionLimits.for_relay(
+                max_connections or config.max_connections,
+                config.max_connections_per_ip,
+                has_networks=bool(networks),
+            ),
+            auth_failures=AuthFailures(config.auth_failures_per_ip),
+            idle_timeout=float(config.idle_timeout),
+            session_timeout=float(config.session_timeout),
+            max_junk_commands=config.max_junk_commands,
+            auth_failures_per_connection=config.auth_failures_per_connection,
+        )
+
+
 class _IntakeSMTP(SMTP):
-    """aiosmtpd's SMTP where a failing RCPT or DATA hook answers that command with 451 (via
-    `handle_exception`) and the session goes on in the state the command's failure leaves."""
+    """aiosmtpd's SMTP with the intake's limits and checks.
+
+    A failing RCPT or DATA hook answers that command with 451 (via `handle_exception`) and the
+    session goes on in the state the command's failure leaves. The aiosmtpd internals used here
+    are pinned by tests/relay/test_aiosmtpd_internals.py and the version bound in pyproject.toml.
+    """
+
+    def __init__(self, handler: Any, *, rules: SessionRules | None = None, **kwargs: Any) -> None:
+        self.rules = rules or SessionRules.from_config(RelayConfig())
+        kwargs.setdefault("timeout", self.rules.idle_timeout)
+        super().__init__(handler, **kwargs)
+        self._admission: tuple[str, bool] | None = None
+        self._refused = False
+        self._client_ip = ""
+        self._session_timer: asyncio.TimerHandle | None = None
+        self._last_activity = 0.0
+        self._in_hook = False
+        self._expired = ""  # a limit ran out during a hook: close once it returns
+        self._junk = 0
+        self._auth_failures = 0
+        self._auth_failed = False
+        self._smtp_methods = {
+            name: self._checked(name, method) for name, method in self._smtp_methods.items()
+        }
 
     def __dir__(self) -> list[str]:
         return _table_names(self)
+
+    # -- connections and timers --
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._admission is None:  # a new connection (not the TLS layer after STARTTLS)
+            peer = transport.get_extra_info("peername")
+            self._client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+            inside = client_allowed(self._client_ip, self.rules.networks)
+            key = client_key(self._client_ip)
+            refused = self.rules.connections.admit(key, inside=inside)
+            if refused is not None:
+                self._refused = True
+                _log.info("intake.connection_refused", client=self._client_ip, limit=refused)
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(
+                    f"421 4.7.0 {self.rules.hostname} Too many connections, try again later"
+                    "\r\n".encode()
+                )
+                transport.close()
+                return
+            self._admission = (key, inside)
+            self._last_activity = self.loop.time()
+            self._session_timer = self.loop.call_later(
+                self.rules.session_timeout, self._limit_reached, "session_timeout"
+            )
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self._refused:
+            return  # aiosmtpd never saw this connection
+        if self._session_timer is not None:
+            self._session_timer.cancel()
+        if self._admission is not None:
+            key, inside = self._admission
+            self.rules.connections.release(key, inside=inside)
+            self._admission = None
+            self._refused = True  # counted once, whatever else calls this
+        super().connection_lost(error)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_activity = self.loop.time()
+        super().data_received(data)
+
+    def _timeout_cb(self) -> None:
+        """aiosmtpd's idle timer (reset per command): idle means no bytes either, so a long
+        DATA that keeps arriving is not cut off; a client that sends nothing hears 421."""
+        idle = self.loop.time() - self._last_activity
+        if idle < self._timeout_duration:
+            self._reset_timeout(self._timeout_duration - idle)
+            return
+        self._limit_reached("idle_timeout")
+
+    def _limit_reached(self, limit: str) -> None:
+        if self._in_hook:
+            # Never cut a message off while it is being queued: the client would send it again.
+            self._expired = limit
+            return
+        self._close_421(limit)
+
+    def _close_421(self, limit: str) -> None:
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        _log.info("intake.session_closed", client=self._client_ip, limit=limit)
+        what = {
+            "idle_timeout": "Idle timeout",
+            "session_timeout": "Session time limit reached",
+            "max_junk_commands": "Too many commands without mail",
+            "auth_failures": "Too many failed AUTH attempts",
+        }.get(limit, "Limit reached")
+        assert isinstance(transport, asyncio.WriteTransport)
+        transport.write(f"421 4.7.0 {self.rules.hostname} {what}, closing connection\r\n".encode())
+        transport.close()
+
+    # -- every command --
+
+    def _checked(
+        self, name: str, method: Callable[[str | None], Awaitable[None]]
+    ) -> Callable[[str | None], Awaitable[None]]:
+        """`method` behind the command hygiene check and the junk-command budget."""
+        junk = name in _JUNK_COMMANDS
+
+        @functools.wraps(method)
+        async def run(arg: str | None) -> None:
+            problem = command_problem(arg)
+            if problem is not None:
+                _log.info(
+                    "intake.command_refused", client=self._client_ip, command=name, reply=problem
+                )
+                await self.push(problem)
+                return
+            if junk:
+                self._junk += 1
+                if self._junk > self.rules.max_junk_commands:
+                    self._close_421("max_junk_commands")
+                    return
+            await method(arg)
+
+        return run
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's MAIL/RCPT path parser, with a fast path for the common ``<local@domain>``.
@@ -288,7 +509,7 @@ class _IntakeSMTP(SMTP):
         call (about 15% of an intake process's CPU in the benchmark). For a dot-atom local part
         and a plain domain the answer is the text between the brackets and the rest after any
         blanks; a property test checks that against aiosmtpd's parser. Junk that makes the stdlib
-        parser raise is a syntax error here."""
+        parser raise is a syntax error here, with one log line."""
         m = _SIMPLE_PATH.match(arg)
         if m is not None:
             rest = arg[m.end() :].lstrip(" \t")
@@ -297,20 +518,76 @@ class _IntakeSMTP(SMTP):
                 return m.group(1), rest
         try:
             return super()._getaddr(arg)
-        except (IndexError, ValueError):
-            # The stdlib parser trips over some junk (``MAIL FROM:<``): a syntax error reply
-            # rather than a 451 with a traceback in the log.
+        except Exception as exc:
+            # The stdlib parser trips over some junk (``<``: IndexError, ``<$@[:&_>(x)``:
+            # AttributeError): a syntax error reply rather than a 451 and a traceback.
+            _log.info("intake.address_unparsable", client=self._client_ip, error=type(exc).__name__)
             return None, None
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        self._in_hook = True
         try:
-            return await super()._call_handler_hook(command, *args)
+            status = await super()._call_handler_hook(command, *args)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             if command not in ("RCPT", "DATA"):
                 raise
-            return await self.handle_exception(exc)
+            status = await self.handle_exception(exc)
+        finally:
+            self._in_hook = False
+            if self._expired:
+                self.loop.call_soon(self._close_421, self._expired)
+        if command == "DATA" and isinstance(status, str) and status.startswith("250"):
+            self._junk = 0  # a message was queued: the session is doing its job
+        return status
+
+    # -- STARTTLS and AUTH --
+
+    @syntax("STARTTLS", when="tls_context")
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:
+            await self.push("503 5.5.1 Error: TLS already active")  # RFC 3207 section 4.2
+            return
+        await super().smtp_STARTTLS(arg)
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str) -> None:
+        key = client_key(self._client_ip)
+        throttle = self.rules.auth_failures
+        if throttle.blocked(key, self.loop.time()):
+            _log.warning("intake.auth_throttled", client=self._client_ip, scope="address")
+            self._close_421("auth_failures")
+            return
+        self._auth_failed = False
+        await super().smtp_AUTH(arg)
+        if not self._auth_failed:
+            return
+        # The credentials were checked and refused; `_authenticate` left the reply to us.
+        self._auth_failures += 1
+        from_address = throttle.record(key, self.loop.time())
+        _log.warning(
+            "intake.auth_failed",
+            client=self._client_ip,
+            failures=self._auth_failures,
+            failures_from_address=from_address,
+        )
+        await asyncio.sleep(self.rules.auth_failure_delay)
+        if (
+            self._auth_failures >= self.rules.auth_failures_per_connection
+            or from_address >= throttle.limit
+        ):
+            _log.warning("intake.auth_throttled", client=self._client_ip, scope="connection")
+            self._close_421("auth_failures")
+            return
+        await self.push("535 5.7.8 Authentication credentials invalid")
+
+    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
+        result: AuthResult = super()._authenticate(mechanism, auth_data)
+        if not result.success and not result.handled and result.message is None:
+            self._auth_failed = True
+            return AuthResult(success=False, handled=True)  # smtp_AUTH answers, after the delay
+        return result
 
 
 # --- start / stop --------------------------------------------------------------------------
@@ -346,7 +623,6 @@ class Intake:
         *,
         on_queued: OnQueued | None = None,
         clock: Callable[[], float] = time.time,
-        timeout: float = 300,
         listen: tuple[str, int] | None = None,
         sock: socket.socket | None = None,
     ) -> None:
@@ -366,20 +642,22 @@ class Intake:
                     "tls_key_file too"
                 )
             self.authenticator = PasswordAuthenticator(load_auth_file(relay.auth_file))
-        self.timeout = timeout
+        self.rules = SessionRules.from_config(relay)
         self._server: asyncio.Server | None = None
+        self._previous_handler: Any = None
+        self.descriptor_limit = 0  # the soft RLIMIT_NOFILE once started
 
     def _protocol(self) -> SMTP:
         relay = self.config.relay
         return _IntakeSMTP(
             self.handler,
+            rules=self.rules,
             data_size_limit=relay.max_message_size,
             enable_SMTPUTF8=True,
             decode_data=False,
             hostname=relay.hostname,
             ident="stsguard ESMTP",
             tls_context=self.tls_context,
-            timeout=self.timeout,
             auth_require_tls=True,
             authenticator=self.authenticator,
             auth_exclude_mechanism=[] if self.authenticator else ["LOGIN", "PLAIN"],
@@ -394,14 +672,59 @@ class Intake:
         host, port = self._server.sockets[0].getsockname()[:2]
         return str(host), int(port)
 
+    def _fit_descriptors(self) -> None:
+        """Raise the soft descriptor limit, then keep `max_connections` within what it leaves."""
+        soft, hard = raise_descriptor_limit()
+        self.descriptor_limit = soft
+        wanted = self.config.relay.max_connections
+        reserve = BASE_RESERVE + 2 * self.config.delivery.workers
+        budget = connection_budget(wanted, soft, reserve)
+        if budget < wanted:
+            _log.warning(
+                "intake.max_connections_lowered",
+                max_connections=wanted,
+                now=budget,
+                descriptor_limit=soft,
+                hard_limit=hard,
+            )
+            self.rules = SessionRules.from_config(self.config.relay, max_connections=budget)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """One log line, no traceback, for an accept that ran out of descriptors or memory:
+        asyncio stops accepting for a second and tries again; sessions already open go on."""
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (
+            errno.EMFILE,
+            errno.ENFILE,
+            errno.ENOBUFS,
+            errno.ENOMEM,
+        ):
+            _log.warning("intake.accept_backoff", error=errno.errorcode.get(exc.errno or 0, ""))
+            return
+        if self._previous_handler is not None:
+            self._previous_handler(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
     async def start(self) -> None:
         host, port = self.listen
         loop = asyncio.get_running_loop()
+        self._fit_descriptors()
+        self._previous_handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_exception)
         if self.sock is not None:
             self._server = await loop.create_server(self._protocol, sock=self.sock)
         else:
             self._server = await loop.create_server(self._protocol, host, port)
-        _log.info("intake.listening", address=f"{self.address[0]}:{self.address[1]}")
+        connections = self.rules.connections
+        _log.info(
+            "intake.listening",
+            address=f"{self.address[0]}:{self.address[1]}",
+            descriptor_limit=self.descriptor_limit,
+            max_connections=connections.max_total,
+            max_connections_outside=connections.max_outside,
+            max_connections_per_ip=connections.max_per_ip,
+        )
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -410,6 +733,9 @@ class Intake:
                 async with asyncio.timeout(2):
                     await self._server.wait_closed()
             self._server = None
+            loop = asyncio.get_running_loop()
+            if loop.get_exception_handler() == self._loop_exception:
+                loop.set_exception_handler(self._previous_handler)
 
     async def serve(self) -> None:
         """Listen until cancelled (a TaskGroup member); starts listening unless `start` did."""

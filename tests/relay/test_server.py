@@ -549,7 +549,7 @@ def test_fast_path_parser_agrees_with_aiosmtpd(arg: str) -> None:
         ours = _IntakeSMTP(object(), loop=loop, hostname="h")
         try:
             expected = SMTP._getaddr(ours, arg)
-        except (IndexError, ValueError):  # aiosmtpd's own parser trips over "<"
+        except Exception:  # aiosmtpd's own parser trips over "<" and "<$@[:&_>(x)"
             expected = (None, None)
         assert ours._getaddr(arg) == expected
     finally:
