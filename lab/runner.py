@@ -32,6 +32,7 @@ import structlog.testing
 from lab.attacker import Attacker
 from lab.mx import CertKind, LabMx
 from lab.scenarios import Attack, PolicySetup, Scenario, build_scenarios
+from lab.unbound import MISSING, unbound_path
 from lab.world import LabWorld, wait_until
 from relay.app import Relay
 from relay.config import Config
@@ -151,7 +152,10 @@ class LabRun:
         domain = f"{scenario.name}.lab.test"
         mx_name = f"mx.{domain}"
         cert = CertKind.EXPIRED if scenario.attack is Attack.EXPIRED_CERT else CertKind.GOOD
-        mx = await self.world.add_mx(mx_name, self._ip(), cert=cert)
+        if scenario.policy.dane:
+            mx = await self._dane_mx(scenario, mx_name)
+        else:
+            mx = await self.world.add_mx(mx_name, self._ip(), cert=cert)
         stage = _Stage(scenario, domain, mx, rcpt=f"bob@{domain}")
         if scenario.attack.on_path or scenario.policy is PolicySetup.REMEMBERED:
             ip = self._ip()
@@ -174,14 +178,40 @@ class LabRun:
         self.world.publish_mx(domain, mx_hosts)
         if scenario.policy in (PolicySetup.ENFORCE, PolicySetup.TESTING, PolicySetup.NONE):
             self.world.publish_policy(domain, str(scenario.policy), [mx_name])
+        if scenario.policy is PolicySetup.DANE_STS_TESTING:
+            self.world.publish_policy(domain, "testing", [mx_name])
         return stage
+
+    async def _dane_mx(self, scenario: Scenario, mx_name: str) -> LabMx:
+        """An MX for a DANE set-up and its signed TLSA records (DANE-TA: the MX sends the CA)."""
+        ip = self._ip()
+        dane_ta = scenario.policy is PolicySetup.DANE_TA
+        issued = self.world.ca.issue(mx_name, with_ca=dane_ta)
+        mx = LabMx(ip, hostname=mx_name, tls_context=issued.server_context())
+        await self.world.keep(mx.running(self.world.mx_port))
+        self.world.dns.set(mx_name, "A", [ip])
+        self.world.mx_hosts[mx_name] = mx
+        if scenario.policy is not PolicySetup.DANE_ONLY:
+            record = self.world.ca.tlsa(2, 0, 1) if dane_ta else issued.tlsa(3, 1, 1)
+            self.world.publish_tlsa(mx_name, [record])
+        if scenario.attack is Attack.DNSSEC_BOGUS:
+            self.world.dns.break_dnssec(f"_25._tcp.{mx_name}", "TLSA")
+        return mx
 
     async def run(self) -> tuple[list[Outcome], list[dict[str, Any]]]:
         async with self._stack:
             for scenario in self.scenarios:
                 self.stages.append(await self._stage(scenario))
+            dane_only = {
+                stage.domain: {"tls": "dane-only"}
+                for stage in self.stages
+                if stage.scenario.policy is PolicySetup.DANE_ONLY
+            }
             config = self.world.relay_config(
-                self.state_dir, tlsrpt={"enabled": False}, detect={"on_downgrade": "defer"}
+                self.state_dir,
+                tlsrpt={"enabled": False},
+                detect={"on_downgrade": "defer"},
+                domains=dane_only,
             )
             capture = structlog.testing.LogCapture()
             structlog.configure(
@@ -356,9 +386,9 @@ async def _smuggle(config: Config, rcpt: str) -> str:
 
 
 @contextlib.asynccontextmanager
-async def _world() -> AsyncIterator[tuple[LabWorld, Path]]:
+async def _world(validating: bool) -> AsyncIterator[tuple[LabWorld, Path]]:
     with tempfile.TemporaryDirectory(prefix="stsguard-lab-") as tmp:
-        async with LabWorld(Path(tmp) / "world").running() as world:
+        async with LabWorld(Path(tmp) / "world", validating=validating).running() as world:
             yield world, Path(tmp) / "relay-state"
 
 
@@ -374,7 +404,13 @@ async def run_lab(names: Sequence[str] | None = None) -> tuple[list[Outcome], li
         if unknown:
             raise UsageError(f"unknown scenario {unknown[0]!r} (see `stsguard lab` for the names)")
         scenarios = [s for s in scenarios if s.name in names]
-    async with _world() as (world, state_dir):
+    validating = any(s.policy.dane for s in scenarios)
+    if validating and unbound_path() is None:
+        # The DANE scenarios need a validating resolver; say so rather than fake one.
+        print(f"stsguard lab: {MISSING}; the DANE scenarios are not run", file=sys.stderr)
+        scenarios = [s for s in scenarios if not s.policy.dane]
+        validating = False
+    async with _world(validating) as (world, state_dir):
         return await LabRun(world, scenarios, state_dir).run()
 
 

@@ -19,6 +19,15 @@ class PolicySetup(StrEnum):
     NONE = "none"  # an MTA-STS policy in mode none
     NO_POLICY = "no-policy"
     REMEMBERED = "no-policy-remembered-tls"  # no policy, but the MX spoke TLS in an earlier session
+    DANE_EE = "dane-ee"  # signed TLSA 3 1 1 for the MX's own key (needs unbound)
+    DANE_TA = "dane-ta"  # signed TLSA 2 0 1 for the lab CA, which the MX sends (needs unbound)
+    DANE_STS_TESTING = "dane-ee-sts-testing"  # DANE-EE and a weaker MTA-STS testing policy
+    DANE_ONLY = "dane-only-no-tlsa"  # `tls = "dane-only"` override, but the domain has no TLSA
+
+    @property
+    def dane(self) -> bool:
+        """True when the set-up needs a validating resolver (the lab's unbound)."""
+        return self in _DANE_SETUPS
 
 
 class Attack(StrEnum):
@@ -40,6 +49,7 @@ class Attack(StrEnum):
     SPOOFED_MX = "spoofed-mx"
     POLICY_HOST_BLOCKED = "policy-host-blocked"
     TXT_REMOVED = "txt-removed"
+    DNSSEC_BOGUS = "dnssec-bogus"  # the attacker rewrites the TLSA answer: signatures fail
 
     @property
     def on_path(self) -> bool:
@@ -58,6 +68,15 @@ _PROXY_ATTACKS = frozenset(
         Attack.EHLO_502,
         Attack.INTERCEPT,
         Attack.INTERCEPT_WRONG_NAME,
+    }
+)
+
+_DANE_SETUPS = frozenset(
+    {
+        PolicySetup.DANE_EE,
+        PolicySetup.DANE_TA,
+        PolicySetup.DANE_STS_TESTING,
+        PolicySetup.DANE_ONLY,
     }
 )
 
@@ -119,10 +138,11 @@ def _expected(attack: Attack, policy: PolicySetup) -> Expected:
 def build_scenarios() -> list[Scenario]:
     """Every on-path attack under every policy set-up, plus the set-ups without an attacker."""
     table: list[Scenario] = []
+    classic = [p for p in PolicySetup if not p.dane]
     for attack in sorted(_PROXY_ATTACKS, key=list(Attack).index):
-        for policy in PolicySetup:
+        for policy in classic:
             table.append(Scenario(f"{attack}-{policy}", attack, policy, _expected(attack, policy)))
-    for policy in PolicySetup:
+    for policy in classic:
         table.append(
             Scenario(
                 f"baseline-{policy}",
@@ -175,6 +195,72 @@ def build_scenarios() -> list[Scenario]:
             Expected(False, None, "smuggling-rejected", None),
             "upstream hides a second message behind <LF>.<LF>: the relay refuses the DATA, "
             "so nothing can be split off downstream",
+        ),
+    ]
+    return table + dane_scenarios()
+
+
+def dane_scenarios() -> list[Scenario]:
+    """DANE (RFC 7672) under a real validating resolver: what must come of each attack."""
+    deferred = {
+        Attack.INTERCEPT: ("tlsa-mismatch", "tlsa-invalid"),
+        Attack.STRIP: ("starttls-stripped", "starttls-not-supported"),
+        Attack.GARBLE: ("starttls-garbled", "starttls-not-supported"),
+    }
+    table = [
+        Scenario(
+            "baseline-dane-ee",
+            Attack.NONE,
+            PolicySetup.DANE_EE,
+            Expected(True, True, None, None),
+            "signed TLSA 3 1 1 matches the MX's key: delivered over TLS",
+        ),
+        Scenario(
+            "baseline-dane-ta",
+            Attack.NONE,
+            PolicySetup.DANE_TA,
+            Expected(True, True, None, None),
+            "signed TLSA 2 0 1 names the CA the MX's chain leads to: delivered over TLS",
+        ),
+        Scenario(
+            "baseline-dane-ee-sts-testing",
+            Attack.NONE,
+            PolicySetup.DANE_STS_TESTING,
+            Expected(True, True, None, None),
+            "DANE and an MTA-STS testing policy: DANE decides (policy-type tlsa)",
+        ),
+    ]
+    for attack, (finding, result_type) in deferred.items():
+        table.append(
+            Scenario(
+                f"{attack}-dane-ee",
+                attack,
+                PolicySetup.DANE_EE,
+                Expected(False, None, finding, result_type),
+                "DANE never falls back: deferred",
+            )
+        )
+    table += [
+        Scenario(
+            "intercept-dane-ee-sts-testing",
+            Attack.INTERCEPT,
+            PolicySetup.DANE_STS_TESTING,
+            Expected(False, None, "tlsa-mismatch", "tlsa-invalid"),
+            "testing alone would deliver; the failed DANE check wins (STS-14)",
+        ),
+        Scenario(
+            "dnssec-bogus-dane-ee",
+            Attack.DNSSEC_BOGUS,
+            PolicySetup.DANE_EE,
+            Expected(False, None, None, "dnssec-invalid"),
+            "the TLSA answer's signature is forged: bogus, deferred, MX not contacted",
+        ),
+        Scenario(
+            "baseline-dane-only-no-tlsa",
+            Attack.NONE,
+            PolicySetup.DANE_ONLY,
+            Expected(False, None, None, "dane-required"),
+            'tls = "dane-only" for a domain without TLSA: deferred',
         ),
     ]
     return table

@@ -63,10 +63,10 @@ class LabUnbound:
         *,
         host: str = "127.0.0.1",
         insecure: Sequence[str] = (),
-        max_ttl: int = 1,
+        max_ttl: int = 0,
     ) -> None:
-        """`max_ttl` caps how long unbound keeps answers: 1 s by default, because scenarios
-        change records between messages; benchmarks raise it."""
+        """`max_ttl` caps how long unbound keeps answers: 0 (not at all) by default, because
+        scenarios change records between messages; benchmarks raise it."""
         self.lab_dns = lab_dns
         self.directory = Path(directory)
         self.host = host
@@ -104,8 +104,8 @@ class LabUnbound:
             "  harden-below-nxdomain: no",
             # Scenarios change records between messages: remember nothing for long.
             f"  cache-max-ttl: {self.max_ttl}",
-            "  cache-max-negative-ttl: 1",
-            "  val-bogus-ttl: 1",
+            f"  cache-max-negative-ttl: {self.max_ttl}",
+            f"  val-bogus-ttl: {self.max_ttl}",
             "  infra-host-ttl: 60",
             # RFC 6761 names are answered locally by default; the lab uses them.
             '  local-zone: "test." nodefault',

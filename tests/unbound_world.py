@@ -19,7 +19,7 @@ def need_unbound() -> None:
 
 @asynccontextmanager
 async def validating(
-    lab_dns: LabDns, directory: Path, insecure: Sequence[str] = (), max_ttl: int = 1
+    lab_dns: LabDns, directory: Path, insecure: Sequence[str] = (), max_ttl: int = 0
 ) -> AsyncIterator[LabUnbound]:
     """unbound on loopback validating `lab_dns` (which must be running)."""
     need_unbound()
