@@ -15,6 +15,7 @@ import signal
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import cast
 
 import httpx
 import structlog
@@ -32,7 +33,7 @@ from relay.preflight import config_problems, dkim_problems, tlsrpt_identity_prob
 from relay.queue.bounce import build_dsn, should_bounce
 from relay.queue.runner import QueueRunner
 from relay.queue.spool import REPORT_MAIL_FLAGS, MessageFlags, QueuedMessage, Spool
-from relay.reports import report_settings
+from relay.reports import CountedReportStore, report_settings
 from relay.resolver import dane_warning, make_resolver
 from relay.running import RunningMarker
 from relay.state.database import StateError
@@ -41,6 +42,7 @@ from relay.tls import client_context
 from relay.version import stsguard_version
 from tlsrpt_emit.schedule import Clients, ReportSender, ReportSettings
 from tlsrpt_emit.sink import CountingSink
+from tlsrpt_emit.store import ReportStore
 
 log = structlog.get_logger(__name__)
 
@@ -228,7 +230,7 @@ class Relay:
                 ]
                 if settings is not None:
                     sender = ReportSender(
-                        self.report_store,
+                        cast(ReportStore, CountedReportStore(self.report_store, self.metrics)),
                         settings=settings,
                         clients=Clients(
                             self.resolver,

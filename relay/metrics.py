@@ -1,14 +1,78 @@
-"""Prometheus metrics of the relay, on their own registry (tests can make several)."""
+"""Prometheus metrics of the relay, on their own registry (tests can make several).
+
+Counters end in ``_total`` and have no ``_created`` series. Values another part owns (policy cache
+counters, the queue's state) are read at scrape time from callbacks that part registers:
+`follow_policy_cache`, `set_queue`. To add a metric: one field, one line in `__post_init__`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import math
+import platform
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    start_http_server,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 from relay.config import parse_hostport
+from relay.version import stsguard_version
+
+# One series per counter: `*_created` would double the series for nothing.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+# Seconds from intake to delivery: most mail goes in seconds, deferred mail in hours or days.
+DELIVERY_DELAY_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400)
+
+# Queue states, as Postfix names its queues: `active` (waiting for its first attempt or being
+# delivered), `deferred` (an attempt failed, waiting for the retry), `hold` (held by an operator).
+QUEUE_STATES = ("active", "deferred", "hold")
+
+
+class _Callbacks(Collector):
+    """Counters and gauges whose values live elsewhere, read at scrape time."""
+
+    def __init__(self) -> None:
+        self.policy_hits: Callable[[], float] = lambda: 0.0
+        self.policy_misses: Callable[[], float] = lambda: 0.0
+        self.queue_by_state: Mapping[str, int] = {}
+        self.oldest_received_at: float | None = None
+        self.clock: Callable[[], float] = time.time
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        yield CounterMetricFamily(
+            "stsguard_policy_cache_hits",
+            "MTA-STS policy answers from the cache",
+            value=self.policy_hits(),
+        )
+        yield CounterMetricFamily(
+            "stsguard_policy_cache_misses",
+            "MTA-STS policy answers not from the cache",
+            value=self.policy_misses(),
+        )
+        by_state = GaugeMetricFamily(
+            "stsguard_queue_messages", "Messages in the queue by state", labels=["state"]
+        )
+        for state in sorted({*QUEUE_STATES, *self.queue_by_state}):
+            by_state.add_metric([state], self.queue_by_state.get(state, 0))
+        yield by_state
+        oldest = self.oldest_received_at
+        yield GaugeMetricFamily(
+            "stsguard_queue_oldest_message_age_seconds",
+            "Age of the oldest message in the queue (0 when empty)",
+            value=max(0.0, self.clock() - oldest) if oldest is not None else 0.0,
+        )
 
 
 @dataclass(slots=True)
@@ -20,39 +84,98 @@ class Metrics:
     delivered: Counter = field(init=False)
     deferred: Counter = field(init=False)
     bounced: Counter = field(init=False)
-    queue_size: Gauge = field(init=False)
-    policy_cache_hits: Gauge = field(init=False)
-    policy_cache_misses: Gauge = field(init=False)
     findings: Counter = field(init=False)
+    delivery_delay: Histogram = field(init=False)
+    tlsrpt_sent: Counter = field(init=False)
+    tlsrpt_failed: Counter = field(init=False)
+    queue_size: Gauge = field(init=False)
+    build_info: Gauge = field(init=False)
+    _callbacks: _Callbacks = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
+        # prometheus_client adds `_total` to a counter's name.
         self.accepted = Counter("stsguard_accepted", "Messages accepted from upstream", registry=r)
         self.delivered = Counter("stsguard_delivered", "Recipients delivered", ["tls"], registry=r)
         self.deferred = Counter(
             "stsguard_deferred", "Recipient deliveries deferred", ["reason"], registry=r
         )
         self.bounced = Counter("stsguard_bounced", "Recipients bounced", registry=r)
-        self.queue_size = Gauge("stsguard_queue_size", "Messages in the queue", registry=r)
-        self.policy_cache_hits = Gauge(
-            "stsguard_policy_cache_hits", "MTA-STS policy answers from the cache", registry=r
-        )
-        self.policy_cache_misses = Gauge(
-            "stsguard_policy_cache_misses", "MTA-STS policy answers not from the cache", registry=r
-        )
         self.findings = Counter(
             "stsguard_findings", "Downgrade and tampering findings", ["kind"], registry=r
         )
+        self.delivery_delay = Histogram(
+            "stsguard_delivery_delay_seconds",
+            "Seconds from intake to delivery, per delivered recipient",
+            buckets=DELIVERY_DELAY_BUCKETS,
+            registry=r,
+        )
+        self.tlsrpt_sent = Counter(
+            "stsguard_tlsrpt_reports_sent", "TLS-RPT reports a destination took", registry=r
+        )
+        self.tlsrpt_failed = Counter(
+            "stsguard_tlsrpt_reports_failed",
+            "TLS-RPT report attempts no destination took (retried or given up)",
+            registry=r,
+        )
+        self.queue_size = Gauge("stsguard_queue_size", "Messages in the queue", registry=r)
+        self.build_info = Gauge(
+            "stsguard_build_info",
+            "Always 1; the labels say which stsguard runs",
+            ["version", "python"],
+            registry=r,
+        )
+        self.build_info.labels(version=stsguard_version(), python=platform.python_version()).set(1)
+        self._callbacks = _Callbacks()
+        r.register(self._callbacks)
 
     def follow_policy_cache(self, hits: Callable[[], float], misses: Callable[[], float]) -> None:
         """Read the cache counters from the policy service at scrape time."""
-        self.policy_cache_hits.set_function(hits)
-        self.policy_cache_misses.set_function(misses)
+        self._callbacks.policy_hits = hits
+        self._callbacks.policy_misses = misses
+
+    def set_queue(
+        self,
+        by_state: Mapping[str, int],
+        oldest_received_at: float | None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        """The queue after a scan: messages per state (`QUEUE_STATES`) and when the oldest was
+        received (None: empty); its age is worked out at scrape time with `clock`."""
+        self._callbacks.queue_by_state = dict(by_state)
+        self._callbacks.oldest_received_at = oldest_received_at
+        self._callbacks.clock = clock
+        self.queue_size.set(sum(by_state.values()))
+
+    def observe_delivered(self, received_at: float, now: float, count: int = 1) -> None:
+        """`count` recipients of a message received at `received_at` were delivered at `now`."""
+        for _ in range(count):
+            self.delivery_delay.observe(max(0.0, now - received_at))
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
         """One sample's current value (0 when absent): for tests and `stsguard` status output."""
         sample = self.registry.get_sample_value(name, labels or {})
-        return sample if sample is not None else 0.0
+        return sample if sample is not None and not math.isnan(sample) else 0.0
+
+
+def queue_states(messages: Iterable[Any]) -> tuple[dict[str, int], float | None]:
+    """Count queued messages by state and find the oldest one's arrival, for `set_queue`.
+
+    Works on `relay.queue.spool.QueuedMessage`: ``held`` (when the flags have it) is `hold`, a
+    message with a failed attempt is `deferred`, anything else `active`."""
+    counts = dict.fromkeys(QUEUE_STATES, 0)
+    oldest: float | None = None
+    for message in messages:
+        if getattr(message.flags, "held", False) or getattr(message, "held", False):
+            state = "hold"
+        elif any(r.attempts for r in message.recipients):
+            state = "deferred"
+        else:
+            state = "active"
+        counts[state] += 1
+        if oldest is None or message.received_at < oldest:
+            oldest = message.received_at
+    return counts, oldest
 
 
 def start_metrics_server(listen: str, registry: CollectorRegistry) -> WSGIServer:

@@ -23,7 +23,7 @@ from relay.decision import Action, Decision
 from relay.delivery.deliverer import DeliveryOutcome, DeliveryRequest
 from relay.errors import UnknownMessage
 from relay.intake.group_commit import ThreadBatch
-from relay.metrics import Metrics
+from relay.metrics import Metrics, queue_states
 from relay.queue.retry import expired, next_retry
 from relay.queue.spool import QueuedMessage, Spool
 
@@ -124,7 +124,7 @@ class QueueRunner:
                     last_scan = time.monotonic()
                     queued = await asyncio.to_thread(self.spool.list)
                     if self.metrics is not None:
-                        self.metrics.queue_size.set(len(queued))
+                        self.metrics.set_queue(*queue_states(queued), clock=self.clock)
                 else:
                     # Queued by an intake process: envelope and bytes in one read.
                     fresh, self._new = self._new, set()
@@ -230,6 +230,8 @@ class QueueRunner:
         )
         outcome = await self.deliverer.deliver(request)
         delivered = [r.rcpt for r in outcome.delivered]
+        if self.metrics is not None and delivered:
+            self.metrics.observe_delivered(message.received_at, self.clock(), len(delivered))
         if delivered and set(delivered) == {r.address for r in message.pending}:
             # Every recipient still pending is done: remove it without reading it back.
             await self._finish(message.id)

@@ -474,7 +474,7 @@ def test_metrics_registries_are_independent_and_served() -> None:
     first.follow_policy_cache(lambda: 7, lambda: 3)
     assert first.value("stsguard_accepted_total") == 1
     assert second.value("stsguard_accepted_total") == 0
-    assert first.value("stsguard_policy_cache_hits") == 7
+    assert first.value("stsguard_policy_cache_hits_total") == 7
     server = start_metrics_server("127.0.0.1:0", first.registry)
     try:
         host, port = server.server_address[:2]
@@ -485,7 +485,7 @@ def test_metrics_registries_are_independent_and_served() -> None:
         server.shutdown()
         server.server_close()
     assert 'stsguard_findings_total{kind="starttls-stripped"} 2.0' in body
-    assert "stsguard_policy_cache_misses 3.0" in body
+    assert "stsguard_policy_cache_misses_total 3.0" in body
 
 
 async def test_remembered_tls_downgrade_defers_without_policy(
