@@ -1,4 +1,6 @@
-"""`stsguard tlsrpt show|send [--date YYYY-MM-DD] [--domain D] [--force]`: one UTC day's reports.
+"""`stsguard tlsrpt show|send [--date YYYY-MM-DD] [--domain D] [--force]`: one UTC day's reports;
+`stsguard tlsrpt summary [--date D | --days N] [--json] [--html FILE] [--input FILE...]`: the
+readable view of our counts (or of reports received from others).
 
 `show` prints the JSON that would be sent (pretty); `send` sends a day that has ended: https
 destinations directly (`sent`), mailto destinations by queueing the DKIM-signed report mail for the
@@ -15,6 +17,7 @@ import json
 import sys
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import httpx
 
@@ -29,8 +32,10 @@ from relay.state.database import StateError
 from relay.state.stores import open_state, state_exists
 from relay.tls import client_context
 from tlsrpt_emit.deliver import DeliveryOutcome
+from tlsrpt_emit.errors import ReportFormatError
 from tlsrpt_emit.model import Report
 from tlsrpt_emit.names import a_label
+from tlsrpt_emit.received import read_received
 from tlsrpt_emit.render import report_to_dict
 from tlsrpt_emit.schedule import (
     Clients,
@@ -40,14 +45,35 @@ from tlsrpt_emit.schedule import (
     send_one,
 )
 from tlsrpt_emit.store import MemoryReportStore, ReportStore, SentReport
+from tlsrpt_emit.summary import (
+    render_html,
+    render_text,
+    summarize_counts,
+    summarize_received,
+    summary_to_json,
+)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["show", "send"])
-    p.add_argument("--date", metavar="YYYY-MM-DD", help="the UTC day (default: yesterday)")
+    p.add_argument("action", choices=["show", "send", "summary"])
+    days = p.add_mutually_exclusive_group()
+    days.add_argument(
+        "--date", metavar="YYYY-MM-DD", help="the UTC day (default: yesterday; summary: 7 days)"
+    )
+    days.add_argument(
+        "--days", type=int, metavar="N", help="summary: the last N UTC days, today included"
+    )
     p.add_argument("--domain", help="only the report for this policy domain")
     p.add_argument(
         "--force", action="store_true", help="send: also a day that has not ended (marks it done)"
+    )
+    p.add_argument("--json", action="store_true", help="summary: one JSON object")
+    p.add_argument("--html", metavar="FILE", help="summary: write a self-contained HTML page")
+    p.add_argument(
+        "--input",
+        nargs="+",
+        metavar="FILE",
+        help="summary: reports received from others (JSON, .json.gz or the report mail)",
     )
 
 
@@ -241,8 +267,67 @@ def _send_command(
     return status
 
 
+SUMMARY_DAYS = 7
+MAX_SUMMARY_DAYS = 366
+
+
+def summary_days(date: str | None, count: int | None, now: float) -> list[datetime.date]:
+    """`--date D` (one day) or `--days N` (the N days ending today); 7 days by default."""
+    if date is not None:
+        return [parse_day(date, now)]
+    n = SUMMARY_DAYS if count is None else count
+    if not 1 <= n <= MAX_SUMMARY_DAYS:
+        raise UsageError(f"--days: expected 1 to {MAX_SUMMARY_DAYS}, got {n}")
+    today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+    return [today - datetime.timedelta(days=i) for i in range(n - 1, -1, -1)]
+
+
+def _received(paths: list[str]) -> list[Report]:
+    reports: list[Report] = []
+    for path in paths:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise UsageError(f"--input: cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            reports += read_received(data)
+        except ReportFormatError as exc:
+            raise UsageError(f"--input: {path}: not a TLS-RPT report: {exc}") from None
+    return reports
+
+
+def _summary(args: argparse.Namespace, config: Config, domain: str | None) -> int:
+    now = time.time()
+    if args.input:
+        if args.date or args.days:
+            raise UsageError("--input: the files' own days are shown; leave out --date/--days")
+        summary = summarize_received(_received(args.input))
+    else:
+        days = summary_days(args.date, args.days, now)
+        store = open_store(config)
+        rows = [(day, row) for day in days for row in store.counts(day, domain)]
+        today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
+        summary = summarize_counts(rows, days, partial_day=today if today in days else None)
+    if args.html:
+        made = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+        try:
+            Path(args.html).write_text(render_html(summary, generated=made), encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--html: cannot write {args.html}: {exc.strerror or exc}") from None
+        print(f"wrote {args.html}: {len(summary.groups)} {summary.group_kind}(s)", file=sys.stderr)
+    if args.json:
+        print(json.dumps(summary_to_json(summary), indent=2, ensure_ascii=False))
+    elif not args.html:
+        print(render_text(summary), end="")
+    return 0
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     """Carry out `stsguard tlsrpt show|send|summary`; exit 0 when everything shown or sent."""
+    if args.action == "summary":
+        return _summary(args, config, a_label(args.domain) if args.domain else None)
+    if args.days is not None:
+        raise UsageError("--days is for summary; show and send take one --date")
     day = parse_day(args.date, time.time())
     domain = a_label(args.domain) if args.domain else None
     settings = report_settings(config)
