@@ -15,8 +15,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-# C0 controls, DEL, and the surrogates that surrogateescape puts where UTF-8 was invalid.
-_FORBIDDEN = re.compile("[\x00-\x1f\x7f\udc80-\udcff]")
+# C0 controls, DEL, C1 controls, and the surrogates that surrogateescape puts where UTF-8 was
+# invalid.
+_FORBIDDEN = re.compile("[\x00-\x1f\x7f-\x9f\udc80-\udcff]")
 _INVALID_UTF8 = re.compile("[\udc80-\udcff]")
 # One domain label: letters, digits, hyphens (and underscores, seen in real sender domains);
 # any non-ASCII character too, which only SMTPUTF8 lets through.
@@ -63,7 +64,9 @@ def address_problem(address: str, *, smtputf8: bool, null_ok: bool) -> str | Non
     domain must be a host name or an address literal."""
     if address == "<>":
         return None if null_ok else BAD_ADDRESS
-    if _FORBIDDEN.search(address) is not None:
+    if not address.isprintable():
+        # Controls, and also line and paragraph separators and other invisible characters that
+        # some parsers take for line ends: nothing a mail address needs.
         return BAD_ADDRESS
     local, at, domain = address.rpartition("@")
     if not at or not local or not domain_ok(domain):

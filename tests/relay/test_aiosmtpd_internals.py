@@ -1,0 +1,67 @@
+"""The aiosmtpd internals `relay.intake.server._IntakeSMTP` builds on are the ones it was written
+against (aiosmtpd 1.4.6; pyproject.toml bounds the version). A new aiosmtpd that changes any of
+them fails here, before it can change how the intake treats clients: read the new code, adapt
+`_IntakeSMTP`, then record the new fingerprints."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import inspect
+from importlib.metadata import version
+
+import pytest
+from aiosmtpd.smtp import SMTP
+
+from relay.intake.server import _IntakeSMTP
+
+# What each is relied on for:
+# __init__: builds _smtp_methods / _handle_hooks / _auth_methods from dir(), sets _timeout_duration
+# _handle_client: dispatches through _smtp_methods, resets the idle timer per command
+# _getaddr: the MAIL/RCPT path parser we put a fast path and an error net in front of
+# _call_handler_hook: every handle_* call goes through it (451 on RCPT/DATA, the junk reset)
+# _timeout_cb, _reset_timeout: the idle timer (we answer 421 and count bytes as activity)
+# connection_made, connection_lost: the admission and release of each session
+# smtp_STARTTLS: sets _tls_protocol (503 to a second STARTTLS)
+# smtp_AUTH, auth_PLAIN, auth_LOGIN, _authenticate: AuthResult(handled=True) means "no reply
+#   from aiosmtpd", which lets the failure reply wait for the throttle
+FINGERPRINTS = {
+    "__init__": "8a9ca80f23ad9bf2",
+    "_handle_client": "0e4d096403af6c74",
+    "_getaddr": "0aeb21c56ac1260e",
+    "_call_handler_hook": "6ff23a6634ea0307",
+    "_timeout_cb": "10a7351f9bec2818",
+    "_reset_timeout": "fef19b94d28dff31",
+    "connection_made": "77a45df5065bba34",
+    "connection_lost": "d3bf6349bc3c25c1",
+    "smtp_STARTTLS": "6565289f4131fa13",
+    "smtp_AUTH": "79078b308377ac48",
+    "auth_PLAIN": "71fe14c537cc5039",
+    "auth_LOGIN": "f121f6cb809cc2ad",
+    "_authenticate": "4252dad9a1780535",
+}
+
+
+def fingerprint(name: str) -> str:
+    return hashlib.sha256(inspect.getsource(getattr(SMTP, name)).encode()).hexdigest()[:16]
+
+
+@pytest.mark.parametrize("name", sorted(FINGERPRINTS))
+def test_aiosmtpd_internal_is_unchanged(name: str) -> None:
+    assert fingerprint(name) == FINGERPRINTS[name], (
+        f"aiosmtpd {version('aiosmtpd')} changed SMTP.{name}; check _IntakeSMTP against it"
+    )
+
+
+def test_the_tables_and_state_we_use_exist() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        smtp = _IntakeSMTP(object(), loop=loop, hostname="h")
+        assert {"MAIL", "RCPT", "DATA", "STARTTLS", "AUTH", "NOOP"} <= set(smtp._smtp_methods)
+        assert smtp._timeout_duration == smtp.rules.idle_timeout
+        assert smtp._tls_protocol is None
+        assert isinstance(smtp._handle_hooks, dict)
+        # Our wrapped commands keep aiosmtpd's HELP text.
+        assert smtp._smtp_methods["MAIL"].__smtp_syntax__ == "MAIL FROM: <address>"  # type: ignore[attr-defined]
+    finally:
+        loop.close()
