@@ -186,14 +186,22 @@ async def test_idle_connections_beyond_1024_descriptors_do_not_stop_the_relay(
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
-async def test_per_ip_cap_and_idle_timeout_answer_421(tmp_path: Path) -> None:
+@pytest.mark.parametrize("intake_processes", [0, 1])
+async def test_per_ip_cap_and_idle_timeout_answer_421(
+    tmp_path: Path, intake_processes: int
+) -> None:
+    """Also in an intake process (the limits are per process)."""
     async with LabWorld(tmp_path / "world").running() as world:
         await enforced_example_org(world)
         config_file, port = write_config(
             world,
             tmp_path,
             tlsrpt={"enabled": False},
-            relay={"max_connections_per_ip": 3, "idle_timeout": "2s"},
+            relay={
+                "max_connections_per_ip": 3,
+                "idle_timeout": "2s",
+                "intake_processes": intake_processes,
+            },
         )
         with relay_process(config_file):
             await wait_until(lambda: listening(port), 30)
