@@ -28,6 +28,7 @@ from mtasts.fetch import fetch_policy, policy_host, policy_url, record_name
 from mtasts.model import Mode, Policy, StsRecord
 from mtasts.parse import policy_domain, select_sts_record
 from relay.config import Config
+from relay.delivery.dane_view import DaneView, dane_view
 from relay.errors import UsageError
 from relay.log import configure_logging
 from relay.resolver import make_resolver
@@ -49,6 +50,7 @@ class PolicyReport:
     tlsrpt: TlsRptRecord | None = None
     mx_hosts: list[tuple[str, bool | None]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    dane: DaneView | None = None
 
     def as_json(self) -> dict[str, Any]:
         policy = self.policy
@@ -72,6 +74,7 @@ class PolicyReport:
             ),
             "tlsrpt": {"rua": list(self.tlsrpt.rua)} if self.tlsrpt else None,
             "mx_hosts": [{"host": h, "matches_policy": m} for h, m in self.mx_hosts],
+            "dane": self.dane.as_json() if self.dane else None,
             "problems": self.problems,
         }
 
@@ -96,6 +99,8 @@ class PolicyReport:
         for host, matches in self.mx_hosts:
             note = {None: "", True: " (matches policy)", False: " (NOT in policy)"}[matches]
             lines.append(f"MX host:      {host}{note}")
+        if self.dane:
+            lines += self.dane.as_text()
         if self.tlsrpt:
             lines.append(f"TLS-RPT rua:  {', '.join(self.tlsrpt.rua)}")
         else:
@@ -230,6 +235,8 @@ async def inspect(
     await _sts_record(domain, resolver, rep)
     await _policy(domain, resolver, ctx, config, rep)
     await _mx_hosts(domain, resolver, rep)
+    rep.dane = await dane_view(domain, config, resolver, rep.policy)
+    rep.problems += rep.dane.problems
     await _tlsrpt(domain, resolver, rep)
     return rep
 

@@ -23,12 +23,14 @@ import dns.asyncresolver
 import structlog
 from cryptography import x509
 
-from detect.model import Finding
+from detect.model import Finding, FindingKind
 from mtasts.errors import PolicyError
 from mtasts.fetch import fetch_policy, lookup_sts_record
 from mtasts.match import policy_allows
 from mtasts.model import Mode, Policy
 from relay.config import Config
+from relay.delivery.dane_lookup import TlsaLookup, TlsaStatus, lookup_tlsa
+from relay.delivery.dane_view import check_presented
 from relay.delivery.mx import MxHost, MxStatus, lookup_mx
 from relay.delivery.session import BannerRefused, Hello, MxSession, Reply
 from relay.errors import SessionError
@@ -104,6 +106,8 @@ class MxProbe:
     ehlo_after_tls: EhloInfo | None = None
     findings: list[Finding] = field(default_factory=list)
     error: str | None = None
+    dane: dict[str, Any] | None = None  # the presented chain against signed TLSA records
+    chain_der: tuple[bytes, ...] = ()
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -126,6 +130,7 @@ class MxProbe:
                 for f in self.findings
             ],
             "error": self.error,
+            "dane": self.dane,
         }
 
     def as_text(self) -> list[str]:
@@ -141,6 +146,8 @@ class MxProbe:
             lines += _tls_lines(self.tls)
         if self.ehlo_after_tls:
             lines.append(f"  EHLO (TLS):   {_ehlo_line(self.ehlo_after_tls)}")
+        if self.dane:
+            lines.append(f"  DANE:         {self.dane['status']}: {self.dane['reason']}")
         if self.findings:
             lines.append("  findings:")
             lines += [f"    - {f.kind} ({f.result_type}): {f.evidence}" for f in self.findings]
@@ -279,6 +286,7 @@ class _Prober:
                 certificate=seen.tls.certificate,
             )
             probe.ehlo_after_tls = seen.ehlo_after_tls
+            probe.chain_der = seen.chain_der
 
     async def _session(self, mx: MxSession, probe: MxProbe, *, verify: bool) -> None:
         """One connection: banner, EHLO, STARTTLS, handshake, EHLO again. Raises `_Stop` when
@@ -321,7 +329,31 @@ class _Prober:
             verified=verify,
             certificate=certificate_info(tls.peer_der) if tls.peer_der else None,
         )
+        probe.chain_der = tls.chain_der
         probe.ehlo_after_tls = _ehlo_info(await mx.hello_again())
+
+
+def _judge_dane(probe: MxProbe, tlsa: TlsaLookup) -> None:
+    """Under signed TLSA records DANE, not the web PKI, decides (RFC 7672 3.1, STS-14)."""
+    if tlsa.status is TlsaStatus.BOGUS:
+        probe.dane = {"status": "bogus", "reason": tlsa.reason, "tlsa": []}
+        return
+    if not probe.chain_der:
+        return
+    verdict = check_presented(tlsa, probe.chain_der, now=dt.datetime.now(dt.UTC))
+    if verdict is None:
+        return
+    probe.dane = {
+        "status": str(verdict.status),
+        "reason": verdict.reason,
+        "tlsa": list(tlsa.policy_strings),
+    }
+    finding = verdict.finding()
+    if finding is not None:
+        probe.findings.append(finding)
+    elif verdict.ok:
+        # A self-signed or private-CA certificate is what DANE-EE/DANE-TA are for.
+        probe.findings = [f for f in probe.findings if f.kind is not FindingKind.TLS_FAILURE]
 
 
 def _ehlo_info(hello: Hello) -> EhloInfo:
@@ -372,8 +404,10 @@ async def probe_host(
     ssl_context: ssl.SSLContext,
     *,
     policy: Policy | None = None,
+    tlsa: TlsaLookup | None = None,
 ) -> list[MxProbe]:
-    """Probe every address of one MX host (one entry each; one entry when it has none)."""
+    """Probe every address of one MX host (one entry each; one entry when it has none); with
+    signed TLSA records, check the chain each address presented against them (DANE)."""
     matches = policy_allows(policy, host.name) if policy is not None else None
     if not host.addresses:
         probe = MxProbe(host.name, host.preference, None, matches, error="no A or AAAA address")
@@ -382,6 +416,9 @@ async def probe_host(
     prober = _Prober(config, ssl_context, expect=expect)
     probes = [MxProbe(host.name, host.preference, ip, matches) for ip in host.addresses]
     await asyncio.gather(*(prober.probe(p) for p in probes))
+    if tlsa is not None:
+        for p in probes:
+            _judge_dane(p, tlsa)
     for p in probes:
         log.info(
             "probe.mx",
@@ -411,8 +448,12 @@ async def probe_domain(
         report.mx_error = f"{mx.status}: {mx.reason}"
         return report
     hosts = sorted(mx.hosts, key=lambda h: (h.preference, h.name))
+    tlsas = [await lookup_tlsa(resolver, h) for h in hosts]
     results = await asyncio.gather(
-        *(probe_host(h, config, ssl_context, policy=report.policy) for h in hosts)
+        *(
+            probe_host(h, config, ssl_context, policy=report.policy, tlsa=t)
+            for h, t in zip(hosts, tlsas, strict=True)
+        )
     )
     report.mx = [probe for probes in results for probe in probes]
     return report

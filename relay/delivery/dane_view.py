@@ -1,0 +1,156 @@
+"""What DANE means for a domain's MX hosts, for `stsguard policy` and `stsguard probe`.
+
+Per MX host: the DNSSEC state of the MX RRset and of its address and TLSA RRsets, the TLSA records,
+and which policy the relay would apply (DANE, MTA-STS, a local override, or none) and why, by
+the same look-ups (`dane_lookup.lookup_tlsa`) and the same pure rules (`decision.dane_for_mx`)
+delivery uses. Live look-ups only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from typing import Any
+
+import dns.asyncresolver
+
+from detect.dane import DaneVerdict, check_chain
+from mtasts.model import Mode, Policy, PolicyResult, PolicySource
+from relay.config import Config
+from relay.decision import DANE_OVERRIDES, Requirement, dane_for_mx, effective_policy
+from relay.delivery.dane_lookup import TlsaLookup, TlsaStatus, lookup_tlsa
+from relay.delivery.mx import MxStatus, lookup_mx
+from relay.resolver import DnssecResolver
+
+
+@dataclass(frozen=True, slots=True)
+class MxDane:
+    """One MX host as DANE sees it."""
+
+    host: str
+    preference: int
+    address_dnssec: str
+    tlsa: TlsaLookup
+    applies: str  # dane | mta-sts | override | none | deferred
+    why: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "host": self.host,
+            "preference": self.preference,
+            "address_dnssec": self.address_dnssec,
+            "tlsa_dnssec": str(self.tlsa.status),
+            "tlsa_base_domain": self.tlsa.base_domain or None,
+            "tlsa": list(self.tlsa.policy_strings),
+            "tlsa_note": self.tlsa.reason,
+            "policy": self.applies,
+            "why": self.why,
+        }
+
+
+@dataclass(slots=True)
+class DaneView:
+    domain: str
+    dnssec: str  # the resolver's mode: ad | off
+    mx_dnssec: str = "unknown"
+    hosts: list[MxDane] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def problems(self) -> list[str]:
+        found = [f"{h.host}: {h.why}" for h in self.hosts if h.applies == "deferred"]
+        found += [
+            f"{h.host}: signed TLSA but no usable record (only DANE-TA(2)/DANE-EE(3) count)"
+            for h in self.hosts
+            if h.tlsa.status is TlsaStatus.SECURE and not h.tlsa.usable
+        ]
+        return found
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "dnssec": self.dnssec,
+            "mx_dnssec": self.mx_dnssec,
+            "error": self.error,
+            "mx_hosts": [h.as_json() for h in self.hosts],
+        }
+
+    def as_text(self) -> list[str]:
+        lines = [f"DANE:         DNSSEC {self.dnssec}, MX RRset {self.mx_dnssec}"]
+        if self.error:
+            lines.append(f"  {self.error}")
+        for h in self.hosts:
+            lines.append(
+                f"  MX {h.host}: addresses {h.address_dnssec}, TLSA {h.tlsa.status}"
+                + (f" at _25._tcp.{h.tlsa.base_domain}" if h.tlsa.base_domain else "")
+            )
+            lines += [f"    TLSA {text}" for text in h.tlsa.policy_strings]
+            lines.append(f"    policy: {h.applies} ({h.why})")
+        return lines
+
+
+def _security(flag: bool, trusted: bool) -> str:
+    if not trusted:
+        return "unknown (dnssec off)"
+    return "secure" if flag else "insecure"
+
+
+def applied_policy(
+    domain: str, config: Config, sts: Policy | None, tlsa: TlsaLookup
+) -> tuple[str, str]:
+    """(policy kind, why) the relay would apply to this MX host."""
+    domain_tls = config.domain_tls(domain)
+    if domain_tls not in DANE_OVERRIDES:
+        return "override", f'[domains."{domain}"] tls = "{domain_tls}" (DANE not used)'
+    sts_policy = sts if domain_tls != "dane-only" else None
+    result = PolicyResult(domain, sts_policy, PolicySource.FRESH) if sts_policy else None
+    base = effective_policy(
+        result, domain_tls=domain_tls, no_policy_tls=config.delivery.no_policy_tls
+    )
+    policy, refusal = dane_for_mx(
+        base,
+        str(tlsa.status),
+        tlsa.records,
+        tlsa.names,
+        domain_tls=domain_tls,
+        reason=tlsa.reason,
+        last_mx=True,
+    )
+    if refusal is not None:
+        return "deferred", f"{refusal.result_type}: {refusal.reason}"
+    if policy.requirement is Requirement.DANE:
+        return "dane", "signed TLSA records decide; MTA-STS is not consulted (RFC 8461 2)"
+    if policy.requirement is Requirement.DANE_UNUSABLE:
+        return "dane", "signed TLSA, none usable: TLS required, certificate not checked"
+    if policy.is_sts and sts is not None:
+        mode = "enforce" if sts.mode is Mode.ENFORCE else "testing"
+        return "mta-sts", f"no DANE ({tlsa.reason or tlsa.status}); MTA-STS mode {mode}"
+    return "none", f"no DANE ({tlsa.reason or tlsa.status}); no_policy_tls = {policy.requirement}"
+
+
+async def dane_view(
+    domain: str, config: Config, resolver: dns.asyncresolver.Resolver, sts: Policy | None
+) -> DaneView:
+    trusted = isinstance(resolver, DnssecResolver) and resolver.trust_ad
+    view = DaneView(domain, "ad" if trusted else "off")
+    mx = await lookup_mx(domain, resolver)
+    if mx.status is not MxStatus.OK:
+        view.error = f"MX look-up: {mx.status}: {mx.reason}"
+        return view
+    view.mx_dnssec = _security(mx.secure, trusted)
+    for host in sorted(mx.hosts, key=lambda h: (h.preference, h.name)):
+        tlsa = await lookup_tlsa(resolver, host)
+        applies, why = applied_policy(domain, config, sts, tlsa)
+        view.hosts.append(
+            MxDane(host.name, host.preference, _security(host.secure, trusted), tlsa, applies, why)
+        )
+    return view
+
+
+def check_presented(
+    tlsa: TlsaLookup, chain_der: tuple[bytes, ...], *, now: dt.datetime
+) -> DaneVerdict | None:
+    """The presented chain against the host's signed TLSA records (None when DANE does not
+    apply)."""
+    if tlsa.status is not TlsaStatus.SECURE:
+        return None
+    return check_chain(tlsa.records, chain_der, names=tlsa.names, now=now)
