@@ -120,6 +120,7 @@ class LabMx:
         self.mail_reply = mail_reply  # e.g. "251 OK" or garbage
         self.drop = drop  # None | "rcpt" | "data": close without a reply there
         self.messages: list[ReceivedMessage] = []
+        self.smtputf8 = False  # offer SMTPUTF8 (RFC 6531) to connections from now on
         self.connections = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -170,6 +171,7 @@ class LabMx:
             ident="stsguard lab MX",
             tls_context=self.tls_context,
             require_starttls=False,
+            enable_SMTPUTF8=self.smtputf8,
             timeout=30,
         )
         self._protocols.append(protocol)
