@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tlsrpt": ("relay.cli.tlsrpt", "show or send the TLS-RPT reports of one UTC day"),
     "queue": ("relay.cli.queue", "see and steer the queue"),
     "detect": ("relay.cli.detect", "list remembered TLS per MX host, or forget one host"),
+    "state": ("relay.cli.state", "move the SQLite state into PostgreSQL (migrate --to URL)"),
     "lab": ("relay.cli.lab", "run the downgrade-attack lab on loopback"),
     "example-config": ("relay.cli.example", "print the example config (every key, its default)"),
     "example-unit": ("relay.cli.example", "print the systemd unit"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from detect.errors import HistoryStoreError
 from detect.history import HostHistory, host_key
-from relay.state.database import Database, Row
+from relay.state.database import Database, Row, Tx
 from relay.state.migrations import Steps, migrate
 
 COMPONENT = "detect"
@@ -80,15 +80,20 @@ class SqlTlsHistoryStore:
     def put(self, history: HostHistory) -> None:
         """Merge a whole history in (later times win): how a relay's buffered records land."""
         with self.db.transaction(HistoryStoreError, write=True) as tx:
-            tx.execute(
-                _UPSERT,
-                (
-                    host_key(history.host),
-                    history.last_starttls_at,
-                    history.last_valid_cert_at,
-                    history.last_seen_at,
-                ),
-            )
+            self.put_in(tx, history)
+
+    @staticmethod
+    def put_in(tx: Tx, history: HostHistory) -> None:
+        """`put` inside a transaction of the caller's (`relay.state.migrate`)."""
+        tx.execute(
+            _UPSERT,
+            (
+                host_key(history.host),
+                history.last_starttls_at,
+                history.last_valid_cert_at,
+                history.last_seen_at,
+            ),
+        )
 
     def forget(self, host: str) -> bool:
         with self.db.transaction(HistoryStoreError, write=True) as tx:

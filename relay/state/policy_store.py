@@ -7,12 +7,13 @@ database a policy one relay fetched is the others' cache hit. A put never replac
 
 from __future__ import annotations
 
+import builtins
 import json
 
 from mtasts.errors import PolicyStoreError
 from mtasts.model import Mode, Policy
 from mtasts.state import CacheEntry, FetchFailure
-from relay.state.database import Database, Row
+from relay.state.database import Database, Row, Tx
 from relay.state.migrations import Steps, migrate
 
 COMPONENT = "mtasts"
@@ -59,26 +60,31 @@ class SqlPolicyStore:
         return _entry(row) if row else None
 
     def put(self, entry: CacheEntry) -> None:
-        p = entry.policy
         with self.db.transaction(PolicyStoreError, write=True) as tx:
-            tx.execute(
-                f"INSERT INTO mtasts_policy ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (domain) DO UPDATE SET record_id = excluded.record_id,"
-                " mode = excluded.mode, max_age = excluded.max_age, mx = excluded.mx,"
-                " text = excluded.text, fetched_at = excluded.fetched_at,"
-                " expires_at = excluded.expires_at"
-                " WHERE excluded.fetched_at >= mtasts_policy.fetched_at",
-                (
-                    entry.domain,
-                    entry.record_id,
-                    str(p.mode),
-                    p.max_age,
-                    json.dumps(list(p.mx)),
-                    p.text,
-                    entry.fetched_at,
-                    entry.expires_at,
-                ),
-            )
+            self.put_in(tx, entry)
+
+    @staticmethod
+    def put_in(tx: Tx, entry: CacheEntry) -> None:
+        """`put` inside a transaction of the caller's (`relay.state.migrate`)."""
+        p = entry.policy
+        tx.execute(
+            f"INSERT INTO mtasts_policy ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (domain) DO UPDATE SET record_id = excluded.record_id,"
+            " mode = excluded.mode, max_age = excluded.max_age, mx = excluded.mx,"
+            " text = excluded.text, fetched_at = excluded.fetched_at,"
+            " expires_at = excluded.expires_at"
+            " WHERE excluded.fetched_at >= mtasts_policy.fetched_at",
+            (
+                entry.domain,
+                entry.record_id,
+                str(p.mode),
+                p.max_age,
+                json.dumps(list(p.mx)),
+                p.text,
+                entry.fetched_at,
+                entry.expires_at,
+            ),
+        )
 
     def delete(self, domain: str) -> None:
         with self.db.transaction(PolicyStoreError, write=True) as tx:
@@ -92,19 +98,23 @@ class SqlPolicyStore:
 
     def record_failure(self, domain: str, failure: FetchFailure) -> None:
         with self.db.transaction(PolicyStoreError, write=True) as tx:
-            tx.execute(
-                "INSERT INTO mtasts_failure"
-                " (domain, record_id, failed_at, result_type, message) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (domain, record_id) DO UPDATE SET failed_at = excluded.failed_at,"
-                " result_type = excluded.result_type, message = excluded.message",
-                (
-                    domain,
-                    failure.record_id,
-                    failure.failed_at,
-                    failure.result_type,
-                    failure.message,
-                ),
-            )
+            self.record_failure_in(tx, domain, failure)
+
+    @staticmethod
+    def record_failure_in(tx: Tx, domain: str, failure: FetchFailure) -> None:
+        tx.execute(
+            "INSERT INTO mtasts_failure"
+            " (domain, record_id, failed_at, result_type, message) VALUES (?, ?, ?, ?, ?)"
+            " ON CONFLICT (domain, record_id) DO UPDATE SET failed_at = excluded.failed_at,"
+            " result_type = excluded.result_type, message = excluded.message",
+            (
+                domain,
+                failure.record_id,
+                failure.failed_at,
+                failure.result_type,
+                failure.message,
+            ),
+        )
 
     def last_failure(self, domain: str, record_id: str) -> FetchFailure | None:
         with self.db.transaction(PolicyStoreError) as tx:
@@ -114,6 +124,15 @@ class SqlPolicyStore:
                 (domain, record_id),
             )
         return FetchFailure(row[0], float(row[1]), row[2], row[3]) if row else None
+
+    def all_failures(self) -> builtins.list[tuple[str, FetchFailure]]:
+        """Every remembered failed fetch, by domain (for `stsguard state migrate`)."""
+        with self.db.transaction(PolicyStoreError) as tx:
+            rows = tx.rows(
+                "SELECT domain, record_id, failed_at, result_type, message FROM mtasts_failure"
+                " ORDER BY domain, record_id"
+            )
+        return [(r[0], FetchFailure(r[1], float(r[2]), r[3], r[4])) for r in rows]
 
     def clear_failures(self, domain: str) -> None:
         with self.db.transaction(PolicyStoreError, write=True) as tx:

@@ -121,10 +121,16 @@ class SqlReportStore:
     def add_counts(self, batch: Batch) -> None:
         # Rows in one order in every relay: two relays' batches never deadlock each other.
         with self.db.transaction(ReportStoreError, write=True) as tx:
-            for key in sorted(batch, key=_policy_tuple):
-                self._add(tx, key, batch[key])
+            self.add_counts_in(tx, batch)
 
-    def _add(self, tx: Tx, key: PolicyKey, tally: Tally) -> None:
+    @classmethod
+    def add_counts_in(cls, tx: Tx, batch: Batch) -> None:
+        """`add_counts` inside a transaction of the caller's (`relay.state.migrate`)."""
+        for key in sorted(batch, key=_policy_tuple):
+            cls._add(tx, key, batch[key])
+
+    @staticmethod
+    def _add(tx: Tx, key: PolicyKey, tally: Tally) -> None:
         row = tx.row(
             "INSERT INTO tlsrpt_policy (day, domain, policy_type, policy_strings, successes)"
             " VALUES (?, ?, ?, ?, ?) ON CONFLICT (day, domain, policy_type, policy_strings)"
@@ -177,6 +183,18 @@ class SqlReportStore:
             )
         return [str(d) for (d,) in found]
 
+    def days(self) -> list[datetime.date]:
+        """Every day with counts (for `stsguard state migrate`)."""
+        with self.db.transaction(ReportStoreError) as tx:
+            found = tx.rows("SELECT DISTINCT day FROM tlsrpt_policy ORDER BY day")
+        return [datetime.date.fromisoformat(str(d)) for (d,) in found]
+
+    def all_sent(self) -> list[SentReport]:
+        """Every report's progress, finished or not (for `stsguard state migrate`)."""
+        with self.db.transaction(ReportStoreError) as tx:
+            rows = tx.rows(f"SELECT {_SENT_COLUMNS} FROM tlsrpt_sent ORDER BY day, domain")
+        return [_sent_from_row(r) for r in rows]
+
     def get_sent(self, day: datetime.date, domain: str) -> SentReport | None:
         with self.db.transaction(ReportStoreError) as tx:
             row = tx.row(
@@ -187,24 +205,29 @@ class SqlReportStore:
 
     def put_sent(self, sent: SentReport) -> None:
         with self.db.transaction(ReportStoreError, write=True) as tx:
-            tx.execute(
-                f"INSERT INTO tlsrpt_sent ({_SENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT (day, domain) DO UPDATE SET report_id = excluded.report_id,"
-                " destinations_done = excluded.destinations_done, attempts = excluded.attempts,"
-                " first_attempt = excluded.first_attempt, next_retry = excluded.next_retry,"
-                " last_error = excluded.last_error, status = excluded.status",
-                (
-                    sent.day.isoformat(),
-                    sent.domain,
-                    sent.report_id,
-                    json.dumps(list(sent.destinations_done)),
-                    sent.attempts,
-                    sent.first_attempt,
-                    sent.next_retry,
-                    sent.last_error,
-                    sent.status,
-                ),
-            )
+            self.put_sent_in(tx, sent)
+
+    @staticmethod
+    def put_sent_in(tx: Tx, sent: SentReport) -> None:
+        """`put_sent` inside a transaction of the caller's (`relay.state.migrate`)."""
+        tx.execute(
+            f"INSERT INTO tlsrpt_sent ({_SENT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (day, domain) DO UPDATE SET report_id = excluded.report_id,"
+            " destinations_done = excluded.destinations_done, attempts = excluded.attempts,"
+            " first_attempt = excluded.first_attempt, next_retry = excluded.next_retry,"
+            " last_error = excluded.last_error, status = excluded.status",
+            (
+                sent.day.isoformat(),
+                sent.domain,
+                sent.report_id,
+                json.dumps(list(sent.destinations_done)),
+                sent.attempts,
+                sent.first_attempt,
+                sent.next_retry,
+                sent.last_error,
+                sent.status,
+            ),
+        )
 
     def pending_sent(self) -> list[SentReport]:
         with self.db.transaction(ReportStoreError) as tx:

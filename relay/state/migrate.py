@@ -1,0 +1,110 @@
+"""`stsguard state migrate --to URL`: move an SQLite state into another database (PostgreSQL).
+
+Everything goes in one transaction on the target, merged as the relays themselves write: a policy
+replaces an older fetch only, remembered TLS keeps the later time of each fact, TLS-RPT counts are
+added, sent-report progress is copied. The source is marked with an id and the target records
+which ids it took, so running the command twice never counts the same sessions twice.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+
+from relay.state.database import SqliteDatabase, StateError, Tx, open_database
+from relay.state.history_store import SqlTlsHistoryStore
+from relay.state.policy_store import SqlPolicyStore
+from relay.state.report_store import SqlReportStore
+from relay.state.stores import migrate_all
+from relay.state.url import StateUrl
+from tlsrpt_emit.model import PolicyKey
+from tlsrpt_emit.store import Tally
+
+_IMPORTS = (
+    "CREATE TABLE IF NOT EXISTS stsguard_imports ("
+    " source_id TEXT PRIMARY KEY, source TEXT NOT NULL, imported_at DOUBLE PRECISION NOT NULL)"
+)
+_INSTANCE = "CREATE TABLE IF NOT EXISTS stsguard_instance (id TEXT NOT NULL)"
+
+
+@dataclass(frozen=True, slots=True)
+class Moved:
+    """What one migration copied."""
+
+    policies: int
+    failures: int
+    hosts: int
+    counter_rows: int
+    sessions: int
+    sent_reports: int
+
+
+def _source_id(tx: Tx) -> str:
+    tx.execute(_INSTANCE)
+    row = tx.row("SELECT id FROM stsguard_instance")
+    if row is not None:
+        return str(row[0])
+    new = uuid.uuid4().hex
+    tx.execute("INSERT INTO stsguard_instance (id) VALUES (?)", (new,))
+    return new
+
+
+def migrate_state(source: StateUrl, target: StateUrl) -> Moved:
+    """Copy `source` (an SQLite file) into `target`; raises `StateError` with one line."""
+    if source.path is None:
+        raise StateError(f"{source.redacted()}: the state to move must be an SQLite file")
+    if not source.path.exists():
+        raise StateError(f"{source.path}: no state file here (no relay ran with this config)")
+    if target == source or (target.path is not None and target.path == source.path):
+        raise StateError("the target is the state itself")
+    src_db = SqliteDatabase(source.path)
+    try:
+        migrate_all(src_db)
+        with src_db.transaction(write=True) as tx:
+            source_id = _source_id(tx)
+        policies = SqlPolicyStore(src_db, migrate_schema=False)
+        history = SqlTlsHistoryStore(src_db, migrate_schema=False)
+        reports = SqlReportStore(src_db, migrate_schema=False)
+        entries, failures = policies.list(), policies.all_failures()
+        hosts, sent = history.all(), reports.all_sent()
+        batch: dict[PolicyKey, Tally] = {}
+        for day in reports.days():
+            for counts in reports.counts(day):
+                batch[counts.key] = Tally(counts.successes, Counter(dict(counts.failures)))
+    finally:
+        src_db.close()
+    dst_db = open_database(target)
+    try:
+        migrate_all(dst_db)
+        with dst_db.transaction(write=True) as tx:
+            tx.execute(_IMPORTS)
+            if tx.row("SELECT 1 FROM stsguard_imports WHERE source_id = ?", (source_id,)):
+                raise StateError(
+                    f"{source.path} was already moved into {target.redacted()}"
+                    " (its counts are there; moving it again would count them twice)"
+                )
+            for entry in entries:
+                SqlPolicyStore.put_in(tx, entry)
+            for domain, failure in failures:
+                SqlPolicyStore.record_failure_in(tx, domain, failure)
+            for host in hosts:
+                SqlTlsHistoryStore.put_in(tx, host)
+            SqlReportStore.add_counts_in(tx, batch)
+            for report in sent:
+                SqlReportStore.put_sent_in(tx, report)
+            tx.execute(
+                "INSERT INTO stsguard_imports (source_id, source, imported_at) VALUES (?, ?, ?)",
+                (source_id, str(source.path), time.time()),
+            )
+    finally:
+        dst_db.close()
+    return Moved(
+        policies=len(entries),
+        failures=len(failures),
+        hosts=len(hosts),
+        counter_rows=sum(1 + len(t.failures) for t in batch.values()),
+        sessions=sum(t.successes + t.failures.total() for t in batch.values()),
+        sent_reports=len(sent),
+    )
