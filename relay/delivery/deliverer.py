@@ -150,7 +150,14 @@ class Deliverer:
                 log.warning("delivery.mx_lookup", status=str(mx.status), reason=mx.reason)
                 return self.reporter.finished(request, every_rcpt(request, status, mx.reason))
             policy, policy_id = await self._policy(request, mx)
-            outcome = await self._try_hosts(request, mx, policy, policy_id)
+            try:
+                outcome = await self._try_hosts(request, mx, policy, policy_id)
+            except WIRE_ERRORS as exc:
+                # The session layer translates these; one that slipped through is still only a
+                # temporary failure of this attempt, never a crash of the queue's delivery.
+                log.error("delivery.session_error", error=f"{type(exc).__name__}: {exc}")
+                reason = f"session error: {type(exc).__name__}: {exc}"
+                outcome = every_rcpt(request, RcptStatus.DEFERRED, reason)
             return self.reporter.finished(request, outcome)
 
     async def expiry_decision(

@@ -7,6 +7,10 @@ the TLS facts, the policy mode, the outcome and findings; each message ends with
 session result: no TLS session happened. `sending-mta-ip` is our end of the connection, kept for
 sessions we refused ourselves too (enforce failures, remembered-TLS downgrades).
 
+Nothing here blocks the event loop: remembered TLS is written in a worker thread, and the sink
+is an in-memory front (`tlsrpt_emit.sink.CountingSink` counts in memory and writes behind, in a
+thread, every `flush_interval`).
+
 Levels: findings, deferrals, bounces and plaintext deliveries that a finding flagged are
 `warning`, a mail loop is `error`, the rest `info`. Every line names the envelope recipients as
 `[relay].log_recipients` says (the addresses, none, or a short sha256 of each).

@@ -47,13 +47,11 @@ def test_every_lab_report_passes_the_strict_schema_and_parsedmarc(
     lab_run: tuple[list[Outcome], list[dict[str, Any]]],
 ) -> None:
     """Issue 14: every report the lab produces, through our RFC 8460 schema, parsedmarc and our
-    own parser. D1 (sending-mta-ip of sessions we refused) is the delivery side's part: until it
-    lands, that one requirement is checked by the xfail test below and left out here."""
+    own parser (D1, sending-mta-ip of sessions we refused, included)."""
     _, reports = lab_run
     assert len(reports) >= 40
     for doc in reports:
-        missing_ip = [e for e in schema_errors(doc) if "'sending-mta-ip' is a required" in e]
-        check_report(doc, allowed=missing_ip)
+        check_report(doc)
     kinds = {
         d["result-type"]
         for doc in reports
@@ -63,7 +61,6 @@ def test_every_lab_report_passes_the_strict_schema_and_parsedmarc(
     assert {"starttls-not-supported", "certificate-expired", "sts-policy-fetch-error"} <= kinds
 
 
-@pytest.mark.xfail(strict=True, reason="D1: sending-mta-ip of refused sessions (delivery helper)")
 def test_d1_every_lab_session_failure_names_the_sending_mta_ip(
     lab_run: tuple[list[Outcome], list[dict[str, Any]]],
 ) -> None:
