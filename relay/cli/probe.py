@@ -1,7 +1,12 @@
-"""`stsguard probe DOMAIN [--json]`: what each MX host's EHLO, STARTTLS and TLS look like from here.
+"""`stsguard probe DOMAIN [--json]`: what each MX host's EHLO, STARTTLS and TLS look like from here,
+what the relay remembers of it, and what the relay would decide.
 
-The MTA-STS policy is looked up live; no message is sent (EHLO, STARTTLS, EHLO, QUIT). Exit 0
-when every MX was probed without findings, 1 when the MX look-up failed, an MX could not be
+The MTA-STS policy is looked up live; no message is sent (EHLO, STARTTLS, EHLO, QUIT). The
+remembered TLS of each host (`stsguard detect list`) is read from the relay's state, not written;
+with it a host that offered STARTTLS or a valid certificate within `[detect].history_days` and no
+longer does gets the `downgrade` finding the relay would give it. The decision is the relay's own
+pure `relay.decision` on what the probe saw (with the live policy; DANE is not looked at here).
+Exit 0 when every MX was probed without findings, 1 when the MX look-up failed, an MX could not be
 probed to the end or showed findings, 2 on a bad domain name.
 """
 
@@ -10,13 +15,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import time
+from dataclasses import dataclass, replace
+from typing import Any
 
+from detect.errors import HistoryStoreError
+from detect.history import HostHistory, judge_downgrade
+from detect.model import Finding, FindingKind
+from mtasts.model import Policy, PolicyResult, PolicySource
 from mtasts.parse import policy_domain
+from relay.cli.detect import host_json
 from relay.config import Config
-from relay.delivery.probe import ProbeReport, probe_domain
+from relay.decision import Action, Decision, Observation, decide, effective_policy, screen_mx
+from relay.delivery.probe import MxProbe, ProbeReport, probe_domain
 from relay.errors import UsageError
 from relay.log import configure_logging
 from relay.resolver import make_resolver
+from relay.state.database import StateError
+from relay.state.stores import open_state, state_exists
 from relay.tls import client_context
 
 
@@ -25,13 +41,137 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def problems_found(report: ProbeReport) -> bool:
-    """Anything a monitoring check should flag: no MX answer, a probe cut short, findings."""
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """For one probed MX address: what the relay remembers of the host and would decide."""
+
+    history: HostHistory | None
+    downgrade: Finding | None
+    decision: Decision
+
+
+def observation(probe: MxProbe) -> Observation:
+    """What the probe saw, as the relay's decision reads a session."""
+    starttls_ok = None
+    if probe.starttls_reply is not None:
+        injected = any(f.kind is FindingKind.PLAINTEXT_INJECTION for f in probe.findings)
+        starttls_ok = probe.starttls_reply.code == 220 and not injected
+    tls = probe.tls
+    handshake_ok = None if tls is None else tls.version is not None
+    return Observation(
+        ehlo_ok=probe.ehlo is not None and 200 <= probe.ehlo.code < 300,
+        offered_starttls=probe.ehlo is not None and probe.ehlo.starttls,
+        starttls_ok=starttls_ok,
+        handshake_ok=handshake_ok,
+        cert_valid=None if tls is None else tls.verified,
+        tls_result_type=tls.result_type if tls is not None else None,
+        mx_matches=probe.matches_policy is not False,
+    )
+
+
+def verdict(
+    probe: MxProbe,
+    policy: Policy | None,
+    history: HostHistory | None,
+    config: Config,
+    *,
+    domain: str,
+    now: float,
+    last_mx: bool = True,
+) -> Verdict:
+    """The relay's view of one probed address (pure: history and `now` are given)."""
+    result = PolicyResult(domain, policy, PolicySource.FRESH if policy else PolicySource.NONE)
+    effective = effective_policy(
+        result,
+        domain_tls=config.domain_tls(domain),
+        no_policy_tls=config.delivery.no_policy_tls,
+        on_downgrade=config.detect.on_downgrade,
+    )
+    screened = screen_mx(effective, probe.host)
+    obs = observation(probe)
+    downgrade = None
+    if not (obs.handshake_ok and obs.cert_valid):
+        downgrade = judge_downgrade(
+            history,
+            offered_starttls=obs.offered_starttls and obs.starttls_ok is not False,
+            cert_valid=obs.cert_valid,
+            now=now,
+            history_days=config.detect.history_days,
+        )
+    if screened is not None:
+        return Verdict(history, downgrade, screened)
+    if probe.ehlo is None:  # never got as far as EHLO: the session broke, try the next MX
+        reason = probe.error or "no SMTP session"
+        action = Action.DEFER if last_mx else Action.NEXT_MX
+        return Verdict(history, downgrade, Decision(action, None, reason))
+    findings = (*probe.findings, *((downgrade,) if downgrade else ()))
+    return Verdict(history, downgrade, decide(effective, obs, findings, last_mx=last_mx))
+
+
+def _histories(config: Config, hosts: set[str]) -> dict[str, HostHistory | None]:
+    """Remembered TLS of `hosts`, read without creating any state (none: nothing remembered)."""
+    if not state_exists(config.state_url):
+        return dict.fromkeys(hosts)
+    try:
+        state = open_state(config.state_url, front=False)
+    except StateError:
+        return dict.fromkeys(hosts)
+    try:
+        return {host: state.history.get(host) for host in hosts}
+    except HistoryStoreError:
+        return dict.fromkeys(hosts)
+    finally:
+        state.close()
+
+
+def _decision_json(decision: Decision) -> dict[str, Any]:
+    return {
+        "action": str(decision.action),
+        "result_type": decision.result_type,
+        "reason": decision.reason,
+    }
+
+
+def _verdict_text(v: Verdict, history_days: int) -> list[str]:
+    if v.history is None:
+        remembered = "nothing (no earlier session from this relay)"
+    else:
+        shown = host_json(v.history, history_days)
+        remembered = (
+            f"starttls={shown['last_starttls_at'] or 'never'} "
+            f"valid-cert={shown['last_valid_cert_at'] or 'never'} "
+            f"until={shown['remembered_until'] or '-'}"
+        )
+    lines = [f"  remembered:   {remembered}"]
+    d = v.decision
+    why = f" ({d.result_type})" if d.result_type else ""
+    lines.append(f"  relay would:  {d.action}{why}: {d.reason}")
+    return lines
+
+
+def render(report: ProbeReport, verdicts: list[Verdict], config: Config, *, as_json: bool) -> str:
+    days = config.detect.history_days
+    if as_json:
+        data = report.as_json()
+        for entry, v in zip(data["mx"], verdicts, strict=True):
+            entry["remembered"] = host_json(v.history, days) if v.history else None
+            entry["decision"] = _decision_json(v.decision)
+        return json.dumps(data, indent=2)
+    lines = [replace(report, mx=[]).as_text()]
+    for probe, v in zip(report.mx, verdicts, strict=True):
+        lines += ["", *probe.as_text(), *_verdict_text(v, days)]
+    return "\n".join(lines)
+
+
+def problems_found(report: ProbeReport, verdicts: list[Verdict]) -> bool:
+    """Anything a monitoring check should flag: no MX answer, a probe cut short, findings
+    (a remembered-TLS downgrade included)."""
     return bool(
         report.mx_error
         or report.policy_error
         or not report.mx
         or any(m.error or m.findings for m in report.mx)
+        or any(v.downgrade for v in verdicts)
     )
 
 
@@ -44,8 +184,17 @@ def run(args: argparse.Namespace, config: Config) -> int:
     resolver = make_resolver(config.dns)
     ctx = client_context(config.tls.ca_file)
     report = asyncio.run(probe_domain(domain, config, resolver=resolver, ssl_context=ctx))
-    if args.json:
-        print(json.dumps(report.as_json(), indent=2))
-    else:
-        print(report.as_text())
-    return 1 if problems_found(report) else 0
+    histories = _histories(config, {m.host for m in report.mx})
+    now = time.time()
+    last = len(report.mx) - 1
+    verdicts = [
+        verdict(
+            m, report.policy, histories[m.host], config, domain=domain, now=now, last_mx=i == last
+        )
+        for i, m in enumerate(report.mx)
+    ]
+    for probe, v in zip(report.mx, verdicts, strict=True):
+        if v.downgrade is not None:  # a finding like any other, as the relay logs it
+            probe.findings.append(v.downgrade)
+    print(render(report, verdicts, config, as_json=args.json))
+    return 1 if problems_found(report, verdicts) else 0

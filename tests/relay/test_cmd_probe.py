@@ -1,0 +1,93 @@
+"""`stsguard probe` as a user runs it: remembered TLS, the relay's decision, and exit codes that
+can drive monitoring. Real lab MX hosts, DNS and policy host; the command is a subprocess."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from lab.mx import CertKind
+from lab.world import LabWorld
+from relay.state.database import SqliteDatabase
+from relay.state.history_store import SqlTlsHistoryStore
+from tests.cli import run_cli_async
+
+MX = "mx1.example.org"
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[LabWorld]:
+    async with LabWorld(tmp_path / "world").running() as w:
+        yield w
+
+
+def config_file(world: LabWorld, tmp_path: Path) -> Path:
+    path = tmp_path / "stsguard.toml"
+    path.write_text(world.relay_toml(tmp_path / "state"))
+    return path
+
+
+async def test_remembered_starttls_makes_a_stripped_host_a_downgrade(
+    world: LabWorld, tmp_path: Path
+) -> None:
+    """The host the relay defers as a downgrade is not "findings: none" to probe any more."""
+    await world.add_mx(MX, "127.0.0.71", cert=CertKind.NONE)  # offers no STARTTLS now
+    world.publish_mx("example.org", [(10, MX)])
+    config = config_file(world, tmp_path)
+    store = SqlTlsHistoryStore(SqliteDatabase(tmp_path / "state" / "state.sqlite3"))
+    store.record(MX, offered_starttls=True, valid_cert=True, now=time.time() - 86400)
+    store.close()
+
+    code, out, err = await run_cli_async("probe", "example.org", "--json", "--config", str(config))
+    assert code == 1, err
+    [entry] = json.loads(out)["mx"]
+    assert entry["remembered"]["host"] == MX
+    assert entry["remembered"]["last_starttls_at"] is not None
+    assert [f["kind"] for f in entry["findings"]] == ["downgrade"]
+    assert entry["decision"]["action"] == "defer"
+    assert entry["decision"]["result_type"] == "starttls-not-supported"
+    code, out, _ = await run_cli_async("probe", "example.org", "--config", str(config))
+    assert code == 1
+    assert f"    - downgrade (starttls-not-supported): {MX} offered STARTTLS at " in out
+    assert "findings:     none" not in out
+    assert "  relay would:  defer (starttls-not-supported): downgrade:" in out
+
+
+async def test_clean_host_exits_0_and_would_be_delivered_over_tls(
+    world: LabWorld, tmp_path: Path
+) -> None:
+    await world.add_mx(MX, "127.0.0.72", cert=CertKind.GOOD)
+    world.publish_mx("example.org", [(10, MX)])
+    world.publish_policy("example.org", "enforce", [MX])
+    config = config_file(world, tmp_path)
+    code, out, err = await run_cli_async("probe", "example.org", "--json", "--config", str(config))
+    assert code == 0, err
+    [entry] = json.loads(out)["mx"]
+    assert entry["remembered"] is None
+    assert entry["decision"] == {
+        "action": "deliver-tls",
+        "result_type": None,
+        "reason": "TLS with a valid certificate",
+    }
+    assert not (tmp_path / "state").exists()  # probing reads remembered TLS, never creates it
+
+
+async def test_expired_certificate_under_enforce_and_unreachable_mx_exit_1(
+    world: LabWorld, tmp_path: Path
+) -> None:
+    await world.add_mx(MX, "127.0.0.73", cert=CertKind.EXPIRED)
+    world.publish_mx("example.org", [(10, MX), (20, "mx2.example.org")])
+    world.dns.set("mx2.example.org", "A", ["127.0.0.74"])  # nothing listens there
+    world.publish_policy("example.org", "enforce", [MX, "mx2.example.org"])
+    config = config_file(world, tmp_path)
+    code, out, err = await run_cli_async("probe", "example.org", "--json", "--config", str(config))
+    assert code == 1, err
+    first, second = json.loads(out)["mx"]
+    assert first["decision"]["action"] == "next-mx"
+    assert first["decision"]["result_type"] == "certificate-expired"
+    assert second["error"].startswith("connect:")
+    assert second["decision"]["action"] == "defer"
