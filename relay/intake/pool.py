@@ -157,9 +157,16 @@ class IntakePool:
             if time.monotonic() - child.started > 60:
                 delay = 1.0
             log.error("intake.process_exited", index=index, status=status, restart_in=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RESTART_MAX)
-            self.children[index] = await self._spawn(index)
+            while True:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RESTART_MAX)
+                try:
+                    self.children[index] = await self._spawn(index)
+                    break
+                except OSError as exc:
+                    # Out of descriptors or processes (EMFILE, EAGAIN): try again later rather
+                    # than end the relay's TaskGroup; the other intake processes go on.
+                    log.error("intake.process_start_failed", index=index, error=str(exc))
 
     def _close(self, child: _Child) -> None:
         with contextlib.suppress(ValueError, OSError):

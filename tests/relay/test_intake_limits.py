@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import ssl
 import subprocess
 import sys
 import threading
@@ -471,3 +472,41 @@ def test_command_problem_names_invalid_utf8() -> None:
         )
         is not None
     )
+
+
+async def test_password_check_does_not_stall_other_sessions(
+    start_intake: Callable[..., Any], lab_ca: LabCA, tmp_path: Path
+) -> None:
+    """PBKDF2 runs in a worker thread: while a costly check is under way, another session is
+    answered (an order of events, not a time)."""
+    cert = lab_ca.issue("relay.test", "127.0.0.1")
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('pw', iterations=3_000_000)}\n")
+    intake = await start_intake(
+        tls_cert_file=str(cert.cert_file), tls_key_file=str(cert.key_file), auth_file=str(users)
+    )
+
+    def clients() -> tuple[bytes, bool, bytes]:
+        slow = Raw(intake.address)
+        slow.cmd(b"EHLO c.test")
+        slow.cmd(b"STARTTLS")
+        slow.sock = lab_ca.client_context().wrap_socket(slow.sock, server_hostname="relay.test")
+        slow.cmd(b"EHLO c.test")
+        slow.sock.sendall(b"AUTH PLAIN AGFsaWNlAHB3\r\n")  # \0alice\0pw
+        other = Raw(intake.address)
+        noop = other.cmd(b"NOOP")
+        slow.sock.setblocking(False)
+        try:
+            first = slow.sock.recv(1)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            first = b""
+        slow.buf += first
+        answered_first = first != b""
+        slow.sock.setblocking(True)
+        slow.sock.settimeout(120)
+        return noop, answered_first, slow.reply()
+
+    noop, auth_answered_first, auth = await asyncio.to_thread(clients)
+    assert noop.startswith(b"250")
+    assert not auth_answered_first
+    assert auth.startswith(b"235")
