@@ -15,7 +15,7 @@ import pytest
 from lab.mx import CertKind, LabMx
 from lab.world import LabWorld, wait_until
 from relay.app import Relay
-from relay.config import Config
+from relay.config import Config, config_from_dict
 
 
 @pytest.fixture
@@ -140,3 +140,31 @@ async def test_relay_refuses_clients_outside_accept_networks(
     async with relay.running():
         assert await asyncio.to_thread(attempt) == 550
     assert relay.spool.list() == []
+
+
+async def test_domain_whose_mx_is_the_relay_itself_bounces_without_looping(
+    world: LabWorld, tmp_path: Path
+) -> None:
+    """Issue 11: a domain whose MX is the relay looped thousands of times in seconds; now the
+    recipient bounces with 5.4.6 and nothing is sent to the relay itself."""
+    settings = world.relay_settings(tmp_path / "state")
+    host, port = settings["relay"]["listen"].rsplit(":", 1)
+    settings["delivery"]["port"] = int(port)  # the MX port is the relay's own listen port
+    world.dns.set("mx.loop.test", "A", [host])
+    world.publish_mx("loop.test", [(10, "mx.loop.test")])
+    relay = Relay(config_from_dict(settings))
+    async with relay.running():
+        # A null sender: the bounce makes no DSN, so the queue empties once the loop is caught.
+        code = await asyncio.to_thread(_send_null_sender, host, int(port), "bob@loop.test")
+        assert code == 250
+        await wait_until(lambda: not relay.spool.list())
+        assert relay.metrics.value("stsguard_accepted_total") == 1  # never came back to itself
+
+
+def _send_null_sender(host: str, port: int, rcpt: str) -> int:
+    with smtplib.SMTP(host, port, timeout=10) as client:
+        client.ehlo("upstream.test")
+        client.mail("")
+        client.rcpt(rcpt)
+        code, _ = client.data(b"Subject: loop\r\n\r\nbody\r\n")
+    return code
