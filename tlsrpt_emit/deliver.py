@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,23 +41,24 @@ MAX_RESPONSE_BODY = 64 * 1024
 POST_TIMEOUT = 60.0
 """Seconds one POST may take in all, DNS included (`[tlsrpt].post_timeout`)."""
 
-# One mailbox (RFC 5321 4.1.2, RFC 6531 for UTF-8): a dot-atom or quoted local part, then a
-# domain of labels or an address literal. No space, no control, no second address.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-\u00a0-\U0010ffff]"
-_LOCAL = rf"(?:{_ATEXT}+(?:\.{_ATEXT}+)*|\"[\x21\x23-\x5b\x5d-\x7e\u00a0-\U0010ffff]*\")"
-_LABEL = (
-    r"[A-Za-z0-9\u00a0-\U0010ffff](?:[A-Za-z0-9\-\u00a0-\U0010ffff]*[A-Za-z0-9\u00a0-\U0010ffff])?"
-)
+# One mailbox (RFC 5321 4.1.2): a dot-atom or quoted local part, then a domain of labels or an
+# address literal; ASCII only (report mail goes out without SMTPUTF8; IDN domains in A-labels).
+_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\-]"
+_LOCAL = rf"(?:{_ATEXT}+(?:\.{_ATEXT}+)*|\"[\x21\x23-\x5b\x5d-\x7e]*\")"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?"
 _DOMAIN = rf"(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[\x21-\x5a\x5e-\x7e]+\])"
-_MAILBOX = re.compile(rf"{_LOCAL}@{_DOMAIN}")
+_MAILBOX = re.compile(rf"{_LOCAL}@{_DOMAIN}", re.ASCII)
 
 
 def report_mailbox(uri: str) -> str:
     """The one address of a ``mailto:`` rua URI, percent-decoded; `MailDeliveryError` (not
-    temporary) when it is not exactly one address free of spaces and control characters."""
-    address = mailto_address(uri)
-    clean = all(c.isprintable() and not c.isspace() for c in address)
-    if not clean or len(address) > 254 or _MAILBOX.fullmatch(address) is None:
+    temporary) unless it is exactly one ASCII address without spaces or control characters."""
+    path = uri.split(":", 1)[-1].split("?", 1)[0]
+    try:
+        address = urllib.parse.unquote(path, errors="strict")
+    except UnicodeDecodeError:
+        address = mailto_address(uri)
+    if len(address) > 254 or _MAILBOX.fullmatch(address) is None:
         raise MailDeliveryError(
             f"{uri}: not exactly one mail address after percent-decoding ({address!r})",
             destination=uri,
@@ -87,6 +89,19 @@ async def _addresses(host: str, resolver: dns.asyncresolver.Resolver | None) -> 
         if found:
             return found
     raise HttpsDeliveryError(f"{host}: {'; '.join(errors) or 'no A or AAAA record'}")
+
+
+def https_target(url: str) -> tuple[httpx.URL, str]:
+    """The parsed https: URL and its host (A-label, no brackets); `HttpsDeliveryError` if the
+    rua is no https: URL with a host."""
+    try:
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii")
+    except (httpx.InvalidURL, UnicodeError) as exc:
+        raise HttpsDeliveryError(f"{url}: not an https: URL ({exc})", destination=url) from None
+    if parsed.scheme != "https" or not host:
+        raise HttpsDeliveryError(f"{url}: not an https: URL", destination=url)
+    return parsed, host
 
 
 async def _post_to(client: httpx.AsyncClient, url: httpx.URL, address: str, gz_bytes: bytes) -> int:
@@ -129,13 +144,7 @@ async def post_report(
     its addresses in turn with SNI and the certificate check for the host. Redirects are not
     followed. Everything, DNS included, ends after `timeout` seconds.
     """
-    try:
-        parsed = httpx.URL(url)
-        if parsed.scheme != "https" or not parsed.raw_host:
-            raise HttpsDeliveryError(f"{url}: not an https: URL", destination=url)
-        host = parsed.raw_host.decode("ascii")
-    except (httpx.InvalidURL, UnicodeDecodeError) as exc:
-        raise HttpsDeliveryError(f"{url}: not an https: URL ({exc})", destination=url) from None
+    parsed, host = https_target(url)
     try:
         async with asyncio.timeout(timeout):
             status = await _post_first(client, parsed, await _addresses(host, resolver), gz_bytes)
@@ -180,9 +189,12 @@ async def mail_report(
     A URI that is not exactly one clean address raises a non-temporary `MailDeliveryError`
     before anything is built (a ``%0D%0A`` in it would otherwise become a header line)."""
     address = report_mailbox(uri)
-    message = build_report_mail(
-        report, gz_bytes, mail_from=mail_from, rcpt_to=[address], now=now, dkim_key=dkim_key
-    )
+    try:
+        message = build_report_mail(
+            report, gz_bytes, mail_from=mail_from, rcpt_to=[address], now=now, dkim_key=dkim_key
+        )
+    except (ValueError, UnicodeError) as exc:  # e.g. a From that cannot be encoded
+        raise MailDeliveryError(f"{uri}: building the report mail failed: {exc}") from exc
     try:
         await submit_mail(mail_from, [address], message)
     except ReportDeliveryError:

@@ -43,12 +43,21 @@ def status_of(reason: str) -> str:
     return f"5.{m.group(2)}.{m.group(3)}"
 
 
+# Controls, lone surrogates (aiosmtplib decodes an MX's non-UTF-8 bytes with surrogateescape,
+# and they cannot be encoded into the DSN) and Unicode line separators.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+
+
 def _one_line(text: str) -> str:
+    """`text` as one header-safe line: unsafe characters become spaces or U+FFFD, runs of
+    white space one space."""
+    text = _UNSAFE.sub(lambda m: "\ufffd" if m.group() >= "\ud800" else " ", text)
     return " ".join(text.split())
 
 
 def _address_field(address: str) -> str:
     """``rfc822; addr``, or ``utf-8; addr`` for an internationalised address (RFC 6533)."""
+    address = _one_line(address)
     return f"{'rfc822' if address.isascii() else 'utf-8'}; {address}"
 
 
@@ -86,7 +95,7 @@ def build_dsn(
 
     report = MIMEMultipart("report", report_type="delivery-status", policy=_WIRE)
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
-    report["To"] = f"<{message.mail_from}>"
+    report["To"] = f"<{_one_line(message.mail_from)}>"
     report["Subject"] = "Undelivered Mail Returned to Sender"
     report["Date"] = format_datetime(when)
     report["Message-ID"] = f"<{message.id}.{digest}@{reporting_mta}>"
@@ -98,7 +107,7 @@ def build_dsn(
         "Your message could not be delivered to one or more recipients.",
         "It was given up on for good; the reasons follow.",
         "",
-        *(f"<{rcpt}>: {_one_line(reason)}" for rcpt, reason in failed),
+        *(f"<{_one_line(rcpt)}>: {_one_line(reason)}" for rcpt, reason in failed),
         "",
     ]
     report.attach(MIMEText("\r\n".join(lines), "plain", "utf-8", policy=_WIRE))

@@ -177,6 +177,8 @@ async def test_rua_host_without_address_fails_cleanly(
         "mailto:%3Cspy@evil.test%3E",
         "mailto:good.test",
         "mailto:a@good.test%E2%80%A8",
+        "mailto:b%C3%B8b@good.test",  # no SMTPUTF8 for report mail
+        "mailto:x%0@p%ADy0ees.st",  # found by fuzz_tlsrpt_record: not UTF-8 once decoded
     ],
 )
 def test_mailto_that_is_not_one_clean_address_is_refused(uri: str) -> None:
@@ -191,7 +193,6 @@ def test_mailto_that_is_not_one_clean_address_is_refused(uri: str) -> None:
         ("mailto:tlsrpt@good.test", "tlsrpt@good.test"),
         ("mailto:tls-rpt+x@Good.Test?subject=hi", "tls-rpt+x@Good.Test"),
         ("mailto:a%2Bb@good.test", "a+b@good.test"),
-        ("mailto:b%C3%B8b@good.test", "bøb@good.test"),
         ("mailto:a@[127.0.0.1]", "a@[127.0.0.1]"),
     ],
 )
