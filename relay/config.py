@@ -132,6 +132,7 @@ class RelayConfig:
     idle_timeout: int = 300
     session_timeout: int = 1800
     max_junk_commands: int = 100
+    max_recipients: int = 1000
     auth_failures_per_connection: int = 3
     auth_failures_per_ip: int = 10
     tls_required_no: str = "honour"
@@ -427,6 +428,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "idle_timeout": _positive_duration,
             "session_timeout": _positive_duration,
             "max_junk_commands": _int_range(1, 1_000_000),
+            "max_recipients": _int_range(100, 1_000_000),
             "auth_failures_per_connection": _int_range(1, 1000),
             "auth_failures_per_ip": _int_range(1, 1_000_000),
             "tls_required_no": _choice(TLS_REQUIRED_NO),

@@ -250,6 +250,10 @@ class IntakeHandler:
             _log.info("intake.relay_denied", client=client, rcpt=address)
             return "550 5.7.1 Relaying denied: client not in accept_networks"
         if address not in envelope.rcpt_tos:
+            if len(envelope.rcpt_tos) >= self.config.max_recipients:
+                # RFC 5321 section 4.5.3.1.10: the client sends the rest in another message.
+                _log.info("intake.address_refused", client=client, limit="max_recipients")
+                return "452 4.5.3 Too many recipients"
             envelope.rcpt_tos.append(address)
         return "250 2.1.5 Ok"
 

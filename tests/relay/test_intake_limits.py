@@ -510,3 +510,25 @@ async def test_password_check_does_not_stall_other_sessions(
     assert noop.startswith(b"250")
     assert not auth_answered_first
     assert auth.startswith(b"235")
+
+
+async def test_recipients_beyond_the_limit_get_452(
+    start_intake: Callable[..., Any], spool: Spool
+) -> None:
+    intake = await start_intake(max_recipients=100)
+
+    def client() -> tuple[list[bytes], bytes]:
+        raw = Raw(intake.address)
+        raw.cmd(b"EHLO c.test")
+        raw.cmd(b"MAIL FROM:<a@x.test>")
+        replies = [raw.cmd(f"RCPT TO:<r{n}@y.test>".encode()) for n in range(102)]
+        raw.cmd(b"DATA")
+        raw.sock.sendall(MESSAGE + b".\r\n")
+        return replies, raw.reply()
+
+    replies, queued = await asyncio.to_thread(client)
+    assert all(r.startswith(b"250") for r in replies[:100])
+    assert all(r.startswith(b"452 4.5.3") for r in replies[100:])
+    assert queued.startswith(b"250")
+    [msg] = spool.list()
+    assert len(msg.recipients) == 100
