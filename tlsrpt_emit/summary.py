@@ -309,7 +309,8 @@ def render_html(summary: Summary, *, generated: str) -> str:
         sections.append(
             f'<section class="group" data-name="{_esc(group.name)}">'
             f"<h2>{_esc(group.name)}</h2>"
-            f'<p class="totals">{group.sessions} sessions: {group.ok} ok, '
+            f'<p class="totals">{group.sessions} session{"" if group.sessions == 1 else "s"}: '
+            f"{group.ok} ok, "
             f"{group.failed} failed ({_percent(group.failed, group.sessions)})</p>"
             f'<div class="legend"><span class="ok"></span>ok<span class="failed"></span>failed'
             f'</div>{_chart(group, summary.days)}<div class="tables">{inner}</div></section>'
