@@ -486,6 +486,12 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
 }
 
 
+def _shown(name: str) -> str:
+    """A key or section name as an error shows it: escaped when it holds control characters,
+    so the error stays one line."""
+    return repr(name)[1:-1] if _CONTROL.search(name) else name
+
+
 def _section(
     name: str, raw: Any, cls: type[_T], checks: Mapping[str, Callable[[Any, str], Any]]
 ) -> _T:
@@ -493,7 +499,7 @@ def _section(
         raise ConfigError(f"[{name}]: expected a table")
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        full = f"[{name}].{key}"
+        full = f"[{name}].{_shown(key)}"
         if key not in checks:
             known = ", ".join(sorted(checks))
             raise ConfigError(f"{full}: unknown key (known keys: {known})")
@@ -512,7 +518,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
             parts[name] = _section(name, value, cls, checks)
         else:
             known = ", ".join(sorted([*_SECTIONS, "domains"]))
-            raise ConfigError(f"[{name}]: unknown section (known sections: {known})")
+            raise ConfigError(f"[{_shown(name)}]: unknown section (known sections: {known})")
     config = Config(**parts)
     _check_submitter(config)
     return config
@@ -541,12 +547,12 @@ def _domains(raw: Any) -> dict[str, DomainConfig]:
         raise ConfigError("[domains]: expected a table of domains")
     result: dict[str, DomainConfig] = {}
     for domain, table in raw.items():
-        key = f'[domains."{domain}"]'
+        key = f'[domains."{_shown(domain)}"]'
         if not isinstance(table, dict):
             raise ConfigError(f'{key}: expected a table such as {{ tls = "verify" }}')
         for name in table:
             if name != "tls":
-                raise ConfigError(f"{key}.{name}: unknown key (known keys: tls)")
+                raise ConfigError(f"{key}.{_shown(name)}: unknown key (known keys: tls)")
         tls = _choice(DOMAIN_TLS)(table.get("tls", "mta-sts"), f"{key}.tls")
         result[normalize_host(domain)] = DomainConfig(tls=tls)  # IDN-01: A-labels, like look-ups
     return result

@@ -124,3 +124,19 @@ def test_cli_bad_listen_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "Traceback" not in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert "[relay].listen" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"relay": {"a\nb": 1}},
+        {"x\r\ny": {}},
+        {"domains": {"a\nb": {"tls": "bad"}}},
+        {"domains": {"a": {"t\nls": 1}}},
+    ],
+)
+def test_config_errors_about_odd_key_names_stay_one_line(raw: dict[str, object]) -> None:
+    """Found by fuzz_config: a key named with a line end made a multi-line CLI error."""
+    with pytest.raises(ConfigError) as caught:
+        config_from_dict(raw)
+    assert not any(c in str(caught.value) for c in "\r\n\x00")

@@ -4,7 +4,8 @@
 
 Without a corpus directory the seeds of `targets.SEEDS` are written to
 ``tests/fuzz/.corpus/<target>/`` (git-ignored) and that directory is used, so a second run goes
-on from what the first one found. A crash leaves ``crash-<sha1>`` in the working directory.
+on from what the first one found; `dicts/<target>.dict` is passed as ``-dict=`` unless one is
+given. A crash leaves ``crash-<sha1>`` in the working directory.
 """
 
 from __future__ import annotations
@@ -30,5 +31,8 @@ def main(target: str) -> None:
         for seed in targets.SEEDS[target]:
             (corpus / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
         argv.append(str(corpus))
+    words = ROOT / "tests" / "fuzz" / "dicts" / f"{target}.dict"
+    if words.exists() and not any(a.startswith("-dict=") for a in argv):
+        argv.insert(1, f"-dict={words}")
     atheris.Setup(argv, run)
     atheris.Fuzz()
