@@ -462,6 +462,8 @@ class _IntakeSMTP(SMTP):
         """aiosmtpd's idle timer (reset per command): idle means no bytes either, so a long
         DATA that keeps arriving is not cut off; a client that sends nothing hears 421."""
         idle = self.loop.time() - self._last_activity
+        if self._in_hook:
+            idle = 0.0  # we are the ones working (queueing a message), not the client
         if idle < self._timeout_duration:
             self._reset_timeout(self._timeout_duration - idle)
             return
@@ -486,7 +488,10 @@ class _IntakeSMTP(SMTP):
             "auth_failures": "Too many failed AUTH attempts",
         }.get(limit, "Limit reached")
         assert isinstance(transport, asyncio.WriteTransport)
-        transport.write(f"421 4.7.0 {self.rules.hostname} {what}, closing connection\r\n".encode())
+        with contextlib.suppress(OSError, RuntimeError):  # e.g. a TLS handshake still under way
+            transport.write(
+                f"421 4.7.0 {self.rules.hostname} {what}, closing connection\r\n".encode()
+            )
         transport.close()
 
     # -- every command --

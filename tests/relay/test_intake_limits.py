@@ -532,3 +532,29 @@ async def test_recipients_beyond_the_limit_get_452(
     assert queued.startswith(b"250")
     [msg] = spool.list()
     assert len(msg.recipients) == 100
+
+
+async def test_stalled_tls_handshake_is_closed_at_the_idle_timeout(
+    start_intake: Callable[..., Any], lab_ca: LabCA
+) -> None:
+    cert = lab_ca.issue("relay.test", "127.0.0.1")
+    intake = await start_intake(
+        tls_cert_file=str(cert.cert_file), tls_key_file=str(cert.key_file), idle_timeout=1
+    )
+
+    def client() -> tuple[bytes, bytes]:
+        raw = Raw(intake.address)
+        raw.cmd(b"EHLO c.test")
+        go = raw.cmd(b"STARTTLS")
+        rest = b""
+        while chunk := raw.sock.recv(4096):  # no ClientHello: wait for the relay to close
+            rest += chunk
+        return go, rest
+
+    with structlog.testing.capture_logs() as logs:
+        go, rest = await asyncio.to_thread(client)
+    assert go.startswith(b"220")
+    assert b"421" not in rest  # nothing in plaintext after the 220
+    events = [e["event"] for e in logs]
+    assert "intake.session_closed" in events
+    assert "intake.error" not in events
