@@ -33,7 +33,22 @@ from relay.version import stsguard_version
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Seconds from intake to delivery: most mail goes in seconds, deferred mail in hours or days.
-DELIVERY_DELAY_BUCKETS = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 5 * 86400)
+DELIVERY_DELAY_BUCKETS = (
+    0.1,
+    0.25,
+    0.5,
+    1,
+    2.5,
+    5,
+    15,
+    60,
+    300,
+    900,
+    3600,
+    4 * 3600,
+    86400,
+    5 * 86400,
+)
 
 # Queue states, as Postfix names its queues: `active` (waiting for its first attempt or being
 # delivered), `deferred` (an attempt failed, waiting for the retry), `hold` (held by an operator).

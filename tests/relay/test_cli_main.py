@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from relay.cli import COMMANDS
-from relay.config import hosts_file_fqdn
+from relay.config import hosts_file_fqdn, machine_fqdn
 from relay.preflight import is_real_domain
 from tests.cli import ROOT, run_cli
 
@@ -188,3 +188,13 @@ def test_fqdn_from_hosts_file() -> None:
     hosts = "127.0.0.1 localhost\n# 10.0.0.5 vm.old.example vm\n10.0.0.5 vm.example.net vm\n"
     assert hosts_file_fqdn("vm", hosts) == "vm.example.net"
     assert hosts_file_fqdn("other", hosts) == "other"
+
+
+def test_the_readmes_first_command_would_start_on_a_fresh_machine(tmp_path: Path) -> None:
+    """`stsguard relay --config stsguard.example.toml` with every default: no error, only the
+    warnings a fresh machine deserves (its name, TLS-RPT held back)."""
+    run = run_cli("check", "--config", str(ROOT / "stsguard.example.toml"), cwd=tmp_path)
+    assert run.returncode == 0, run.stderr
+    assert "error:" not in run.stderr
+    held_back = "TLS-RPT reports are counted but not sent" in run.stderr
+    assert held_back is not is_real_domain(machine_fqdn())
