@@ -48,7 +48,6 @@ import datetime as dt
 import email.parser
 import email.policy
 import errno
-import functools
 import ipaddress
 import re
 import socket
@@ -386,6 +385,40 @@ class SessionRules:
         )
 
 
+class _CheckedCommand:
+    """One entry of aiosmtpd's command table: the command, run through
+    `_IntakeSMTP._run_command`. Attributes are the command's own (HELP reads its syntax)."""
+
+    __slots__ = ("method", "name", "server")
+
+    def __init__(
+        self, server: _IntakeSMTP, name: str, method: Callable[[str | None], Awaitable[None]]
+    ) -> None:
+        self.server = server
+        self.name = name
+        self.method = method
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.method, attr)
+
+    def __call__(self, arg: str | None) -> Awaitable[None]:
+        return self.server._run_command(self.name, self.method, arg)
+
+
+class _CommandTable(dict[str, Any]):
+    """aiosmtpd's command table (``_smtp_methods``): its dispatcher looks each command up with
+    `get`, which hands out the command wrapped in our checks (one small object per command, so a
+    session costs nothing for the commands it never sends)."""
+
+    def __init__(self, server: _IntakeSMTP, methods: dict[str, Any]) -> None:
+        super().__init__(methods)
+        self.server = server
+
+    def get(self, name: str, default: Any = None) -> Any:
+        method = super().get(name)
+        return default if method is None else _CheckedCommand(self.server, name, method)
+
+
 class _IntakeSMTP(SMTP):
     """aiosmtpd's SMTP with the intake's limits and checks.
 
@@ -409,9 +442,7 @@ class _IntakeSMTP(SMTP):
         self._auth_failures = 0
         self._auth_failed = False
         self._auth_pending: tuple[str, LoginPassword] | None = None
-        self._smtp_methods = {
-            name: self._checked(name, method) for name, method in self._smtp_methods.items()
-        }
+        self._smtp_methods = _CommandTable(self, self._smtp_methods)
 
     def __dir__(self) -> list[str]:
         return _table_names(self)
@@ -496,29 +527,21 @@ class _IntakeSMTP(SMTP):
 
     # -- every command --
 
-    def _checked(
-        self, name: str, method: Callable[[str | None], Awaitable[None]]
-    ) -> Callable[[str | None], Awaitable[None]]:
+    async def _run_command(
+        self, name: str, method: Callable[[str | None], Awaitable[None]], arg: str | None
+    ) -> None:
         """`method` behind the command hygiene check and the junk-command budget."""
-        junk = name in _JUNK_COMMANDS
-
-        @functools.wraps(method)
-        async def run(arg: str | None) -> None:
-            problem = command_problem(arg)
-            if problem is not None:
-                _log.info(
-                    "intake.command_refused", client=self._client_ip, command=name, reply=problem
-                )
-                await self.push(problem)
+        problem = command_problem(arg)
+        if problem is not None:
+            _log.info("intake.command_refused", client=self._client_ip, command=name, reply=problem)
+            await self.push(problem)
+            return
+        if name in _JUNK_COMMANDS:
+            self._junk += 1
+            if self._junk > self.rules.max_junk_commands:
+                self._close_421("max_junk_commands")
                 return
-            if junk:
-                self._junk += 1
-                if self._junk > self.rules.max_junk_commands:
-                    self._close_421("max_junk_commands")
-                    return
-            await method(arg)
-
-        return run
+        await method(arg)
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
         """aiosmtpd's MAIL/RCPT path parser, with a fast path for the common ``<local@domain>``.

@@ -13,7 +13,7 @@ from importlib.metadata import version
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from relay.intake.server import _IntakeSMTP
+from relay.intake.server import _CheckedCommand, _IntakeSMTP
 
 # What each is relied on for:
 # __init__: builds _smtp_methods / _handle_hooks / _auth_methods from dir(), sets _timeout_duration
@@ -61,7 +61,10 @@ def test_the_tables_and_state_we_use_exist() -> None:
         assert smtp._timeout_duration == smtp.rules.idle_timeout
         assert smtp._tls_protocol is None
         assert isinstance(smtp._handle_hooks, dict)
-        # Our wrapped commands keep aiosmtpd's HELP text.
-        assert smtp._smtp_methods["MAIL"].__smtp_syntax__ == "MAIL FROM: <address>"  # type: ignore[attr-defined]
+        # The dispatcher's look-up hands out our checked command, with aiosmtpd's HELP text.
+        mail = smtp._smtp_methods.get("MAIL")
+        assert isinstance(mail, _CheckedCommand)
+        assert mail.__smtp_syntax__ == "MAIL FROM: <address>"
+        assert "self._smtp_methods.get(command)" in inspect.getsource(SMTP._handle_client)
     finally:
         loop.close()
