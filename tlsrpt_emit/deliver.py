@@ -250,7 +250,7 @@ async def deliver_report(
                 log.warning("tlsrpt.rua_skipped", report_id=report.report_id, error=str(exc))
                 errors.append((uri, str(exc)))
                 continue
-            log.info("tlsrpt.destination_failed", report_id=report.report_id, error=str(exc))
+            log.warning("tlsrpt.destination_failed", report_id=report.report_id, error=str(exc))
             errors.append((uri, str(exc)))
         else:
             log.info("tlsrpt.destination_accepted", report_id=report.report_id, destination=uri)

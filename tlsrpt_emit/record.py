@@ -147,7 +147,7 @@ async def lookup_tlsrpt_record(
     except (dns.resolver.NXDOMAIN, dns.resolver.NoAnswer):
         return None
     except dns.exception.DNSException as exc:
-        log.info("tlsrpt.lookup_failed", domain=domain, error=str(exc))
+        log.warning("tlsrpt.lookup_failed", domain=domain, error=str(exc))
         raise TlsRptLookupError(f"{name}: TXT look-up failed: {exc}") from exc
     txts = [b"".join(rdata.strings).decode("utf-8", errors="replace") for rdata in answer]
     return select_tlsrpt_record(txts)
