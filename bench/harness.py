@@ -30,6 +30,8 @@ import procstat
 import structlog
 from postfix_smarthost import PostfixSmarthost
 
+from lab.postgres import PgCluster
+
 ROOT = Path(__file__).resolve().parent.parent
 PY = sys.executable
 
@@ -41,8 +43,16 @@ RELAY_PORT = 2525  # stsguard on 127.0.0.1
 POSTFIX_PORT = 2527  # the Postfix smarthost on 127.0.0.1
 RESOLVER_PORT = 8461  # postfix-mta-sts-resolver's socketmap on 127.0.0.1
 WARM, COLD, COLD_RESOLVER = "bench.test", "cold.bench.test", "cold2.bench.test"
-POLICY_VARIANTS = ("sqlite", "memory", "sqlite+dnscache", "memory+dnscache", "sqlite+memo")
+POLICY_VARIANTS = (
+    "sqlite",
+    "postgresql",
+    "memory",
+    "sqlite+dnscache",
+    "memory+dnscache",
+    "sqlite+memo",
+)
 MEMO_SECONDS = 5.0
+PG_STATS_SETTLE = 2.0  # PostgreSQL's statistics lag up to a second behind
 STALL_SECONDS = 30.0  # a throughput run fails when the sink gets nothing for this long
 SENDER = "bench@sender.test"
 
@@ -286,29 +296,44 @@ class PolicyRun:
     gets_per_cpu_s: float
     txt_queries: int
     info: str
+    db_transactions: int | None = None  # PostgreSQL variant: transactions during the warm run
 
 
 async def stsguard_policy_rate(
-    seconds: float, workers: int, variant: str, workdir: Path, ca_file: Path
+    seconds: float,
+    workers: int,
+    variant: str,
+    workdir: Path,
+    ca_file: Path,
+    pg: tuple[PgCluster, str] | None = None,
 ) -> PolicyRun:
     """PolicyService.get on a warm cache, in this process, built the way the relay builds it.
 
-    `variant`: ``sqlite`` (the relay's store), ``memory``, ``+dnscache`` (the same resolver
-    with dnspython's TTL-honouring LRU cache), ``+memo`` (a bench-only prototype of the change
-    the profile points at: the last answer per domain reused for `MEMO_SECONDS`).
+    `variant`: ``sqlite`` (the relay's store), ``postgresql`` (the fleet's shared store, behind
+    the relay's memory front; `pg` is its cluster and database URL), ``memory``, ``+dnscache``
+    (the same resolver with dnspython's TTL-honouring LRU cache), ``+memo`` (a bench-only
+    prototype of the change the profile points at: the last answer per domain reused for
+    `MEMO_SECONDS`).
     """
     import dns.resolver
 
-    from mtasts.cache import MemoryPolicyStore, SqlitePolicyStore
+    from mtasts.cache import MemoryPolicyStore
     from mtasts.service import PolicyService
     from relay.config import Config, DnsConfig
     from relay.resolver import make_resolver
+    from relay.state.stores import open_state
+    from relay.state.url import parse_state_url
     from relay.tls import client_context
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     store: Any
-    if variant.startswith("sqlite"):
-        store = SqlitePolicyStore(workdir / f"policy-{time.monotonic_ns()}.sqlite3")
+    relay_like = variant.startswith(("sqlite", "postgresql"))
+    if variant == "postgresql":
+        assert pg is not None
+        store = open_state(parse_state_url(pg[1], Path())).policies
+    elif variant.startswith("sqlite"):
+        path = workdir / f"policy-{time.monotonic_ns()}.sqlite3"
+        store = open_state(parse_state_url("", path)).policies
     else:
         store = MemoryPolicyStore()
     resolver = make_resolver(DnsConfig(nameservers=(f"{DNS_IP}:53",)))
@@ -321,7 +346,7 @@ async def stsguard_policy_rate(
         resolver,
         client_context(str(ca_file)),
         https_port=443,
-        answer_ttl=Config().mtasts.answer_ttl if variant.startswith("sqlite") else 0,
+        answer_ttl=Config().mtasts.answer_ttl if relay_like else 0,
     )
     first = await service.get(WARM)
     if first.policy is None:
@@ -338,17 +363,26 @@ async def stsguard_policy_rate(
         if hit is None or now - hit[0] > MEMO_SECONDS:
             memo[WARM] = (now, await service.get(WARM))
 
+    if pg is not None:
+        await asyncio.sleep(PG_STATS_SETTLE)
+        xact0 = pg[0].transactions(pg[1])
     txt0 = lab_count("TXT", WARM)
     cpu0 = time.process_time()
     wall0 = time.monotonic()
     rate = await rate_for(seconds, workers, one_memo if variant.endswith("+memo") else one)
     cpu = time.process_time() - cpu0
     calls = rate * (time.monotonic() - wall0)
+    txt = lab_count("TXT", WARM) - txt0
+    xacts = None
+    if pg is not None:
+        await asyncio.sleep(PG_STATS_SETTLE)
+        xacts = pg[0].transactions(pg[1]) - xact0 - 1  # less the reading of xact0
     return PolicyRun(
         rate,
         calls / cpu if cpu else 0.0,
-        lab_count("TXT", WARM) - txt0,
+        txt,
         f"{first.policy.mode} mx={list(first.policy.mx)} hits={service.hits}",
+        xacts,
     )
 
 
@@ -398,6 +432,18 @@ class Bench:
         self.ca_file = Path()
         self.postfix: PostfixSmarthost | None = None
         self.profiles: list[Path] = []
+        self.pg: PgCluster | None = None
+
+    def postgres(self) -> tuple[PgCluster, str]:
+        """A private PostgreSQL (started on first use) and a fresh database in it."""
+        if self.pg is None:
+            cluster, why = PgCluster.find()
+            if cluster is None:
+                raise RuntimeError(f"no PostgreSQL: {why}")
+            self.pg = cluster
+            cluster.init()
+            cluster.start()
+        return self.pg, self.pg.new_database()
 
     # set-up
     def start_lab(self) -> None:
@@ -579,6 +625,7 @@ class Bench:
                             variant,
                             self.workdir,
                             self.ca_file,
+                            self.postgres() if variant == "postgresql" else None,
                         )
                     )
                     for _ in range(self.args.repeat)
@@ -592,15 +639,26 @@ class Bench:
             log(
                 f"stsguard PolicyService ({variant}): {run.gets_per_s:.0f} gets/s, "
                 f"{run.gets_per_cpu_s:.0f} per CPU s, {run.txt_queries} TXT queries ({run.info})"
+                + (
+                    f", {run.db_transactions} DB transactions"
+                    if run.db_transactions is not None
+                    else ""
+                )
             )
 
     # 5. the stsguard relay
-    def run_relay(self) -> None:
+    def run_relay_postgres(self) -> None:
+        """The relay's throughput with its state in PostgreSQL, in the same run as SQLite."""
+        cluster, url = self.postgres()
+        self.run_relay(postgres=(cluster, url))
+
+    def run_relay(self, postgres: tuple[PgCluster, str] | None = None) -> None:
         if not self.args.relay_command and not (ROOT / "relay" / "app.py").exists():
             self.results.extra["relay_error"] = "not available yet (relay/app.py missing)"
             return
-        state = self.workdir / "stsguard-state"
-        cfg = self.workdir / "stsguard.toml"
+        suffix = "-pg" if postgres else ""
+        state = self.workdir / f"stsguard-state{suffix}"
+        cfg = self.workdir / f"stsguard{suffix}.toml"
         cfg.write_text(
             RELAY_TOML.format(
                 port=RELAY_PORT,
@@ -611,8 +669,9 @@ class Bench:
                 log_level="info" if self.args.keep_logs else "warning",
                 intake_processes=self.args.intake_processes,
             )
+            + (f'\n[state]\nurl = "{postgres[1]}"\n' if postgres else "")
         )
-        relay_log = self.workdir / "stsguard.log"
+        relay_log = self.workdir / f"stsguard{suffix}.log"
         proc = self.procs.start(
             [
                 *(self.args.relay_command or [str(Path(PY).parent / "stsguard"), "relay"]),
@@ -628,6 +687,9 @@ class Bench:
                 self.results.extra["relay_error"] = f"did not start: {' '.join(tail)[-300:]}"
                 return
             pid = proc.pid
+            if postgres:
+                self.relay_throughput_postgres(pid, *postgres)
+                return
             errors = []
             peak = 0
             # Idle sessions first, on a fresh relay, so that a relay that fails under load still
@@ -648,7 +710,7 @@ class Bench:
         finally:
             self.procs.stop(proc, timeout=10)
             if self.args.keep_logs:
-                shutil.copyfile(relay_log, self.args.keep_logs / "stsguard.log")
+                shutil.copyfile(relay_log, self.args.keep_logs / relay_log.name)
 
     def relay_throughput(self, pid: int) -> None:
         push(RELAY_PORT, 200)  # warm-up: policy cached, code paths hot
@@ -660,6 +722,25 @@ class Bench:
             self.stop_profiler(profiler)
         log(f"stsguard: {t.rate:.0f} msg/s, {t.cpu_per_1000:.2f} CPU s per 1000")
         self.results.extra["stsguard"] = {"msgs_per_s": t.rate, "cpu_per_1000": t.cpu_per_1000}
+
+    def relay_throughput_postgres(self, pid: int, cluster: PgCluster, url: str) -> None:
+        push(RELAY_PORT, 200)  # warm-up: policy cached, code paths hot
+        log(f"stsguard, PostgreSQL state: {self.args.messages} messages")
+        time.sleep(PG_STATS_SETTLE)
+        xact0 = cluster.transactions(url)
+        t = self.push_median("stsguard_pg", RELAY_PORT, lambda: procstat.tree_cpu(pid))
+        time.sleep(PG_STATS_SETTLE)
+        xacts = cluster.transactions(url) - xact0 - 1
+        per_1000 = xacts * 1000 / (t.messages * self.args.repeat)
+        log(
+            f"stsguard, PostgreSQL state: {t.rate:.0f} msg/s, {t.cpu_per_1000:.2f} CPU s per "
+            f"1000, {per_1000:.1f} DB transactions per 1000 messages"
+        )
+        self.results.extra["stsguard_pg"] = {
+            "msgs_per_s": t.rate,
+            "cpu_per_1000": t.cpu_per_1000,
+            "db_transactions_per_1000": per_1000,
+        }
 
     def relay_cold_burst(self, pid: int) -> None:
         log(f"stsguard: cold burst of {self.args.burst} deliveries to {COLD}")
@@ -745,6 +826,27 @@ class Bench:
                 verdict(None if not sg or not pf else sg["msgs_per_s"] >= pf["msgs_per_s"]),
             ]
         )
+        pg = x.get("stsguard_pg", {})
+        rows.append(
+            [
+                "relay throughput, PostgreSQL state (msg/s)",
+                fmt(pg.get("msgs_per_s")),
+                fmt(sg.get("msgs_per_s")),
+                ratio(pg.get("msgs_per_s"), sg.get("msgs_per_s")),
+                "(beside: SQLite state)",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "  DB transactions per 1000 messages (PostgreSQL)",
+                fmt(pg.get("db_transactions_per_1000"), 1),
+                "",
+                "",
+                "",
+                "",
+            ]
+        )
         rows.append(
             [
                 "CPU s per 1000 messages",
@@ -803,6 +905,17 @@ class Bench:
                     "",
                 ]
             )
+            if pol.get("db_transactions") is not None:
+                rows.append(
+                    [
+                        f"  DB transactions during the warm run ({variant})",
+                        fmt(pol.get("db_transactions")),
+                        "",
+                        "",
+                        "",
+                        "",
+                    ]
+                )
         cold, rcold = x.get("stsguard_cold", {}), x.get("resolver_cold", {})
         rows.append(
             [
@@ -871,6 +984,8 @@ def cleanup(bench: Bench) -> Iterator[None]:
         if bench.postfix is not None:
             bench.postfix.stop()
         bench.procs.stop_all()
+        if bench.pg is not None:
+            bench.pg.remove()
 
 
 def main() -> int:
@@ -907,7 +1022,9 @@ def main() -> int:
         help="sample only the thread holding the GIL: where the Python CPU goes, no I/O waits",
     )
     parser.add_argument(
-        "--only", default="ceiling,postfix,resolver,policy,relay", help="comma-separated runs"
+        "--only",
+        default="ceiling,postfix,resolver,policy,relay,relay-pg",
+        help="comma-separated runs",
     )
     args = parser.parse_args()
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
@@ -938,6 +1055,7 @@ def run_all(bench: Bench, only: set[str]) -> None:
         ("resolver", bench.run_resolver),
         ("policy", bench.run_policy_service),
         ("relay", bench.run_relay),
+        ("relay-pg", bench.run_relay_postgres),
     ):
         if name in only:
             try:

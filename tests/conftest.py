@@ -9,7 +9,7 @@ import pytest
 
 from lab.dns import LabDns
 from lab.pki import LabCA
-from tests.pg import PgCluster
+from lab.postgres import PgCluster
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""A private PostgreSQL cluster for the tests: initdb + pg_ctl in a temp dir, Unix socket only.
+"""A private PostgreSQL cluster for the tests and the bench: initdb + pg_ctl in a temp dir, on a
+Unix socket only (no TCP port, nothing reachable from elsewhere).
 
 PostgreSQL refuses to run as root, so under root (CI) the cluster is made and run as `nobody`
 (`setpriv`). `PgCluster.find()` says why there is no PostgreSQL when there is none.
@@ -128,3 +129,24 @@ class PgCluster:
         with psycopg.connect(self.url(), autocommit=True) as conn:
             conn.execute(f"CREATE DATABASE {name}")
         return self.url(name)
+
+    def transactions(self, url: str) -> int:
+        """Transactions committed or rolled back in the database of `url` so far (the server's
+        statistics lag up to a second behind; wait before reading)."""
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_clear_snapshot()")
+            row = conn.execute(
+                "SELECT xact_commit + xact_rollback FROM pg_stat_database"
+                " WHERE datname = current_database()"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def size(self, url: str) -> int:
+        """Bytes the database of `url` takes on disk."""
+        import psycopg
+
+        with psycopg.connect(url, autocommit=True) as conn:
+            row = conn.execute("SELECT pg_database_size(current_database())").fetchone()
+        return int(row[0]) if row else 0
