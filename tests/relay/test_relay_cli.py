@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import smtplib
@@ -11,7 +12,9 @@ import sys
 import time
 from pathlib import Path
 
+from lab.pki import LabCA
 from lab.world import free_port
+from relay.intake.auth import hash_password
 
 
 def relay_cmd(config: Path) -> list[str]:
@@ -99,3 +102,38 @@ def test_ready_notification_journal_lines_and_start_line(tmp_path: Path) -> None
     assert any("[relay].hostname is 'localhost'" in line for line in warnings)
     assert any("TLS-RPT reports are counted but not sent" in line for line in warnings)
     assert all(line[:3] in ("<6>", "<4>") for line in lines), lines
+
+
+def test_json_log_stays_json_after_an_auth(tmp_path: Path, lab_ca: LabCA) -> None:
+    """After an AUTH every line of a JSON log is JSON (aiosmtpd's `Session.login_data is
+    deprecated` was plain text; any library line now goes through structlog, tests/relay/
+    test_log.py has that line itself)."""
+    cert = lab_ca.issue("relay.test", "127.0.0.1")
+    users = tmp_path / "users"
+    users.write_text(f"alice:{hash_password('s3cret', iterations=1000)}\n")
+    port = free_port()
+    config = tmp_path / "relay.toml"
+    config.write_text(
+        f'[relay]\nlisten = "127.0.0.1:{port}"\nstate_dir = "{tmp_path / "state"}"\n'
+        f'hostname = "relay.test"\nlog_format = "json"\ntls_cert_file = "{cert.cert_file}"\n'
+        f'tls_key_file = "{cert.key_file}"\nauth_file = "{users}"\n'
+        '[tlsrpt]\nenabled = false\n[dns]\nnameservers = ["127.0.0.1:9"]\n'
+    )
+    proc = subprocess.Popen(relay_cmd(config), stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                client = smtplib.SMTP("127.0.0.1", port, timeout=10)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "relay did not start listening"
+                time.sleep(0.1)
+        with client:
+            client.starttls(context=lab_ca.client_context())
+            client.login("alice", "s3cret")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=30)
+    events = [json.loads(line) for line in err.decode().splitlines()]  # every line is JSON
+    assert any(e["event"] == "intake.auth" and e["success"] for e in events)
