@@ -233,3 +233,22 @@ async def test_injecting_mailto_is_skipped_with_a_log_line_and_others_still_get_
     skipped = [e for e in logs if e["event"] == "tlsrpt.rua_skipped"]
     assert len(skipped) == 1
     assert skipped[0]["log_level"] == "warning"
+
+
+async def test_send_day_reaches_a_rua_host_known_only_to_the_lab_dns(
+    lab_ca: LabCA, lab_dns: LabDns, http: httpx.AsyncClient
+) -> None:
+    """The scheduler hands its resolver to the POST: the rua host needs no system resolver."""
+    from tlsrpt_emit.schedule import send_day
+
+    name = "collector.reports.test"
+    lab_dns.add(name, "A", "127.0.0.1")
+    collector = ReportCollector(lab_ca.issue(name).server_context(), host_name=name)
+    settings = ReportSettings(organization_name="Org", contact_info="mailto:t@reporter.example")
+    async with collector.running():
+        lab_dns.add("_smtp._tls.example.org", "TXT", f"v=TLSRPTv1; rua={collector.url('/r')}")
+        clients = Clients(resolver_for(lab_dns), http, post_timeout=30)
+        sent = await send_day(DAY, filled_store(), settings=settings, clients=clients, now=2e9)
+    assert {s.domain: s.status for s in sent}["example.org"] == "delivered"
+    (got,) = collector.received
+    assert got.report()["policies"][0]["policy"]["policy-domain"] == "example.org"
