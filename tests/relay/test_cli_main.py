@@ -12,10 +12,12 @@ from pathlib import Path
 
 import pytest
 
+from lab.dns import LabDns
 from relay.cli import COMMANDS
 from relay.config import hosts_file_fqdn, machine_fqdn
 from relay.preflight import is_real_domain
-from tests.cli import ROOT, run_cli
+from tests.cli import ROOT, run_cli, run_cli_async
+from tests.tlsrpt_emit.test_report import make_dkim_key
 
 GOOD = (
     '[relay]\nhostname = "relay.example.net"\nlisten = "127.0.0.1:{port}"\nstate_dir = "{state}"\n'
@@ -198,3 +200,43 @@ def test_the_readmes_first_command_would_start_on_a_fresh_machine(tmp_path: Path
     assert "error:" not in run.stderr
     held_back = "TLS-RPT reports are counted but not sent" in run.stderr
     assert held_back is not is_real_domain(machine_fqdn())
+
+
+async def test_check_compares_the_dkim_key_with_dns(tmp_path: Path, lab_dns: LabDns) -> None:
+    pem, public = make_dkim_key()
+    _, other = make_dkim_key()
+    key_file = tmp_path / "dkim.pem"
+    key_file.write_bytes(pem)
+    text = f"v=DKIM1; k=rsa; s=tlsrpt; p={public}"
+    chunks = tuple(text[i : i + 255] for i in range(0, len(text), 255))
+    lab_dns.add("good._domainkey.example.net", "TXT", chunks)
+    stale = f"v=DKIM1; k=rsa; s=tlsrpt; p={other}"
+    lab_dns.add(
+        "stale._domainkey.example.net",
+        "TXT",
+        tuple(stale[i : i + 255] for i in range(0, len(stale), 255)),
+    )
+
+    ns = lab_dns.address
+    results = {}
+    cases = (("good", ns), ("stale", ns), ("missing", ns), ("good", "127.0.0.1:9"))
+    for n, (selector, nameserver) in enumerate(cases):
+        text = GOOD.format(port=free_port(), state=tmp_path / "state")
+        text = text.replace('["127.0.0.1:9"]', f'["{nameserver}"]').replace(
+            "[tlsrpt]\n",
+            f'[tlsrpt]\ndkim_domain = "example.net"\ndkim_selector = "{selector}"\n'
+            f'dkim_key_file = "{key_file}"\n',
+        )
+        path = write(tmp_path, text, f"dkim-{n}.toml")
+        code, _, err = await run_cli_async("check", "--config", str(path))
+        results[(selector, nameserver == ns)] = (code, err)
+    assert results[("good", True)] == (0, "")
+    code, err = results[("stale", True)]
+    assert code == 1
+    assert "does not match the private key file" in err
+    code, err = results[("missing", True)]
+    assert code == 1
+    assert "no DKIM record at missing._domainkey.example.net." in err
+    code, err = results[("good", False)]  # DNS does not answer: said, not an error
+    assert code == 0
+    assert "warning: [tlsrpt].dkim_key_file: could not look up good._domainkey" in err
