@@ -43,6 +43,8 @@ RELAY_PORT = 2525  # stsguard on 127.0.0.1
 POSTFIX_PORT = 2527  # the Postfix smarthost on 127.0.0.1
 RESOLVER_PORT = 8461  # postfix-mta-sts-resolver's socketmap on 127.0.0.1
 WARM, COLD, COLD_RESOLVER = "bench.test", "cold.bench.test", "cold2.bench.test"
+DANE_DOMAIN = "dane.bench.test"  # MX dane-sink.bench.test with a signed TLSA for the sink
+UNBOUND_IP = "127.0.0.54"  # the validating resolver in front of the lab DNS (DANE rows)
 POLICY_VARIANTS = (
     "sqlite",
     "postgresql",
@@ -386,6 +388,33 @@ async def stsguard_policy_rate(
     )
 
 
+async def dane_decision_rate(seconds: float, workers: int, nameserver: str) -> tuple[float, float]:
+    """DANE decisions for one MX host with its TLSA in the resolver's cache, as delivery makes
+    them (`lookup_tlsa` + `decision.dane_for_mx`): per wall second and per CPU second."""
+    from relay.config import DnsConfig
+    from relay.decision import dane_for_mx, effective_policy
+    from relay.delivery.dane_lookup import TlsaStatus, lookup_tlsa
+    from relay.delivery.mx import lookup_mx
+    from relay.resolver import make_resolver
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    resolver = make_resolver(DnsConfig(nameservers=(nameserver,)))
+    host = (await lookup_mx(DANE_DOMAIN, resolver)).hosts[0]
+    first = await lookup_tlsa(resolver, host)
+    if first.status is not TlsaStatus.SECURE:
+        raise RuntimeError(f"no secure TLSA for {host.name}: {first}")
+    base = effective_policy(None)
+
+    async def one(_: int) -> None:
+        tlsa = await lookup_tlsa(resolver, host)
+        dane_for_mx(base, str(tlsa.status), tlsa.records, tlsa.names, last_mx=True)
+
+    cpu0, wall0 = time.process_time(), time.monotonic()
+    rate = await rate_for(seconds, workers, one)
+    cpu = time.process_time() - cpu0
+    return rate, rate * (time.monotonic() - wall0) / cpu if cpu else 0.0
+
+
 async def idle_sessions(port: int, n: int) -> list[asyncio.StreamWriter]:
     """Open `n` SMTP sessions and read each banner; they stay open until the writers close."""
     writers = []
@@ -430,6 +459,7 @@ class Bench:
         self.procs = Processes()
         self.results = Results()
         self.ca_file = Path()
+        self.unbound: str | None = None
         self.postfix: PostfixSmarthost | None = None
         self.profiles: list[Path] = []
         self.pg: PgCluster | None = None
@@ -463,6 +493,7 @@ class Bench:
                 SINK_IP,
                 "--domains",
                 ",".join((WARM, COLD, COLD_RESOLVER)),
+                *("--unbound", UNBOUND_IP, "--dane-domain", DANE_DOMAIN),
             ],
             stdout=subprocess.PIPE,
         )
@@ -471,6 +502,7 @@ class Bench:
         if not line or line[0] != "ready":
             raise RuntimeError("lab services did not start")
         self.ca_file = Path(line[1])
+        self.unbound = line[2] if len(line) > 2 and line[2] != "-" else None
         sink = self.procs.start(
             [
                 PY,
@@ -490,12 +522,16 @@ class Bench:
             raise RuntimeError("sink did not start")
 
     def push_median(
-        self, name: str, port: int, cpu_of: Callable[[], float] | None = None
+        self,
+        name: str,
+        port: int,
+        cpu_of: Callable[[], float] | None = None,
+        recipient: str = f"user@{WARM}",
     ) -> Throughput:
         """`--repeat` runs of `--messages` messages; the run with the median rate."""
         runs = []
         for i in range(self.args.repeat):
-            t = push(port, self.args.messages, cpu_of=cpu_of)
+            t = push(port, self.args.messages, cpu_of=cpu_of, recipient=recipient)
             log(
                 f"{name}: run {i + 1}: {t.rate:.0f} msg/s, "
                 f"sink {t.sink_cpu * 1000 / t.messages:.2f} CPU s per 1000"
@@ -711,6 +747,50 @@ class Bench:
             self.procs.stop(proc, timeout=10)
             if self.args.keep_logs:
                 shutil.copyfile(relay_log, self.args.keep_logs / relay_log.name)
+
+    # 6. DANE: decisions with the TLSA cached, and the relay behind unbound, MTA-STS beside DANE
+    def run_dane(self) -> None:
+        if self.unbound is None:
+            self.results.extra["dane_error"] = "unbound is not installed: no DANE rows"
+            return
+        log("stsguard: cached DANE decisions")
+        rate, per_cpu = asyncio.run(
+            dane_decision_rate(self.args.policy_seconds, self.args.policy_workers, self.unbound)
+        )
+        log(f"stsguard: {rate:.0f} DANE decisions/s")
+        self.results.extra["dane_decisions"] = {"per_s": rate, "per_cpu_s": per_cpu}
+        state = self.workdir / "stsguard-dane-state"
+        cfg = self.workdir / "stsguard-dane.toml"
+        text = RELAY_TOML.format(
+            port=RELAY_PORT,
+            state=state,
+            sink_port=SINK_PORT,
+            dns=DNS_IP,
+            ca=self.ca_file,
+            log_level="warning",
+            intake_processes=self.args.intake_processes,
+        )
+        cfg.write_text(text.replace(f'"{DNS_IP}:53"', f'"{self.unbound}"'))
+        proc = self.procs.start(
+            [
+                *(self.args.relay_command or [str(Path(PY).parent / "stsguard"), "relay"]),
+                *("--config", str(cfg)),
+            ],
+            stdout=open(self.workdir / "stsguard-dane.log", "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            if not wait_port("127.0.0.1", RELAY_PORT, 30, proc):
+                raise RuntimeError("the relay behind unbound did not start")
+            cpu = lambda: procstat.tree_cpu(proc.pid)  # noqa: E731
+            for name, domain in (("stsguard_unbound_sts", WARM), ("stsguard_dane", DANE_DOMAIN)):
+                push(RELAY_PORT, 200, recipient=f"user@{domain}")  # warm-up
+                log(f"stsguard behind unbound: {self.args.messages} messages to {domain}")
+                t = self.push_median(name, RELAY_PORT, cpu, recipient=f"user@{domain}")
+                log(f"stsguard behind unbound, {domain}: {t.rate:.0f} msg/s")
+                self.results.extra[name] = {"msgs_per_s": t.rate, "cpu_per_1000": t.cpu_per_1000}
+        finally:
+            self.procs.stop(proc, timeout=10)
 
     def relay_throughput(self, pid: int) -> None:
         push(RELAY_PORT, 200)  # warm-up: policy cached, code paths hot
@@ -958,6 +1038,32 @@ class Bench:
                 verdict(None if "idle_session_kib" not in mem else mem["idle_session_kib"] <= 64),
             ]
         )
+        dane, sts_u, dane_t = (
+            x.get("dane_decisions", {}),
+            x.get("stsguard_unbound_sts", {}),
+            x.get("stsguard_dane", {}),
+        )
+        sts_rate = x.get("policy_sqlite", {}).get("gets_per_s")
+        rows.append(
+            [
+                "cached DANE decisions/s (TLSA in cache; ratio to the MTA-STS sqlite row)",
+                fmt(dane.get("per_s")),
+                fmt(sts_rate),
+                ratio(dane.get("per_s"), sts_rate),
+                "(beside MTA-STS)",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "relay behind unbound: DANE domain vs MTA-STS domain (msg/s)",
+                fmt(dane_t.get("msgs_per_s")),
+                fmt(sts_u.get("msgs_per_s")),
+                ratio(dane_t.get("msgs_per_s"), sts_u.get("msgs_per_s")),
+                "(same run)",
+                "",
+            ]
+        )
         head = ["measure", "stsguard", "Postfix / resolver", "ratio", "target", "verdict"]
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head]]
@@ -966,7 +1072,7 @@ class Bench:
         notes = []
         if na:
             notes.append(f"stsguard relay rows: {na}")
-        for key in ("policy_error", "resolver_error"):
+        for key in ("policy_error", "resolver_error", "dane_error"):
             if key in x:
                 notes.append(f"{key}: {x[key]}")
         return "\n".join([*lines, "", *notes])
@@ -1023,7 +1129,7 @@ def main() -> int:
     )
     parser.add_argument(
         "--only",
-        default="ceiling,postfix,resolver,policy,relay,relay-pg",
+        default="ceiling,postfix,resolver,policy,relay,relay-pg,dane",
         help="comma-separated runs",
     )
     args = parser.parse_args()
@@ -1056,6 +1162,7 @@ def run_all(bench: Bench, only: set[str]) -> None:
         ("policy", bench.run_policy_service),
         ("relay", bench.run_relay),
         ("relay-pg", bench.run_relay_postgres),
+        ("dane", bench.run_dane),
     ):
         if name in only:
             try:

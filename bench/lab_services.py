@@ -8,6 +8,9 @@ the other's servers, and the harness that measures does not share their event lo
 
 It prints ``ready CA_FILE`` once both listen. Every domain D gets ``D MX 10 sink.bench.test``,
 ``_mta-sts.D TXT v=STSv1; id=1`` and an ``enforce`` policy naming ``sink.bench.test``.
+With ``--unbound HOST`` a real unbound (`lab.unbound`) validates the signed lab zone on HOST and
+``ready`` names it too (``ready CA_FILE HOST:PORT``, ``-`` without unbound); ``--dane-domain D``
+gives D ``MX 10 dane-sink.bench.test`` (the same sink) with a signed TLSA 3 1 1 for the sink's key.
 The control port answers one line per request: ``TXT D`` -> TXT queries for ``_mta-sts.D``,
 ``HTTPS D`` -> policy fetches for D, ``A NAME`` -> A queries for NAME.
 """
@@ -23,8 +26,10 @@ from pathlib import Path
 from lab.dns import LabDns
 from lab.pki import LabCA
 from lab.policy_host import PolicyHost
+from lab.unbound import LabUnbound, unbound_path
 
 SINK_NAME = "sink.bench.test"
+DANE_SINK_NAME = "dane-sink.bench.test"
 POLICY = "version: STSv1\r\nmode: enforce\r\nmx: {mx}\r\nmax_age: 604800\r\n"
 
 
@@ -65,6 +70,8 @@ async def main() -> None:
     parser.add_argument("--workdir", required=True, type=Path, help="where the CA files go")
     parser.add_argument("--sink-ip", default="127.0.0.20")
     parser.add_argument("--domains", required=True, help="comma-separated recipient domains")
+    parser.add_argument("--unbound", default="", help="run unbound on this address (DANE)")
+    parser.add_argument("--dane-domain", default="", help="a recipient domain under DANE")
     args = parser.parse_args()
     domains = [d for d in args.domains.split(",") if d]
     ca = LabCA(args.workdir, name="bench")
@@ -80,15 +87,26 @@ async def main() -> None:
         host.set_policy(domain, POLICY.format(mx=SINK_NAME))
     dns = LabDns(host=dns_host, ttl=300)
     zone(dns, domains, args.sink_ip, https_host)
+    if args.dane_domain:
+        dns.add(args.dane_domain, "MX", f"10 {DANE_SINK_NAME}.")
+        dns.add(DANE_SINK_NAME, "A", args.sink_ip)
+        dns.add(f"_25._tcp.{DANE_SINK_NAME}", "TLSA", sink.tlsa(3, 1, 1))
     await dns.start(int(dns_port))
+    unbound: LabUnbound | None = None
+    if args.unbound and unbound_path() is not None:
+        # Answers kept for their TTL, as a production resolver would.
+        unbound = LabUnbound(dns, args.workdir / "unbound", host=args.unbound, max_ttl=300)
+        await unbound.start()
     await host.start(int(https_port))
     control = await serve_control(dns, host, args.control)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
-    print(f"ready {ca.ca_file}", flush=True)
+    print(f"ready {ca.ca_file} {unbound.address if unbound else '-'}", flush=True)
     await stop.wait()
+    if unbound is not None:
+        await unbound.stop()
     control.close()
     await host.stop()
     await dns.stop()

@@ -64,6 +64,7 @@ class LabUnbound:
         host: str = "127.0.0.1",
         insecure: Sequence[str] = (),
         max_ttl: int = 0,
+        port: int = 0,
     ) -> None:
         """`max_ttl` caps how long unbound keeps answers: 0 (not at all) by default, because
         scenarios change records between messages; benchmarks raise it."""
@@ -72,7 +73,7 @@ class LabUnbound:
         self.host = host
         self.insecure = tuple(insecure)
         self.max_ttl = max_ttl
-        self.port = 0
+        self.port = port
         self._process: asyncio.subprocess.Process | None = None
 
     @property
@@ -125,7 +126,7 @@ class LabUnbound:
         if binary is None:
             raise RuntimeError(MISSING)
         self.directory.mkdir(parents=True, exist_ok=True)
-        self.port = _free_udp_tcp_port(self.host)
+        self.port = self.port or _free_udp_tcp_port(self.host)
         conf = self.directory / "unbound.conf"
         conf.write_text(self.config_text())
         log_file = (self.directory / "unbound.log").open("wb")

@@ -336,7 +336,9 @@ class _Prober:
 def _judge_dane(probe: MxProbe, tlsa: TlsaLookup) -> None:
     """Under signed TLSA records DANE, not the web PKI, decides (RFC 7672 3.1, STS-14)."""
     if tlsa.status is TlsaStatus.BOGUS:
+        # Delivery defers for this host (dnssec-invalid): a problem the probe must flag.
         probe.dane = {"status": "bogus", "reason": tlsa.reason, "tlsa": []}
+        probe.error = probe.error or f"TLSA look-up bogus: {tlsa.reason}"
         return
     if not probe.chain_der:
         return

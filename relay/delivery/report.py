@@ -95,7 +95,8 @@ class AttemptReporter:
             SessionResult(
                 policy_domain=request.domain,
                 policy_type=PolicyType.TLSA,
-                policy_strings=_policy_strings(policy),
+                # No records to name when the TLSA look-up failed or found none.
+                policy_strings=_policy_strings(policy) if policy.is_dane else (),
                 when=self.clock(),
                 mx_host=host,
                 result_type=ResultType(decision.result_type),

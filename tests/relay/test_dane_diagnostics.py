@@ -99,3 +99,15 @@ async def test_dane_probe_checks_the_presented_chain(world: LabWorld, tmp_path: 
     assert code == 1
     code, text, _ = await run_cli_async("probe", DOMAIN, "--config", str(config))
     assert "DANE:         no-match" in text
+
+
+async def test_dane_probe_flags_a_bogus_tlsa(world: LabWorld, tmp_path: Path) -> None:
+    _, record = await _mx(world)
+    world.publish_tlsa(MX, [record])
+    world.dns.break_dnssec(f"_25._tcp.{MX}", "TLSA")
+    config = await _config(world, tmp_path)
+    code, out, _ = await run_cli_async("probe", DOMAIN, "--json", "--config", str(config))
+    probe = json.loads(out)["mx"][0]
+    assert probe["dane"]["status"] == "bogus"
+    assert "TLSA look-up bogus" in probe["error"]
+    assert code == 1
