@@ -5,7 +5,8 @@ The MTA-STS policy is looked up live; no message is sent (EHLO, STARTTLS, EHLO, 
 remembered TLS of each host (`stsguard detect list`) is read from the relay's state, not written;
 with it a host that offered STARTTLS or a valid certificate within `[detect].history_days` and no
 longer does gets the `downgrade` finding the relay would give it. The decision is the relay's own
-pure `relay.decision` on what the probe saw (with the live policy; DANE is not looked at here).
+pure `relay.decision` on what the probe saw, with the live policy, or DANE where the probe found
+signed TLSA records and checked the presented chain against them.
 Exit 0 when every MX was probed without findings, 1 when the MX look-up failed, an MX could not be
 probed to the end or showed findings, 2 on a bad domain name.
 """
@@ -26,7 +27,18 @@ from mtasts.model import Policy, PolicyResult, PolicySource
 from mtasts.parse import policy_domain
 from relay.cli.detect import host_json
 from relay.config import Config
-from relay.decision import Action, Decision, Observation, decide, effective_policy, screen_mx
+from relay.decision import (
+    DANE_OVERRIDES,
+    Action,
+    Decision,
+    EffectivePolicy,
+    Observation,
+    Requirement,
+    dane_for_mx,
+    decide,
+    effective_policy,
+    screen_mx,
+)
 from relay.delivery.probe import MxProbe, ProbeReport, probe_domain
 from relay.errors import UsageError
 from relay.log import configure_logging
@@ -87,8 +99,22 @@ def verdict(
         no_policy_tls=config.delivery.no_policy_tls,
         on_downgrade=config.detect.on_downgrade,
     )
-    screened = screen_mx(effective, probe.host)
     obs = observation(probe)
+    findings = tuple(probe.findings)
+    if probe.dane is not None and config.domain_tls(domain) in DANE_OVERRIDES:
+        if probe.dane["status"] == "bogus":  # RFC 7672 2.2: never a fall-back
+            _, bogus = dane_for_mx(
+                effective, "bogus", reason=str(probe.dane["reason"]), last_mx=last_mx
+            )
+            assert bogus is not None
+            return Verdict(history, None, bogus)
+        # Signed TLSA records: DANE, not MTA-STS or the web PKI, decides (RFC 7672, STS-14).
+        unusable = probe.dane["status"] == "no-usable-records"
+        requirement = Requirement.DANE_UNUSABLE if unusable else Requirement.DANE
+        effective = EffectivePolicy(requirement, on_downgrade=config.detect.on_downgrade)
+        obs = replace(obs, cert_valid=probe.dane["status"] == "valid", mx_matches=True)
+        findings = tuple(f for f in findings if f.kind is not FindingKind.TLS_FAILURE)
+    screened = screen_mx(effective, probe.host)
     downgrade = None
     if not (obs.handshake_ok and obs.cert_valid):
         downgrade = judge_downgrade(
@@ -104,7 +130,7 @@ def verdict(
         reason = probe.error or "no SMTP session"
         action = Action.DEFER if last_mx else Action.NEXT_MX
         return Verdict(history, downgrade, Decision(action, None, reason))
-    findings = (*probe.findings, *((downgrade,) if downgrade else ()))
+    findings += (downgrade,) if downgrade else ()
     return Verdict(history, downgrade, decide(effective, obs, findings, last_mx=last_mx))
 
 

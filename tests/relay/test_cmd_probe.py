@@ -7,11 +7,17 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from detect.model import Finding, FindingKind
 from lab.mx import CertKind
 from lab.world import LabWorld
+from relay.cli.probe import verdict
+from relay.config import Config
+from relay.delivery.probe import EhloInfo, MxProbe, TlsInfo
+from relay.delivery.session import Reply
 from relay.state.database import SqliteDatabase
 from relay.state.history_store import SqlTlsHistoryStore
 from tests.cli import run_cli_async
@@ -91,3 +97,63 @@ async def test_expired_certificate_under_enforce_and_unreachable_mx_exit_1(
     assert first["decision"]["result_type"] == "certificate-expired"
     assert second["error"].startswith("connect:")
     assert second["decision"]["action"] == "defer"
+
+
+def tls_probe(*, verified: bool, findings: list[Finding], dane: dict[str, Any] | None) -> MxProbe:
+    """An MX that spoke STARTTLS and TLS 1.3, as the probe records it."""
+    return MxProbe(
+        MX,
+        10,
+        "127.0.0.75",
+        None,
+        banner=Reply(220, "mx ESMTP"),
+        ehlo=EhloInfo(250, ("STARTTLS",), True),
+        starttls_reply=Reply(220, "go ahead"),
+        tls=TlsInfo(
+            "TLSv1.3",
+            "TLS_AES_256_GCM_SHA384",
+            verified=verified,
+            result_type=None if verified else "certificate-not-trusted",
+        ),
+        findings=findings,
+        dane=dane,
+    )
+
+
+UNTRUSTED = Finding(FindingKind.TLS_FAILURE, "self-signed", result_type="certificate-not-trusted")
+MISMATCH = Finding(FindingKind.TLSA_MISMATCH, "no TLSA record matched", result_type="tlsa-invalid")
+
+
+@pytest.mark.parametrize(
+    ("probe", "action", "result_type"),
+    [
+        # No TLSA: the web PKI and no policy: opportunistic TLS delivers anyway.
+        (tls_probe(verified=False, findings=[UNTRUSTED], dane=None), "deliver-tls", None),
+        # DANE-EE on a self-signed certificate: the probe dropped the PKIX finding; delivered.
+        (
+            tls_probe(verified=False, findings=[], dane={"status": "valid", "reason": "3 1 1"}),
+            "deliver-tls",
+            None,
+        ),
+        # The chain matches no TLSA record: DANE is strict, the relay defers (RFC 7672 2.2).
+        (
+            tls_probe(
+                verified=False,
+                findings=[UNTRUSTED, MISMATCH],
+                dane={"status": "no-match", "reason": "no match"},
+            ),
+            "defer",
+            "tlsa-invalid",
+        ),
+        (
+            tls_probe(verified=True, findings=[], dane={"status": "bogus", "reason": "SERVFAIL"}),
+            "defer",
+            "dnssec-invalid",
+        ),
+    ],
+)
+def test_the_decision_probe_shows_is_the_relays(
+    probe: MxProbe, action: str, result_type: str | None
+) -> None:
+    seen = verdict(probe, None, None, Config(), domain="example.org", now=1e9)
+    assert (str(seen.decision.action), seen.decision.result_type) == (action, result_type)
