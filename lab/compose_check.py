@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import fcntl
 import json
 import os
 import shutil
@@ -109,13 +110,15 @@ def observe(
     relay_log: Iterable[dict[str, Any]],
     mx_log: Iterable[dict[str, Any]],
 ) -> tuple[Observed, bool]:
-    """What happened to one message, and whether the relay has tried it yet."""
+    """What happened to one message, and whether that is settled: the MX has it, or the relay
+    tried it and did not deliver it (a delivery the relay logged waits for the MX's line too)."""
     seen = Observed()
-    attempted = False
+    attempted = relay_delivered = False
     for entry in relay_log:
         if entry.get("queue_id") != queue_id or entry.get("event") != "delivery.attempt":
             continue
         attempted = True
+        relay_delivered |= "delivered" in str(entry.get("outcome", ""))
         for finding in entry.get("findings") or ():
             kind = str(finding.get("kind"))
             if kind not in seen.findings:
@@ -128,8 +131,7 @@ def observe(
         if entry.get("received") == "message" and entry.get("subject") == subject:
             seen.delivered = True
             seen.tls = bool(entry.get("tls"))
-            attempted = True
-    return seen, attempted
+    return seen, seen.delivered or (attempted and not relay_delivered)
 
 
 @dataclass(frozen=True, slots=True)
@@ -307,18 +309,47 @@ def build_image(log: Any) -> None:
 
 
 class Lab:
-    """The compose lab under its own project name, so it never touches a user's `stsguard-lab`."""
+    """The compose lab under its own project name, so it never touches a user's `stsguard-lab`.
+
+    Compose starts, recreates and removes the services; reading logs, sending and running
+    `stsguard` in the relay go straight to `docker` (docker-compose 1.29 takes a second to start,
+    and the check polls the logs)."""
 
     def __init__(self, cli: list[str]) -> None:
         self.cli = cli
+        self.sender = ""
 
     def compose(self, *args: str, attack: Attack = Attack.NONE, timeout: float = 300) -> str:
         env = {**os.environ, "ATTACK": str(attack)}
         cmd = [*self.cli, "-p", PROJECT, "-f", str(COMPOSE_FILE), *args]
         return _run(cmd, env=env, timeout=timeout)
 
+    def container(self, service: str) -> str:
+        """The id of the service's running container, found by compose's labels each time (a
+        recreated service has a new one)."""
+        found = _run(
+            [
+                "docker",
+                "ps",
+                "-q",
+                "--filter",
+                f"label=com.docker.compose.project={PROJECT}",
+                "--filter",
+                f"label=com.docker.compose.service={service}",
+            ],
+            timeout=60,
+        ).split()
+        if not found:
+            raise CheckError(f"the {service} service has no running container")
+        return found[0]
+
+    def recreate(self, service: str, attack: Attack) -> None:
+        self.compose(
+            "up", "-d", "--no-build", "--no-deps", "--force-recreate", service, attack=attack
+        )
+
     def logs(self, service: str) -> list[dict[str, Any]]:
-        return json_lines(self.compose("logs", "--no-color", service))
+        return json_lines(_run(["docker", "logs", self.container(service)], timeout=60))
 
     def wait_ready(self, service: str) -> None:
         """Until the service printed its `ready` line (the relay: `relay.started`)."""
@@ -329,30 +360,41 @@ class Lab:
             time.sleep(0.5)
         raise CheckError(f"{service} did not get ready within {READY_WAIT:.0f} s")
 
+    def start_sender(self) -> None:
+        """One long-lived `sender` container; each message is a `docker exec` of swaks in it."""
+        self.compose("run", "-d", "sender", "sleep", "3600")
+        self.sender = self.container("sender")
+
     def send(self, rcpt: str, subject: str) -> str | None:
-        out = self.compose(
-            "run",
-            "--rm",
-            "-T",
-            "sender",
-            "swaks",
-            "--server",
-            "172.29.0.30:2525",
-            "--helo",
-            "sender.lab.test",
-            "--from",
-            "alice@sender.lab.test",
-            "--to",
-            rcpt,
-            "--header",
-            f"Subject: {subject}",
+        out = _run(
+            [
+                "docker",
+                "exec",
+                self.sender,
+                "swaks",
+                "--server",
+                "172.29.0.30:2525",
+                "--helo",
+                "sender.lab.test",
+                "--from",
+                "alice@sender.lab.test",
+                "--to",
+                rcpt,
+                "--header",
+                f"Subject: {subject}",
+            ],
+            timeout=120,
         )
         return queue_id_of(out)
 
     def relay_cli(self, *args: str) -> str:
-        return self.compose("exec", "-T", "relay", "stsguard", *args, "--config", RELAY_CONFIG)
+        command = ["docker", "exec", self.container("relay"), "stsguard", *args]
+        return _run([*command, "--config", RELAY_CONFIG], timeout=300)
 
     def down(self) -> None:
+        if self.sender:
+            with contextlib.suppress(CheckError):
+                _run(["docker", "rm", "-f", self.sender], timeout=60)
         with contextlib.suppress(CheckError):
             self.compose("--profile", "tools", "down", "-v", "--remove-orphans", timeout=180)
 
@@ -365,6 +407,7 @@ def lab_up(cli: list[str]) -> Iterator[Lab]:
         lab.compose("up", "-d", "--no-build", *SERVICES)
         for service in ("dns", "policy-host", "mx", "collector", "attacker", "relay"):
             lab.wait_ready(service)
+        lab.start_sender()
         yield lab
     finally:
         lab.down()
@@ -391,8 +434,8 @@ def run_checks(lab: Lab, log: Any) -> tuple[list[Outcome], list[ReportCheck]]:
         for scenario, queue_id, subject, policy in sent:
             deadline = time.monotonic() + ATTEMPT_WAIT
             while True:
-                seen, attempted = observe(queue_id, subject, lab.logs("relay"), lab.logs("mx"))
-                if attempted or time.monotonic() > deadline:
+                seen, settled = observe(queue_id, subject, lab.logs("relay"), lab.logs("mx"))
+                if settled or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
             if not seen.delivered:
@@ -418,7 +461,7 @@ def run_checks(lab: Lab, log: Any) -> tuple[list[Outcome], list[ReportCheck]]:
 
 def _force(lab: Lab) -> list[str]:
     """`--force` where `tlsrpt send` refuses an unfinished day without it."""
-    helptext = lab.compose("exec", "-T", "relay", "stsguard", "tlsrpt", "--help")
+    helptext = _run(["docker", "exec", lab.container("relay"), "stsguard", "tlsrpt", "--help"])
     return ["--force"] if "--force" in helptext else []
 
 
@@ -437,6 +480,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     cli = compose_cli()
     assert cli is not None
+    # One check at a time on a machine: the lab's network has fixed addresses.
+    lock = (Path(tempfile.gettempdir()) / "stsguard-compose-check.lock").open("w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     try:
         if not (args.no_build and _image_exists(IMAGE)):
             build_image(log)

@@ -68,8 +68,8 @@ def test_a_deferred_garble_under_enforce_is_judged_right() -> None:
         _attempt("OTHER", None, None),
         _attempt("Q1", "starttls-garbled", "starttls-not-supported"),
     ]
-    seen, attempted = observe("Q1", "s", relay, [])
-    assert attempted
+    seen, settled = observe("Q1", "s", relay, [])
+    assert settled
     assert not seen.delivered
     assert Outcome(scenario, seen).ok
 
@@ -88,9 +88,18 @@ def test_a_delivery_is_read_from_the_mx_log_with_its_tls() -> None:
 
 
 def test_no_attempt_yet_is_not_an_outcome() -> None:
-    seen, attempted = observe("Q3", "s", [_attempt("Q9", None, None)], [])
-    assert not attempted
+    seen, settled = observe("Q3", "s", [_attempt("Q9", None, None)], [])
+    assert not settled
     assert not seen.delivered
+
+
+def test_a_delivery_the_relay_logged_waits_for_the_mx_line() -> None:
+    attempt = {**_attempt("Q4", None, None), "outcome": "delivered"}
+    _, settled = observe("Q4", "s", [attempt], [])
+    assert not settled
+    seen, settled = observe("Q4", "s", [attempt], [{"received": "message", "subject": "s"}])
+    assert settled
+    assert seen.delivered
 
 
 def test_reports_must_name_every_caused_result_type() -> None:
