@@ -121,6 +121,9 @@ def unused_state_warning(config: Config, path: Path | None) -> str | None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `stsguard` console script."""
     words = list(sys.argv[1:] if argv is None else argv)
+    if not words:  # a bare `stsguard`: what it can do, as `--help` shows it, and status 2
+        build_parser("").print_help(sys.stderr)
+        return 2
     try:
         args = build_parser(_named_command(words)).parse_args(words)
         path = config_path(args.config)

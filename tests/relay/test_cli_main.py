@@ -59,6 +59,14 @@ def test_top_level_help_lists_every_command_and_the_exit_codes() -> None:
     assert "Each subcommand lives" not in run.stdout  # not the module's developer docstring
 
 
+def test_bare_stsguard_shows_the_commands_and_exits_2() -> None:
+    run = run_cli()
+    assert run.returncode == 2
+    assert run.stdout == ""
+    assert "    check " in run.stderr
+    assert "exit status:" in run.stderr
+
+
 def test_usage_error_is_printed_once_naming_the_command() -> None:
     run = run_cli("policy")
     assert run.returncode == 2
