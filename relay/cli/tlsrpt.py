@@ -326,8 +326,16 @@ def run(args: argparse.Namespace, config: Config) -> int:
     """Carry out `stsguard tlsrpt show|send|summary`; exit 0 when everything shown or sent."""
     if args.action == "summary":
         return _summary(args, config, a_label(args.domain) if args.domain else None)
-    if args.days is not None:
-        raise UsageError("--days is for summary; show and send take one --date")
+    for option, given in (
+        ("--days", args.days is not None),
+        ("--html", args.html),
+        ("--input", args.input),
+        ("--json", args.json),
+    ):
+        if given:
+            raise UsageError(f"{option} is for summary; show and send take --date and --domain")
+    if args.force and args.action != "send":
+        raise UsageError("--force is for send")
     day = parse_day(args.date, time.time())
     domain = a_label(args.domain) if args.domain else None
     settings = report_settings(config)

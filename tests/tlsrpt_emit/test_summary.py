@@ -164,6 +164,25 @@ def test_cli_summary_bad_input_is_one_line(
     assert message in err
 
 
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["show", "--days", "3"], "--days is for summary"),
+        (["send", "--html", "x.html"], "--html is for summary"),
+        (["show", "--input", "r.json"], "--input is for summary"),
+        (["show", "--force"], "--force is for send"),
+    ],
+)
+def test_summary_options_elsewhere_are_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    config = write_config(tmp_path)
+    assert main(["tlsrpt", *argv, "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert message in err
+
+
 def test_cli_summary_of_received_reports_per_sending_organisation(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
