@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import re
-import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -53,11 +52,7 @@ _MAILBOX = re.compile(rf"{_LOCAL}@{_DOMAIN}", re.ASCII)
 def report_mailbox(uri: str) -> str:
     """The one address of a ``mailto:`` rua URI, percent-decoded; `MailDeliveryError` (not
     temporary) unless it is exactly one ASCII address without spaces or control characters."""
-    path = uri.split(":", 1)[-1].split("?", 1)[0]
-    try:
-        address = urllib.parse.unquote(path, errors="strict")
-    except UnicodeDecodeError:
-        address = mailto_address(uri)
+    address = mailto_address(uri)  # a %-escape that is not UTF-8 becomes U+FFFD: refused
     if len(address) > 254 or _MAILBOX.fullmatch(address) is None:
         raise MailDeliveryError(
             f"{uri}: not exactly one mail address after percent-decoding ({address!r})",
