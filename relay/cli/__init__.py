@@ -130,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(path)
         args.config_path = path
         # Checked before the command runs (it may create the directory), said after its output.
-        warning = unused_state_warning(config, path) if args.command in _STATE_COMMANDS else None
+        reads_state = args.command in _STATE_COMMANDS and not getattr(args, "input", None)
+        warning = unused_state_warning(config, path) if reads_state else None
         module = importlib.import_module(COMMANDS[args.command][0])
         status: int = module.run(args, config)
         if warning:
