@@ -428,7 +428,9 @@ class _IntakeSMTP(SMTP):
     """
 
     def __init__(self, handler: Any, *, rules: SessionRules | None = None, **kwargs: Any) -> None:
-        self.rules = rules or SessionRules.from_config(RelayConfig())
+        self.rules = rules or SessionRules.from_config(
+            RelayConfig(hostname=kwargs.get("hostname") or "localhost")
+        )
         kwargs.setdefault("timeout", self.rules.idle_timeout)
         super().__init__(handler, **kwargs)
         self._admission: tuple[str, bool] | None = None
