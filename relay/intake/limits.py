@@ -127,6 +127,28 @@ class AuthFailures:
         return len(times)
 
 
+class RefusalLog:
+    """Says when to log a refused connection: the first from an address, then at most one per
+    `interval` seconds with how many were left unlogged, so a flood does not flood the log."""
+
+    def __init__(self, interval: float = 10.0, *, kept: int = AUTH_CLIENTS_KEPT) -> None:
+        self.interval = interval
+        self.kept = kept
+        self._last: OrderedDict[str, tuple[float, int]] = OrderedDict()
+
+    def due(self, key: str, now: float) -> int | None:
+        """None: do not log this one. A number: log it, with that many unlogged before it."""
+        last = self._last.get(key)
+        if last is not None and now - last[0] < self.interval:
+            self._last[key] = (last[0], last[1] + 1)
+            return None
+        self._last[key] = (now, 0)
+        self._last.move_to_end(key)
+        while len(self._last) > self.kept:
+            self._last.popitem(last=False)
+        return 0 if last is None else last[1]
+
+
 def raise_descriptor_limit() -> tuple[int, int]:
     """Raise the soft ``RLIMIT_NOFILE`` to the hard limit (a systemd service starts with a soft
     1,024); returns (soft, hard) afterwards. Never fails: a limit that cannot move stays."""

@@ -54,7 +54,7 @@ import socket
 import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -77,6 +77,7 @@ from relay.intake.limits import (
     BASE_RESERVE,
     AuthFailures,
     ConnectionLimits,
+    RefusalLog,
     client_key,
     connection_budget,
     raise_descriptor_limit,
@@ -363,6 +364,7 @@ class SessionRules:
     max_junk_commands: int
     auth_failures_per_connection: int
     auth_failure_delay: float = AUTH_FAILURE_DELAY
+    refusals: RefusalLog = field(default_factory=RefusalLog)
 
     @classmethod
     def from_config(
@@ -460,7 +462,14 @@ class _IntakeSMTP(SMTP):
             refused = self.rules.connections.admit(key, inside=inside)
             if refused is not None:
                 self._refused = True
-                _log.info("intake.connection_refused", client=self._client_ip, limit=refused)
+                unlogged = self.rules.refusals.due(key, self.loop.time())
+                if unlogged is not None:
+                    _log.info(
+                        "intake.connection_refused",
+                        client=self._client_ip,
+                        limit=refused,
+                        unlogged_before=unlogged,
+                    )
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(
                     f"421 4.7.0 {self.rules.hostname} Too many connections, try again later"

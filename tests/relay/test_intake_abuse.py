@@ -182,6 +182,11 @@ async def test_idle_connections_beyond_1024_descriptors_do_not_stop_the_relay(
             text = log_text(config_file)
             assert "Too many open files" not in text
             assert "Traceback" not in text
+            # About a thousand refusals, a few log lines (one per address per 10 s).
+            refusals = [
+                e for e in log_lines(config_file) if e["event"] == "intake.connection_refused"
+            ]
+            assert 1 <= len(refusals) < 100
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 

@@ -30,7 +30,13 @@ from relay.intake.hygiene import (
     command_problem,
     domain_ok,
 )
-from relay.intake.limits import AuthFailures, ConnectionLimits, client_key, connection_budget
+from relay.intake.limits import (
+    AuthFailures,
+    ConnectionLimits,
+    RefusalLog,
+    client_key,
+    connection_budget,
+)
 from relay.intake.server import Intake, received_header
 from relay.queue.spool import Spool
 
@@ -144,6 +150,15 @@ def test_connection_limits_count_and_release() -> None:
     assert (limits.total, limits.outside, limits.per_ip) == (0, 0, {})
     # Without networks to keep slots for, everyone may use them all.
     assert ConnectionLimits.for_relay(4, 2, has_networks=False).max_outside == 4
+
+
+def test_refused_connections_are_logged_without_flooding_the_log() -> None:
+    log = RefusalLog(10)
+    assert log.due("a", 0) == 0
+    assert [log.due("a", t) for t in (1, 2, 3)] == [None, None, None]
+    assert log.due("b", 3) == 0  # another address is logged at once
+    assert log.due("a", 11) == 3  # the next line says how many were not
+    assert log.due("a", 12) is None
 
 
 def test_client_key_counts_ipv6_per_64() -> None:
