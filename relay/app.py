@@ -14,6 +14,7 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import cast
 
@@ -22,17 +23,17 @@ import structlog
 
 from mtasts.service import PolicyService
 from relay import sd_notify
-from relay.config import Config
+from relay.config import Config, load_config
 from relay.delivery.deliverer import Deliverer
 from relay.errors import ConfigError, StsguardError
 from relay.intake.limits import raise_descriptor_limit
 from relay.intake.pool import IntakePool
-from relay.intake.server import Intake
+from relay.intake.server import Intake, parse_networks
 from relay.metrics import Metrics, start_metrics_server
 from relay.preflight import config_problems, dkim_problems, tlsrpt_identity_problem
-from relay.queue.bounce import build_dsn, should_bounce
+from relay.queue.control import ControlServer, socket_path
 from relay.queue.runner import QueueRunner
-from relay.queue.spool import REPORT_MAIL_FLAGS, MessageFlags, QueuedMessage, Spool
+from relay.queue.spool import REPORT_MAIL_FLAGS, QueuedMessage, Spool
 from relay.reports import CountedReportStore, report_settings
 from relay.resolver import dane_warning, make_resolver
 from relay.running import RunningMarker
@@ -102,13 +103,9 @@ class Relay:
             metrics=self.metrics,
         )
         self.runner = QueueRunner(
-            config,
-            self.spool,
-            self.deliverer,
-            bounce=self.bounce,
-            metrics=self.metrics,
-            clock=clock,
+            config, self.spool, self.deliverer, metrics=self.metrics, clock=clock
         )
+        self.control = ControlServer(socket_path(state_dir), self.spool, self.runner, clock=clock)
         self.intake = Intake(config, self.spool, on_queued=self._queued)
         self.pool: IntakePool | None = None
         if config.relay.intake_processes:
@@ -158,6 +155,11 @@ class Relay:
                 ) from None
             raise
 
+    async def _stop_intake(self) -> None:
+        await self.intake.stop()
+        if self.pool is not None:
+            await self.pool.stop()
+
     async def submit_mail(self, mail_from: str, rcpts: list[str], data: bytes) -> None:
         """Queue our own TLS-RPT report mail: MTA-STS not applied, session not counted (RPT-10)."""
         queue_id = await asyncio.to_thread(
@@ -165,22 +167,30 @@ class Relay:
         )
         self.runner.wake(queue_id)
 
-    async def bounce(
-        self, message: QueuedMessage, data: bytes, failed: list[tuple[str, str]]
-    ) -> None:
-        """Queue a DSN to the sender of `message` (never for a bounce or a report mail)."""
-        if not should_bounce(message.mail_from, message.flags):
-            log.info("queue.bounce_suppressed", queue_id=message.id, sender=message.mail_from)
-            return
-        dsn = build_dsn(
-            message, data, failed, reporting_mta=self.config.relay.hostname, now=self.clock()
-        )
-        dsn_id = await asyncio.to_thread(
-            self.spool.put, "", [message.mail_from], dsn, flags=MessageFlags(is_bounce=True)
-        )
-        self.metrics.bounced.inc(len(failed))
-        log.warning("queue.bounced", queue_id=message.id, dsn_id=dsn_id, failed=len(failed))
-        self.runner.wake(dsn_id)
+    def reload(self) -> bool:
+        """SIGHUP: read the config file again. The new config applies to new sessions and
+        deliveries; a key that only takes effect at start is named in a warning; an invalid
+        file keeps the old config (one error line)."""
+        if self.config_path is None:
+            log.warning("relay.reload_skipped", reason="started without --config FILE")
+            return False
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("relay.reload_failed", error=str(exc), kept="the running config")
+            return False
+        restart = needs_restart(self.config, new)
+        self.config = new
+        self.runner.reconfigure(new)
+        self.deliverer.config = new
+        if self.pool is None:
+            self.intake.config = new
+            self.intake.handler.config = new.relay
+            self.intake.handler.networks = parse_networks(new.relay.accept_networks)
+        if restart:
+            log.warning("relay.reload_needs_restart", keys=restart)
+        log.info("relay.reloaded", config=str(self.config_path))
+        return True
 
     def _start_checks(self) -> ReportSettings | None:
         """The start-up checks (`relay.preflight`): an error stops the start, warnings are
@@ -260,13 +270,19 @@ class Relay:
                     log.warning("relay.dane_unavailable", reason=dane_off)
                 sd_notify.ready(f"listening on {self.listen_address[0]}:{self.listen_address[1]}")
                 try:
+                    await self.control.start()
                     yield self
                 finally:
                     sd_notify.stopping()
-                    await self.intake.stop()
+                    # Stop: no new mail, let the deliveries in flight finish (and be written).
+                    await self._stop_intake()
+                    await self.control.stop()
+                    finished = await self.runner.drain(float(self.config.relay.stop_timeout))
+                    log.info("relay.stopping", deliveries_finished=finished)
                     for task in children:
                         task.cancel()
         finally:
+            await self.control.stop()
             await self.intake.stop()
             if self.pool is not None:
                 await self.pool.stop()
@@ -280,16 +296,60 @@ class Relay:
             log.info("relay.stopped")
 
 
+# Keys a SIGHUP applies; any other changed key takes effect at the next start.
+LIVE_KEYS = {
+    "relay": {"hostname", "max_message_size", "accept_networks", "stop_timeout"},
+    "delivery": {
+        "port",
+        "no_policy_tls",
+        "queue_lifetime",
+        "retry_initial",
+        "retry_max",
+        "connect_timeout",
+        "command_timeout",
+        "concurrency_per_destination",
+        "workers",
+        "max_hops",
+        "delay_warning",
+    },
+    "detect": {"on_downgrade"},
+}
+# With intake processes the intake keys live in the children, which read the file at start.
+INTAKE_KEYS = {"hostname", "max_message_size", "accept_networks"}
+
+
+def needs_restart(old: Config, new: Config) -> list[str]:
+    """The changed keys that a reload does not apply (`[section].key`), sorted."""
+    changed: list[str] = []
+    for section in fields(Config):
+        name = section.name
+        before, after = getattr(old, name), getattr(new, name)
+        if name == "domains":
+            continue  # read per delivery
+        for key in fields(before):
+            if getattr(before, key.name) == getattr(after, key.name):
+                continue
+            live = key.name in LIVE_KEYS.get(name, set())
+            if name == "relay" and key.name in INTAKE_KEYS and old.relay.intake_processes:
+                live = False
+            if not live:
+                changed.append(f"[{name}].{key.name}")
+    return sorted(changed)
+
+
 async def serve(config: Config, config_path: Path | None = None) -> None:
-    """Run the relay until SIGTERM or SIGINT."""
+    """Run the relay until SIGTERM or SIGINT (then stop gracefully); SIGHUP reloads."""
     raise_descriptor_limit()  # a service starts with a soft 1,024; README "Limits and abuse"
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     relay = Relay(config, config_path=config_path)
+    loop.add_signal_handler(signal.SIGHUP, relay.reload)
     try:
         async with relay.running():
             await stop.wait()
+            log.info("relay.stop_requested")
     finally:
+        loop.remove_signal_handler(signal.SIGHUP)
         relay.close()

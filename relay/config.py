@@ -136,6 +136,7 @@ class RelayConfig:
     auth_failures_per_connection: int = 3
     auth_failures_per_ip: int = 10
     tls_required_no: str = "honour"
+    stop_timeout: int = 30
 
     def __post_init__(self) -> None:
         if not self.hostname:  # the default: this machine's name
@@ -158,6 +159,8 @@ class DeliveryConfig:
     concurrency_per_destination: int = 4
     workers: int = 32
     max_mx_addresses: int = 5
+    max_hops: int = 50
+    delay_warning: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -432,6 +435,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "auth_failures_per_connection": _int_range(1, 1000),
             "auth_failures_per_ip": _int_range(1, 1_000_000),
             "tls_required_no": _choice(TLS_REQUIRED_NO),
+            "stop_timeout": _duration,
         },
     ),
     "delivery": (
@@ -447,6 +451,8 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "concurrency_per_destination": _int_range(1, 1000),
             "workers": _int_range(1, 10000),
             "max_mx_addresses": _int_range(1, 100),
+            "max_hops": _int_range(1, 1000),
+            "delay_warning": _duration,
         },
     ),
     "dns": (

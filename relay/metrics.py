@@ -106,6 +106,7 @@ class Metrics:
     queue_size: Gauge = field(init=False)
     build_info: Gauge = field(init=False)
     _callbacks: _Callbacks = field(init=False)
+    delivery_errors: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -143,6 +144,12 @@ class Metrics:
         self.build_info.labels(version=stsguard_version(), python=platform.python_version()).set(1)
         self._callbacks = _Callbacks()
         r.register(self._callbacks)
+        self.delivery_errors = Counter(
+            "stsguard_delivery_errors",
+            "Delivery attempts that failed inside the relay (deferred like a 4xx), by error",
+            ["kind"],
+            registry=r,
+        )
 
     def follow_policy_cache(self, hits: Callable[[], float], misses: Callable[[], float]) -> None:
         """Read the cache counters from the policy service at scrape time."""

@@ -87,8 +87,12 @@ def build_dsn(
     *,
     reporting_mta: str,
     now: float,
+    delayed: bool = False,
 ) -> bytes:
-    """A DSN to ``message.mail_from`` for `failed` (recipient, reason) pairs, CRLF line ends."""
+    """A DSN to ``message.mail_from`` for `failed` (recipient, reason) pairs, CRLF line ends.
+
+    `delayed`: a warning that the recipients are still being tried (``Action: delayed``, status
+    class 4, [delivery].delay_warning), not a failure."""
     when = dt.datetime.fromtimestamp(now, dt.UTC)
     arrival = dt.datetime.fromtimestamp(message.received_at, dt.UTC)
     digest = hashlib.sha256(f"{message.id}{now}{failed!r}".encode()).hexdigest()[:16]
@@ -96,16 +100,28 @@ def build_dsn(
     report = MIMEMultipart("report", report_type="delivery-status", policy=_WIRE)
     report["From"] = f"Mail Delivery System <MAILER-DAEMON@{reporting_mta}>"
     report["To"] = f"<{_one_line(message.mail_from)}>"
-    report["Subject"] = "Undelivered Mail Returned to Sender"
+    report["Subject"] = (
+        "Delayed Mail (still being retried)" if delayed else "Undelivered Mail Returned to Sender"
+    )
     report["Date"] = format_datetime(when)
     report["Message-ID"] = f"<{message.id}.{digest}@{reporting_mta}>"
     report["Auto-Submitted"] = "auto-replied"  # RFC 3834: no auto-replies to this
 
+    summary = (
+        [
+            "Your message could not be delivered to one or more recipients yet.",
+            "It is still being retried; you do not need to send it again. The reasons so far:",
+        ]
+        if delayed
+        else [
+            "Your message could not be delivered to one or more recipients.",
+            "It was given up on for good; the reasons follow.",
+        ]
+    )
     lines = [
         f"This is the mail system at {reporting_mta}.",
         "",
-        "Your message could not be delivered to one or more recipients.",
-        "It was given up on for good; the reasons follow.",
+        *summary,
         "",
         *(f"<{_one_line(rcpt)}>: {_one_line(reason)}" for rcpt, reason in failed),
         "",
@@ -128,8 +144,8 @@ def build_dsn(
             _fields(
                 [
                     ("Final-Recipient", _address_field(rcpt)),
-                    ("Action", "failed"),
-                    ("Status", status_of(reason)),
+                    ("Action", "delayed" if delayed else "failed"),
+                    ("Status", "4" + status_of(reason)[1:] if delayed else status_of(reason)),
                     ("Diagnostic-Code", _diagnostic(reason)),
                     ("Last-Attempt-Date", format_datetime(when)),
                 ]

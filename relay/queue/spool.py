@@ -36,7 +36,7 @@ import os
 import secrets
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from enum import StrEnum
 from pathlib import Path
@@ -52,9 +52,15 @@ _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
 
 
 class RcptStatus(StrEnum):
+    """PENDING: still to deliver. FAILED: failed for good, its DSN not yet queued (the next
+    step queues it, see `Spool.queue_dsn`). BOUNCED: failed and reported (or nobody to report
+    to). DELETED: taken out by `stsguard queue delete`."""
+
     PENDING = "pending"
     DELIVERED = "delivered"
+    FAILED = "failed"
     BOUNCED = "bounced"
+    DELETED = "deleted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +91,21 @@ class MessageFlags:
     eight_bit: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One line of a message's history: a delivery attempt to one domain, or an event (held,
+    released, bounced). `outcome` is a word (delivered, deferred, failed, held, ...)."""
+
+    at: float
+    domain: str
+    outcome: str
+    reason: str = ""
+
+
+# A message's history keeps this many lines, the newest.
+HISTORY_MAX = 20
+
+
 # Our own TLS-RPT report mail: delivered without MTA-STS and not counted (RFC 8460 3, 5.3).
 REPORT_MAIL_FLAGS = MessageFlags(tls_required_no=True, no_tlsrpt=True)
 
@@ -100,10 +121,23 @@ class QueuedMessage:
     size: int
     flags: MessageFlags = field(default_factory=MessageFlags)
     client: str = ""
+    # Set aside (not delivered) until released; the reason, or "" when not held.
+    held: str = ""
+    # The queue id its DSN gets (or got): set with the first FAILED recipient, cleared once the
+    # DSN is queued, so a crash between the two never queues a second DSN.
+    dsn_id: str = ""
+    # A "delayed" DSN ([delivery].delay_warning) went out.
+    warned: bool = False
+    history: tuple[Attempt, ...] = ()
 
     @property
     def pending(self) -> tuple[Recipient, ...]:
         return tuple(r for r in self.recipients if r.status is RcptStatus.PENDING)
+
+    @property
+    def failed(self) -> tuple[Recipient, ...]:
+        """Failed for good, DSN not yet queued."""
+        return tuple(r for r in self.recipients if r.status is RcptStatus.FAILED)
 
     @property
     def next_attempt_at(self) -> float | None:
@@ -114,6 +148,18 @@ class QueuedMessage:
     def is_due(self, now: float) -> bool:
         due = self.next_attempt_at
         return due is not None and due <= now
+
+
+@dataclass(frozen=True, slots=True)
+class ScanEntry:
+    """One message as `Spool.scan` sees it: when it is due (None: nothing pending), when it
+    came, whether it is held and whether it has FAILED recipients whose DSN is not queued."""
+
+    id: str
+    due: float | None
+    received_at: float
+    held: bool
+    failed: bool
 
 
 # `Spool.list` shadows the builtin inside the class body.
@@ -156,6 +202,10 @@ def _encode(message: QueuedMessage) -> bytes:
         "size": message.size,
         "flags": {name: getattr(message.flags, name) for name in _FLAG_NAMES},
         "client": message.client,
+        "held": message.held,
+        "dsn_id": message.dsn_id,
+        "warned": message.warned,
+        "history": [[a.at, a.domain, a.outcome, a.reason] for a in message.history],
     }
     return json.dumps(raw, sort_keys=True).encode("utf-8")
 
@@ -179,6 +229,12 @@ def _decode(blob: bytes) -> QueuedMessage:
         size=int(raw["size"]),
         flags=MessageFlags(**{k: bool(v) for k, v in raw.get("flags", {}).items()}),
         client=str(raw.get("client", "")),
+        held=str(raw.get("held", "")),
+        dsn_id=str(raw.get("dsn_id", "")),
+        warned=bool(raw.get("warned", False)),
+        history=tuple(
+            Attempt(float(a[0]), str(a[1]), str(a[2]), str(a[3])) for a in raw.get("history", ())
+        ),
     )
 
 
@@ -527,6 +583,234 @@ class Spool:
             except OSError as exc:
                 raise SpoolError(f"{self.directory}: cannot update {queue_id}: {exc}") from exc
         return updated
+
+    # --- the queue manager's steps ---------------------------------------------------------
+
+    def record(
+        self,
+        queue_id: str,
+        *,
+        delivered: Collection[str] = (),
+        deferred: Mapping[str, str] | None = None,
+        failed: Mapping[str, str] | None = None,
+        next_attempt_at: float = 0.0,
+        history: Sequence[Attempt] = (),
+    ) -> QueuedMessage:
+        """One pass's outcomes in one durable write: `delivered` recipients done, `deferred`
+        ones (with their reasons) due again at `next_attempt_at`, `failed` ones FAILED with a
+        `dsn_id` for their DSN (`queue_dsn` queues it). Returns the new state; a message with
+        nothing pending or failed left is removed."""
+        deferred, failed = deferred or {}, failed or {}
+        done = set(delivered)
+        with self._locked():
+            message = self._read(queue_id)
+            recipients = []
+            for r in message.recipients:
+                if r.status is RcptStatus.PENDING:
+                    if r.address in done:
+                        r = replace(r, status=RcptStatus.DELIVERED, attempts=r.attempts + 1)
+                    elif r.address in failed:
+                        r = replace(
+                            r,
+                            status=RcptStatus.FAILED,
+                            attempts=r.attempts + 1,
+                            last_error=failed[r.address],
+                        )
+                    elif r.address in deferred:
+                        r = replace(
+                            r,
+                            attempts=r.attempts + 1,
+                            last_error=deferred[r.address] or r.last_error,
+                            next_attempt_at=next_attempt_at,
+                        )
+                recipients.append(r)
+            updated = replace(
+                message,
+                recipients=tuple(recipients),
+                history=(*message.history, *history)[-HISTORY_MAX:],
+            )
+            if updated.failed and not updated.dsn_id:
+                updated = replace(updated, dsn_id=new_queue_id())
+            self._store(updated)
+        return updated
+
+    def _store(self, message: QueuedMessage) -> None:
+        """Write the new state, or remove the message when nothing is left to do for it."""
+        try:
+            if message.pending or message.failed:
+                self._write_state(message)
+            else:
+                self._remove(message.id)
+        except OSError as exc:
+            raise SpoolError(f"{self.directory}: cannot update {message.id}: {exc}") from exc
+
+    def queue_dsn(self, queue_id: str, dsn: bytes | None, *, now: float) -> QueuedMessage:
+        """Queue the DSN of the FAILED recipients as message `dsn_id` (`dsn` None: nobody to
+        tell), then mark them BOUNCED: each step durable, in this order. A crash between the two
+        leaves `dsn_id` set and the DSN in ``msg/``; doing this again finds it there and only
+        finishes the second step, so one failure never gives two DSNs (the DSN is not handed to
+        delivery before this returns, and at start the relay finishes these steps before it
+        delivers anything it read)."""
+        with self._locked():
+            message = self._read(queue_id)
+            if not message.failed:
+                return message
+            if dsn is not None and message.dsn_id:
+                target = self._msg / message.dsn_id
+                if not target.exists():
+                    bounce = replace(
+                        self.new_message(
+                            "",
+                            [message.mail_from],
+                            len(dsn),
+                            flags=MessageFlags(is_bounce=True),
+                            queue_id=message.dsn_id,
+                        ),
+                        client="stsguard",
+                    )
+                    try:
+                        self._write_durably(target, _encode(bounce) + b"\n" + dsn)
+                    except OSError as exc:
+                        raise SpoolError(f"{self.directory}: cannot queue a DSN: {exc}") from exc
+            failed = len(message.failed)
+            updated = replace(
+                message,
+                recipients=tuple(
+                    replace(r, status=RcptStatus.BOUNCED) if r.status is RcptStatus.FAILED else r
+                    for r in message.recipients
+                ),
+                dsn_id="",
+                history=(
+                    *message.history,
+                    Attempt(
+                        now,
+                        "",
+                        "bounced",
+                        f"{failed} recipient(s), DSN {message.dsn_id}"
+                        if dsn is not None
+                        else f"{failed} recipient(s), no DSN",
+                    ),
+                )[-HISTORY_MAX:],
+            )
+            self._store(updated)
+        return updated
+
+    def queue_warning(self, queue_id: str, dsn: bytes, *, now: float) -> str:
+        """Mark the message warned ([delivery].delay_warning), then queue the "delayed" DSN;
+        returns its id. In this order, so a crash between loses a warning, never doubles one."""
+        with self._locked():
+            message = self._read(queue_id)
+            if message.warned:
+                return ""
+            warning_id = new_queue_id()
+            warned = replace(
+                message,
+                warned=True,
+                history=(*message.history, Attempt(now, "", "delay-warned", warning_id))[
+                    -HISTORY_MAX:
+                ],
+            )
+            bounce = self.new_message(
+                "",
+                [message.mail_from],
+                len(dsn),
+                flags=MessageFlags(is_bounce=True),
+                queue_id=warning_id,
+            )
+            try:
+                self._write_state(warned)
+                self._write_durably(self._msg / warning_id, _encode(bounce) + b"\n" + dsn)
+            except OSError as exc:
+                raise SpoolError(f"{self.directory}: cannot queue a delay warning: {exc}") from exc
+        return warning_id
+
+    def hold(self, queue_id: str, reason: str, *, now: float) -> QueuedMessage:
+        """Set a message aside: not delivered (nor retried) until `release`. Survives restarts."""
+        with self._locked():
+            message = self._read(queue_id)
+            updated = replace(
+                message,
+                held=reason or "held",
+                history=(*message.history, Attempt(now, "", "held", reason))[-HISTORY_MAX:],
+            )
+            self._store(updated)
+        return updated
+
+    def release(self, queue_id: str, *, now: float) -> QueuedMessage:
+        """Undo `hold`: the message is due now."""
+        with self._locked():
+            message = self._read(queue_id)
+            updated = replace(
+                message,
+                held="",
+                recipients=tuple(
+                    replace(r, next_attempt_at=now) if r.status is RcptStatus.PENDING else r
+                    for r in message.recipients
+                ),
+                history=(*message.history, Attempt(now, "", "released"))[-HISTORY_MAX:],
+            )
+            self._store(updated)
+        return updated
+
+    def delete_recipients(
+        self, queue_id: str, rcpts: Collection[str], *, now: float
+    ) -> QueuedMessage:
+        """Take pending recipients out (`stsguard queue delete --domain/--recipient`): they are
+        never delivered; the message leaves the queue when nothing else is pending."""
+        wanted = set(rcpts)
+        with self._locked():
+            message = self._read(queue_id)
+            updated = replace(
+                message,
+                recipients=tuple(
+                    replace(r, status=RcptStatus.DELETED)
+                    if r.status is RcptStatus.PENDING and r.address in wanted
+                    else r
+                    for r in message.recipients
+                ),
+                history=(*message.history, Attempt(now, "", "deleted", ", ".join(sorted(wanted))))[
+                    -HISTORY_MAX:
+                ],
+            )
+            self._store(updated)
+        return updated
+
+    def scan(self) -> Iterator[ScanEntry]:
+        """What the queue manager needs of every message at start, without building envelopes:
+        one read of its state (or first line) each. Damaged ones are logged and skipped."""
+        with os.scandir(self._state) as entries:
+            states = {e.name.removesuffix(".json") for e in entries}
+        with os.scandir(self._msg) as entries:
+            names = [e.name for e in entries]
+        for name in names:
+            try:
+                if name in states:
+                    try:
+                        header = (self._state / f"{name}.json").read_bytes()
+                    except FileNotFoundError:
+                        with (self._msg / name).open("rb") as f:
+                            header = f.readline()
+                else:
+                    with (self._msg / name).open("rb") as f:
+                        header = f.readline()
+                raw = json.loads(header)
+                pending = [
+                    float(r["next_attempt_at"])
+                    for r in raw["recipients"]
+                    if r["status"] == RcptStatus.PENDING.value
+                ]
+                failed = any(r["status"] == RcptStatus.FAILED.value for r in raw["recipients"])
+                yield ScanEntry(
+                    name,
+                    min(pending) if pending else None,
+                    float(raw["received_at"]),
+                    bool(raw.get("held", "")),
+                    failed,
+                )
+            except FileNotFoundError:
+                continue  # finished between the listing and the read
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                _log.error("spool_damaged_envelope", file=str(self._msg / name), error=str(exc))
 
     def _write_state(self, message: QueuedMessage) -> None:
         self._write_durably(self._state / f"{message.id}.json", _encode(message))

@@ -1,0 +1,209 @@
+"""`stsguard queue` talking to a running relay: a Unix socket at ``state_dir/control.sock``.
+
+The relay keeps its queue in memory and never rescans the spool, so a command that changes the
+queue must tell it. The command connects to the socket, sends one JSON line, reads one JSON line
+back. When nothing listens (no relay runs on this state_dir) the command changes the spool itself
+with the same functions (`apply`), and the relay reads the change when it starts.
+
+Requests: ``{"op": "flush"}``; ``{"op": "delete" | "hold" | "release", "ids": [...]}``;
+``{"op": "delete", "domain": D}``, ``{"op": "delete", "recipient": R}``,
+``{"op": "delete", "all": true}``. Replies: ``{"ok": true, "messages": N, "recipients": N,
+"unknown": [...]}`` or ``{"ok": false, "error": "..."}``. The socket is created with mode 0600:
+only the relay's user (and root) may steer its queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from relay.errors import SpoolError, UnknownMessage
+from relay.queue.runner import QueueRunner, domain_of
+from relay.queue.spool import QueuedMessage, RcptStatus, Spool
+
+log = structlog.get_logger(__name__)
+
+SOCKET_NAME = "control.sock"
+OPS = ("flush", "delete", "hold", "release")
+_EVENTS = {"delete": "queue.deleted", "hold": "queue.held", "release": "queue.released"}
+
+
+def socket_path(state_dir: Path) -> Path:
+    return state_dir / SOCKET_NAME
+
+
+@dataclass(slots=True)
+class Change:
+    """What a request changed: messages touched (deleted, held, released), recipients taken out,
+    ids not in the queue, and the ids whose message left the queue or was held."""
+
+    messages: int = 0
+    recipients: int = 0
+    unknown: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    released: list[str] = field(default_factory=list)
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": True,
+            "messages": self.messages,
+            "recipients": self.recipients,
+            "unknown": self.unknown,
+        }
+
+
+def _matching(message: QueuedMessage, request: dict[str, Any]) -> list[str]:
+    """The pending recipients of `message` a delete --domain/--recipient names."""
+    domain = str(request.get("domain") or "").lower().rstrip(".")
+    recipient = str(request.get("recipient") or "").lower()
+    return [
+        r.address
+        for r in message.pending
+        if (domain and domain_of(r.address) == domain)
+        or (recipient and r.address.lower() == recipient)
+    ]
+
+
+def apply(spool: Spool, request: dict[str, Any], *, now: float) -> Change:
+    """Carry out a delete, hold or release on the spool (blocking: call it in a thread)."""
+    op = request.get("op")
+    change = Change()
+    if op == "delete" and (request.get("domain") or request.get("recipient")):
+        for message in spool.list():
+            rcpts = _matching(message, request)
+            if not rcpts:
+                continue
+            with contextlib.suppress(UnknownMessage):
+                updated = spool.delete_recipients(message.id, rcpts, now=now)
+                change.recipients += len(rcpts)
+                change.messages += 1
+                if not (updated.pending or updated.failed):
+                    change.gone.append(message.id)
+        return change
+    ids = [m.id for m in spool.list()] if op == "delete" and request.get("all") else request["ids"]
+    for queue_id in ids:
+        try:
+            if op == "delete":
+                message = spool.get(queue_id)
+                spool.delete(queue_id)
+                change.recipients += sum(r.status is RcptStatus.PENDING for r in message.recipients)
+                change.gone.append(queue_id)
+            elif op == "hold":
+                spool.hold(queue_id, "held by stsguard queue hold", now=now)
+                change.gone.append(queue_id)
+            elif op == "release":
+                spool.release(queue_id, now=now)
+                change.released.append(queue_id)
+            else:
+                raise ValueError(f"unknown op {op!r}")
+            change.messages += 1
+        except UnknownMessage:
+            change.unknown.append(queue_id)
+    return change
+
+
+def check_request(request: Any) -> dict[str, Any]:
+    """The request if it is well formed; ValueError naming what is wrong."""
+    if not isinstance(request, dict) or request.get("op") not in OPS:
+        raise ValueError(f"expected an object with op one of {', '.join(OPS)}")
+    ids = request.get("ids", [])
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise ValueError("ids: expected a list of queue ids")
+    request["ids"] = ids
+    return request
+
+
+class ControlServer:
+    """The relay's end of the control socket: applies requests to the spool and the runner."""
+
+    def __init__(
+        self, path: Path, spool: Spool, runner: QueueRunner, *, clock: Callable[[], float]
+    ) -> None:
+        self.path = path
+        self.spool = spool
+        self.runner = runner
+        self.clock = clock
+        self._server: asyncio.Server | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        # A socket file left by a relay that was killed; the intake's bind already proved that
+        # no other relay runs here.
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+        old = os.umask(0o177)
+        try:
+            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        finally:
+            os.umask(old)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.path.unlink()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            async with asyncio.timeout(30):
+                line = await reader.readline()
+                try:
+                    reply = await self.handle(check_request(json.loads(line)))
+                except (ValueError, KeyError) as exc:
+                    reply = {"ok": False, "error": f"bad request: {exc}"}
+                except SpoolError as exc:
+                    reply = {"ok": False, "error": str(exc)}
+                writer.write(json.dumps(reply).encode() + b"\n")
+                await writer.drain()
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
+    async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
+        op = request["op"]
+        if op == "flush":
+            count = self.runner.flush()
+            log.info("queue.flushed", messages=count, by="stsguard queue flush")
+            return {"ok": True, "messages": count, "recipients": 0, "unknown": []}
+        async with self._lock:
+            change = await asyncio.to_thread(apply, self.spool, request, now=self.clock())
+        self.runner.forget(change.gone, held=op == "hold")
+        for queue_id in change.released:
+            self.runner.schedule(queue_id)
+        selector = {k: request[k] for k in ("domain", "recipient", "all") if request.get(k)}
+        log.info(
+            _EVENTS[op],
+            ids=request["ids"][:20] or None,
+            **selector,
+            messages=change.messages,
+            recipients=change.recipients,
+            unknown=change.unknown or None,
+            by=f"stsguard queue {op}",
+        )
+        return change.as_json()
+
+
+def ask(path: Path, request: dict[str, Any], *, timeout: float = 60) -> dict[str, Any] | None:
+    """Send `request` to the relay listening at `path`; None when no relay listens there."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except (FileNotFoundError, ConnectionRefusedError):
+            return None
+        sock.sendall(json.dumps(request).encode() + b"\n")
+        with sock.makefile("rb") as f:
+            line = f.readline()
+    reply: dict[str, Any] = json.loads(line) if line else {"ok": False, "error": "no reply"}
+    return reply
