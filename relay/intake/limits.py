@@ -166,4 +166,4 @@ def connection_budget(max_connections: int, soft_limit: int, reserve: int) -> in
     """`max_connections`, lowered to what the descriptor limit leaves after `reserve`."""
     if soft_limit == resource.RLIM_INFINITY:
         return max_connections
-    return max(MIN_CONNECTIONS, min(max_connections, soft_limit - reserve))
+    return min(max_connections, max(MIN_CONNECTIONS, soft_limit - reserve))

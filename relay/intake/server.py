@@ -725,6 +725,7 @@ class Intake:
         self._server: asyncio.Server | None = None
         self._previous_handler: Any = None
         self.descriptor_limit = 0  # the soft RLIMIT_NOFILE once started
+        self._hard_limit = 0
 
     def _protocol(self) -> SMTP:
         relay = self.config.relay
@@ -753,20 +754,47 @@ class Intake:
 
     def _fit_descriptors(self) -> None:
         """Raise the soft descriptor limit, then keep `max_connections` within what it leaves."""
-        soft, hard = raise_descriptor_limit()
-        self.descriptor_limit = soft
-        wanted = self.config.relay.max_connections
-        reserve = BASE_RESERVE + 2 * self.config.delivery.workers
-        budget = connection_budget(wanted, soft, reserve)
+        self.descriptor_limit, self._hard_limit = raise_descriptor_limit()
+        self.rules = SessionRules.from_config(
+            self.config.relay, max_connections=self._budget(self.config)
+        )
+
+    def _budget(self, config: Config) -> int:
+        wanted = config.relay.max_connections
+        if not self.descriptor_limit:
+            return wanted  # not started yet
+        reserve = BASE_RESERVE + 2 * config.delivery.workers
+        budget = connection_budget(wanted, self.descriptor_limit, reserve)
         if budget < wanted:
             _log.warning(
                 "intake.max_connections_lowered",
                 max_connections=wanted,
                 now=budget,
-                descriptor_limit=soft,
-                hard_limit=hard,
+                descriptor_limit=self.descriptor_limit,
+                hard_limit=self._hard_limit,
             )
-            self.rules = SessionRules.from_config(self.config.relay, max_connections=budget)
+        return budget
+
+    def reconfigure(self, config: Config) -> None:
+        """Take the limits, ``accept_networks``, ``max_recipients`` and ``tls_required_no`` of a
+        re-read config (SIGHUP) for new sessions and commands; open sessions stay counted.
+        ``listen``, the certificate and the auth file need a restart."""
+        self.config = config
+        self.handler.config = config.relay
+        self.handler.networks = parse_networks(config.relay.accept_networks)
+        fresh = SessionRules.from_config(config.relay, max_connections=self._budget(config))
+        rules = self.rules
+        rules.hostname = fresh.hostname
+        rules.networks = fresh.networks
+        rules.idle_timeout = fresh.idle_timeout
+        rules.session_timeout = fresh.session_timeout
+        rules.max_junk_commands = fresh.max_junk_commands
+        rules.auth_failures_per_connection = fresh.auth_failures_per_connection
+        rules.auth_failures.limit = fresh.auth_failures.limit
+        counted = rules.connections
+        counted.max_total = fresh.connections.max_total
+        counted.max_per_ip = fresh.connections.max_per_ip
+        counted.max_outside = fresh.connections.max_outside
 
     def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
         """One log line, no traceback, for an accept that ran out of descriptors or memory:

@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lab.pki import LabCA
+from lab.world import wait_until
 from relay.config import Config, RelayConfig
 from relay.errors import SpoolError
 from relay.intake.auth import DEFAULT_ITERATIONS, PasswordAuthenticator, hash_password, parse_hash
@@ -175,6 +176,7 @@ def test_connection_budget_fits_the_descriptor_limit() -> None:
     assert connection_budget(300, 1024, 128) == 300
     assert connection_budget(2000, 1024, 128) == 896
     assert connection_budget(300, 100, 128) == 8  # never none at all
+    assert connection_budget(4, 100, 128) == 4  # and never more than asked for
 
 
 def test_descriptor_limit_is_raised_to_the_hard_limit(tmp_path: Path) -> None:
@@ -573,3 +575,31 @@ async def test_stalled_tls_handshake_is_closed_at_the_idle_timeout(
     events = [e["event"] for e in logs]
     assert "intake.session_closed" in events
     assert "intake.error" not in events
+
+
+async def test_reconfigure_changes_limits_for_new_sessions(
+    start_intake: Callable[..., Any], tmp_path: Path
+) -> None:
+    """What a SIGHUP reload hands the intake: new limits apply to new sessions, and the sessions
+    already open stay counted."""
+    intake = await start_intake(max_connections_per_ip=1)
+
+    def two() -> list[bytes]:
+        first, second = Raw(intake.address), Raw(intake.address)
+        banners = [first.banner, second.banner]
+        first.close()
+        second.close()
+        return banners
+
+    held = await asyncio.to_thread(Raw, intake.address)
+    try:
+        assert (await asyncio.to_thread(Raw, intake.address)).banner.startswith(b"421")
+        intake.reconfigure(make_config(tmp_path, max_connections_per_ip=2))
+        third = await asyncio.to_thread(Raw, intake.address)
+        assert third.banner.startswith(b"220")  # 2 allowed now, the held one still counts
+        assert (await asyncio.to_thread(Raw, intake.address)).banner.startswith(b"421")
+        third.close()
+    finally:
+        held.close()
+    await wait_until(lambda: intake.rules.connections.total == 0, 30)
+    assert [b[:3] for b in await asyncio.to_thread(two)] == [b"220", b"220"]
