@@ -75,6 +75,8 @@ async def test_rpt_day_of_sessions_reported_by_https_and_dkim_mail(tmp_path: Pat
             for rcpt in ("a@example.org", "b@example.org", "c@testing.example"):
                 await asyncio.to_thread(send, config, rcpt)
             await wait_until(lambda: len(good.messages) == 2 and len(bad.messages) == 1)
+            # Reported before it leaves the queue: then every session result is in the sink.
+            await wait_until(lambda: not relay.spool.list())
             relay.sink.flush()
             day = dt.datetime.now(dt.UTC).date()
             async with httpx.AsyncClient(verify=relay.ssl_context) as http:
