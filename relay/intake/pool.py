@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import socket
 import sys
 import time
@@ -172,6 +173,14 @@ class IntakePool:
         with contextlib.suppress(ValueError, OSError):
             asyncio.get_running_loop().remove_reader(child.notify.fileno())
         child.notify.close()
+
+    def reload(self) -> None:
+        """SIGHUP every intake process: each re-reads the config file and applies its limits,
+        ``accept_networks`` and ``tls_required_no`` to new sessions (`Intake.reconfigure`)."""
+        for child in self.children.values():
+            if child.proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    child.proc.send_signal(signal.SIGHUP)
 
     async def stop(self) -> None:
         """SIGTERM every child, SIGKILL what is left after `STOP_TIMEOUT`, close the sockets."""

@@ -5,7 +5,8 @@ its queue id. Delivery, policies, remembered TLS, TLS-RPT and metrics stay in th
 Started by `relay.intake.pool` as ``python -P -m relay.intake.process --config FILE --listen-fd
 N --notify-fd N --index N``. The notify socket is a ``SOCK_SEQPACKET`` pair end: ``R`` once
 listening, then ``Q<queue id>`` per message. It closes when the main process ends, and this
-process then stops too. A lost notice costs nothing: the main process reads the spool every second.
+process then stops too. SIGHUP re-reads the config file for the intake's limits. A lost notice
+costs nothing: the main process reads the spool every second.
 """
 
 from __future__ import annotations
@@ -49,8 +50,14 @@ class Notifier:
         self.send(QUEUED + message.id.encode("ascii"))
 
 
-async def serve(config: Config, listen: socket.socket, notify: socket.socket) -> None:
-    """Accept mail until SIGTERM/SIGINT or until the main process goes away."""
+async def serve(
+    config: Config,
+    listen: socket.socket,
+    notify: socket.socket,
+    config_path: str | None = None,
+) -> None:
+    """Accept mail until SIGTERM/SIGINT or until the main process goes away; SIGHUP re-reads
+    `config_path` and hands its limits to the intake (`IntakePool.reload` sends it)."""
     spool = Spool(config.relay.state_dir / "queue")
     notifier = Notifier(notify)
     intake = Intake(config, spool, on_queued=notifier.queued, sock=listen)
@@ -58,6 +65,19 @@ async def serve(config: Config, listen: socket.socket, notify: socket.socket) ->
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def reload() -> None:
+        if config_path is None:
+            return
+        try:
+            fresh = load_config(config_path)
+        except StsguardError as exc:
+            log.error("intake.reload_failed", error=str(exc))  # the old config stays
+            return
+        intake.reconfigure(fresh)
+        log.info("intake.reloaded", max_connections=intake.rules.connections.max_total)
+
+    loop.add_signal_handler(signal.SIGHUP, reload)
 
     def main_gone() -> None:
         with contextlib.suppress(BlockingIOError):
@@ -90,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     listen = socket.socket(fileno=args.listen_fd)
     notify = socket.socket(fileno=args.notify_fd)
     try:
-        asyncio.run(serve(config, listen, notify))
+        asyncio.run(serve(config, listen, notify, args.config))
     except StsguardError as exc:
         print(f"stsguard: {exc}", file=sys.stderr)
         return 2

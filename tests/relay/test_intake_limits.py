@@ -603,3 +603,41 @@ async def test_reconfigure_changes_limits_for_new_sessions(
         held.close()
     await wait_until(lambda: intake.rules.connections.total == 0, 30)
     assert [b[:3] for b in await asyncio.to_thread(two)] == [b"220", b"220"]
+
+
+async def test_intake_processes_take_new_limits_on_reload(tmp_path: Path) -> None:
+    """`IntakePool.reload` (SIGHUP to each intake process): the child re-reads the file."""
+    from lab.world import free_port
+    from relay.intake.pool import IntakePool
+
+    config_file = tmp_path / "relay.toml"
+    port = free_port()
+
+    def write(per_ip: int) -> None:
+        config_file.write_text(
+            f'[relay]\nlisten = "127.0.0.1:{port}"\nhostname = "relay.test"\n'
+            f'state_dir = "{tmp_path / "state"}"\nlog_format = "json"\n'
+            f"max_connections_per_ip = {per_ip}\n"
+        )
+
+    def admitted() -> bool:
+        extra = Raw(("127.0.0.1", port))
+        extra.close()
+        return extra.banner.startswith(b"220")
+
+    write(1)
+    pool = IntakePool(1, config_file, ("127.0.0.1", port), on_queued=lambda ids: None)
+    await pool.start()
+    try:
+        held = await asyncio.to_thread(Raw, ("127.0.0.1", port))
+        assert held.banner.startswith(b"220")
+        assert not await asyncio.to_thread(admitted)
+        child = pool.children[1].proc
+        write(2)
+        pool.reload()
+        await wait_until(admitted, 30)
+        assert pool.children[1].proc is child  # the same process, not a restarted one
+        assert child.returncode is None
+        held.close()
+    finally:
+        await pool.stop()
