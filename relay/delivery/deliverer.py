@@ -84,8 +84,22 @@ class PolicyLookup(Protocol):
 class _Tries:
     """The addresses one attempt may still try (`max_mx_addresses`), and whether any answered."""
 
-    left: int
+    limit: int
+    left: int = -1
     connected: bool = False
+    _told: bool = False
+
+    def __post_init__(self) -> None:
+        self.left = self.limit
+
+    def exhausted(self, host: str) -> bool:
+        """True when no address may be tried any more (said once in the log)."""
+        if self.left > 0:
+            return False
+        if not self._told:
+            log.warning("delivery.mx_address_limit", mx_host=host, max_mx_addresses=self.limit)
+            self._told = True
+        return True
 
 
 class Deliverer:
@@ -237,12 +251,7 @@ class Deliverer:
                 log.info("delivery.mx_no_address", mx_host=host.name)
                 last = RcptOutcome("", RcptStatus.DEFERRED, f"{host.name} has no address")
                 continue
-            if tries.left <= 0:
-                log.warning(
-                    "delivery.mx_address_limit",
-                    mx_host=host.name,
-                    max_mx_addresses=self.config.delivery.max_mx_addresses,
-                )
+            if tries.exhausted(host.name):
                 break
             outcome = await self._try_host(request, host, host_policy, tries, last_mx=last_mx)
             if isinstance(outcome, DeliveryOutcome):
@@ -297,12 +306,7 @@ class Deliverer:
         failure = RcptOutcome("", RcptStatus.DEFERRED, "no address answered", None, host.name)
         async with self.pool.slot(host.name):
             for ip in host.addresses:
-                if tries.left <= 0:
-                    log.warning(
-                        "delivery.mx_address_limit",
-                        mx_host=host.name,
-                        max_mx_addresses=self.config.delivery.max_mx_addresses,
-                    )
+                if tries.exhausted(host.name):
                     break
                 tries.left -= 1
                 with structlog.contextvars.bound_contextvars(mx_host=host.name, mx_ip=ip):

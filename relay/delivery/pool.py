@@ -12,7 +12,7 @@ from collections.abc import Callable
 
 from relay.decision import EffectivePolicy
 from relay.delivery.negotiate import Established
-from relay.delivery.session import WIRE_ERRORS
+from relay.errors import SessionError
 
 _Key = tuple[str, str, EffectivePolicy]
 
@@ -46,14 +46,16 @@ class SessionPool:
         while idle:
             session = idle.pop()
             fresh = self.clock() - session.idle_since <= self.idle_timeout
-            if fresh and session.mx.is_connected:
-                try:
-                    await session.mx.client.rset()
-                except WIRE_ERRORS:
-                    session.mx.close()
-                    continue
+            if not (fresh and session.mx.is_connected):
+                await session.mx.quit()
+                continue
+            try:
+                reply = await session.mx.command(b"RSET")
+            except SessionError:
+                continue  # it closed itself
+            if reply.code == 250:
                 return session
-            await session.mx.quit()
+            session.mx.close()
         return None
 
     async def prune(self) -> None:
