@@ -259,7 +259,9 @@ def _html_table(header: list[str], rows: list[list[str]], *, table_id: str = "")
 
 def _chart(group: GroupSummary, days: Sequence[datetime.date]) -> str:
     """Per day a green bar (ok) and a red bar (failed), scaled to the busiest day."""
-    bar, gap, height, top, bottom = 14, 12, 120, 14, 30
+    # month-day labels, unless the days span more than one year (received reports may)
+    label = "%m-%d" if len({d.year for d in days}) <= 1 else "%y-%m-%d"
+    bar, gap, height, top, bottom = 14, 12 if label == "%m-%d" else 26, 120, 14, 30
     peak = max([max(group.by_day.get(d, [0, 0])) for d in days] + [1])
     width = max(len(days), 1) * (2 * bar + gap) + gap
     parts = [
@@ -286,7 +288,7 @@ def _chart(group: GroupSummary, days: Sequence[datetime.date]) -> str:
                 )
         parts.append(
             f'<text x="{x + bar:.1f}" y="{top + height + 16}" text-anchor="middle">'
-            f"{day.strftime('%m-%d')}</text>"
+            f"{day.strftime(label)}</text>"
         )
     parts.append("</svg>")
     return "".join(parts)
