@@ -10,7 +10,7 @@ connections, so tests can check connection reuse. Misbehaving MX hosts for the t
 `mail_reply` / `rcpt_reply` answer MAIL / RCPT with that text as it is (a 2xx still takes the
 address: ``"252 2.1.5 cannot verify"``; garbage or a multi-line reply is sent raw), and `drop`
 closes the connection without a reply at "rcpt" (before the message) or "data" (after the final
-dot: the message is recorded, as it may have arrived).
+dot: the message is recorded, as it may have arrived); "stall" records it and never answers.
 """
 
 from __future__ import annotations
@@ -91,6 +91,8 @@ class _Handler:
         )
         if self.mx.drop == "data":
             _drop(server)
+        elif self.mx.drop == "stall":
+            await asyncio.Event().wait()  # never answers the final dot (until stopped)
         return "250 OK queued"
 
 
@@ -118,7 +120,7 @@ class LabMx:
         self.tls_context = tls_context
         self.rcpt_reply = rcpt_reply  # e.g. "550 5.1.1 no such user": reject every recipient
         self.mail_reply = mail_reply  # e.g. "251 OK" or garbage
-        self.drop = drop  # None | "rcpt" | "data": close without a reply there
+        self.drop = drop  # None | "rcpt" | "data" | "stall": no reply there
         self.messages: list[ReceivedMessage] = []
         self.smtputf8 = False  # offer SMTPUTF8 (RFC 6531) to connections from now on
         self.connections = 0

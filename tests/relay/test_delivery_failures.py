@@ -207,6 +207,23 @@ async def test_mx_dropping_after_the_final_dot_defers_and_no_other_mx_gets_a_cop
     assert backup.connections == 0
 
 
+async def test_mx_silent_after_the_final_dot_times_out_and_defers_without_a_second_copy(
+    start_mx: StartMx, lab_dns: LabDns, deliverer_for: Callable[..., Deliverer]
+) -> None:
+    silent = await start_mx(MX1, "127.0.3.22", drop="stall")
+    backup = await start_mx(MX2, "127.0.3.23", port=silent.port)
+    mx_records(lab_dns, (10, MX1), (20, MX2))
+    config = make_config(silent.port)
+    config = replace(config, delivery=replace(config.delivery, command_timeout=1))
+    deliverer = deliverer_for(config)
+    outcome = await deliverer.deliver(request())  # must not raise
+    await deliverer.close()
+    [rcpt] = outcome.deferred
+    assert "may have arrived" in rcpt.reason
+    assert len(silent.messages) == 1
+    assert backup.connections == 0
+
+
 async def test_no_mx_answering_at_all_is_unreachable(
     lab_dns: LabDns, deliverer_for: Callable[..., Deliverer]
 ) -> None:
