@@ -54,6 +54,7 @@ class EffectivePolicy:
     on_downgrade: str = "defer"  # defer | log: a remembered-TLS downgrade without a policy
     tlsa: tuple[TlsaRecord, ...] = ()  # DANE: the MX host's secure TLSA RRset
     dane_names: tuple[str, ...] = ()  # DANE-TA reference identifiers (RFC 7672 3.2.2)
+    dane_base: str = ""  # the TLSA base domain: SNI under DANE (RFC 7672 8.1)
 
     @property
     def is_sts(self) -> bool:
@@ -124,11 +125,13 @@ def dane_for_mx(
     *,
     domain_tls: str = "mta-sts",
     reason: str = "",
+    base: str = "",
     last_mx: bool,
 ) -> tuple[EffectivePolicy, Decision | None]:
     """The policy for one MX host once its TLSA look-up is known, or why it is not tried.
 
-    `tlsa_status` is secure | none | bogus | off (`relay.delivery.dane_lookup.TlsaStatus`).
+    `tlsa_status` is secure | none | bogus | off (`relay.delivery.dane_lookup.TlsaStatus`);
+    `base` is the TLSA base domain, sent as SNI (RFC 7672 8.1: the MX name unless a CNAME led on).
     - secure TLSA: DANE decides and MTA-STS is not consulted for this MX (RFC 8461 2, STS-14);
       with no usable record TLS is still mandatory (RFC 7672 2.2).
     - bogus (or a failed look-up): a temporary failure for this MX, never a fall-back to
@@ -149,6 +152,7 @@ def dane_for_mx(
             policy.on_downgrade,
             tlsa=records,
             dane_names=names,
+            dane_base=base,
         )
         return dane, None
     if tlsa_status == "bogus":

@@ -290,6 +290,7 @@ class Deliverer:
             tlsa.names,
             domain_tls=domain_tls,
             reason=tlsa.reason,
+            base=tlsa.base_domain,
             last_mx=last_mx,
         )
 

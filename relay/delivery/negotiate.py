@@ -196,7 +196,7 @@ class Negotiator:
             return conclude(replace(obs, starttls_ok=False), (*findings, step.injection))
         obs = replace(obs, starttls_ok=True)
 
-        tls = await mx.handshake(self._context(policy, plan))
+        tls = await mx.handshake(self._context(policy, plan), sni=policy.dane_base or None)
         if tls.finding is None and policy.requirement is Requirement.DANE:
             tls = self._dane_check(policy, tls)
             if tls.finding is not None:

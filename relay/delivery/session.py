@@ -161,14 +161,15 @@ class MxSession:
             injection = judge_pre_handshake_bytes(buffered_after_reply(self.client))
         return StartTlsStep(Reply(reply.code, reply.message), refusal, injection)
 
-    async def handshake(self, context: ssl.SSLContext) -> TlsStep:
-        """The TLS handshake with SNI = the MX host name. A failure is judged (RFC 8460 result
-        type) and closes the connection."""
+    async def handshake(self, context: ssl.SSLContext, *, sni: str | None = None) -> TlsStep:
+        """The TLS handshake with SNI = the MX host name (under DANE `sni`, the TLSA base
+        domain: RFC 7672 8.1). A failure is judged (RFC 8460 result type) and closes the
+        connection."""
         try:
             await upgrade_to_tls(
                 self.client,
                 context,
-                self.server_name,
+                sni or self.server_name,
                 handshake_timeout=self.config.delivery.command_timeout,
             )
         except ssl.SSLCertVerificationError as exc:

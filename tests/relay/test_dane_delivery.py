@@ -204,3 +204,22 @@ async def test_dane_presented_chain_api_exists(world: LabWorld) -> None:
         await server.wait_closed()
     assert len(chain) == 2
     assert chain[0] == ssl_object.getpeercert(binary_form=True)
+
+
+async def test_dane_sni_is_the_tlsa_base_domain(world: LabWorld) -> None:
+    # RFC 7672 2.2.3 and 8.1: the MX name is a secure CNAME for a hosting name whose TLSA
+    # records apply; SNI names that base domain, so a shared host can pick the right certificate.
+    hosting = "mail.hosting.test"
+    issued = world.ca.untrusted().issue(hosting)
+    context = issued.server_context()
+    sent: list[str | None] = []
+    context.sni_callback = lambda _obj, name, _ctx: sent.append(name)  # type: ignore[assignment,return-value]
+    mx = LabMx("127.0.2.30", hostname=hosting, tls_context=context)
+    await world.keep(mx.running(world.mx_port))
+    world.dns.set(hosting, "A", ["127.0.2.30"])
+    world.dns.set(MX, "CNAME", [f"{hosting}."])
+    world.publish_tlsa(hosting, [issued.tlsa(3, 1, 1)])
+    outcome, sink = await _deliver(world)
+    assert outcome.delivered
+    assert sent == [hosting]
+    assert sink.results[-1].policy_type is PolicyType.TLSA
