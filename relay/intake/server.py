@@ -22,17 +22,12 @@ Choices, with reasons:
   hop for it), PIPELINING (aiosmtpd reads commands from one stream in order, so a pipelined batch is
   answered correctly; aiosmtpd does not advertise it by itself), STARTTLS when a certificate is
   configured, AUTH only after STARTTLS and only with ``[relay].auth_file``.
-- Limits (README "Limits and abuse"): sessions in total, per client address and from outside
-  ``accept_networks`` (`relay.intake.limits`), an idle timeout that data in flight also resets, a
-  session time limit and a budget of commands that move no mail (NOOP, RSET, ...), so no client
-  keeps a slot forever. Each over-limit client hears ``421 4.7.0`` and is disconnected.
-- Command hygiene (`relay.intake.hygiene`): control characters or invalid UTF-8 anywhere in a
-  command get ``501 5.5.2`` before the command runs; MAIL and RCPT addresses are checked again
-  (``553 5.1.3``; non-ASCII without SMTPUTF8 ``553 5.6.7``); a path the parser chokes on is a
-  ``553`` and one log line, never a traceback.
-- STARTTLS inside TLS is ``503`` (RFC 3207 section 4.2). Failed AUTHs are answered after a delay,
-  logged at warning, and end the session (421) after ``auth_failures_per_connection``; an address
-  with ``auth_failures_per_ip`` failures in 15 minutes gets 421 at AUTH without a password check.
+- Sessions (`relay.intake.session`, README "Limits and abuse"): connection caps, idle and session
+  time limits, the junk-command budget, control characters and invalid UTF-8 in commands (``501``),
+  a second STARTTLS (``503``), AUTH throttling; each over-limit client hears ``421 4.7.0``.
+- Addresses (`relay.intake.hygiene`): MAIL and RCPT paths are checked before anything is kept
+  (``553 5.1.3``; non-ASCII without SMTPUTF8 ``553 5.6.7``); more than ``max_recipients``
+  recipients get ``452 4.5.3``. The ``Received:`` header is built from checked values only.
 - ``TLS-Required: No`` (RFC 8689 section 5) becomes the message's flag as
   ``[relay].tls_required_no`` says: from any client that may relay, only from authenticated ones,
   or never.
@@ -48,40 +43,31 @@ import datetime as dt
 import email.parser
 import email.policy
 import errno
-import ipaddress
 import re
 import socket
 import ssl
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import structlog
 from aiosmtpd.smtp import (
     SMTP,
-    AuthResult,
     Envelope,
-    LoginPassword,
     Session,
     TLSSetupException,
-    syntax,
 )
 
 from relay.config import Config, RelayConfig
 from relay.errors import ConfigError, SpoolError
 from relay.intake.auth import PasswordAuthenticator, load_auth_file
 from relay.intake.group_commit import GroupCommit
-from relay.intake.hygiene import address_problem, command_problem
-from relay.intake.limits import (
-    BASE_RESERVE,
-    AuthFailures,
-    ConnectionLimits,
-    RefusalLog,
-    client_key,
-    connection_budget,
-    raise_descriptor_limit,
-)
+from relay.intake.hygiene import address_problem
+from relay.intake.limits import BASE_RESERVE, connection_budget, raise_descriptor_limit
+from relay.intake.session import SessionRules, _table_names
+from relay.intake.session import _IntakeSMTP as _IntakeSMTP  # tests use it from here
+from relay.intake.session import client_allowed as client_allowed
+from relay.intake.session import parse_networks as parse_networks
 from relay.queue.spool import MessageFlags, QueuedMessage, Spool, new_queue_id
 
 _log = structlog.get_logger("relay.intake.server")
@@ -89,28 +75,11 @@ _log = structlog.get_logger("relay.intake.server")
 _BARE_LINE_END = re.compile(rb"\r(?!\n)|(?<!\r)\n")
 _HELO_SAFE = re.compile(r"[^A-Za-z0-9.\-_:\[\]]")
 
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
 # Told of each message once it is durable: its envelope and the bytes as queued.
 OnQueued = Callable[[QueuedMessage, bytes], None]
 
 
 # --- pure checks ---------------------------------------------------------------------------
-
-
-def parse_networks(networks: Iterable[str]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
-
-
-def client_allowed(address: str, networks: Iterable[IPNetwork]) -> bool:
-    """True when the client address lies in one of the networks (IPv4-mapped IPv6 as IPv4)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)
 
 
 def bare_line_end(data: bytes) -> int | None:
@@ -120,26 +89,6 @@ def bare_line_end(data: bytes) -> int | None:
         return None  # every CR and every LF is in a pair (pairs cannot overlap): the usual case
     m = _BARE_LINE_END.search(data)
     return m.start() if m else None
-
-
-# aiosmtpd builds its command, AUTH and hook tables per connection from `dir()` of the protocol
-# and the handler and `inspect.getmembers`, which reads every attribute. Only names with these
-# prefixes matter to it, and they belong to the class: list them once per class.
-_TABLE_PREFIXES = ("smtp_", "auth_", "handle_")
-_TABLE_NAMES: dict[type, list[str]] = {}
-
-
-def _table_names(obj: object) -> list[str]:
-    names = _TABLE_NAMES.get(type(obj))
-    if names is None:
-        everything = object.__dir__(obj)
-        names = _TABLE_NAMES[type(obj)] = [n for n in everything if n.startswith(_TABLE_PREFIXES)]
-    return names
-
-
-# ``<local@domain>`` with a dot-atom local part and a domain of letters, digits and hyphens.
-_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
 
 
 def _header_block(data: bytes) -> bytes:
@@ -343,330 +292,6 @@ def _auth_user(session: Session) -> str:
     data = session.auth_data
     login = getattr(data, "login", None)
     return login.decode("utf-8", "replace") if isinstance(login, bytes) else ""
-
-
-# Commands that move no mail; a session may send `max_junk_commands` of them between messages.
-_JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "HELO", "EHLO"})
-# Failed AUTHs are answered this many seconds late, so a password guesser gets nowhere fast.
-AUTH_FAILURE_DELAY = 1.0
-
-
-@dataclass
-class SessionRules:
-    """The limits every session of one intake shares (README "Limits and abuse")."""
-
-    hostname: str
-    networks: tuple[IPNetwork, ...]
-    connections: ConnectionLimits
-    auth_failures: AuthFailures
-    idle_timeout: float
-    session_timeout: float
-    max_junk_commands: int
-    auth_failures_per_connection: int
-    auth_failure_delay: float = AUTH_FAILURE_DELAY
-    refusals: RefusalLog = field(default_factory=RefusalLog)
-
-    @classmethod
-    def from_config(
-        cls, config: RelayConfig, *, max_connections: int | None = None
-    ) -> SessionRules:
-        networks = parse_networks(config.accept_networks)
-        return cls(
-            hostname=config.hostname,
-            networks=networks,
-            connections=ConnectionLimits.for_relay(
-                max_connections or config.max_connections,
-                config.max_connections_per_ip,
-                has_networks=bool(networks),
-            ),
-            auth_failures=AuthFailures(config.auth_failures_per_ip),
-            idle_timeout=float(config.idle_timeout),
-            session_timeout=float(config.session_timeout),
-            max_junk_commands=config.max_junk_commands,
-            auth_failures_per_connection=config.auth_failures_per_connection,
-        )
-
-
-class _CheckedCommand:
-    """One entry of aiosmtpd's command table: the command, run through
-    `_IntakeSMTP._run_command`. Attributes are the command's own (HELP reads its syntax)."""
-
-    __slots__ = ("method", "name", "server")
-
-    def __init__(
-        self, server: _IntakeSMTP, name: str, method: Callable[[str | None], Awaitable[None]]
-    ) -> None:
-        self.server = server
-        self.name = name
-        self.method = method
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.method, attr)
-
-    def __call__(self, arg: str | None) -> Awaitable[None]:
-        return self.server._run_command(self.name, self.method, arg)
-
-
-class _CommandTable(dict[str, Any]):
-    """aiosmtpd's command table (``_smtp_methods``): its dispatcher looks each command up with
-    `get`, which hands out the command wrapped in our checks (one small object per command, so a
-    session costs nothing for the commands it never sends)."""
-
-    def __init__(self, server: _IntakeSMTP, methods: dict[str, Any]) -> None:
-        super().__init__(methods)
-        self.server = server
-
-    def get(self, name: str, default: Any = None) -> Any:
-        method = super().get(name)
-        return default if method is None else _CheckedCommand(self.server, name, method)
-
-
-class _IntakeSMTP(SMTP):
-    """aiosmtpd's SMTP with the intake's limits and checks.
-
-    A failing RCPT or DATA hook answers that command with 451 (via `handle_exception`) and the
-    session goes on in the state the command's failure leaves. The aiosmtpd internals used here
-    are pinned by tests/relay/test_aiosmtpd_internals.py and the version bound in pyproject.toml.
-    """
-
-    def __init__(self, handler: Any, *, rules: SessionRules | None = None, **kwargs: Any) -> None:
-        self.rules = rules or SessionRules.from_config(
-            RelayConfig(hostname=kwargs.get("hostname") or "localhost")
-        )
-        kwargs.setdefault("timeout", self.rules.idle_timeout)
-        super().__init__(handler, **kwargs)
-        self._admission: tuple[str, bool] | None = None
-        self._refused = False
-        self._client_ip = ""
-        self._session_timer: asyncio.TimerHandle | None = None
-        self._last_activity = 0.0
-        self._in_hook = False
-        self._expired = ""  # a limit ran out during a hook: close once it returns
-        self._junk = 0
-        self._auth_failures = 0
-        self._auth_failed = False
-        self._auth_pending: tuple[str, LoginPassword] | None = None
-        self._smtp_methods = _CommandTable(self, self._smtp_methods)
-
-    def __dir__(self) -> list[str]:
-        return _table_names(self)
-
-    # -- connections and timers --
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        if self._admission is None:  # a new connection (not the TLS layer after STARTTLS)
-            peer = transport.get_extra_info("peername")
-            self._client_ip = str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
-            inside = client_allowed(self._client_ip, self.rules.networks)
-            key = client_key(self._client_ip)
-            refused = self.rules.connections.admit(key, inside=inside)
-            if refused is not None:
-                self._refused = True
-                unlogged = self.rules.refusals.due(key, self.loop.time())
-                if unlogged is not None:
-                    _log.info(
-                        "intake.connection_refused",
-                        client=self._client_ip,
-                        limit=refused,
-                        unlogged_before=unlogged,
-                    )
-                assert isinstance(transport, asyncio.WriteTransport)
-                transport.write(
-                    f"421 4.7.0 {self.rules.hostname} Too many connections, try again later"
-                    "\r\n".encode()
-                )
-                transport.close()
-                return
-            self._admission = (key, inside)
-            self._last_activity = self.loop.time()
-            self._session_timer = self.loop.call_later(
-                self.rules.session_timeout, self._limit_reached, "session_timeout"
-            )
-        super().connection_made(transport)
-
-    def connection_lost(self, error: Exception | None) -> None:
-        if self._refused:
-            return  # aiosmtpd never saw this connection
-        if self._session_timer is not None:
-            self._session_timer.cancel()
-        if self._admission is not None:
-            key, inside = self._admission
-            self.rules.connections.release(key, inside=inside)
-            self._admission = None
-            self._refused = True  # counted once, whatever else calls this
-        super().connection_lost(error)
-
-    def data_received(self, data: bytes) -> None:
-        self._last_activity = self.loop.time()
-        super().data_received(data)
-
-    def _timeout_cb(self) -> None:
-        """aiosmtpd's idle timer (reset per command): idle means no bytes either, so a long
-        DATA that keeps arriving is not cut off; a client that sends nothing hears 421."""
-        idle = self.loop.time() - self._last_activity
-        if self._in_hook:
-            idle = 0.0  # we are the ones working (queueing a message), not the client
-        if idle < self._timeout_duration:
-            self._reset_timeout(self._timeout_duration - idle)
-            return
-        self._limit_reached("idle_timeout")
-
-    def _limit_reached(self, limit: str) -> None:
-        if self._in_hook:
-            # Never cut a message off while it is being queued: the client would send it again.
-            self._expired = limit
-            return
-        self._close_421(limit)
-
-    def _close_421(self, limit: str) -> None:
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            return
-        _log.info("intake.session_closed", client=self._client_ip, limit=limit)
-        what = {
-            "idle_timeout": "Idle timeout",
-            "session_timeout": "Session time limit reached",
-            "max_junk_commands": "Too many commands without mail",
-            "auth_failures": "Too many failed AUTH attempts",
-        }.get(limit, "Limit reached")
-        assert isinstance(transport, asyncio.WriteTransport)
-        with contextlib.suppress(OSError, RuntimeError):  # e.g. a TLS handshake still under way
-            transport.write(
-                f"421 4.7.0 {self.rules.hostname} {what}, closing connection\r\n".encode()
-            )
-        transport.close()
-
-    # -- every command --
-
-    async def _run_command(
-        self, name: str, method: Callable[[str | None], Awaitable[None]], arg: str | None
-    ) -> None:
-        """`method` behind the command hygiene check and the junk-command budget."""
-        problem = command_problem(arg)
-        if problem is not None:
-            _log.info("intake.command_refused", client=self._client_ip, command=name, reply=problem)
-            await self.push(problem)
-            return
-        if name in _JUNK_COMMANDS:
-            self._junk += 1
-            if self._junk > self.rules.max_junk_commands:
-                self._close_421("max_junk_commands")
-                return
-        await method(arg)
-
-    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        """aiosmtpd's MAIL/RCPT path parser, with a fast path for the common ``<local@domain>``.
-
-        aiosmtpd builds a typing.Protocol class and runs the RFC 5322 header parser on every
-        call (about 15% of an intake process's CPU in the benchmark). For a dot-atom local part
-        and a plain domain the answer is the text between the brackets and the rest after any
-        blanks; a property test checks that against aiosmtpd's parser. Junk that makes the stdlib
-        parser raise is a syntax error here, with one log line."""
-        m = _SIMPLE_PATH.match(arg)
-        if m is not None:
-            rest = arg[m.end() :].lstrip(" \t")
-            local = m.group(1).rpartition("@")[0]
-            if not rest.startswith("(") and len(local) <= (self.local_part_limit or len(local)):
-                return m.group(1), rest
-        try:
-            return super()._getaddr(arg)
-        except Exception as exc:
-            # The stdlib parser trips over some junk (``<``: IndexError, ``<$@[:&_>(x)``:
-            # AttributeError): a syntax error reply rather than a 451 and a traceback.
-            _log.info("intake.address_unparsable", client=self._client_ip, error=type(exc).__name__)
-            return None, None
-
-    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
-        self._in_hook = True
-        try:
-            status = await super()._call_handler_hook(command, *args)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if command not in ("RCPT", "DATA"):
-                raise
-            status = await self.handle_exception(exc)
-        finally:
-            self._in_hook = False
-            if self._expired:
-                self.loop.call_soon(self._close_421, self._expired)
-        if command == "DATA" and isinstance(status, str) and status.startswith("250"):
-            self._junk = 0  # a message was queued: the session is doing its job
-        return status
-
-    # -- STARTTLS and AUTH --
-
-    @syntax("STARTTLS", when="tls_context")
-    async def smtp_STARTTLS(self, arg: str) -> None:
-        if self._tls_protocol is not None:
-            await self.push("503 5.5.1 Error: TLS already active")  # RFC 3207 section 4.2
-            return
-        await super().smtp_STARTTLS(arg)
-
-    @syntax("AUTH <mechanism>")
-    async def smtp_AUTH(self, arg: str) -> None:
-        key = client_key(self._client_ip)
-        throttle = self.rules.auth_failures
-        if throttle.blocked(key, self.loop.time()):
-            _log.warning("intake.auth_throttled", client=self._client_ip, scope="address")
-            self._close_421("auth_failures")
-            return
-        self._auth_failed = False
-        self._auth_pending = None
-        await super().smtp_AUTH(arg)
-        if self._auth_pending is not None:
-            if await self._check_password(*self._auth_pending):
-                return
-            self._auth_failed = True
-        if not self._auth_failed:
-            return
-        # The credentials were checked and refused; `_authenticate` left the reply to us.
-        self._auth_failures += 1
-        from_address = throttle.record(key, self.loop.time())
-        _log.warning(
-            "intake.auth_failed",
-            client=self._client_ip,
-            failures=self._auth_failures,
-            failures_from_address=from_address,
-        )
-        await asyncio.sleep(self.rules.auth_failure_delay)
-        if (
-            self._auth_failures >= self.rules.auth_failures_per_connection
-            or from_address >= throttle.limit
-        ):
-            _log.warning("intake.auth_throttled", client=self._client_ip, scope="connection")
-            self._close_421("auth_failures")
-            return
-        await self.push("535 5.7.8 Authentication credentials invalid")
-
-    async def _check_password(self, mechanism: str, auth_data: LoginPassword) -> bool:
-        """PBKDF2 in a worker thread (0.1 to 0.5 s of CPU that would stall every session);
-        on success the session is authenticated as aiosmtpd would have done it."""
-        authenticator = self._authenticator
-        assert isinstance(authenticator, PasswordAuthenticator)
-        ok = await asyncio.to_thread(authenticator.check, auth_data.login, auth_data.password)
-        user = auth_data.login.decode("utf-8", "replace")[:64]
-        if not ok:
-            _log.warning("intake.auth", mechanism=mechanism, user=user, success=False)
-            return False
-        _log.info("intake.auth", mechanism=mechanism, user=user, success=True)
-        assert self.session is not None
-        self.session.authenticated = True
-        self.session.auth_data = auth_data  # type: ignore[assignment]  # typed None in aiosmtpd
-        await self.push("235 2.7.0 Authentication successful")
-        return True
-
-    def _authenticate(self, mechanism: str, auth_data: Any) -> AuthResult:
-        if isinstance(self._authenticator, PasswordAuthenticator) and isinstance(
-            auth_data, LoginPassword
-        ):
-            self._auth_pending = (mechanism, auth_data)
-            return AuthResult(success=False, handled=True)  # smtp_AUTH checks it, in a thread
-        result: AuthResult = super()._authenticate(mechanism, auth_data)
-        if not result.success and not result.handled and result.message is None:
-            self._auth_failed = True
-            return AuthResult(success=False, handled=True)  # smtp_AUTH answers, after the delay
-        return result
 
 
 # --- start / stop --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The aiosmtpd internals `relay.intake.server._IntakeSMTP` builds on are the ones it was written
+"""The aiosmtpd internals `relay.intake.session._IntakeSMTP` builds on are the ones it was written
 against (aiosmtpd 1.4.6; pyproject.toml bounds the version). A new aiosmtpd that changes any of
 them fails here, before it can change how the intake treats clients: read the new code, adapt
 `_IntakeSMTP`, then record the new fingerprints."""
@@ -13,7 +13,7 @@ from importlib.metadata import version
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from relay.intake.server import _CheckedCommand, _IntakeSMTP
+from relay.intake.session import _CheckedCommand, _IntakeSMTP
 
 # What each is relied on for:
 # __init__: builds _smtp_methods / _handle_hooks / _auth_methods from dir(), sets _timeout_duration
