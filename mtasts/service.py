@@ -182,7 +182,9 @@ class PolicyService:
         elif txt.status is TxtStatus.INVALID:
             txt_failure = PolicyFailure(POLICY_INVALID, txt.error)
         if txt_failure is not None:
-            bound.info("mtasts.txt_unusable", error=txt_failure.message, cached=entry is not None)
+            bound.warning(
+                "mtasts.txt_unusable", error=txt_failure.message, cached=entry is not None
+            )
         if action is Action.USE_CACHE and entry is not None:
             return _answer(name, entry, PolicySource.CACHED, txt.record, txt_failure)
         if action is Action.NO_POLICY or txt.record is None:
