@@ -206,7 +206,13 @@ class Relay:
         return report_settings(self.config)
 
     async def _check_dkim(self) -> None:
-        for problem in await dkim_problems(self.config, self.resolver):
+        """The DKIM key against DNS, once after start: advice, never a reason to stop."""
+        try:
+            problems = await dkim_problems(self.config, self.resolver)
+        except Exception as exc:  # a check must not end the relay's TaskGroup
+            log.warning("relay.config_warning", problem=f"DKIM check failed: {exc!r}")
+            return
+        for problem in problems:
             log.warning("relay.config_warning", problem=problem.message)
 
     @contextlib.asynccontextmanager
