@@ -10,6 +10,7 @@ import dns.name
 import dns.rdataclass
 import dns.rdatatype
 import pytest
+import structlog.testing
 
 from lab.dns import LabDns
 from lab.unbound import LabUnbound
@@ -173,3 +174,27 @@ def test_dane_dnssec_mode(nameservers: tuple[str, ...], dnssec: str, mode: str) 
     config = DnsConfig(nameservers=nameservers, dnssec=dnssec)
     assert config.dnssec_mode == mode
     assert (dane_warning(config) is None) is (mode == "ad")
+
+
+@pytest.mark.parametrize(("dnssec", "warned"), [("off", True), ("auto", False)])
+async def test_dane_relay_warns_at_start_when_dane_cannot_work(
+    lab_dns: LabDns, tmp_path: Path, dnssec: str, warned: bool
+) -> None:
+    from lab.world import free_port
+    from relay.app import Relay
+    from relay.config import config_from_dict
+
+    config = config_from_dict(
+        {
+            "relay": {"listen": f"127.0.0.1:{free_port()}", "state_dir": str(tmp_path / "state")},
+            "dns": {"nameservers": [lab_dns.address], "dnssec": dnssec},
+            "tlsrpt": {"enabled": False},
+        }
+    )
+    with structlog.testing.capture_logs() as logs:
+        async with Relay(config).running():
+            pass
+    lines = [e for e in logs if e["event"] == "relay.dane_unavailable"]
+    assert bool(lines) is warned
+    if warned:
+        assert "DANE" in lines[0]["reason"]
