@@ -1,7 +1,11 @@
-"""`stsguard queue list [--json] | flush | delete ID`: see and steer the queue of a relay.
+"""`stsguard queue list | show ID | flush | hold ID... | release ID... | delete ...`: see and
+steer the queue of a relay.
 
-Works on the spool directory directly (``[relay].state_dir/queue``), so it needs no running relay;
-a running relay notices a flush on its next poll of the spool.
+`list` and `show` read the spool directory (``[relay].state_dir/queue``). The commands that change
+the queue tell a running relay through its control socket (``state_dir/control.sock``,
+`relay.queue.control`), which does the change and logs it; with no relay running they change the
+spool themselves (`flush` then says that nothing will be sent until a relay starts). Exit status:
+0 done, 1 a problem (an unknown id, no relay for `flush`), 2 a usage error.
 """
 
 from __future__ import annotations
@@ -9,18 +13,27 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
+import time
 from dataclasses import fields
 from typing import Any
 
 from relay.config import Config
 from relay.errors import UnknownMessage, UsageError
+from relay.queue.bounce import original_headers
+from relay.queue.control import apply, ask, socket_path
 from relay.queue.spool import QueuedMessage, Spool
+
+ACTIONS = ("list", "show", "flush", "hold", "release", "delete")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["list", "flush", "delete"])
-    p.add_argument("id", nargs="?", help="queue id (for delete)")
-    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("action", choices=ACTIONS)
+    p.add_argument("ids", nargs="*", metavar="ID", help="queue ids (show, hold, release, delete)")
+    p.add_argument("--json", action="store_true", help="print JSON (list, show)")
+    p.add_argument("--domain", help="delete: the pending recipients at this domain")
+    p.add_argument("--recipient", help="delete: this pending recipient")
+    p.add_argument("--all", action="store_true", help="delete: every message")
 
 
 def _iso(timestamp: float) -> str:
@@ -39,6 +52,7 @@ def message_json(message: QueuedMessage) -> dict[str, Any]:
         "size": message.size,
         "client": message.client,
         "flags": _flags(message),
+        "held": message.held,
         "recipients": [
             {
                 "address": r.address,
@@ -57,6 +71,7 @@ def message_text(message: QueuedMessage) -> list[str]:
     lines = [
         f"{message.id}  {_iso(message.received_at)}  {message.size:>9}  "
         f"<{message.mail_from}>{'  [' + ','.join(flags) + ']' if flags else ''}"
+        f"{'  HELD: ' + message.held if message.held else ''}"
     ]
     for r in message.recipients:
         line = f"    {r.status.value:<9} <{r.address}>  attempts={r.attempts}"
@@ -68,15 +83,70 @@ def message_text(message: QueuedMessage) -> list[str]:
     return lines
 
 
+def show_text(message: QueuedMessage, data: bytes) -> list[str]:
+    """`queue show`: envelope, recipients, history and the header section."""
+    lines = [
+        f"id:          {message.id}",
+        f"from:        <{message.mail_from}>",
+        f"received:    {_iso(message.received_at)} from {message.client or '-'}",
+        f"size:        {message.size}",
+        f"flags:       {', '.join(_flags(message)) or '-'}",
+    ]
+    if message.held:
+        lines.append(f"held:        {message.held}")
+    lines.append("recipients:")
+    lines += message_text(message)[1:]
+    lines.append("history:")
+    lines += [
+        f"    {_iso(a.at)}  {a.domain or '-':<20} {a.outcome:<10} {a.reason}"
+        for a in message.history
+    ] or ["    (no attempt yet)"]
+    lines.append("headers:")
+    lines += ["    " + line for line in original_headers(data).rstrip("\r\n").split("\r\n")]
+    return lines
+
+
+def _request(args: argparse.Namespace) -> dict[str, Any]:
+    """The control request for a changing action, after checking its arguments."""
+    action: str = args.action
+    ids: list[str] = args.ids
+    selectors = [bool(args.domain), bool(args.recipient), bool(args.all)]
+    if action != "delete" and any(selectors):
+        raise UsageError(f"queue {action}: --domain, --recipient and --all are for delete")
+    if action == "flush":
+        if ids:
+            raise UsageError("queue flush: takes no queue id")
+        return {"op": "flush"}
+    if action == "delete":
+        if sum(selectors) + bool(ids) != 1:
+            raise UsageError(
+                "queue delete: give queue ids, or one of --domain D, --recipient R, --all"
+            )
+        request: dict[str, Any] = {"op": "delete", "ids": ids}
+        if args.domain:
+            request["domain"] = args.domain
+        if args.recipient:
+            request["recipient"] = args.recipient
+        if args.all:
+            request["all"] = True
+        return request
+    if not ids:
+        raise UsageError(f"queue {action}: give the queue id of at least one message")
+    return {"op": action, "ids": ids}
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     directory = config.relay.state_dir / "queue"
     action: str = args.action
-    queue_id: str | None = args.id
-    if action == "delete" and not queue_id:
-        raise UsageError("queue delete: give the queue id of the message to delete")
-    if action != "delete" and queue_id:
-        raise UsageError(f"queue {action}: takes no queue id")
-
+    if action in ("list", "show"):
+        if args.domain or args.recipient or args.all:
+            raise UsageError(f"queue {action}: --domain, --recipient and --all are for delete")
+        if action == "list" and args.ids:
+            raise UsageError("queue list: takes no queue id")
+        if action == "show" and len(args.ids) != 1:
+            raise UsageError("queue show: give the queue id of one message")
+    else:
+        request = _request(args)
     # Reading an absent queue must not create one.
     spool = Spool(directory) if directory.is_dir() else None
     if action == "list":
@@ -89,13 +159,61 @@ def run(args: argparse.Namespace, config: Config) -> int:
             for message in messages:
                 print("\n".join(message_text(message)))
             print(f"{len(messages)} message(s)")
-    elif action == "flush":
+        return 0
+    if action == "show":
+        (queue_id,) = args.ids
+        try:
+            if spool is None:
+                raise UnknownMessage(f"no queued message {queue_id!r}")
+            message, data = spool.read_message(queue_id)
+        except UnknownMessage as exc:
+            print(f"stsguard: {exc}", file=sys.stderr)
+            return 1
+        if args.json:
+            shown = message_json(message)
+            shown["history"] = [
+                {"at": _iso(a.at), "domain": a.domain, "outcome": a.outcome, "reason": a.reason}
+                for a in message.history
+            ]
+            shown["headers"] = original_headers(data)
+            print(json.dumps(shown, indent=2))
+        else:
+            print("\n".join(show_text(message, data)))
+        return 0
+    reply = ask(socket_path(config.relay.state_dir), request)
+    if reply is None:
+        return _without_relay(spool, request)
+    if not reply.get("ok"):
+        print(f"stsguard: the relay refused: {reply.get('error')}", file=sys.stderr)
+        return 1
+    return _report(request, reply, "the running relay")
+
+
+def _without_relay(spool: Spool | None, request: dict[str, Any]) -> int:
+    """No relay listens on the control socket: change the spool directly."""
+    if request["op"] == "flush":
         touched = spool.flush() if spool else 0
-        print(f"flushed: {touched} message(s) due now")
+        print(
+            f"stsguard: no relay is running on this state directory; {touched} message(s) "
+            "marked due, they go out when the relay starts",
+            file=sys.stderr,
+        )
+        return 1
+    if spool is None:
+        change = {"ok": True, "messages": 0, "recipients": 0, "unknown": list(request["ids"])}
     else:
-        assert queue_id is not None
-        if spool is None:
-            raise UnknownMessage(f"no queued message {queue_id!r}")
-        spool.delete(queue_id)
-        print(f"deleted {queue_id}")
-    return 0
+        change = apply(spool, request, now=time.time()).as_json()
+    return _report(request, change, "the spool (no relay is running)")
+
+
+def _report(request: dict[str, Any], reply: dict[str, Any], where: str) -> int:
+    op = request["op"]
+    done = {"flush": "flushed", "delete": "deleted", "hold": "held", "release": "released"}[op]
+    line = f"{done}: {reply.get('messages', 0)} message(s)"
+    if op == "delete" and (request.get("domain") or request.get("recipient")):
+        line += f", {reply.get('recipients', 0)} recipient(s)"
+    print(f"{line} ({where})")
+    unknown = reply.get("unknown") or []
+    for queue_id in unknown:
+        print(f"stsguard: no queued message {queue_id!r}", file=sys.stderr)
+    return 1 if unknown else 0
