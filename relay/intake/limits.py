@@ -1,6 +1,6 @@
 """Intake limits: how many sessions, from whom, and how many failed AUTHs an address may have.
 
-The bookkeeping is pure (the caller passes `now`); `relay.intake.server` asks before it greets a
+The bookkeeping is pure (the caller passes `now`); `relay.intake.session` asks before it greets a
 client and says when a session ended. README "Limits and abuse" lists every limit and its reply.
 
 - Connections are counted in total (``max_connections``) and per client address

@@ -14,6 +14,7 @@ from lab.mx import CertKind, LabMx
 from lab.pki import LabCA
 from relay.config import DnsConfig
 from relay.resolver import make_resolver
+from tests.relay.intake_client import spool, start_intake  # noqa: F401  (intake fixtures)
 
 
 @pytest.fixture

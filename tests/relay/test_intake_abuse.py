@@ -11,7 +11,6 @@ import resource
 import shutil
 import smtplib
 import socket
-import ssl
 import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ import pytest
 
 from lab.world import LabWorld, wait_until
 from relay.intake.auth import hash_password
+from tests.relay import intake_client
 from tests.relay_process import enforced_example_org, start_relay, write_config
 
 pytestmark = pytest.mark.slow
@@ -66,39 +66,8 @@ def relay_process(config_file: Path, prefix: tuple[str, ...] = ()) -> Iterator[A
             proc.wait()
 
 
-class Raw:
-    """A raw SMTP client that sends exactly the bytes it is given."""
-
-    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection(
-            ("127.0.0.1", port), timeout=30, source_address=(source, 0)
-        )
-        self.buf = b""
-        self.banner = self.reply()
-
-    def reply(self) -> bytes:
-        lines: list[bytes] = []
-        while True:
-            while b"\r\n" not in self.buf:
-                chunk = self.sock.recv(4096)
-                if not chunk:
-                    return b"\n".join([*lines, b"<closed>"])
-                self.buf += chunk
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line)
-            if line[3:4] != b"-":
-                return b"\n".join(lines)
-
-    def cmd(self, text: bytes) -> bytes:
-        self.sock.sendall(text + b"\r\n")
-        return self.reply()
-
-    def starttls(self, context: ssl.SSLContext) -> None:
-        assert self.cmd(b"STARTTLS").startswith(b"220")
-        self.sock = context.wrap_socket(self.sock, server_hostname="relay.lab.test")
-
-    def close(self) -> None:
-        self.sock.close()
+def Raw(port: int, source: str = "127.0.0.1") -> intake_client.Raw:
+    return intake_client.Raw(("127.0.0.1", port), source)
 
 
 def send_ok(port: int) -> None:
@@ -337,27 +306,27 @@ async def test_second_starttls_503_and_auth_guessing_is_throttled(tmp_path: Path
                 out: dict[str, Any] = {}
                 first = Raw(port, "127.0.0.5")
                 first.cmd(b"EHLO upstream.test")
-                first.starttls(context)
+                first.starttls(context, "relay.lab.test")
                 first.cmd(b"EHLO upstream.test")
                 out["starttls again"] = first.cmd(b"STARTTLS")
                 out["first"] = [first.cmd(wrong()), first.cmd(wrong(b"nobody")), first.cmd(wrong())]
                 first.close()
                 second = Raw(port, "127.0.0.5")
                 second.cmd(b"EHLO upstream.test")
-                second.starttls(context)
+                second.starttls(context, "relay.lab.test")
                 second.cmd(b"EHLO upstream.test")
                 out["second"] = second.cmd(wrong())  # the address's 4th failure
                 second.close()
                 third = Raw(port, "127.0.0.5")
                 third.cmd(b"EHLO upstream.test")
-                third.starttls(context)
+                third.starttls(context, "relay.lab.test")
                 third.cmd(b"EHLO upstream.test")
                 right = b"AUTH PLAIN " + plain(b"\0alice\0s3cret")
                 out["third"] = third.cmd(right)  # blocked before any password check
                 third.close()
                 other = Raw(port, "127.0.0.6")
                 other.cmd(b"EHLO upstream.test")
-                other.starttls(context)
+                other.starttls(context, "relay.lab.test")
                 other.cmd(b"EHLO upstream.test")
                 out["other"] = other.cmd(right)
                 other.close()

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import socket
 import ssl
 import subprocess
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,6 @@ from hypothesis import strategies as st
 
 from lab.pki import LabCA
 from lab.world import wait_until
-from relay.config import Config, RelayConfig
 from relay.errors import SpoolError
 from relay.intake.auth import DEFAULT_ITERATIONS, PasswordAuthenticator, hash_password, parse_hash
 from relay.intake.hygiene import (
@@ -40,59 +38,13 @@ from relay.intake.limits import (
 )
 from relay.intake.server import Intake, received_header
 from relay.queue.spool import Spool
+from tests.relay import intake_client
+from tests.relay.intake_client import make_config
 
 MESSAGE = b"Subject: hi\r\n\r\nhello\r\n"
 
 
-def make_config(tmp_path: Path, **relay: Any) -> Config:
-    relay.setdefault("hostname", "relay.test")
-    relay.setdefault("state_dir", tmp_path)
-    return Config(relay=RelayConfig(**relay))
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "queue")
-
-
-@pytest.fixture
-async def start_intake(tmp_path: Path, spool: Spool) -> AsyncIterator[Callable[..., Any]]:
-    intakes: list[Intake] = []
-
-    async def start(spool_: Spool | None = None, **relay: Any) -> Intake:
-        intake = Intake(make_config(tmp_path, **relay), spool_ or spool, listen=("127.0.0.1", 0))
-        await intake.start()
-        intakes.append(intake)
-        return intake
-
-    yield start
-    for intake in intakes:
-        await intake.stop()
-
-
-class Raw:
-    def __init__(self, address: tuple[str, int], source: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection(address, timeout=30, source_address=(source, 0))
-        self.buf = b""
-        self.banner = self.reply()
-
-    def reply(self) -> bytes:
-        lines: list[bytes] = []
-        while True:
-            while b"\r\n" not in self.buf:
-                chunk = self.sock.recv(4096)
-                if not chunk:
-                    return b"\n".join([*lines, b"<closed>"])
-                self.buf += chunk
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line)
-            if line[3:4] != b"-":
-                return b"\n".join(lines)
-
-    def cmd(self, text: bytes) -> bytes:
-        self.sock.sendall(text + b"\r\n")
-        return self.reply()
-
+class Raw(intake_client.Raw):
     def mail(self, data: bytes = MESSAGE, options: bytes = b"") -> bytes:
         assert self.cmd(b"MAIL FROM:<a@x.test>" + options).startswith(b"250")
         assert self.cmd(b"RCPT TO:<b@y.test>").startswith(b"250")

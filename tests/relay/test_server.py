@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import smtplib
-import socket
 import ssl
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 
@@ -19,7 +18,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lab.pki import LabCA
-from relay.config import Config, RelayConfig
 from relay.errors import ConfigError, SpoolError
 from relay.intake.auth import (
     PasswordAuthenticator,
@@ -38,37 +36,9 @@ from relay.intake.server import (
     tls_required_no,
 )
 from relay.queue.spool import MessageFlags, QueuedMessage, Spool
+from tests.relay.intake_client import Raw, make_config
 
 MESSAGE = b"From: a@example.net\r\nTo: b@example.org\r\nSubject: hi\r\n\r\nhello\r\n"
-
-
-def make_config(tmp_path: Path, **relay: Any) -> Config:
-    relay.setdefault("hostname", "relay.test")
-    relay.setdefault("state_dir", tmp_path)
-    return Config(relay=RelayConfig(**relay))
-
-
-@pytest.fixture
-def spool(tmp_path: Path) -> Spool:
-    return Spool(tmp_path / "queue")
-
-
-StartIntake = Callable[..., "asyncio.Future[Intake]"]
-
-
-@pytest.fixture
-async def start_intake(tmp_path: Path, spool: Spool) -> AsyncIterator[Callable[..., Any]]:
-    intakes: list[Intake] = []
-
-    async def start(spool_: Spool | None = None, **relay: Any) -> Intake:
-        intake = Intake(make_config(tmp_path, **relay), spool_ or spool, listen=("127.0.0.1", 0))
-        await intake.start()
-        intakes.append(intake)
-        return intake
-
-    yield start
-    for intake in intakes:
-        await intake.stop()
 
 
 def send(
@@ -92,35 +62,6 @@ def send(
             mail_from, rcpts, data, mail_options=list(mail_options)
         )
         return refused
-
-
-class Raw:
-    """A line-oriented raw SMTP client for what smtplib will not send."""
-
-    def __init__(self, address: tuple[str, int]) -> None:
-        self.sock = socket.create_connection(address, timeout=5)
-        self.buf = b""
-        self.reply()  # banner
-
-    def reply(self) -> bytes:
-        lines: list[bytes] = []
-        while True:
-            while b"\r\n" not in self.buf:
-                chunk = self.sock.recv(4096)
-                if not chunk:
-                    raise ConnectionError(f"closed after {lines!r}")
-                self.buf += chunk
-            line, self.buf = self.buf.split(b"\r\n", 1)
-            lines.append(line)
-            if line[3:4] != b"-":
-                return b"\n".join(lines)
-
-    def cmd(self, text: bytes) -> bytes:
-        self.sock.sendall(text + b"\r\n")
-        return self.reply()
-
-    def close(self) -> None:
-        self.sock.close()
 
 
 # --- accepting and relaying ------------------------------------------------------------------
