@@ -34,12 +34,8 @@ from mtasts.match import mx_matches, normalize_host, policy_allows
 from mtasts.parse import parse_policy, parse_sts_record, policy_domain, select_sts_record
 from relay.config import config_from_dict
 from relay.errors import ConfigError
+from relay.intake import hygiene
 from relay.intake import server as intake
-
-try:  # the intake's address and command checks (issue 12)
-    from relay.intake import hygiene
-except ImportError:  # pragma: no cover - before they exist
-    hygiene = None
 from relay.queue.bounce import build_dsn, status_of
 from relay.queue.spool import QueuedMessage
 from tlsrpt_emit.deliver import https_target, report_mailbox
@@ -285,8 +281,6 @@ def intake_command(data: bytes) -> None:
 
 def _accepted_address(address: str, arg: str | None = None) -> bool:
     """Whether the intake takes this command argument and the address parsed from it."""
-    if hygiene is None:
-        return True
     if arg is not None and hygiene.command_problem(arg) is not None:
         return False
     return hygiene.address_problem(address, smtputf8=True, null_ok=True) is None
