@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from lab.mx import CertKind
 from lab.world import LabWorld, wait_until
 from relay.intake.auth import hash_password
 from tests.relay import intake_client
@@ -348,3 +349,52 @@ async def test_second_starttls_503_and_auth_guessing_is_throttled(tmp_path: Path
         throttled = [e for e in events if e["event"] == "intake.auth_throttled"]
         assert {e["scope"] for e in throttled} == {"connection", "address"}
         assert all(e["level"] == "warning" for e in throttled)
+
+
+# --- TLS-Required: No ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("mode", "plaintext"), [("honour", True), ("ignore", False)])
+async def test_tls_required_no_from_a_client_is_honoured_only_as_configured(
+    tmp_path: Path, mode: str, plaintext: bool
+) -> None:
+    """example.org enforces MTA-STS and its MX offers no STARTTLS (as if stripped). A message
+    that says ``TLS-Required: No`` goes out in plaintext under ``honour`` and stays queued under
+    ``ignore``."""
+    async with LabWorld(tmp_path / "world").running() as world:
+        mx = await world.add_mx("mx1.example.org", "127.0.0.11", cert=CertKind.NONE)
+        world.publish_mx("example.org", [(10, "mx1.example.org")])
+        world.publish_policy("example.org", "enforce", ["mx1.example.org"])
+        config_file, port = write_config(
+            world, tmp_path, tlsrpt={"enabled": False}, relay={"tls_required_no": mode}
+        )
+        with relay_process(config_file):
+            await wait_until(lambda: listening(port), 30)
+
+            def send() -> None:
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                    client.sendmail(
+                        "app@upstream.test",
+                        ["bob@example.org"],
+                        b"TLS-Required: No\r\nSubject: low value\r\n\r\nbody\r\n",
+                    )
+
+            await asyncio.to_thread(send)
+
+            def attempted() -> bool:
+                events = log_lines(config_file)
+                return any(e["event"] == "delivery.attempt" for e in events)
+
+            await wait_until(attempted, 60)
+            if plaintext:
+                await wait_until(lambda: len(mx.messages) == 1, 30)
+        if plaintext:
+            [message] = mx.messages
+            assert not message.tls
+        else:
+            assert mx.messages == []
+            assert len(spooled(config_file)) == 1
+            events = log_lines(config_file)
+            assert [
+                e["mode"] for e in events if e["event"] == "intake.tls_required_no_ignored"
+            ] == ["ignore"]
