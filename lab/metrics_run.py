@@ -5,7 +5,9 @@
 Four recipient domains on loopback: `good.example` (MTA-STS enforce, valid certificate),
 `expired.example` (enforce, expired certificate: deferred and retried), `plain.example` (no
 policy, an MX without STARTTLS: plaintext) and `stripped.example` (enforce, an attacker strips
-STARTTLS: a finding, deferred). Mail is sent at a steady pace; `/metrics` is scraped every 3 s into
+STARTTLS: a finding, deferred). The day before has sessions too, so the daily TLS-RPT sender
+sends two reports at start (one collector takes its report, the other answers 500). Mail is sent
+at a steady pace; `/metrics` is scraped every 3 s into
 OUT_DIR/scrapes.json, drawn as OUT_DIR/dashboard.html and, with Chromium, OUT_DIR/dashboard.png.
 """
 
@@ -23,11 +25,13 @@ import urllib.request
 from pathlib import Path
 
 from lab.attacker import Attacker, AttackMode
+from lab.collector import ReportCollector
 from lab.dashboard import Scrape, load_dashboard, render_page
 from lab.mx import CertKind
 from lab.world import LabWorld, free_port
 from relay.app import Relay
 from relay.log import configure_logging
+from tlsrpt_emit.model import PolicyType, ResultType, SessionResult
 
 DOMAINS = ("good.example", "good.example", "expired.example", "plain.example", "stripped.example")
 
@@ -45,6 +49,26 @@ def _scrape(listen: str) -> str:
         return text
 
 
+def yesterdays_sessions(relay: Relay) -> None:
+    """Sessions of the day before, so the daily sender has two reports to send at start: one to
+    a collector that takes it, one to a collector that answers 500 (a failed attempt)."""
+    when = time.time() - 86400
+    for domain, failed in (("good.example", None), ("expired.example", "certificate-expired")):
+        strings = ("version: STSv1", "mode: enforce", f"mx: mx.{domain}", "max_age: 86400")
+        for _ in range(20):
+            relay.sink.record(
+                SessionResult(
+                    domain,
+                    PolicyType.STS,
+                    strings,
+                    when=when,
+                    mx_host=f"mx.{domain}",
+                    result_type=ResultType(failed) if failed else None,
+                )
+            )
+    relay.sink.flush()
+
+
 async def _world_setup(world: LabWorld) -> None:
     await world.add_mx("mx.good.example", "127.0.0.31", cert=CertKind.GOOD)
     await world.add_mx("mx.expired.example", "127.0.0.32", cert=CertKind.EXPIRED)
@@ -59,6 +83,11 @@ async def _world_setup(world: LabWorld) -> None:
         world.publish_mx(domain, [(10, f"mx.{domain}")])
     for domain in ("good.example", "expired.example", "stripped.example"):
         world.publish_policy(domain, "enforce", [f"mx.{domain}"])
+    context = world.ca.issue("127.0.0.1").server_context()
+    for domain, status in (("good.example", 201), ("expired.example", 500)):
+        collector = ReportCollector(context, statuses=[status])
+        await world.keep(collector.running())
+        world.publish_tlsrpt(domain, collector.url("/tlsrpt"))
 
 
 async def run(seconds: float) -> list[dict[str, object]]:
@@ -71,8 +100,10 @@ async def run(seconds: float) -> list[dict[str, object]]:
                 Path(tmp) / "state",
                 relay={"metrics_listen": metrics_listen, "log_level": "error"},
                 delivery={"retry_initial": "20s", "retry_max": "40s"},
+                tlsrpt={"max_delay": "0s"},  # yesterday's reports go out at start
             )
             relay = Relay(config)
+            yesterdays_sessions(relay)
             async with relay.running():
                 start = time.monotonic()
                 n = 0

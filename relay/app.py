@@ -174,10 +174,16 @@ class Relay:
         if self.config_path is None:
             log.warning("relay.reload_skipped", reason="started without --config FILE")
             return False
+        sd_notify.reloading()
         try:
             new = load_config(self.config_path)
+            # The start-up checks hold for a reloaded file too (no open relay by a SIGHUP).
+            errors = [p.message for p in config_problems(new) if p.level == "error"]
+            if errors:
+                raise ConfigError(errors[0])
         except ConfigError as exc:
             log.error("relay.reload_failed", error=str(exc), kept="the running config")
+            sd_notify.ready()
             return False
         restart = needs_restart(self.config, new)
         self.config = new
@@ -190,6 +196,7 @@ class Relay:
         if restart:
             log.warning("relay.reload_needs_restart", keys=restart)
         log.info("relay.reloaded", config=str(self.config_path))
+        sd_notify.ready()
         return True
 
     def _start_checks(self) -> ReportSettings | None:

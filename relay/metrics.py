@@ -10,9 +10,8 @@ from __future__ import annotations
 import math
 import platform
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
@@ -50,8 +49,8 @@ DELIVERY_DELAY_BUCKETS = (
     5 * 86400,
 )
 
-# Queue states, as Postfix names its queues: `active` (waiting for its first attempt or being
-# delivered), `deferred` (an attempt failed, waiting for the retry), `hold` (held by an operator).
+# Queue states, as Postfix names its queues: `active` (being delivered), `deferred` (waiting for
+# its next attempt), `hold` (held by an operator); the queue runner counts them.
 QUEUE_STATES = ("active", "deferred", "hold")
 
 
@@ -178,26 +177,6 @@ class Metrics:
         """One sample's current value (0 when absent): for tests and `stsguard` status output."""
         sample = self.registry.get_sample_value(name, labels or {})
         return sample if sample is not None and not math.isnan(sample) else 0.0
-
-
-def queue_states(messages: Iterable[Any]) -> tuple[dict[str, int], float | None]:
-    """Count queued messages by state and find the oldest one's arrival, for `set_queue`.
-
-    Works on `relay.queue.spool.QueuedMessage`: ``held`` (when the flags have it) is `hold`, a
-    message with a failed attempt is `deferred`, anything else `active`."""
-    counts = dict.fromkeys(QUEUE_STATES, 0)
-    oldest: float | None = None
-    for message in messages:
-        if getattr(message.flags, "held", False) or getattr(message, "held", False):
-            state = "hold"
-        elif any(r.attempts for r in message.recipients):
-            state = "deferred"
-        else:
-            state = "active"
-        counts[state] += 1
-        if oldest is None or message.received_at < oldest:
-            oldest = message.received_at
-    return counts, oldest
 
 
 def start_metrics_server(listen: str, registry: CollectorRegistry) -> WSGIServer:

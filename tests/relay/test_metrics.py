@@ -16,8 +16,7 @@ import pytest
 from lab.mx import CertKind
 from lab.world import LabWorld, free_port, wait_until
 from relay.app import Relay
-from relay.metrics import Metrics, queue_states
-from relay.queue.spool import QueuedMessage, Recipient
+from relay.metrics import Metrics
 from relay.reports import CountedReportStore
 from relay.version import stsguard_version
 from tlsrpt_emit.store import MemoryReportStore, SentReport
@@ -92,19 +91,15 @@ def _expired() -> dict[str, str]:
     return {"reason": "certificate-expired"}
 
 
-def test_queue_states_and_oldest_age() -> None:
-    fresh = QueuedMessage("a", "s@x.test", (Recipient("r@y.test"),), received_at=100.0, size=1)
-    retried = QueuedMessage(
-        "b", "s@x.test", (Recipient("r@y.test", attempts=2),), received_at=40.0, size=1
-    )
-    counts, oldest = queue_states([fresh, retried])
-    assert (counts, oldest) == ({"active": 1, "deferred": 1, "hold": 0}, 40.0)
+def test_queue_state_and_oldest_age_at_scrape_time() -> None:
     metrics = Metrics()
-    metrics.set_queue(counts, oldest, clock=lambda: 100.0)
+    metrics.set_queue({"active": 1, "deferred": 1, "hold": 0}, 40.0, clock=lambda: 100.0)
     assert metrics.value("stsguard_queue_oldest_message_age_seconds") == 60.0
     assert metrics.value("stsguard_queue_size") == 2
-    metrics.set_queue(*queue_states([]))
+    assert metrics.value("stsguard_queue_messages", {"state": "hold"}) == 0
+    metrics.set_queue({}, None)
     assert metrics.value("stsguard_queue_oldest_message_age_seconds") == 0.0
+    assert metrics.value("stsguard_queue_messages", {"state": "deferred"}) == 0
     metrics.observe_delivered(received_at=10.0, now=12.5, count=2)
     assert metrics.value("stsguard_delivery_delay_seconds_bucket", {"le": "5.0"}) == 2
     assert metrics.value("stsguard_delivery_delay_seconds_bucket", {"le": "1.0"}) == 0
