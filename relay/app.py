@@ -28,7 +28,7 @@ from relay.delivery.deliverer import Deliverer
 from relay.errors import ConfigError, StsguardError
 from relay.intake.limits import raise_descriptor_limit
 from relay.intake.pool import IntakePool
-from relay.intake.server import Intake, parse_networks
+from relay.intake.server import Intake
 from relay.metrics import Metrics, start_metrics_server
 from relay.preflight import config_problems, dkim_problems, tlsrpt_identity_problem
 from relay.queue.control import ControlServer, socket_path
@@ -190,9 +190,9 @@ class Relay:
         self.runner.reconfigure(new)
         self.deliverer.config = new
         if self.pool is None:
-            self.intake.config = new
-            self.intake.handler.config = new.relay
-            self.intake.handler.networks = parse_networks(new.relay.accept_networks)
+            self.intake.reconfigure(new)  # limits, accept_networks, tls_required_no, ...
+        else:
+            self.pool.reload()  # each intake process re-reads the file (SIGHUP)
         if restart:
             log.warning("relay.reload_needs_restart", keys=restart)
         log.info("relay.reloaded", config=str(self.config_path))
@@ -311,7 +311,22 @@ class Relay:
 
 # Keys a SIGHUP applies; any other changed key takes effect at the next start.
 LIVE_KEYS = {
-    "relay": {"hostname", "max_message_size", "accept_networks", "stop_timeout"},
+    "relay": {
+        "hostname",
+        "max_message_size",
+        "accept_networks",
+        "stop_timeout",
+        # the intake's limits (Intake.reconfigure; intake processes re-read the file)
+        "max_connections",
+        "max_connections_per_ip",
+        "idle_timeout",
+        "session_timeout",
+        "max_junk_commands",
+        "max_recipients",
+        "auth_failures_per_connection",
+        "auth_failures_per_ip",
+        "tls_required_no",
+    },
     "delivery": {
         "port",
         "no_policy_tls",
@@ -327,8 +342,6 @@ LIVE_KEYS = {
     },
     "detect": {"on_downgrade"},
 }
-# With intake processes the intake keys live in the children, which read the file at start.
-INTAKE_KEYS = {"hostname", "max_message_size", "accept_networks"}
 
 
 def needs_restart(old: Config, new: Config) -> list[str]:
@@ -343,8 +356,6 @@ def needs_restart(old: Config, new: Config) -> list[str]:
             if getattr(before, key.name) == getattr(after, key.name):
                 continue
             live = key.name in LIVE_KEYS.get(name, set())
-            if name == "relay" and key.name in INTAKE_KEYS and old.relay.intake_processes:
-                live = False
             if not live:
                 changed.append(f"[{name}].{key.name}")
     return sorted(changed)

@@ -61,6 +61,7 @@ class IntakePool:
         self.on_queued = on_queued
         self.sock: socket.socket | None = None
         self.children: dict[int, _Child] = {}
+        self.stopping = False  # set by `stop`: a child that exits now is not restarted
 
     @property
     def address(self) -> tuple[str, int]:
@@ -154,6 +155,8 @@ class IntakePool:
         while True:
             child = self.children[index]
             status = await child.proc.wait()
+            if self.stopping:
+                return
             self._close(child)
             if time.monotonic() - child.started > 60:
                 delay = 1.0
@@ -184,6 +187,7 @@ class IntakePool:
 
     async def stop(self) -> None:
         """SIGTERM every child, SIGKILL what is left after `STOP_TIMEOUT`, close the sockets."""
+        self.stopping = True
         children, self.children = list(self.children.values()), {}
         for child in children:
             if child.proc.returncode is None:

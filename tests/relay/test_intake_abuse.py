@@ -9,6 +9,7 @@ import base64
 import json
 import resource
 import shutil
+import signal
 import smtplib
 import socket
 import subprocess
@@ -398,3 +399,49 @@ async def test_tls_required_no_from_a_client_is_honoured_only_as_configured(
             assert [
                 e["mode"] for e in events if e["event"] == "intake.tls_required_no_ignored"
             ] == ["ignore"]
+
+
+@pytest.mark.parametrize("intake_processes", [0, 1])
+async def test_sighup_applies_new_limits(tmp_path: Path, intake_processes: int) -> None:
+    """A reload raises max_connections_per_ip for new sessions, with or without intake processes,
+    and does not ask for a restart."""
+    async with LabWorld(tmp_path / "world").running() as world:
+        await enforced_example_org(world)
+        relay_keys: dict[str, Any] = {
+            "max_connections_per_ip": 1,
+            "intake_processes": intake_processes,
+        }
+        config_file, port = write_config(
+            world, tmp_path, tlsrpt={"enabled": False}, relay=relay_keys
+        )
+
+        def admitted() -> bool:
+            extra = Raw(port, "127.0.0.7")
+            extra.close()
+            return extra.banner.startswith(b"220")
+
+        with relay_process(config_file) as relay:
+            await wait_until(lambda: listening(port), 30)
+            held = await asyncio.to_thread(Raw, port, "127.0.0.7")
+            try:
+                assert held.banner.startswith(b"220")
+                assert not await asyncio.to_thread(admitted)
+                write_config(
+                    world,
+                    tmp_path,
+                    tlsrpt={"enabled": False},
+                    relay={
+                        **relay_keys,
+                        "max_connections_per_ip": 2,
+                        "listen": f"127.0.0.1:{port}",
+                    },
+                )
+                relay.send_signal(signal.SIGHUP)
+                await wait_until(admitted, 30)
+            finally:
+                held.close()
+            assert relay.poll() is None
+        events = [e["event"] for e in log_lines(config_file)]
+        assert "relay.reloaded" in events
+        assert "relay.reload_needs_restart" not in events
+        assert "intake.process_exited" not in events  # the intake process reloaded, not restarted
