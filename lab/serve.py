@@ -1,7 +1,8 @@
 """Run one lab cast member as its own long-running process: what the compose lab's containers run.
 
     python -m lab.serve pki --out DIR --names mx.example.test mta-sts.a.test,mta-sts.b.test
-    python -m lab.serve dns --listen 0.0.0.0:53 --zone zone.toml
+    python -m lab.serve dns --listen 0.0.0.0:53 --zone zone.toml --tlsa N=CERT --trust-anchor-out F
+    python -m lab.serve resolver --listen 0.0.0.0:53 --upstream 10.0.0.53:53 --trust-anchor F
     python -m lab.serve policy-host --listen 0.0.0.0:443 --cert C --key K --policy a.test=FILE
     python -m lab.serve mx --listen 0.0.0.0:25 --cert C --key K --hostname mx.example.test
     python -m lab.serve attacker --listen 0.0.0.0:25 --upstream 10.0.0.25:25 --mode strip --ca-dir D
@@ -37,17 +38,19 @@ import dns.name
 import dns.rdata
 import dns.rdataclass
 import dns.rdatatype
+from cryptography import x509
 
 from lab.attacker import Attacker, AttackMode
 from lab.collector import CollectedRequest, ReportCollector
 from lab.dns import LabDns, TxtValue
 from lab.mx import LabMx, ReceivedMessage
-from lab.pki import IssuedCert, LabCA
+from lab.pki import IssuedCert, LabCA, tlsa_text
 from lab.policy_host import Failure, PolicyHost
+from lab.unbound import LabUnbound, unbound_path
 from relay.config import parse_hostport
 from relay.errors import ConfigError, StsguardError, UsageError
 
-SERVICES = ("pki", "dns", "policy-host", "mx", "attacker", "collector")
+SERVICES = ("pki", "dns", "resolver", "policy-host", "mx", "attacker", "collector")
 _T = TypeVar("_T")
 
 
@@ -223,9 +226,79 @@ async def serve_dns(args: argparse.Namespace, stopped: asyncio.Event) -> None:
     server = LabDns(host=host, ttl=args.ttl)
     for record in records:
         server.add(record.name, record.type, record.value)
+    for name, value in _pairs(args.tlsa, "--tlsa"):
+        server.add(name, "TLSA", _tlsa_from_cert(name, value))
     async with server.running(port):
-        emit({"ready": "dns", "listen": _shown(host, server.port), "records": len(records)})
+        if args.trust_anchor_out:
+            _write_atomically(Path(args.trust_anchor_out), server.trust_anchor + "\n")
+        emit(
+            {
+                "ready": "dns",
+                "listen": _shown(host, server.port),
+                "records": len(records) + len(args.tlsa or ()),
+                "signed": True,
+            }
+        )
         await stopped.wait()
+
+
+def _tlsa_from_cert(name: str, value: str) -> str:
+    """``CERTFILE`` or ``CERTFILE:USAGE,SELECTOR,MTYPE`` (default 3,1,1) as a TLSA record."""
+    path, _, params = value.partition(":")
+    try:
+        usage, selector, mtype = (int(n) for n in (params or "3,1,1").split(","))
+        cert = x509.load_pem_x509_certificates(Path(path).read_bytes())[0]
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"--tlsa {name}: {exc}") from None
+    return tlsa_text(cert, usage, selector, mtype)
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    """Readers never see half a file: write beside it, then rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+async def serve_resolver(args: argparse.Namespace, stopped: asyncio.Event) -> None:
+    """unbound validating the lab DNS's signed zone with the anchor the dns service wrote."""
+    if unbound_path() is None:
+        raise UsageError("unbound is not installed (Debian: apt-get install unbound)")
+    host, port = _listen(args.listen)
+    up_host, up_port = parse_hostport(args.upstream, "--upstream")
+    anchor = await _wait_for_file(Path(args.trust_anchor), args.wait)
+    upstream = _Upstream(up_host, up_port, anchor.strip())
+    with tempfile.TemporaryDirectory(prefix="lab-unbound-") as tmp:
+        unbound = LabUnbound(
+            upstream, Path(tmp), host=host, port=port, access=args.allow or ["127.0.0.0/8"]
+        )
+        async with unbound.running():
+            emit(
+                {
+                    "ready": "resolver",
+                    "listen": _shown(host, unbound.port),
+                    "upstream": args.upstream,
+                }
+            )
+            await stopped.wait()
+
+
+async def _wait_for_file(path: Path, within: float) -> str:
+    """The text of a file another service writes once it is up (polled: it is in a volume)."""
+    async with asyncio.timeout(within):
+        while True:
+            try:
+                return await asyncio.to_thread(path.read_text)
+            except FileNotFoundError:
+                await asyncio.sleep(0.2)
+
+
+@dataclass(frozen=True, slots=True)
+class _Upstream:
+    host: str
+    port: int
+    trust_anchor: str
 
 
 async def serve_policy_host(args: argparse.Namespace, stopped: asyncio.Event) -> None:
@@ -373,6 +446,7 @@ _SERVE: dict[str, Callable[[argparse.Namespace, asyncio.Event], Awaitable[None]]
     "mx": serve_mx,
     "collector": serve_collector,
     "attacker": serve_attacker,
+    "resolver": serve_resolver,
 }
 
 
@@ -392,6 +466,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--listen", default="0.0.0.0:53", metavar="HOST:PORT")
     p.add_argument("--zone", required=True, metavar="FILE", help="TOML or .json zone rows")
     p.add_argument("--ttl", type=int, default=60)
+    p.add_argument(
+        "--tlsa",
+        action="append",
+        metavar="NAME=CERT[:U,S,M]",
+        help="a TLSA record made from a PEM certificate at start (default 3,1,1); repeatable",
+    )
+    p.add_argument(
+        "--trust-anchor-out", metavar="FILE", help="write the zone's trust anchor here once up"
+    )
+
+    p = sub.add_parser("resolver", help="unbound validating the lab DNS (DNSSEC, for DANE)")
+    p.add_argument("--listen", default="0.0.0.0:53", metavar="HOST:PORT")
+    p.add_argument("--upstream", required=True, metavar="HOST:PORT", help="the lab dns service")
+    p.add_argument("--trust-anchor", required=True, metavar="FILE", help="what dns wrote")
+    p.add_argument("--allow", action="append", metavar="NET", help="clients it answers")
+    p.add_argument("--wait", type=float, default=60.0, help="seconds to wait for the anchor")
 
     p = sub.add_parser("policy-host", help="HTTPS MTA-STS policy host")
     p.add_argument("--listen", default="0.0.0.0:443", metavar="HOST:PORT")

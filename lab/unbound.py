@@ -17,6 +17,7 @@ import shutil
 import socket
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import dns.asyncquery
 import dns.exception
@@ -24,7 +25,20 @@ import dns.flags
 import dns.message
 import dns.rcode
 
-from lab.dns import LabDns
+
+class Authority(Protocol):
+    """The authoritative server unbound stubs the root to, and the key it must trust
+    (`lab.dns.LabDns`, or the compose lab's dns service named by address)."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def trust_anchor(self) -> str: ...
+
 
 MISSING = (
     "unbound is not installed (Debian: apt-get install unbound); the DANE scenarios need a "
@@ -58,17 +72,20 @@ class LabUnbound:
 
     def __init__(
         self,
-        lab_dns: LabDns,
+        lab_dns: Authority,
         directory: Path,
         *,
         host: str = "127.0.0.1",
         insecure: Sequence[str] = (),
         max_ttl: int = 0,
         port: int = 0,
+        access: Sequence[str] = ("127.0.0.0/8",),
     ) -> None:
         """`max_ttl` caps how long unbound keeps answers: 0 (not at all) by default, because
-        scenarios change records between messages; benchmarks raise it."""
+        scenarios change records between messages; benchmarks raise it. `access` lists the
+        networks whose queries it answers."""
         self.lab_dns = lab_dns
+        self.access = tuple(access)
         self.directory = Path(directory)
         self.host = host
         self.insecure = tuple(insecure)
@@ -97,7 +114,7 @@ class LabUnbound:
             "  num-threads: 1",
             "  do-ip6: no",
             "  do-not-query-localhost: no",
-            "  access-control: 127.0.0.0/8 allow",
+            *[f"  access-control: {net} allow" for net in self.access],
             '  module-config: "validator iterator"',
             f'  trust-anchor: "{self.lab_dns.trust_anchor}"',
             "  qname-minimisation: no",
@@ -147,7 +164,8 @@ class LabUnbound:
                 if self._process is not None and self._process.returncode is not None:
                     raise RuntimeError(f"unbound exited at start: {self.log_tail()}")
                 with contextlib.suppress(dns.exception.DNSException, OSError):
-                    reply = await dns.asyncquery.udp(query, self.host, port=self.port, timeout=1)
+                    ask = "127.0.0.1" if self.host == "0.0.0.0" else self.host
+                    reply = await dns.asyncquery.udp(query, ask, port=self.port, timeout=1)
                     if reply.rcode() == dns.rcode.NOERROR and reply.flags & dns.flags.AD:
                         return
                 await asyncio.sleep(0.1)

@@ -96,6 +96,7 @@ def test_compose_file_is_valid_compose_spec() -> None:
     assert set(spec.service_names()) == {
         "pki",
         "dns",
+        "resolver",
         "policy-host",
         "mx",
         "attacker",
@@ -195,8 +196,10 @@ def test_every_zone_address_belongs_to_a_service() -> None:
 
 def test_mx_points_at_the_attacker_which_forwards_to_the_mx() -> None:
     mx_hosts = {v.split()[1].rstrip(".") for v in _zone_values("MX")}
-    assert mx_hosts == {"mx.example.test"}
-    assert _zone_values("A", "mx.example.test") == [_ip("attacker")]
+    # The DANE domain's MX has a name of its own (TLSA is per MX host) at the same attacker.
+    assert mx_hosts == {"mx.example.test", "mx.dane.example.test"}
+    for host in mx_hosts:
+        assert _zone_values("A", host) == [_ip("attacker")]
     attacker = _serve_args("attacker")
     mx = _serve_args("mx")
     assert attacker.upstream == f"{_ip('mx')}:{mx.listen.rpartition(':')[2]}"
@@ -226,6 +229,7 @@ def test_every_command_is_a_real_lab_serve_service_or_stsguard_command() -> None
     assert kinds == {
         "pki": "pki",
         "dns": "dns",
+        "resolver": "resolver",
         "policy-host": "policy-host",
         "mx": "mx",
         "attacker": "attacker",
@@ -255,8 +259,17 @@ def test_relay_config_points_at_the_lab() -> None:
     config = load_config(RELAY_TOML)
     assert _command("relay") == ["stsguard", "relay", "--config", "/lab/relay.toml"]
     assert "./compose/relay.toml:/lab/relay.toml:ro" in _services()["relay"]["volumes"]
+    # The relay asks the validating resolver, which asks the dns service, and believes its AD bit.
+    resolver = _serve_args("resolver")
+    resolver_port = resolver.listen.rpartition(":")[2]
+    assert config.dns.nameserver_addresses == ((_ip("resolver"), int(resolver_port)),)
+    assert config.dns.dnssec_mode == "ad"
     dns_port = _serve_args("dns").listen.rpartition(":")[2]
-    assert config.dns.nameserver_addresses == ((_ip("dns"), int(dns_port)),)
+    assert resolver.upstream == f"{_ip('dns')}:{dns_port}"
+    assert resolver.trust_anchor == _serve_args("dns").trust_anchor_out
+    assert any(
+        ipaddress.ip_address(_ip("relay")) in ipaddress.ip_network(n) for n in resolver.allow
+    )
     pki = _serve_args("pki")
     assert config.tls.ca_file == f"{pki.out}/ca.pem"
     assert config.delivery.port == int(_serve_args("attacker").listen.rpartition(":")[2])
@@ -291,7 +304,8 @@ def test_every_certificate_a_service_loads_is_one_pki_writes() -> None:
 def test_certificates_cover_every_host_the_relay_verifies() -> None:
     names = _pki_names()
     mx_hosts = {v.split()[1].rstrip(".") for v in _zone_values("MX")}
-    assert mx_hosts <= names
+    # DANE-EE checks the key, not the name: the DANE MX may present mx.example.test's certificate.
+    assert mx_hosts - {"mx.dane.example.test"} <= names
     policy_domains = {d for d, _ in (p.split("=", 1) for p in _serve_args("policy-host").policy)}
     assert {f"mta-sts.{d}" for d in policy_domains} <= names
     for value in _zone_values("TXT"):
@@ -393,3 +407,13 @@ def test_readme_commands_name_real_services_and_modes() -> None:
     # The README lists every mode the attacker has.
     listed = set(re.findall(r"`([a-z0-9-]+)`", text.split("### Run an attack")[1].split("```")[0]))
     assert {m.value for m in AttackMode} - {"none"} <= listed
+
+
+def test_the_dane_mx_has_a_tlsa_record_made_from_the_real_mx_certificate() -> None:
+    """The dns service adds `_25._tcp.mx.dane.example.test` from the mx's certificate (DANE-EE)."""
+    dns_args = _serve_args("dns")
+    (tlsa,) = dns_args.tlsa
+    name, _, cert = tlsa.partition("=")
+    assert name == "_25._tcp.mx.dane.example.test"
+    assert cert == _serve_args("mx").cert
+    assert "pki:/lab/pki:ro" in _services()["dns"]["volumes"]

@@ -17,9 +17,15 @@ from lab.compose_check import (
     scenario_for,
 )
 from lab.runner import Outcome
-from lab.scenarios import Attack, PolicySetup
+from lab.scenarios import Attack, PolicySetup, Scenario
 
 LAB = Path(__file__).resolve().parents[2] / "lab"
+
+
+def _row(attack: Attack, policy: PolicySetup, *, tls_seen_before: bool) -> Scenario:
+    scenario = scenario_for(attack, policy, tls_seen_before=tls_seen_before)
+    assert scenario is not None, f"no row for {attack} under {policy}"
+    return scenario
 
 
 def test_every_attacker_mode_is_checked_attack_free_first() -> None:
@@ -30,15 +36,29 @@ def test_every_attacker_mode_is_checked_attack_free_first() -> None:
 
 
 def test_no_policy_rows_become_remembered_tls_after_the_first_mode() -> None:
-    first = scenario_for(Attack.NONE, PolicySetup.NO_POLICY, tls_seen_before=False)
-    later = scenario_for(Attack.STRIP, PolicySetup.NO_POLICY, tls_seen_before=True)
+    first = _row(Attack.NONE, PolicySetup.NO_POLICY, tls_seen_before=False)
+    later = _row(Attack.STRIP, PolicySetup.NO_POLICY, tls_seen_before=True)
     assert first.name == "baseline-no-policy"
     assert later.name == "strip-no-policy-remembered-tls"
     assert not later.expected.delivered
     assert later.expected.finding == "downgrade"
-    enforce = scenario_for(Attack.GARBLE, PolicySetup.ENFORCE, tls_seen_before=True)
+    enforce = _row(Attack.GARBLE, PolicySetup.ENFORCE, tls_seen_before=True)
     assert enforce.name == "garble-enforce"
-    assert set(DOMAINS) == {PolicySetup.ENFORCE, PolicySetup.TESTING, PolicySetup.NO_POLICY}
+    assert set(DOMAINS) == {
+        PolicySetup.ENFORCE,
+        PolicySetup.TESTING,
+        PolicySetup.NO_POLICY,
+        PolicySetup.DANE_EE,
+    }
+
+
+def test_dane_rows_where_the_table_has_them() -> None:
+    """The DANE domain is checked under the attacks the table names for DANE-EE, skipped else."""
+    assert _row(Attack.NONE, PolicySetup.DANE_EE, tls_seen_before=True).name == "baseline-dane-ee"
+    intercept = _row(Attack.INTERCEPT, PolicySetup.DANE_EE, tls_seen_before=True)
+    assert intercept.expected.tlsrpt_result_type == "tlsa-invalid"
+    assert not intercept.expected.delivered
+    assert scenario_for(Attack.STARTTLS_501, PolicySetup.DANE_EE, tls_seen_before=True) is None
 
 
 def test_queue_id_from_swaks_output() -> None:
@@ -63,7 +83,7 @@ def _attempt(queue_id: str, kind: str | None, result_type: str | None) -> dict[s
 
 
 def test_a_deferred_garble_under_enforce_is_judged_right() -> None:
-    scenario = scenario_for(Attack.GARBLE, PolicySetup.ENFORCE, tls_seen_before=True)
+    scenario = _row(Attack.GARBLE, PolicySetup.ENFORCE, tls_seen_before=True)
     relay = [
         _attempt("OTHER", None, None),
         _attempt("Q1", "starttls-garbled", "starttls-not-supported"),
@@ -75,7 +95,7 @@ def test_a_deferred_garble_under_enforce_is_judged_right() -> None:
 
 
 def test_a_delivery_is_read_from_the_mx_log_with_its_tls() -> None:
-    scenario = scenario_for(Attack.INTERCEPT, PolicySetup.TESTING, tls_seen_before=True)
+    scenario = _row(Attack.INTERCEPT, PolicySetup.TESTING, tls_seen_before=True)
     relay = [_attempt("Q2", "tls-failure", "certificate-not-trusted")]
     mx = [{"received": "message", "subject": "compose-check x", "tls": True}]
     seen, _ = observe("Q2", "compose-check x", relay, mx)
@@ -83,7 +103,7 @@ def test_a_delivery_is_read_from_the_mx_log_with_its_tls() -> None:
     assert seen.tls
     assert Outcome(scenario, seen).ok
     # the same logs judged against enforce: delivered where it must not be
-    enforce = scenario_for(Attack.INTERCEPT, PolicySetup.ENFORCE, tls_seen_before=True)
+    enforce = _row(Attack.INTERCEPT, PolicySetup.ENFORCE, tls_seen_before=True)
     assert not Outcome(enforce, seen).ok
 
 
@@ -155,7 +175,7 @@ def test_check_output_is_json_free_table() -> None:
     """format_table is shared with `stsguard lab`: the check prints the same columns."""
     from lab.runner import format_table
 
-    scenario = scenario_for(Attack.NONE, PolicySetup.ENFORCE, tls_seen_before=False)
+    scenario = _row(Attack.NONE, PolicySetup.ENFORCE, tls_seen_before=False)
     seen, _ = observe("Q", "s", [], [{"received": "message", "subject": "s", "tls": True}])
     table = format_table([Outcome(scenario, seen)])
     assert table.splitlines()[0].split()[:2] == ["scenario", "attack"]

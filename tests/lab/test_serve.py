@@ -15,8 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import aiosmtplib
+import dns.asyncquery
 import dns.asyncresolver
+import dns.flags
+import dns.message
 import dns.nameserver
+import dns.rdatatype
 import httpx
 import pytest
 from cryptography import x509
@@ -24,8 +28,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lab.mx import LabMx
-from lab.pki import LabCA
+from lab.pki import LabCA, tlsa_text
 from lab.serve import ZoneRecord, attacker_ca, main, parse_zone, run_pki
+from lab.unbound import MISSING as UNBOUND_MISSING
+from lab.unbound import unbound_path
 from relay.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -378,3 +384,42 @@ def test_zone_rows_round_trip_through_json(rows: list[dict[str, Any]]) -> None:
     for record, row in zip(parsed, rows, strict=True):
         expected = tuple(row["value"]) if isinstance(row["value"], list) else row["value"]
         assert record.value == expected
+
+
+async def test_resolver_validates_the_dns_service_and_its_tlsa_from_a_certificate(
+    tmp_path: Path,
+) -> None:
+    """The compose lab's DNSSEC pair: `dns --tlsa --trust-anchor-out` and `resolver` (unbound)
+    answer a TLSA record made from a certificate, validated (the AD bit)."""
+    if unbound_path() is None:
+        pytest.skip(UNBOUND_MISSING)
+    run_pki(tmp_path / "pki", ["mx.example.test"])
+    cert = tmp_path / "pki" / "mx.example.test.crt"
+    zone = tmp_path / "zone.toml"
+    zone.write_text(ZONE_TOML)
+    anchor = tmp_path / "dnssec" / "trust-anchor"
+    tlsa_name = "_25._tcp.mx.example.test"
+    dns_args = ("dns", "--listen", "127.0.0.72:0", "--zone", str(zone), "--ttl", "0")
+    async with serve(
+        *dns_args, "--tlsa", f"{tlsa_name}={cert}", "--trust-anchor-out", str(anchor)
+    ) as dns_proc:
+        assert anchor.read_text().startswith(". ")  # the zone is the lab's root
+        host, port = dns_proc.address
+        async with serve(
+            "resolver",
+            "--listen",
+            "127.0.0.72:0",
+            "--upstream",
+            f"{host}:{port}",
+            "--trust-anchor",
+            str(anchor),
+        ) as resolver_proc:
+            assert resolver_proc.ready["ready"] == "resolver"
+            query = dns.message.make_query(tlsa_name, "TLSA", want_dnssec=True)
+            r_host, r_port = resolver_proc.address
+            reply = await dns.asyncquery.udp(query, r_host, port=r_port, timeout=5)
+            assert reply.flags & dns.flags.AD, "unbound validated the signed TLSA answer"
+            (rrset,) = [r for r in reply.answer if r.rdtype == dns.rdatatype.TLSA]
+            leaf = x509.load_pem_x509_certificates(cert.read_bytes())[0]
+            assert rrset[0].to_text() == tlsa_text(leaf, 3, 1, 1)
+            assert await resolver_proc.terminate() == 0
