@@ -40,7 +40,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 EPILOG = """\
 exit status: 0 ok, 1 problems found (a broken policy, a probe with findings or failed look-ups,
-a check with errors, reports not sent), 2 usage or config error (one line on stderr).
+a check with errors, reports not sent, an id or host that names nothing), 2 usage or config
+error (one line on stderr).
 
 Without --config, commands read $STSGUARD_CONFIG, else /etc/stsguard/stsguard.toml when it
 exists, else the built-in defaults. `stsguard COMMAND --help` shows a command's options."""

@@ -3,7 +3,7 @@
 The relay remembers, per MX host, when it last offered STARTTLS and last showed a valid
 certificate (`detect.history`). A host that did within `[detect].history_days` and no longer does
 is treated as a downgrade. `forget` clears one host, e.g. after its operator really turned TLS off;
-a host with nothing remembered is an error (exit 2), as an unknown id is for `queue delete`.
+a host with nothing remembered is a problem found (exit 1), as an unknown id is for `queue delete`.
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sys
 from typing import Any
 
 from detect.errors import HistoryStoreError
@@ -68,6 +69,12 @@ def _nothing_remembered(config: Config, *, as_json: bool) -> None:
         print(f"no remembered TLS ({config.state_db} does not exist)")
 
 
+def _nothing_to_forget(host: str) -> int:
+    """The name matches no host: a problem found (exit 1), as `queue delete` of an unknown id."""
+    print(f"stsguard: no remembered TLS for {host_key(host)!r}", file=sys.stderr)
+    return 1
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     action: str = args.action
     host: str | None = args.host
@@ -81,7 +88,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             _nothing_remembered(config, as_json=args.json)
             return 0
         assert host is not None
-        raise UsageError(f"detect forget: no remembered TLS for {host_key(host)!r}")
+        return _nothing_to_forget(host)
     try:
         state = open_state(config.state_url, front=False)
     except StateError as exc:
@@ -102,8 +109,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
             return 0
         assert host is not None
         if not store.forget(host):
-            # The name matches no host: as `queue delete` of an unknown id, exit 2.
-            raise UsageError(f"detect forget: no remembered TLS for {host_key(host)!r}")
+            return _nothing_to_forget(host)
         print(f"forgot {host_key(host)}")
         return 0
     except HistoryStoreError as exc:
