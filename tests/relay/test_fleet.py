@@ -22,6 +22,7 @@ import pytest
 
 from lab.collector import ReportCollector
 from lab.mx import CertKind
+from lab.postgres import PgCluster
 from lab.world import LabWorld, wait_until
 from relay.state.stores import open_state
 from relay.state.url import parse_state_url
@@ -191,3 +192,67 @@ async def test_two_relays_share_policies_remembered_tls_and_one_report_per_domai
     (plain,) = by_domain["plain.example"]
     summary = plain["policies"][0]["summary"]  # type: ignore[index]
     assert summary == {"total-successful-session-count": 1, "total-failure-session-count": 1}
+
+
+async def test_relay_delivers_through_a_database_outage(tmp_path: Path) -> None:
+    """The database stops under a running relay: mail to a known domain and to a new one is still
+    delivered; the outage is logged once, its end once, and what was counted and fetched
+    meanwhile reaches the database when it is back."""
+    cluster, why = PgCluster.find()
+    if cluster is None:
+        pytest.skip(f"no PostgreSQL: {why}")
+    cluster.init()
+    cluster.start()
+    try:
+        url = cluster.new_database()
+        today = dt.datetime.now(dt.UTC).date()
+        async with LabWorld(tmp_path / "world").running() as world:
+            known = await enforced_example_org(world)
+            new = await world.add_mx("mx1.second.example", "127.0.0.12", cert=CertKind.GOOD)
+            world.publish_mx("second.example", [(10, "mx1.second.example")])
+            world.publish_policy("second.example", "enforce", ["mx1.second.example"])
+            config_file, port = write_config(
+                world, tmp_path, state={"url": url}, tlsrpt={"flush_interval": "1s"}
+            )
+            relay = start_relay(config_file)
+            try:
+                await asyncio.to_thread(send, port, "bob@example.org", 1)
+                await wait_until(lambda: len(known.messages) == 1, 60)
+                await asyncio.to_thread(cluster.stop)
+                await asyncio.to_thread(send, port, "bob@example.org", 2)
+                await asyncio.to_thread(send, port, "carol@second.example", 3)
+                await wait_until(lambda: len(known.messages) == 2 and len(new.messages) == 1, 60)
+                assert world.policy_host.requests["example.org"] == 1  # from memory
+                assert world.policy_host.requests["second.example"] == 1  # fetched
+                await wait_until(
+                    lambda: any(
+                        e.get("event") == "state.unavailable" for e in log_events(tmp_path)
+                    ),
+                    60,
+                )
+                await asyncio.to_thread(cluster.start)
+                await wait_until(
+                    lambda: any(e.get("event") == "state.available" for e in log_events(tmp_path)),
+                    60,
+                )
+                state = open_state(parse_state_url(url, Path()), front=False)
+                try:
+
+                    def caught_up() -> bool:
+                        rows = {
+                            r.key.policy_domain: r.successes for r in state.reports.counts(today)
+                        }
+                        return rows == {"example.org": 2, "second.example": 1}
+
+                    await wait_until(caught_up, 30)
+                    assert state.policies.get("second.example") is not None
+                finally:
+                    state.close()
+            finally:
+                stop(relay)
+        events = [e.get("event") for e in log_events(tmp_path)]
+        assert events.count("state.unavailable") == 1
+        assert events.count("state.available") == 1
+        assert all(m.tls for m in [*known.messages, *new.messages])
+    finally:
+        cluster.remove()
