@@ -42,9 +42,10 @@ log = structlog.get_logger(__name__)
 # Message bytes kept in memory between intake and delivery, at most; past it a message is read
 # back from the spool when its turn comes, so a backlog does not grow the process.
 HELD_BYTES_MAX = 64 * 1024 * 1024
-# Messages in a pass at once, at most (Postfix's qmgr_message_active_limit is 20,000); the rest
-# wait in the heap at about 200 bytes each.
-ACTIVE_MAX = 10_000
+# Messages in a pass at once, at most (Postfix's qmgr_message_active_limit is 20,000; a Python
+# envelope is heavier, and a pass to a dead destination ends in microseconds); the rest wait in
+# the heap at about 200 bytes each.
+ACTIVE_MAX = 2_000
 # How often parked messages (waiting for a dead destination) are looked at for expiry and delay
 # warnings.
 PARKED_CHECK_SECONDS = 60.0
