@@ -52,7 +52,6 @@ PARKED_CHECK_SECONDS = 60.0
 # The queue metrics (messages by state, oldest age) are worked out at most this often.
 REPORT_SECONDS = 5.0
 
-_REPLY = re.compile(r"^[2-5]\d\d[ -]")
 _RECEIVED = re.compile(rb"(?:^|\r\n)received:", re.IGNORECASE)
 
 
@@ -85,14 +84,9 @@ def count_hops(data: bytes) -> int:
 
 
 def reached_a_server(outcome: DeliveryOutcome) -> bool:
-    """False when no SMTP server of the destination answered at all (a dead destination):
-    every recipient deferred with a reason that is no SMTP reply and no TLS failure."""
-    if not outcome.rcpts:
-        return True
-    return not all(
-        r.status.value == "deferred" and not r.result_type and not _REPLY.match(r.reason)
-        for r in outcome.rcpts
-    )
+    """False when no MX host of the destination could be connected to at all (the delivery
+    says so: `DeliveryOutcome.unreachable`): the dead-destination signal."""
+    return not outcome.unreachable
 
 
 @dataclass(slots=True)

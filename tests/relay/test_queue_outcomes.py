@@ -297,3 +297,30 @@ async def test_no_second_dsn_after_a_crash_right_after_the_bounce(
         await wait_until(lambda: not second.spool.list(), 30)
         await asyncio.sleep(1)
     assert len(dsns.messages) == 1
+
+
+async def test_a_dead_destination_is_throttled_as_a_whole(
+    world: LabWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Nothing listens at its MX: after the first attempts fail, the other messages are parked
+    without a connection; a successful probe later releases them all."""
+    world.dns.set("mx.dead.test", "A", ["127.0.0.46"])
+    world.publish_mx("dead.test", [(10, "mx.dead.test")])
+    cfg = config(world, tmp_path, concurrency_per_destination=2, retry_initial="2s")
+    relay = Relay(cfg)
+    tries: list[str] = []
+    real = relay.deliverer.deliver
+
+    async def deliver(request: Any) -> Any:
+        tries.append(request.queue_id)
+        return await real(request)
+
+    monkeypatch.setattr(relay.deliverer, "deliver", deliver)
+    async with relay.running():
+        for n in range(20):
+            await asyncio.to_thread(send, cfg, [f"u{n}@dead.test"])
+        await wait_until(lambda: relay.runner.dests.parked_count() >= 15, 30)
+        assert len(tries) <= 4  # the first cohort, not 20 attempts
+        mx = await world.add_mx("mx.dead.test", "127.0.0.46")  # it comes back
+        await wait_until(lambda: len(mx.messages) == 20, 60)
+    assert len(set(tries)) == 20
