@@ -155,6 +155,15 @@ class _Recent(Generic[K, T]):
     def drop(self, key: K) -> None:
         self._items.pop(key, None)
 
+    def drop_where(self, matches: Callable[[K], bool]) -> None:
+        for key in [k for k in list(self._items) if matches(k)]:
+            self._items.pop(key, None)
+
+    def read_at(self, key: K) -> float:
+        """When `key` was last read from the database (0: never)."""
+        found = self._items.get(key)
+        return found[1] if found is not None else 0.0
+
     def values(self) -> list[T]:
         return [v for v, _ in self._items.values() if v is not None]
 
@@ -215,8 +224,7 @@ class SharedPolicyStore:
         return failure
 
     def clear_failures(self, domain: str) -> None:
-        for key in [k for k in list(self._failures._items) if k[0] == domain]:
-            self._failures.drop(key)
+        self._failures.drop_where(lambda key: key[0] == domain)
         self.availability.call(self.backend.clear_failures, domain)
 
     def _resync(self) -> None:
@@ -260,8 +268,7 @@ class SharedTlsHistoryStore:
         seen = updated(None, key, offered_starttls=offered_starttls, valid_cert=valid_cert, now=now)
         _, held = self._hosts.fresh(key)
         # Keep the time it was read: a stale answer is still read again for others' news.
-        read_at = self._hosts._items.get(key, (None, 0.0))[1]
-        self._hosts.keep(key, merged(held, seen), read_at=read_at)
+        self._hosts.keep(key, merged(held, seen), read_at=self._hosts.read_at(key))
         ok, _ = self.availability.call(self.backend.put, seen)
         if not ok:
             with self._lock:
