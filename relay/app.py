@@ -189,6 +189,7 @@ class Relay:
         self.config = new
         self.runner.reconfigure(new)
         self.deliverer.config = new
+        self.deliverer.negotiator.config = new  # port, timeouts, history_days per session
         if self.pool is None:
             self.intake.reconfigure(new)  # limits, accept_networks, tls_required_no, ...
         else:
