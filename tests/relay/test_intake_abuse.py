@@ -113,9 +113,11 @@ async def test_idle_connections_beyond_1024_descriptors_do_not_stop_the_relay(
     1,024 descriptors: the relay refuses what is over its caps with 421, stays up, and a host
     that may relay still gets its mail queued (250) and delivered."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 1400:
+    want = hard if hard == resource.RLIM_INFINITY or hard >= 1400 else 1400
+    try:  # raising the hard limit needs root (CAP_SYS_RESOURCE), as CI has
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1400), want))
+    except (ValueError, OSError):
         pytest.skip(f"this test process needs 1,400 descriptors; the hard limit is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1400), hard))
     try:
         async with LabWorld(tmp_path / "world").running() as world:
             mx = await enforced_example_org(world)
