@@ -165,6 +165,7 @@ class QueueRunner:
         self._unwritten: dict[str, _Pass] = {}  # outcomes a failed write still owes the disk
         self._fresh: list[tuple[QueuedMessage, bytes | None]] = []
         self._opening: set[str] = set()
+        self._woken: set[str] = set()  # just queued elsewhere: read with its bytes
         self._held_bytes = 0
         self._wake = asyncio.Event()
         self._quiet = asyncio.Event()
@@ -228,6 +229,7 @@ class QueueRunner:
         """Message `queue_id` was queued or changed by another process: look at it now."""
         if queue_id not in self._passes:
             self.due.set(queue_id, 0.0)
+            self._woken.add(queue_id)
         self._wake.set()
 
     def schedule(self, queue_id: str, when: float | None = None) -> None:
@@ -341,22 +343,34 @@ class QueueRunner:
             self._spawn(self._open(ids))
 
     async def _open(self, ids: list[str]) -> None:
+        # Mail an intake process just queued goes out now: its bytes come in the same read
+        # (one open of its file), as when this process accepted it.
+        fresh = [q for q in ids if q in self._woken]
+        self._woken.difference_update(fresh)
         try:
-            found = await asyncio.to_thread(self._read_envelopes, ids)
+            found = await asyncio.to_thread(self._read_envelopes, ids, set(fresh))
         finally:
             self._opening.difference_update(ids)
         now = self.clock()
-        for queue_id in set(ids) - {m.id for m in found}:
+        for queue_id in set(ids) - {m.id for m, _ in found}:
             self._gone(queue_id)  # finished, deleted or damaged
-        for message in found:
+        for message, data in found:
+            held = self._hold(data) if data is not None else None
             if not self._stopping:
-                self._begin(message, None, now)
+                self._begin(message, held, now)
+            elif held is not None:
+                self._held_bytes -= len(held)
 
-    def _read_envelopes(self, ids: list[str]) -> list[QueuedMessage]:
-        found = []
+    def _read_envelopes(
+        self, ids: list[str], with_data: set[str] | None = None
+    ) -> list[tuple[QueuedMessage, bytes | None]]:
+        found: list[tuple[QueuedMessage, bytes | None]] = []
         for queue_id in ids:
             try:
-                found.append(self.spool.get(queue_id))
+                if with_data and queue_id in with_data:
+                    found.append(self.spool.read_message(queue_id))
+                else:
+                    found.append((self.spool.get(queue_id), None))
             except UnknownMessage:
                 pass  # finished or deleted meanwhile
             except SpoolError as exc:
@@ -375,7 +389,7 @@ class QueueRunner:
             log.error("queue.load_failed", error=str(exc))
             entries = []
         unfinished = [e for e in entries if e.failed and not e.held]
-        for message in await asyncio.to_thread(self._read_envelopes, [e.id for e in unfinished]):
+        for message, _ in await asyncio.to_thread(self._read_envelopes, [e.id for e in unfinished]):
             try:
                 await self._bounce(message, None)
             except Exception as exc:
