@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lab.runner import Observed, Outcome, format_table
+from lab.attacker import AttackMode
+from lab.runner import Observed, Outcome, format_verdict
 from lab.scenarios import Attack, PolicySetup, Scenario, build_scenarios
 
 LAB = Path(__file__).resolve().parent
@@ -51,19 +52,8 @@ REGISTRY_BASE = "python:3.11-slim"
 PROJECT = "stsguard-check"
 RELAY_CONFIG = "/lab/relay.toml"
 SERVICES = ("dns", "resolver", "policy-host", "mx", "collector", "relay", "attacker")
-# The attacker's modes, the attack-free one first (see the module docstring).
-MODES = (
-    Attack.NONE,
-    Attack.STRIP,
-    Attack.GARBLE,
-    Attack.STARTTLS_454,
-    Attack.STARTTLS_501,
-    Attack.STARTTLS_BAD_CODE,
-    Attack.INJECT,
-    Attack.EHLO_502,
-    Attack.INTERCEPT,
-    Attack.INTERCEPT_WRONG_NAME,
-)
+# The attacker's modes in its own order, the attack-free one first (see the module docstring).
+MODES = tuple(Attack(mode.value) for mode in AttackMode)
 DOMAINS = {
     PolicySetup.ENFORCE: "example.test",
     PolicySetup.TESTING: "testing.example.test",
@@ -500,11 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CheckError as exc:
         print(f"compose-check: error: {exc}")
         return 1
-    print(format_table(outcomes))
+    print(format_verdict(outcomes))
     wrong = [o for o in outcomes if not o.ok]
-    print(f"\n{len(outcomes) - len(wrong)} of {len(outcomes)} scenarios came out as expected.")
-    for o in wrong:
-        print(f"  WRONG {o.scenario.name}: expected {o.scenario.expected}, saw {o.observed}")
     print("\nTLS-RPT reports the collector received:")
     for r in reports:
         state = "ok" if r.ok else "WRONG"

@@ -445,6 +445,18 @@ def format_table(outcomes: Sequence[Outcome]) -> str:
     return "\n".join(line.rstrip() for line in lines)
 
 
+def format_verdict(outcomes: Sequence[Outcome]) -> str:
+    """The table, how many came out as expected, and what each wrong one saw instead."""
+    wrong = [o for o in outcomes if not o.ok]
+    lines = [format_table(outcomes), ""]
+    lines.append(f"{len(outcomes) - len(wrong)} of {len(outcomes)} scenarios came out as expected.")
+    lines += [
+        f"  WRONG {o.scenario.name}: expected {o.scenario.expected}, saw {o.observed}"
+        for o in wrong
+    ]
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     """`stsguard lab [--json] [--scenario NAME]`: exit 0 only if every scenario came out right."""
     names = [args.scenario] if args.scenario else None
@@ -453,11 +465,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         for outcome in outcomes:
             print(json.dumps(outcome.as_json()))
     else:
-        print(format_table(outcomes))
-        wrong = [o for o in outcomes if not o.ok]
-        print(f"\n{len(outcomes) - len(wrong)} of {len(outcomes)} scenarios came out as expected.")
-        for o in wrong:
-            print(f"  WRONG {o.scenario.name}: expected {o.scenario.expected}, saw {o.observed}")
+        print(format_verdict(outcomes))
         print("\nTLS-RPT reports this lab day produced (as they would be sent):")
         for report in reports:
             print(json.dumps(report, indent=2))
