@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from detect.dane import DANE_REQUIRED, DNSSEC_INVALID, TlsaRecord
+from detect.history import HostHistory, judge_downgrade
 from detect.model import Finding, FindingKind
 from mtasts.model import Mode, Policy, PolicyResult
 
@@ -179,6 +180,23 @@ class Observation:
     tls_result_type: str | None = None  # why the handshake or certificate failed
     reason_code: str = ""  # failure-reason-code for TLS-RPT
     mx_matches: bool = True  # the MX host matches the MTA-STS policy (only testing gets here)
+
+
+def remembered_downgrade(
+    history: HostHistory | None, obs: Observation, *, now: float, history_days: int
+) -> Finding | None:
+    """The `downgrade` finding when this host did better within `history_days` than `obs`
+    shows (remembered TLS); None after a verified TLS session."""
+    if obs.handshake_ok and obs.cert_valid:
+        return None
+    return judge_downgrade(
+        history,
+        # A refused STARTTLS or injected bytes leave no more TLS than a stripped keyword.
+        offered_starttls=obs.offered_starttls and obs.starttls_ok is not False,
+        cert_valid=obs.cert_valid,
+        now=now,
+        history_days=history_days,
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from detect.errors import HistoryStoreError
-from detect.history import HostHistory, judge_downgrade
+from detect.history import HostHistory
 from detect.model import Finding, FindingKind
 from mtasts.model import Policy, PolicyResult, PolicySource
 from mtasts.parse import policy_domain
@@ -37,6 +37,7 @@ from relay.decision import (
     dane_for_mx,
     decide,
     effective_policy,
+    remembered_downgrade,
     screen_mx,
 )
 from relay.delivery.probe import MxProbe, ProbeReport, probe_domain
@@ -115,15 +116,7 @@ def verdict(
         obs = replace(obs, cert_valid=probe.dane["status"] == "valid", mx_matches=True)
         findings = tuple(f for f in findings if f.kind is not FindingKind.TLS_FAILURE)
     screened = screen_mx(effective, probe.host)
-    downgrade = None
-    if not (obs.handshake_ok and obs.cert_valid):
-        downgrade = judge_downgrade(
-            history,
-            offered_starttls=obs.offered_starttls and obs.starttls_ok is not False,
-            cert_valid=obs.cert_valid,
-            now=now,
-            history_days=config.detect.history_days,
-        )
+    downgrade = remembered_downgrade(history, obs, now=now, history_days=config.detect.history_days)
     if screened is not None:
         return Verdict(history, downgrade, screened)
     if probe.ehlo is None:  # never got as far as EHLO: the session broke, try the next MX

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from enum import StrEnum
 
 from detect.dane import check_chain
-from detect.history import HostHistory, TlsHistoryStore, judge_downgrade
+from detect.history import HostHistory, TlsHistoryStore
 from detect.model import Finding, FindingKind
 from relay.config import Config
 from relay.decision import (
@@ -29,6 +29,7 @@ from relay.decision import (
     decide,
     may_retry_unverified,
     mx_matches,
+    remembered_downgrade,
     wants_starttls,
 )
 from relay.delivery.dane_tls import dane_context
@@ -285,14 +286,7 @@ class Negotiator:
         """Add the downgrade finding when this host did better within `history_days`."""
         if any(f.kind is FindingKind.DOWNGRADE for f in findings):
             return findings
-        if obs.handshake_ok and obs.cert_valid:
-            return findings
-        finding = judge_downgrade(
-            history,
-            # A refused STARTTLS or injected bytes leave no more TLS than a stripped keyword.
-            offered_starttls=obs.offered_starttls and obs.starttls_ok is not False,
-            cert_valid=obs.cert_valid,
-            now=self.clock(),
-            history_days=self.config.detect.history_days,
+        finding = remembered_downgrade(
+            history, obs, now=self.clock(), history_days=self.config.detect.history_days
         )
         return (*findings, finding) if finding is not None else findings
