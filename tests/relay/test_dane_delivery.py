@@ -27,19 +27,12 @@ from relay.delivery.dane_tls import dane_context, presented_chain
 from relay.delivery.deliverer import Deliverer, DeliveryRequest, RcptStatus
 from relay.resolver import make_resolver
 from relay.tls import client_context
+from tests.relay.test_delivery import StubPolicies
 from tests.unbound_world import need_unbound
 from tlsrpt_emit.model import MemorySink, PolicyType
 
 DOMAIN = "dane.test"
 MX = "mx.dane.test"
-
-
-class StubPolicies:
-    def __init__(self, result: PolicyResult | None = None) -> None:
-        self.result = result
-
-    async def get(self, domain: str) -> PolicyResult:
-        return self.result or PolicyResult(domain, None, PolicySource.NONE)
 
 
 @pytest.fixture

@@ -23,7 +23,15 @@ from mtasts.model import Mode, PolicyResult
 from relay.config import Config, RelayConfig
 from relay.delivery.deliverer import Deliverer, DeliveryRequest, RcptStatus
 from relay.tls import client_context
-from tests.relay.test_delivery import DOMAIN, StartMx, StubPolicies, make_config, request, sts
+from tests.relay.test_delivery import (
+    DOMAIN,
+    StartMx,
+    StubPolicies,
+    make_config,
+    mx_records,
+    request,
+    sts,
+)
 from tlsrpt_emit.model import MemorySink
 
 MX1, MX2 = "mx1.example.org", "mx2.example.org"
@@ -84,11 +92,6 @@ def deliverer_for(
         )
 
     return make
-
-
-def mx_records(lab_dns: LabDns, *hosts: tuple[int, str]) -> None:
-    for pref, host in hosts:
-        lab_dns.add(DOMAIN, "MX", f"{pref} {host}.")
 
 
 def two_rcpts(n: int = 1) -> DeliveryRequest:
