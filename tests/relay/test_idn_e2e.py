@@ -9,7 +9,6 @@ matches: had the relay looked that policy up, the mail would not have been deliv
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import email
 import email.policy
 import gzip
@@ -19,16 +18,13 @@ from email.message import EmailMessage
 from email.policy import SMTPUTF8
 from pathlib import Path
 
-import httpx
-
 from lab.collector import ReportCollector
 from lab.mx import CertKind
 from lab.world import LabWorld, wait_until
 from relay.app import Relay
 from relay.config import Config
-from relay.reports import report_settings
+from tests.relay.test_tlsrpt_e2e import send_todays_reports
 from tests.tlsrpt_emit.strict import check_report
-from tlsrpt_emit.schedule import Clients, send_day
 
 # (as the user writes it, IDNA 2008 + UTS 46 A-label, what IDNA 2003 made of it)
 DOMAINS = [
@@ -81,19 +77,7 @@ async def test_idn01_smtputf8_recipients_use_their_own_policy_and_a_label_report
             for ulabel, _, _ in DOMAINS:
                 await asyncio.to_thread(send_utf8, config, f"bob@{ulabel}")
             await wait_until(lambda: all(mx.messages for mx in mxs.values()), 30)
-            # A message leaves the queue after its attempt was reported: then every session
-            # result is in the sink (the MX may hold the message a moment before that).
-            await wait_until(lambda: not relay.spool.list(), 30)
-            relay.sink.flush()
-            day = dt.datetime.now(dt.UTC).date()
-            async with httpx.AsyncClient(verify=relay.ssl_context) as http:
-                sent = await send_day(
-                    day,
-                    relay.report_store,
-                    settings=report_settings(config),
-                    clients=Clients(relay.resolver, http, submit_mail=relay.submit_mail),
-                    now=dt.datetime.now(dt.UTC).timestamp(),
-                )
+            day, sent = await send_todays_reports(relay, config, 30)
             await wait_until(lambda: len(rua_mx.messages) == 1, 30)
             stored = relay.report_store.domains(day)
 

@@ -27,6 +27,7 @@ from relay.reports import report_settings
 from tests.tlsrpt_emit.strict import check_report
 from tests.tlsrpt_emit.test_report import lab_dnsfunc, make_dkim_key
 from tlsrpt_emit.schedule import Clients, send_day
+from tlsrpt_emit.store import SentReport
 
 
 def send(config: Config, rcpt: str) -> None:
@@ -38,6 +39,26 @@ def send(config: Config, rcpt: str) -> None:
     host, port = config.relay.listen_address
     with smtplib.SMTP(host, port, timeout=10) as client:
         client.sendmail("app@upstream.test", [rcpt], msg.as_bytes(policy=SMTP))
+
+
+async def send_todays_reports(
+    relay: Relay, config: Config, within: float = 15.0
+) -> tuple[dt.date, list[SentReport]]:
+    """Send today's TLS-RPT reports now, once the queue is empty (the tests do not wait for
+    midnight). A message leaves the queue after its attempt was reported: by then every session
+    result is in the sink, which is flushed to the report store before the day is sent."""
+    await wait_until(lambda: not relay.spool.list(), within)
+    relay.sink.flush()
+    day = dt.datetime.now(dt.UTC).date()
+    async with httpx.AsyncClient(verify=relay.ssl_context) as http:
+        sent = await send_day(
+            day,
+            relay.report_store,
+            settings=report_settings(config),
+            clients=Clients(relay.resolver, http, submit_mail=relay.submit_mail),
+            now=dt.datetime.now(dt.UTC).timestamp(),
+        )
+    return day, sent
 
 
 async def test_rpt_day_of_sessions_reported_by_https_and_dkim_mail(tmp_path: Path) -> None:
@@ -75,18 +96,7 @@ async def test_rpt_day_of_sessions_reported_by_https_and_dkim_mail(tmp_path: Pat
             for rcpt in ("a@example.org", "b@example.org", "c@testing.example"):
                 await asyncio.to_thread(send, config, rcpt)
             await wait_until(lambda: len(good.messages) == 2 and len(bad.messages) == 1)
-            # Reported before it leaves the queue: then every session result is in the sink.
-            await wait_until(lambda: not relay.spool.list())
-            relay.sink.flush()
-            day = dt.datetime.now(dt.UTC).date()
-            async with httpx.AsyncClient(verify=relay.ssl_context) as http:
-                sent = await send_day(
-                    day,
-                    relay.report_store,
-                    settings=report_settings(config),
-                    clients=Clients(relay.resolver, http, submit_mail=relay.submit_mail),
-                    now=dt.datetime.now(dt.UTC).timestamp(),
-                )
+            day, sent = await send_todays_reports(relay, config)
             assert sorted(s.status for s in sent) == ["delivered", "delivered"]
             await wait_until(lambda: len(rua_mx.messages) == 2)
             await wait_until(lambda: not relay.spool.list())
