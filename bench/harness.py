@@ -436,6 +436,10 @@ accept_networks = ["127.0.0.0/8"]
 state_dir = "{state}"
 log_level = "{log_level}"
 intake_processes = {intake_processes}
+# The bench's clients all come from 127.0.0.1 (1000 idle sessions, a burst of 500): the default
+# per-address and total caps (50, 300) would refuse most of them.
+max_connections = 4000
+max_connections_per_ip = 4000
 
 [delivery]
 port = {sink_port}
