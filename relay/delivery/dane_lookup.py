@@ -19,6 +19,7 @@ from enum import StrEnum
 import dns.asyncresolver
 
 from detect.dane import TlsaRecord, usable_records
+from relay.decision import Decision, EffectivePolicy, dane_for_mx
 from relay.delivery.mx import MxHost
 from relay.resolver import DnssecResolver, DnsTempFail, query
 
@@ -40,10 +41,20 @@ class TlsaLookup:
     names: tuple[str, ...] = ()
     reason: str = ""
 
-    @property
-    def applies(self) -> bool:
-        """True when DANE decides for this host (secure TLSA, or a failure that must defer)."""
-        return self.status in (TlsaStatus.SECURE, TlsaStatus.BOGUS)
+    def policy_for(
+        self, policy: EffectivePolicy, *, domain_tls: str, last_mx: bool
+    ) -> tuple[EffectivePolicy, Decision | None]:
+        """`relay.decision.dane_for_mx` with what this look-up found."""
+        return dane_for_mx(
+            policy,
+            str(self.status),
+            self.records,
+            self.names,
+            domain_tls=domain_tls,
+            reason=self.reason,
+            base=self.base_domain,
+            last_mx=last_mx,
+        )
 
     @property
     def usable(self) -> tuple[TlsaRecord, ...]:

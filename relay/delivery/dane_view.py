@@ -17,7 +17,7 @@ import dns.asyncresolver
 from detect.dane import DaneVerdict, check_chain
 from mtasts.model import Mode, Policy, PolicyResult, PolicySource
 from relay.config import Config
-from relay.decision import DANE_OVERRIDES, Requirement, dane_for_mx, effective_policy
+from relay.decision import DANE_OVERRIDES, Requirement, effective_policy
 from relay.delivery.dane_lookup import TlsaLookup, TlsaStatus, lookup_tlsa
 from relay.delivery.mx import MxStatus, lookup_mx
 from relay.resolver import DnssecResolver
@@ -106,15 +106,7 @@ def applied_policy(
     base = effective_policy(
         result, domain_tls=domain_tls, no_policy_tls=config.delivery.no_policy_tls
     )
-    policy, refusal = dane_for_mx(
-        base,
-        str(tlsa.status),
-        tlsa.records,
-        tlsa.names,
-        domain_tls=domain_tls,
-        reason=tlsa.reason,
-        last_mx=True,
-    )
+    policy, refusal = tlsa.policy_for(base, domain_tls=domain_tls, last_mx=True)
     if refusal is not None:
         return "deferred", f"{refusal.result_type}: {refusal.reason}"
     if policy.requirement is Requirement.DANE:

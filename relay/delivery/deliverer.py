@@ -37,7 +37,6 @@ from relay.decision import (
     DANE_OVERRIDES,
     Decision,
     EffectivePolicy,
-    dane_for_mx,
     decide_expiry,
     effective_policy,
     screen_mx,
@@ -283,16 +282,7 @@ class Deliverer:
         if not host.addresses:
             return policy, None
         tlsa = await lookup_tlsa(self.resolver, host)
-        return dane_for_mx(
-            policy,
-            str(tlsa.status),
-            tlsa.records,
-            tlsa.names,
-            domain_tls=domain_tls,
-            reason=tlsa.reason,
-            base=tlsa.base_domain,
-            last_mx=last_mx,
-        )
+        return tlsa.policy_for(policy, domain_tls=domain_tls, last_mx=last_mx)
 
     async def _try_host(
         self,
