@@ -6,7 +6,8 @@ The deliverer asks three questions of one MX session, each answered here without
 2. `wants_starttls` after EHLO: should STARTTLS be tried?
 3. `decide` whenever the session has an outcome: deliver over TLS, deliver in plaintext, try the
    next MX, or defer. TLS problems never bounce a message (RFC 8461 section 5: enforce failures are
-   temporary); only `decide_expiry` (STS-12) and `decide_reply` (permanent SMTP replies) bounce.
+   temporary); only `decide_expiry` (STS-12) and a permanent SMTP reply (`relay.delivery.replies`)
+   bounce.
 """
 
 from __future__ import annotations
@@ -323,15 +324,6 @@ def decide(
 def may_retry_unverified(policy: EffectivePolicy) -> bool:
     """True when a certificate failure may be followed by an unverified TLS session."""
     return policy.requirement is not Requirement.NONE and not policy.needs_valid_cert
-
-
-def decide_reply(code: int, message: str) -> Decision:
-    """A final SMTP reply to MAIL, RCPT or DATA: 2xx delivered, 5xx bounce, else defer."""
-    if 200 <= code < 300:
-        return Decision(Action.DELIVER_TLS, None, f"{code} {message}")
-    if 500 <= code < 600:
-        return Decision(Action.BOUNCE, None, f"{code} {message}")
-    return Decision(Action.DEFER, None, f"{code} {message}")
 
 
 def decide_expiry(

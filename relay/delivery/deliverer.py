@@ -194,10 +194,6 @@ class Deliverer:
         """QUIT every idle session (at shutdown)."""
         await self.pool.close()
 
-    async def prune_idle(self) -> None:
-        """QUIT idle sessions older than `idle_timeout` (also done at every `deliver`)."""
-        await self.pool.prune()
-
     async def _policy(
         self, request: DeliveryRequest, mx: MxResult
     ) -> tuple[EffectivePolicy, str | None]:

@@ -5,8 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from relay.decision import Action, Decision
-
 
 @dataclass(frozen=True, slots=True)
 class DeliveryRequest:
@@ -85,12 +83,3 @@ def every_rcpt(
         request.queue_id,
         tuple(RcptOutcome(r, status, reason, None, mx_host, tls) for r in request.rcpts),
     )
-
-
-def rcpt_status(verdict: Decision) -> RcptStatus:
-    """The recipient status a reply decision (`decide_reply`) stands for."""
-    if verdict.action is Action.BOUNCE:
-        return RcptStatus.BOUNCED
-    if verdict.delivers:
-        return RcptStatus.DELIVERED
-    return RcptStatus.DEFERRED

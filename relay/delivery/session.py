@@ -73,11 +73,6 @@ class StartTlsStep:
     refusal: Finding | None
     injection: Finding | None
 
-    @property
-    def go_ahead(self) -> bool:
-        """True for a 220 with nothing buffered after it: the handshake may start."""
-        return self.reply.code == 220 and self.injection is None
-
 
 @dataclass(frozen=True, slots=True)
 class TlsStep:

@@ -18,7 +18,6 @@ from relay.decision import (
     Requirement,
     decide,
     decide_expiry,
-    decide_reply,
     effective_policy,
     may_retry_unverified,
     mx_matches,
@@ -376,14 +375,6 @@ def test_may_retry_unverified() -> None:
     assert not may_retry_unverified(ENFORCE)
     assert not may_retry_unverified(VERIFY)
     assert not may_retry_unverified(NO_TLS)
-
-
-@pytest.mark.parametrize(
-    ("code", "action"),
-    [(250, Action.DELIVER_TLS), (550, Action.BOUNCE), (451, Action.DEFER), (421, Action.DEFER)],
-)
-def test_decide_reply(code: int, action: Action) -> None:
-    assert decide_reply(code, "text").action is action
 
 
 observations = st.builds(
