@@ -68,8 +68,11 @@ def tlsrpt_identity_problem(config: Config) -> str | None:
         "[tlsrpt].contact_info (and the submitter, its domain)": settings.submitter,
         "[relay].hostname (the DSN sender)": config.relay.hostname,
     }
-    bad = [f"{key} names {value or '(nothing)'!r}" for key, value in names.items()]
-    bad = [b for b, value in zip(bad, names.values(), strict=True) if not is_real_domain(value)]
+    bad = [
+        f"{key} names {value or '(nothing)'!r}"
+        for key, value in names.items()
+        if not is_real_domain(value)
+    ]
     if not bad:
         return None
     return (
@@ -249,11 +252,10 @@ async def dkim_problems(config: Config, resolver: dns.asyncresolver.Resolver) ->
         return [Problem("error", f"{key}: no DKIM record at {name} (publish the public key)")]
     except dns.exception.DNSException as exc:
         return [Problem("warning", f"{key}: could not look up {name} to compare: {exc}")]
-    texts = [b"".join(r.strings).decode("ascii", "replace") for r in answer]
-    published = [_txt_tags(t).get("p", "") for t in texts]
-    if expected in published:
-        service = [_txt_tags(t).get("s", "*") for t in texts]
-        if not any("tlsrpt" in s.split(":") or "*" in s.split(":") for s in service):
+    records = [_txt_tags(b"".join(r.strings).decode("ascii", "replace")) for r in answer]
+    if expected in (tags.get("p", "") for tags in records):
+        services = [tags.get("s", "*").split(":") for tags in records]
+        if not any("tlsrpt" in s or "*" in s for s in services):
             return [Problem("warning", f"{key}: {name} lacks s=tlsrpt (RFC 8460 5.3)")]
         return []
     return [

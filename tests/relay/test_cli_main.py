@@ -224,10 +224,22 @@ async def test_check_compares_the_dkim_key_with_dns(tmp_path: Path, lab_dns: Lab
         "TXT",
         tuple(stale[i : i + 255] for i in range(0, len(stale), 255)),
     )
+    email_only = text.replace("s=tlsrpt", "s=email")
+    lab_dns.add(
+        "email._domainkey.example.net",
+        "TXT",
+        tuple(email_only[i : i + 255] for i in range(0, len(email_only), 255)),
+    )
 
     ns = lab_dns.address
     results = {}
-    cases = (("good", ns), ("stale", ns), ("missing", ns), ("good", "127.0.0.1:9"))
+    cases = (
+        ("good", ns),
+        ("stale", ns),
+        ("missing", ns),
+        ("email", ns),
+        ("good", "127.0.0.1:9"),
+    )
     for n, (selector, nameserver) in enumerate(cases):
         text = GOOD.format(port=free_port(), state=tmp_path / "state")
         text = text.replace('["127.0.0.1:9"]', f'["{nameserver}"]').replace(
@@ -245,6 +257,9 @@ async def test_check_compares_the_dkim_key_with_dns(tmp_path: Path, lab_dns: Lab
     code, err = results[("missing", True)]
     assert code == 1
     assert "no DKIM record at missing._domainkey.example.net." in err
+    code, err = results[("email", True)]  # the right key, for mail only: said, not an error
+    assert code == 0
+    assert "warning: [tlsrpt].dkim_key_file: email._domainkey.example.net. lacks s=tlsrpt" in err
     code, err = results[("good", False)]  # DNS does not answer: said, not an error
     assert code == 0
     assert "warning: [tlsrpt].dkim_key_file: could not look up good._domainkey" in err
