@@ -181,6 +181,7 @@ class QueueRunner:
         self._received: dict[str, float] = {}
         self._held_ids: set[str] = set()
         self._report_at = 0.0
+        self._changed = True  # since the last report
 
     # --- what others tell the runner -------------------------------------------------------
 
@@ -190,8 +191,10 @@ class QueueRunner:
 
     def _known(self, queue_id: str, received_at: float) -> None:
         self._received[queue_id] = received_at
+        self._changed = True
 
     def _gone(self, queue_id: str, *, held: bool = False) -> None:
+        self._changed = True
         self._received.pop(queue_id, None)
         if held:
             self._held_ids.add(queue_id)
@@ -200,9 +203,10 @@ class QueueRunner:
 
     def _report(self, now: float) -> None:
         """The queue's size by state for the metrics, at most every REPORT_SECONDS."""
-        if self.metrics is None or now < self._report_at:
+        if self.metrics is None or now < self._report_at or not self._changed:
             return
         self._report_at = now + REPORT_SECONDS
+        self._changed = False
         active = min(len(self._passes) + len(self._opening), len(self._received))
         by_state = {
             "active": active,
@@ -295,7 +299,7 @@ class QueueRunner:
         times = [t for t in (self.due.next_time(), self.dests.next_wake()) if t is not None]
         if self.dests.parked_count():
             times.append(self._next_parked_check)
-        if self.metrics is not None and self._report_at > now:
+        if self.metrics is not None and self._changed:
             times.append(self._report_at)
         if not times:
             return None
@@ -432,6 +436,7 @@ class QueueRunner:
         groups = split_by_domain(r.address for r in message.pending)
         p = _Pass(message, data, jobs_left=len(groups))
         self._passes[message.id] = p
+        self._changed = True
         for domain, rcpts in groups.items():
             job = Job(message.id, domain, tuple(rcpts))
             if not self.dests.admit(job, now):
@@ -577,6 +582,7 @@ class QueueRunner:
             if updated is not None and not updated.held and updated.pending:
                 updated = await self._warn(updated, p.data, now)
             self._passes.pop(message.id, None)
+            self._changed = True
             self._let_go(p)
             if updated is None or not updated.pending or updated.held:
                 self._gone(message.id, held=updated is not None and bool(updated.held))
