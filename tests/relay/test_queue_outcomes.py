@@ -324,3 +324,28 @@ async def test_a_dead_destination_is_throttled_as_a_whole(
         mx = await world.add_mx("mx.dead.test", "127.0.0.46")  # it comes back
         await wait_until(lambda: len(mx.messages) == 20, 60)
     assert len(set(tries)) == 20
+
+
+async def test_delay_warning_sends_one_delayed_dsn(world: LabWorld, tmp_path: Path) -> None:
+    dsns = await sender_mx(world)
+    deferring = await world.add_mx("mx.later.test", "127.0.0.45")
+    deferring.rcpt_reply = "451 4.3.0 try later"
+    world.publish_mx("later.test", [(10, "mx.later.test")])
+    cfg = config(world, tmp_path, delay_warning="2s", retry_max="1s")
+    relay = Relay(cfg)
+    async with relay.running():
+        await asyncio.to_thread(send, cfg, ["bob@later.test"])
+        await wait_until(lambda: len(dsns.messages) == 1, 30)
+
+        def attempts() -> int:
+            return sum(r.attempts for m in relay.spool.list() for r in m.recipients)
+
+        tried = attempts()
+        await wait_until(lambda: attempts() >= tried + 2, 30)  # still retried ...
+    assert len(dsns.messages) == 1  # ... and warned once
+    unfolded = dsns.messages[0].data.replace(b"\r\n ", b" ")
+    assert b"Action: delayed" in unfolded
+    assert b"Status: 4.3.0" in unfolded
+    [message] = relay.spool.list()
+    assert message.warned
+    assert message.pending
