@@ -87,10 +87,6 @@ class TlsStep:
     error: BaseException | None = None
     chain_der: tuple[bytes, ...] = ()  # what the server sent, leaf first (for DANE)
 
-    @property
-    def ok(self) -> bool:
-        return self.finding is None
-
 
 class ConnectFailed(SessionError):
     """No SMTP connection could be had (refused, unreachable, timed out before the banner)."""
