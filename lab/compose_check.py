@@ -415,9 +415,7 @@ def run_checks(lab: Lab, log: Any) -> tuple[list[Outcome], list[ReportCheck]]:
     caused: dict[str, set[str]] = {DOMAINS[p]: set() for p in REPORTED}
     for index, attack in enumerate(MODES):
         if attack is not Attack.NONE:
-            lab.compose(
-                "up", "-d", "--no-build", "--no-deps", "--force-recreate", "attacker", attack=attack
-            )
+            lab.recreate("attacker", attack)
             lab.wait_ready("attacker")
         log(f"attack {attack}")
         sent: list[tuple[Scenario, str, str, PolicySetup]] = []
