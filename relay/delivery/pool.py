@@ -45,8 +45,7 @@ class SessionPool:
         idle = self._idle.get((host, ip, policy), [])
         while idle:
             session = idle.pop()
-            fresh = self.clock() - session.idle_since <= self.idle_timeout
-            if not (fresh and session.mx.is_connected):
+            if not (self._fresh(session, self.clock()) and session.mx.is_connected):
                 await session.mx.quit()
                 continue
             try:
@@ -65,14 +64,18 @@ class SessionPool:
         # Take the stale sessions out before the first await: deliveries running meanwhile
         # add and take sessions too, and must never be handed one being closed.
         for key, sessions in list(self._idle.items()):
-            keep = [s for s in sessions if now - s.idle_since <= self.idle_timeout]
-            stale += [s for s in sessions if s not in keep]
+            keep = [s for s in sessions if self._fresh(s, now)]
+            stale += [s for s in sessions if not self._fresh(s, now)]
             if keep:
                 self._idle[key] = keep
             else:
                 del self._idle[key]
         for session in stale:
             await session.mx.quit()
+
+    def _fresh(self, session: Established, now: float) -> bool:
+        """True while a parked session is within `idle_timeout`."""
+        return now - session.idle_since <= self.idle_timeout
 
     async def close(self) -> None:
         """QUIT every idle session (at shutdown)."""
