@@ -11,10 +11,6 @@ from itertools import groupby
 from typing import TypeVar
 
 import dns.asyncresolver
-import dns.exception
-import dns.name
-import dns.rdatatype
-import dns.resolver
 import structlog
 
 from relay.resolver import DnsAnswer, DnsTempFail
@@ -85,22 +81,6 @@ def address_literal(domain: str) -> str | None:
         return None
 
 
-class _TempFail(Exception):
-    pass
-
-
-async def _query(
-    resolver: dns.asyncresolver.Resolver, name: str, rdtype: str
-) -> tuple[list[str] | None, DnsAnswer]:
-    """Answer texts ([] for no data, None for NXDOMAIN) and the answer with its DNSSEC state;
-    `_TempFail` for SERVFAIL (bogus, under a validating resolver) or timeout."""
-    try:
-        answer = await dns_query(resolver, name, rdtype)
-    except DnsTempFail as exc:
-        raise _TempFail(str(exc)) from exc
-    return (list(answer.texts) if answer.texts is not None else None), answer
-
-
 async def resolve_host(host: str, preference: int, resolver: dns.asyncresolver.Resolver) -> MxHost:
     """`host` with its A then AAAA addresses (empty when it has none or the look-up failed) and
     whether they were DNSSEC-signed (RFC 7672 2.2.2: only then is TLSA looked up)."""
@@ -108,14 +88,14 @@ async def resolve_host(host: str, preference: int, resolver: dns.asyncresolver.R
     answered: list[DnsAnswer] = []
     for rdtype in ("A", "AAAA"):
         try:
-            found, answer = await _query(resolver, host, rdtype)
-        except _TempFail as exc:
+            answer = await dns_query(resolver, host, rdtype)
+        except DnsTempFail as exc:  # SERVFAIL (bogus, under a validating resolver) or timeout
             log.info("mx.address_lookup_failed", host=host, error=str(exc))
             continue
         answered.append(answer)
-        if found is None:
+        if answer.texts is None:  # NXDOMAIN
             break
-        addresses.extend(found)
+        addresses.extend(answer.texts)
     secure = bool(answered) and all(a.secure for a in answered)
     canonical = next((a.canonical_name for a in answered if a.texts), host)
     return MxHost(host, preference, tuple(addresses), secure, canonical)
@@ -135,11 +115,11 @@ async def lookup_mx(
         return MxResult(domain, MxStatus.OK, (MxHost(literal, 0, (literal,)),), literal=True)
     name = domain.rstrip(".").lower()
     try:
-        answers, mx_answer = await _query(resolver, name, "MX")
-        if answers is None:
+        mx_answer = await dns_query(resolver, name, "MX")
+        if mx_answer.texts is None:
             return MxResult(domain, MxStatus.NO_DOMAIN, reason=f"{name}: no such domain")
         records: list[tuple[int, str]] = []
-        for text in answers:
+        for text in mx_answer.texts:
             pref, _, exchange = text.partition(" ")
             records.append((int(pref), exchange.rstrip(".").lower()))
         if records and all(host == "" for _, host in records):
@@ -155,7 +135,7 @@ async def lookup_mx(
             return MxResult(
                 domain, MxStatus.OK, (implicit,), implicit=True, secure=mx_answer.secure
             )
-    except _TempFail as exc:
+    except DnsTempFail as exc:
         return MxResult(domain, MxStatus.TEMPFAIL, reason=str(exc))
     ordered = order_by_preference(
         ((pref, (pref, host)) for pref, host in records), rng or random.Random()
