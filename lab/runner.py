@@ -187,10 +187,9 @@ class LabRun:
         ip = self._ip()
         dane_ta = scenario.policy is PolicySetup.DANE_TA
         issued = self.world.ca.issue(mx_name, with_ca=dane_ta)
-        mx = LabMx(ip, hostname=mx_name, tls_context=issued.server_context())
-        await self.world.keep(mx.running(self.world.mx_port))
-        self.world.dns.set(mx_name, "A", [ip])
-        self.world.mx_hosts[mx_name] = mx
+        mx = await self.world.serve_mx(
+            LabMx(ip, hostname=mx_name, tls_context=issued.server_context())
+        )
         if scenario.policy is not PolicySetup.DANE_ONLY:
             record = self.world.ca.tlsa(2, 0, 1) if dane_ta else issued.tlsa(3, 1, 1)
             self.world.publish_tlsa(mx_name, [record])

@@ -85,10 +85,14 @@ class LabWorld:
 
     async def add_mx(self, name: str, ip: str, *, cert: CertKind = CertKind.GOOD) -> LabMx:
         """A recipient MX named `name` at `ip`:`mx_port`, in the lab DNS."""
-        mx = LabMx.with_cert(self.ca, name, host=ip, cert=cert)
+        return await self.serve_mx(LabMx.with_cert(self.ca, name, host=ip, cert=cert))
+
+    async def serve_mx(self, mx: LabMx) -> LabMx:
+        """Run `mx` (one made with its own TLS context) at its address:`mx_port` until the world
+        stops, its `hostname` named in the lab DNS."""
         await self._stack.enter_async_context(mx.running(self.mx_port))
-        self.dns.set(name, "A", [ip])
-        self.mx_hosts[name] = mx
+        self.dns.set(mx.hostname, "A", [mx.host])
+        self.mx_hosts[mx.hostname] = mx
         return mx
 
     def publish_policy(

@@ -44,10 +44,7 @@ async def world(tmp_path: Path) -> AsyncIterator[LabWorld]:
 
 
 async def _mx(world: LabWorld, issued: IssuedCert, ip: str = "127.0.2.10") -> LabMx:
-    mx = LabMx(ip, hostname=MX, tls_context=issued.server_context())
-    await world.keep(mx.running(world.mx_port))
-    world.dns.set(MX, "A", [ip])
-    return mx
+    return await world.serve_mx(LabMx(ip, hostname=MX, tls_context=issued.server_context()))
 
 
 async def _deliver(
@@ -207,9 +204,7 @@ async def test_dane_sni_is_the_tlsa_base_domain(world: LabWorld) -> None:
     context = issued.server_context()
     sent: list[str | None] = []
     context.sni_callback = lambda _obj, name, _ctx: sent.append(name)  # type: ignore[assignment,return-value]
-    mx = LabMx("127.0.2.30", hostname=hosting, tls_context=context)
-    await world.keep(mx.running(world.mx_port))
-    world.dns.set(hosting, "A", ["127.0.2.30"])
+    await world.serve_mx(LabMx("127.0.2.30", hostname=hosting, tls_context=context))
     world.dns.set(MX, "CNAME", [f"{hosting}."])
     world.publish_tlsa(hosting, [issued.tlsa(3, 1, 1)])
     outcome, sink = await _deliver(world)

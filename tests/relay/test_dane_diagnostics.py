@@ -36,9 +36,7 @@ async def _config(world: LabWorld, tmp_path: Path, **domains: str) -> Path:
 async def _mx(world: LabWorld, *, trusted: bool = False) -> tuple[LabMx, str]:
     ca = world.ca if trusted else world.ca.untrusted()
     issued = ca.issue(MX)
-    mx = LabMx("127.0.3.10", hostname=MX, tls_context=issued.server_context())
-    await world.keep(mx.running(world.mx_port))
-    world.dns.set(MX, "A", ["127.0.3.10"])
+    mx = await world.serve_mx(LabMx("127.0.3.10", hostname=MX, tls_context=issued.server_context()))
     return mx, issued.tlsa(3, 1, 1)
 
 
