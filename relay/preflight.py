@@ -120,14 +120,13 @@ def _file_problems(config: Config) -> list[Problem]:
     """Certificates, keys, the AUTH file and the CA file, loaded as the relay will load them."""
     # The intake's loaders, so `check` judges the files exactly as the relay does.
     from relay.intake.auth import load_auth_file
-    from relay.intake.server import server_tls_context
+    from relay.intake.server import auth_tls_problem, server_tls_context
     from relay.tls import client_context
 
     problems: list[Problem] = []
     relay = config.relay
-    tls = None
     try:
-        tls = server_tls_context(relay)
+        server_tls_context(relay)
     except StsguardError as exc:
         problems.append(Problem("error", str(exc)))
     if relay.auth_file:
@@ -135,14 +134,8 @@ def _file_problems(config: Config) -> list[Problem]:
             load_auth_file(relay.auth_file)
         except StsguardError as exc:
             problems.append(Problem("error", str(exc)))
-        if tls is None and not (relay.tls_cert_file or relay.tls_key_file):
-            problems.append(
-                Problem(
-                    "error",
-                    "[relay].auth_file: AUTH is offered only over TLS; set tls_cert_file and "
-                    "tls_key_file too",
-                )
-            )
+        if (auth := auth_tls_problem(relay)) is not None:
+            problems.append(Problem("error", auth))
     try:
         client_context(config.tls.ca_file)
     except StsguardError as exc:

@@ -297,6 +297,17 @@ def _auth_user(session: Session) -> str:
 # --- start / stop --------------------------------------------------------------------------
 
 
+def auth_tls_problem(config: RelayConfig) -> str | None:
+    """Why `[relay].auth_file` cannot be used as configured (AUTH is offered only over TLS), or
+    None."""
+    if config.auth_file and not (config.tls_cert_file or config.tls_key_file):
+        return (
+            "[relay].auth_file: AUTH is offered only over TLS; set tls_cert_file and "
+            "tls_key_file too"
+        )
+    return None
+
+
 def server_tls_context(config: RelayConfig) -> ssl.SSLContext | None:
     """The inbound STARTTLS context, or None when no certificate is configured."""
     if not (config.tls_cert_file or config.tls_key_file):
@@ -340,11 +351,8 @@ class Intake:
         self.tls_context = server_tls_context(relay)
         self.authenticator: PasswordAuthenticator | None = None
         if relay.auth_file:
-            if self.tls_context is None:
-                raise ConfigError(
-                    "[relay].auth_file: AUTH is offered only over TLS; set tls_cert_file and "
-                    "tls_key_file too"
-                )
+            if (problem := auth_tls_problem(relay)) is not None:
+                raise ConfigError(problem)
             self.authenticator = PasswordAuthenticator(load_auth_file(relay.auth_file))
         self.rules = SessionRules.from_config(relay)
         self._server: asyncio.Server | None = None

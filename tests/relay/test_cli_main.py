@@ -15,6 +15,7 @@ import pytest
 from lab.dns import LabDns
 from relay.cli import COMMANDS
 from relay.config import hosts_file_fqdn, machine_fqdn
+from relay.intake.auth import hash_password
 from relay.preflight import is_real_domain
 from tests.cli import ROOT, run_cli, run_cli_async
 from tests.tlsrpt_emit.test_report import make_dkim_key
@@ -157,6 +158,17 @@ def test_check_warnings_exit_0_errors_exit_1_bad_file_exit_2(tmp_path: Path) -> 
     run = run_cli("check", "--config", str(write(tmp_path, "[relay\n", "bad.toml")))
     assert run.returncode == 2
     assert run.stderr.count("\n") == 1
+
+
+def test_check_says_auth_needs_tls_as_the_relay_does(tmp_path: Path) -> None:
+    users = write(tmp_path, f"alice:{hash_password('x', iterations=1000)}\n", "users")
+    config = good_config(tmp_path, relay_extra=f'auth_file = "{users}"\n')
+    run = run_cli("check", "--config", str(config))
+    assert run.returncode == 1
+    assert "error: [relay].auth_file: AUTH is offered only over TLS" in run.stderr
+    run = run_cli("relay", "--config", str(config))
+    assert run.returncode == 2
+    assert "[relay].auth_file: AUTH is offered only over TLS" in run.stderr
 
 
 def test_relay_refuses_an_open_relay_unless_told(tmp_path: Path) -> None:
