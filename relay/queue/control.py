@@ -143,6 +143,10 @@ class ControlServer:
         old = os.umask(0o177)
         try:
             self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+        except OSError as exc:
+            # E.g. a state_dir path longer than a socket address holds (about 100 bytes): the
+            # relay runs, but `stsguard queue` cannot reach it and works on the spool alone.
+            log.error("queue.control_socket_failed", path=str(self.path), error=str(exc))
         finally:
             os.umask(old)
 
