@@ -57,3 +57,26 @@ async def test_records_can_change_while_running(lab_dns: LabDns) -> None:
     lab_dns.remove("_mta-sts.example.org")
     with pytest.raises(dns.resolver.NXDOMAIN):
         await resolver.resolve("_mta-sts.example.org", "TXT")
+
+
+@pytest.mark.parametrize(("ttl", "aaaa_queries"), [(300, 1), (0, 3)])
+async def test_signed_no_data_answers_are_cached_for_the_zone_ttl(
+    ttl: int, aaaa_queries: int
+) -> None:
+    """A signed "no AAAA" answer carries an SOA whose negative TTL follows the zone's TTL, so the
+    relay's caching resolver asks once when the zone has a real TTL (the benchmarks) and every
+    time in the lab (TTL 0, scenarios change records)."""
+    from relay.config import DnsConfig
+    from relay.delivery.mx import lookup_mx
+    from relay.resolver import make_resolver
+
+    lab_dns = LabDns("127.0.0.1", ttl=ttl)
+    lab_dns.add("example.org", "MX", "10 mx.example.org.")
+    lab_dns.add("mx.example.org", "A", "127.0.0.25")
+    async with lab_dns.running(0):
+        config = DnsConfig(nameservers=(lab_dns.address,), dnssec="ad")
+        resolver = make_resolver(config)
+        for _ in range(3):
+            mx = await lookup_mx("example.org", resolver)
+            assert mx.hosts[0].addresses == ("127.0.0.25",)
+    assert lab_dns.count("mx.example.org", "AAAA") == aaaa_queries
