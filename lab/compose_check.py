@@ -357,6 +357,20 @@ class Lab:
             time.sleep(0.5)
         raise CheckError(f"{service} did not get ready within {READY_WAIT:.0f} s")
 
+    def restart(self, service: str) -> None:
+        """Stop the service's container (SIGTERM: a clean stop) and start it again, then wait for
+        its second ready line."""
+        container = self.container(service)
+        _run(["docker", "stop", "-t", "60", container], timeout=120)
+        _run(["docker", "start", container], timeout=120)
+        deadline = time.monotonic() + READY_WAIT
+        while time.monotonic() < deadline:
+            started = [e for e in self.logs(service) if e.get("event") == "relay.started"]
+            if len(started) >= 2:
+                return
+            time.sleep(0.5)
+        raise CheckError(f"{service} did not start again within {READY_WAIT:.0f} s")
+
     def start_sender(self) -> None:
         """One long-lived `sender` container; each message is a `docker exec` of swaks in it."""
         self.compose("run", "-d", "sender", "sleep", "3600")
@@ -443,6 +457,10 @@ def run_checks(lab: Lab, log: Any) -> tuple[list[Outcome], list[ReportCheck]]:
             if policy in REPORTED:
                 caused[DOMAINS[policy]].update(seen.result_types)
     today = dt.datetime.now(dt.UTC).date().isoformat()
+    # The relay counts sessions in memory and writes them every few seconds; a stop writes them
+    # all, so the last attack's sessions are in the state before `tlsrpt send` reads it.
+    log("restarting the relay (its TLS-RPT counts are written at stop)")
+    lab.restart("relay")
     log("sending today's TLS-RPT reports to the collector")
     try:
         lab.relay_cli("tlsrpt", "send", "--date", today, *_force(lab))
