@@ -284,7 +284,13 @@ def build_image(log: Any) -> None:
     for old in wheels.glob("*.whl"):
         old.unlink()
     log("building wheels of stsguard and its dependencies")
-    _run([sys.executable, "-m", "pip", "wheel", "-q", "-w", str(wheels), str(ROOT)], timeout=900)
+    # The versions CI tested (requirements-ci.txt), so the image runs what the suite ran.
+    lock = ROOT / "requirements-ci.txt"
+    pins = ["-c", str(lock)] if lock.exists() else []
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "-q", *pins, "-w", str(wheels), str(ROOT)],
+        timeout=900,
+    )
     base = REGISTRY_BASE if _image_exists(REGISTRY_BASE) else make_local_base(log)
     log(f"building {IMAGE} on {base}")
     _run(

@@ -62,6 +62,13 @@ def _library_line(logger: WrappedLogger, name: str, event_dict: EventDict) -> Ev
     return event_dict
 
 
+# Warnings raised before logging is configured (a library's import-time deprecation notice),
+# kept for `configure_logging` to log; bounded, as everything a process accumulates.
+_PENDING_WARNINGS: list[dict[str, str]] = []
+_PENDING_LIMIT = 32
+_logging_configured = False
+
+
 def _show_warning(
     message: Warning | str,
     category: type[Warning],
@@ -71,12 +78,25 @@ def _show_warning(
     line: str | None = None,
 ) -> None:
     """`warnings.showwarning` replacement: one structured line instead of text on stderr."""
-    log.warning(
-        "python.warning",
-        category=category.__name__,
-        message=str(message),
-        source=f"{filename}:{lineno}",
-    )
+    fields = {
+        "category": category.__name__,
+        "message": str(message),
+        "source": f"{filename}:{lineno}",
+    }
+    if _logging_configured:
+        log.warning("python.warning", **fields)
+    elif len(_PENDING_WARNINGS) < _PENDING_LIMIT:
+        _PENDING_WARNINGS.append(fields)
+
+
+def capture_warnings() -> None:
+    """Route Python warnings into the log from here on, never as raw text on stderr.
+
+    Called first thing by every entry point: a library imported later (dnspython's DNSSEC module
+    under a newer cryptography) must not write to a user's terminal. Warnings raised before
+    `configure_logging` are logged by it; a command that never configures logging drops them.
+    """
+    warnings.showwarning = _show_warning
 
 
 def stderr_is_journal() -> bool:
@@ -132,4 +152,8 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(threshold)
+    global _logging_configured
+    _logging_configured = True
     warnings.showwarning = _show_warning
+    while _PENDING_WARNINGS:
+        log.warning("python.warning", **_PENDING_WARNINGS.pop(0))

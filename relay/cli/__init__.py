@@ -12,6 +12,7 @@ from pathlib import Path
 
 from relay.config import Config, load_config
 from relay.errors import StsguardError
+from relay.log import capture_warnings
 from relay.version import stsguard_version
 
 DEFAULT_CONFIG = Path("/etc/stsguard/stsguard.toml")
@@ -121,6 +122,7 @@ def unused_state_warning(config: Config, path: Path | None) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `stsguard` console script."""
+    capture_warnings()  # before any command imports a library that warns at import
     words = list(sys.argv[1:] if argv is None else argv)
     if not words:  # a bare `stsguard`: what it can do, as `--help` shows it, and status 2
         build_parser("").print_help(sys.stderr)

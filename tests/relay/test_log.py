@@ -89,3 +89,56 @@ def test_auto_is_journal_when_systemd_gave_stderr_to_the_journal(tmp_path: Path)
             check=True,
         )
     assert err.read_text().splitlines()[0] == "<6>test.info n=1"
+
+
+# A library that warns when imported, before any log is configured: cryptography 51 made
+# dnspython's DNSSEC module do this, and four raw lines broke `stsguard lab --json`'s stderr.
+EARLY = textwrap.dedent(
+    """
+    import sys, warnings
+    from relay.log import capture_warnings, configure_logging
+
+    capture_warnings()
+    warnings.warn("imported too early", UserWarning, stacklevel=1)
+    print("before", file=sys.stderr, flush=True)
+    if sys.argv[1] == "configure":
+        configure_logging("json", "info")
+    """
+)
+
+
+def test_an_early_warning_never_reaches_stderr_as_raw_text() -> None:
+    for mode in ("drop", "configure"):
+        proc = subprocess.run(
+            [sys.executable, "-W", "always", "-c", EARLY, mode],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=ROOT,
+        )
+        assert proc.returncode == 0, proc.stderr
+        first, *rest = proc.stderr.splitlines()
+        assert first == "before"  # nothing raw was printed ahead of our own line
+        if mode == "drop":
+            assert rest == []
+        else:
+            (line,) = rest
+            obj = json.loads(line)
+            assert obj["event"] == "python.warning"
+            assert obj["message"] == "imported too early"
+
+
+def test_cli_commands_print_only_their_own_lines_on_stderr(tmp_path: Path) -> None:
+    """Each command that imports the DNSSEC code: stderr holds only `stsguard:` lines."""
+    env = {k: v for k, v in os.environ.items() if k != "STSGUARD_CONFIG"}
+    for words in (["lab", "--scenario", "nope"], ["probe", "--help"], ["policy", "--help"]):
+        proc = subprocess.run(
+            [sys.executable, "-W", "always", "-m", "relay.cli", *words],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=env,
+        )
+        stray = [ln for ln in proc.stderr.splitlines() if not ln.startswith("stsguard")]
+        assert stray == [], (words, proc.stderr)
