@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import os
+import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ Level = Literal["warning", "error"]
 
 _OPEN_NETWORKS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 _NOT_REAL_SUFFIXES = (".localhost", ".localdomain", ".local", ".invalid", ".internal", ".lan")
+_LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,13 +164,92 @@ def _state_dir_problems(config: Config) -> list[Problem]:
     return []
 
 
+def _delivery_problems(config: Config) -> list[Problem]:
+    """Retry and expiry settings that cannot mean what they say."""
+    cfg = config.delivery
+    problems = []
+    if cfg.queue_lifetime < 1:
+        problems.append(
+            Problem(
+                "error",
+                "[delivery].queue_lifetime is 0: every message would bounce before its first "
+                'attempt; give a duration such as "5d"',
+            )
+        )
+    if cfg.retry_initial > cfg.retry_max:
+        problems.append(
+            Problem(
+                "error",
+                f"[delivery].retry_initial ({cfg.retry_initial}s) is longer than retry_max "
+                f"({cfg.retry_max}s): the backoff starts above its ceiling; lower retry_initial "
+                "or raise retry_max",
+            )
+        )
+    return problems
+
+
+def is_domain_name(name: str) -> bool:
+    """A DNS name of letter-digit-hyphen labels (after IDNA), as `[domains."x"]` must be."""
+    labels = name.split(".")
+    return len(name) <= 253 and all(_LDH_LABEL.fullmatch(label) for label in labels)
+
+
+def _domain_problems(config: Config) -> list[Problem]:
+    return [
+        Problem(
+            "error",
+            f'[domains."{name}"]: not a domain name (letters, digits, hyphens and dots; '
+            "the override would never match a recipient)",
+        )
+        for name in config.domains
+        if not is_domain_name(name)
+    ]
+
+
+def _dnssec_problems(config: Config) -> list[Problem]:
+    """DANE needs DNSSEC answers the relay may believe (RFC 7672 1.3, 2.1.1): say when it is off."""
+    dns = config.dns
+    if dns.dnssec_mode == "ad":
+        return []
+    dane_only = sorted(d for d, o in config.domains.items() if o.tls == "dane-only")
+    why = (
+        '[dns].dnssec = "off"'
+        if dns.dnssec == "off"
+        else "[dns].nameservers "
+        + (", ".join(dns.nameservers) or "is empty (the system resolver)")
+        + ' is not all on loopback, so the AD bit is not believed (dnssec = "auto")'
+    )
+    if dane_only:
+        return [
+            Problem(
+                "error",
+                f'[domains]: {", ".join(dane_only)} set tls = "dane-only" but DANE is off: '
+                f"{why}; their mail would never leave. Run a validating resolver on loopback "
+                '(unbound) or set [dns].dnssec = "ad" for a resolver you trust',
+            )
+        ]
+    if dns.dnssec == "auto" and dns.nameservers:
+        return [
+            Problem(
+                "warning",
+                f"[dns]: DANE is off: {why}. Run a validating resolver on loopback (unbound) "
+                'and name it, or set [dns].dnssec = "ad" if the path to it is trusted',
+            )
+        ]
+    return []
+
+
 def config_problems(config: Config) -> list[Problem]:
-    """Every check that needs no network: names, open relay, files, the state directory."""
+    """Every check that needs no network: names, open relay, files, the state directory,
+    retry and expiry, overrides, DNSSEC."""
     problems = [
         *_hostname_problems(config),
         *_open_relay_problems(config),
         *_file_problems(config),
         *_state_dir_problems(config),
+        *_delivery_problems(config),
+        *_domain_problems(config),
+        *_dnssec_problems(config),
     ]
     identity = tlsrpt_identity_problem(config)
     if identity:

@@ -15,7 +15,9 @@ class RunningMarker:
     """The lock a running relay holds; `close()` gives it back."""
 
     def __init__(self, state_dir: Path) -> None:
-        self._fd = os.open(state_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
+        # 0644: an administrator in the relay's group may ask too (`stsguard check`); it holds
+        # nothing but the lock.
+        self._fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY | os.O_CREAT, 0o644)
         # Shared: relays never exclude each other here; only the question below is exclusive.
         fcntl.flock(self._fd, fcntl.LOCK_SH)
 
@@ -26,10 +28,11 @@ class RunningMarker:
 
 
 def relay_running(state_dir: Path) -> bool:
-    """True when a relay holds the marker of `state_dir`."""
+    """True when a relay holds the marker of `state_dir`; PermissionError when this user may not
+    look (the caller says so in one line)."""
     try:
-        fd = os.open(state_dir / LOCK_NAME, os.O_RDWR)
-    except OSError:
+        fd = os.open(state_dir / LOCK_NAME, os.O_RDONLY)
+    except (FileNotFoundError, NotADirectoryError):
         return False  # never created: no relay ever ran here
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

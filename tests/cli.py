@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import os
+import shutil
+import site
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
+RUNUSER = "runuser"
 
 
 def run_cli(
@@ -43,3 +49,39 @@ async def run_cli_async(*args: str) -> tuple[int, str, str]:
         out, err = await proc.communicate()
     assert proc.returncode is not None
     return proc.returncode, out.decode(), err.decode()
+
+
+@functools.cache
+def _interpreter_for(user: str) -> tuple[str, dict[str, str]] | None:
+    """A Python `user` may execute with this checkout and its packages importable: this one, or
+    the system's of the same version (pyenv's lives under root's 0700 home), else None."""
+    paths = os.pathsep.join([str(ROOT), *site.getsitepackages()])
+    same = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for exe in (sys.executable, shutil.which(same, path="/usr/bin:/usr/local/bin")):
+        if exe is None:
+            continue
+        env = {**os.environ, "PYTHONPATH": paths}
+        probe = [RUNUSER, "-u", user, "--", exe, "-c", "import relay.cli"]
+        if subprocess.run(probe, env=env, capture_output=True, check=False).returncode == 0:
+            return exe, env
+    return None
+
+
+def run_cli_as(user: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    """`stsguard ARGS` run by `user` through runuser (the test runs as root); skips the test
+    where that cannot be done."""
+    if os.geteuid() != 0 or shutil.which(RUNUSER) is None:
+        pytest.skip("needs root and runuser")
+    found = _interpreter_for(user)
+    if found is None:
+        pytest.skip(f"no Python that {user} may run with this checkout")
+    exe, env = found
+    return subprocess.run(
+        [RUNUSER, "-u", user, "--", exe, "-m", "relay.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=60,
+        check=False,
+    )

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from relay.cli.permission import permission_line
 from relay.config import Config, load_config
 from relay.errors import StsguardError
 from relay.log import capture_warnings
@@ -142,6 +143,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return status
     except StsguardError as exc:
         print(f"stsguard: error: {exc}", file=sys.stderr)
+        return 2
+    except PermissionError as exc:
+        command = " ".join(words)
+        print(f"stsguard: error: {permission_line(exc, command)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,0 +1,141 @@
+"""`stsguard check` as an administrator runs it: beside a running relay, on a bad config, as a
+user who may not read the state directory. Every command runs as a subprocess."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import smtplib
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.cli import run_cli, run_cli_as
+from tests.relay.test_cli_main import free_port, good_config
+
+
+def wait_listening(port: int, proc: subprocess.Popen[bytes]) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            with smtplib.SMTP("127.0.0.1", port, timeout=5) as client:
+                client.noop()
+            return
+        except OSError:
+            assert proc.poll() is None, "relay exited"
+            assert time.monotonic() < deadline, "relay did not start listening"
+            time.sleep(0.1)
+
+
+def test_check_beside_the_running_relay_checks_the_file_only(tmp_path: Path) -> None:
+    """`stsguard check && systemctl reload stsguard`: the running relay's own addresses are no
+    error (it holds state_dir/relay.lock); another program on them still is."""
+    config = good_config(tmp_path, relay_extra=f'metrics_listen = "127.0.0.1:{free_port()}"\n')
+    port = int(config.read_text().split('listen = "127.0.0.1:')[1].split('"')[0])
+    relay = subprocess.Popen(
+        [sys.executable, "-m", "relay.cli", "relay", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_listening(port, relay)
+        deadline = time.monotonic() + 30
+        while not (tmp_path / "state" / "relay.lock").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        run = run_cli("check", "--config", str(config))
+        assert run.returncode == 0, run.stderr
+        assert "cannot listen" not in run.stderr
+        assert f"relay: running on {tmp_path / 'state'}" in run.stdout
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=30)
+    # The relay gone, someone else on its port is an error again.
+    other = good_config(tmp_path, relay_extra="")
+    text = other.read_text()
+    busy_port = int(text.split('listen = "127.0.0.1:')[1].split('"')[0])
+    with socket.socket() as busy:
+        busy.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        busy.bind(("127.0.0.1", busy_port))
+        busy.listen()
+        run = run_cli("check", "--config", str(other))
+    assert run.returncode == 1
+    assert f"error: [relay].listen: cannot listen on 127.0.0.1:{busy_port}" in run.stderr
+
+
+def test_check_rejects_settings_that_cannot_mean_what_they_say(tmp_path: Path) -> None:
+    cases = {
+        '[delivery]\nretry_initial = "2h"\nretry_max = "1h"\n': (
+            "error: [delivery].retry_initial (7200s) is longer than retry_max (3600s)"
+        ),
+        '[delivery]\nqueue_lifetime = "0s"\n': "error: [delivery].queue_lifetime is 0",
+        '[domains."not a domain"]\ntls = "verify"\n': (
+            'error: [domains."not a domain"]: not a domain name'
+        ),
+        'dnssec = "off"\n[domains."example.org"]\ntls = "dane-only"\n': (
+            'error: [domains]: example.org set tls = "dane-only" but DANE is off'
+        ),
+    }
+    for extra, line in cases.items():
+        run = run_cli("check", "--config", str(good_config(tmp_path, extra=extra)))
+        assert run.returncode == 1, (extra, run.stderr)
+        assert line in run.stderr, run.stderr
+    # A resolver off loopback: DANE is silently off under dnssec = "auto"; check says so.
+    config = good_config(tmp_path)
+    config.write_text(config.read_text().replace('"127.0.0.1:9"', '"192.0.2.53"'))
+    run = run_cli("check", "--config", str(config))
+    assert run.returncode == 0, run.stderr
+    assert "warning: [dns]: DANE is off: [dns].nameservers 192.0.2.53 is not all on loopback" in (
+        run.stderr
+    )
+    fine = good_config(tmp_path, extra='[domains."bücher.example"]\ntls = "dane"\n')
+    run = run_cli("check", "--config", str(fine))
+    assert (run.returncode, run.stderr) == (0, "")
+
+
+@pytest.fixture
+def private_state(tmp_path: Path) -> Iterator[Path]:
+    """A config anyone may read whose state directory is the unit's 0750, owned by root (as the
+    relay's user), holding a queue and a state database; outside pytest's 0700 tmp_path."""
+    base = Path(tempfile.mkdtemp(prefix="stsguard-perm-"))
+    base.chmod(0o755)
+    state = base / "state"
+    config = base / "stsguard.toml"
+    config.write_text(
+        good_config(tmp_path).read_text().replace(str(tmp_path / "state"), str(state))
+    )
+    config.chmod(0o644)
+    (state / "queue").mkdir(parents=True)
+    (state / "state.sqlite3").write_bytes(b"")
+    state.chmod(0o750)
+    yield config
+    shutil.rmtree(base)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ("queue", "list"),
+        ("queue", "flush"),
+        ("detect", "list"),
+        ("tlsrpt", "summary"),
+        ("check",),
+    ],
+)
+def test_a_user_without_access_gets_one_line_naming_path_and_user(
+    private_state: Path, command: tuple[str, ...]
+) -> None:
+    run = run_cli_as("nobody", *command, "--config", str(private_state))
+    state = private_state.parent / "state"
+    assert run.returncode == 2, run.stderr
+    assert run.stderr.count("\n") == 1, run.stderr
+    assert run.stderr.startswith(
+        f"stsguard: error: permission denied: {state} (owner root:root, mode 0750) is not open "
+        "to user nobody; run it as root: sudo -u root stsguard "
+    ), run.stderr
