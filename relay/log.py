@@ -7,6 +7,7 @@ library is ``library.log`` with its logger's name, a Python warning ``python.war
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -36,6 +37,40 @@ SYSLOG_PRIORITY = {
 log = structlog.get_logger(__name__)
 
 
+def plain_value(value: object) -> object:
+    """A field value as a reader of the journal wants it, not as Python prints it: bytes as
+    text, a tuple or list as its items joined by commas (``127.0.0.1,25``), None as nothing;
+    True and False stay for the renderer (``true``/``false``)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool | str | int | float):
+        return value
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, list | tuple | set | frozenset):
+        items = sorted(value, key=str) if isinstance(value, set | frozenset) else value
+        return ",".join(_item_text(v) for v in items)
+    if isinstance(value, dict):
+        try:
+            return json.dumps(value, default=_json_default, separators=(",", ":"))
+        except (TypeError, ValueError):  # keys json cannot take
+            return str(value)
+    return str(value)
+
+
+def _item_text(value: object) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(plain_value(value))
+
+
+def _json_default(value: object) -> object:
+    """What `json` cannot encode: bytes as text, sets as sorted lists, anything else as str."""
+    if isinstance(value, bytes | bytearray):
+        return bytes(value).decode("utf-8", "backslashreplace")
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=str)
+    return str(value)
+
+
 class JournalRenderer:
     """``<4>delivery.attempt key=value ...``: the priority prefix lets `journalctl -p warning`
     select problems; no time stamp (the journal has one), one line per event."""
@@ -47,6 +82,9 @@ class JournalRenderer:
         level = str(event_dict.pop("level", name))
         event_dict.pop("timestamp", None)
         event = str(event_dict.pop("event", ""))
+        for key, value in event_dict.items():
+            if not isinstance(value, str | int | float):
+                event_dict[key] = plain_value(value)
         rest = self._fields(logger, name, event_dict) if event_dict else ""
         line = f"<{SYSLOG_PRIORITY.get(level, 6)}>{event}" + (f" {rest}" if rest else "")
         return line.replace("\n", "\\n")
@@ -113,8 +151,34 @@ def _renderer(fmt: str) -> Processor:
     if fmt == "journal" or (fmt == "auto" and stderr_is_journal()):
         return JournalRenderer()
     if fmt == "json" or (fmt == "auto" and not sys.stderr.isatty()):
-        return structlog.processors.JSONRenderer()
+        return structlog.processors.JSONRenderer(default=_json_default)
     return structlog.dev.ConsoleRenderer()
+
+
+# aiosmtpd logs about 13 ``info`` lines per message on ``mail.log``, keyed only by the client's
+# (address, port) tuple; ``intake.queued`` says what matters. Those lines are ``debug`` here: at
+# any other level the logger's own threshold drops them before a record is even made.
+AIOSMTPD_LOGGER = "mail.log"
+
+
+class _InfoAsDebug(logging.Filter):
+    """Relabel a library's ``info`` records as ``debug`` (kept only at ``log_level = "debug"``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.INFO:
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        return True
+
+
+def _quiet_aiosmtpd(threshold: int) -> None:
+    chatty = logging.getLogger(AIOSMTPD_LOGGER)
+    for old in [f for f in chatty.filters if isinstance(f, _InfoAsDebug)]:
+        chatty.removeFilter(old)
+    if threshold <= logging.DEBUG:
+        chatty.setLevel(logging.DEBUG)
+        chatty.addFilter(_InfoAsDebug())
+    else:
+        chatty.setLevel(max(threshold, logging.WARNING))
 
 
 class _StsguardHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -152,6 +216,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(threshold)
+    _quiet_aiosmtpd(threshold)
     global _logging_configured
     _logging_configured = True
     warnings.showwarning = _show_warning

@@ -68,6 +68,7 @@ from relay.intake.session import SessionRules, _table_names
 from relay.intake.session import _IntakeSMTP as _IntakeSMTP  # tests use it from here
 from relay.intake.session import client_allowed as client_allowed
 from relay.intake.session import parse_networks as parse_networks
+from relay.intake.trace import message_trace
 from relay.queue.spool import MessageFlags, QueuedMessage, Spool, new_queue_id
 
 _log = structlog.get_logger("relay.intake.server")
@@ -243,13 +244,17 @@ class IntakeHandler:
             mail_from, rcpts, len(content), flags=flags, client=client, queue_id=queue_id
         )
         await self.commits.put(message, content)
+        origin = message_trace(data)
         _log.info(
             "intake.queued",
             queue_id=queue_id,
             mail_from=mail_from,
             rcpt_count=len(rcpts),
             size=len(data),
+            message_id=origin.message_id,
             client=client,
+            client_port=_client_port(session),
+            upstream_queue_id=origin.upstream_queue_id,
             tls=session.ssl is not None,
             auth=_auth_user(session),
         )
@@ -286,6 +291,11 @@ class IntakeHandler:
 def _client(session: Session) -> str:
     peer = session.peer
     return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer or "")
+
+
+def _client_port(session: Session) -> int:
+    peer = session.peer
+    return int(peer[1]) if isinstance(peer, tuple) and len(peer) > 1 else 0
 
 
 def _auth_user(session: Session) -> str:

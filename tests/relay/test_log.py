@@ -9,6 +9,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+
 from tests.cli import ROOT
 
 # Our events at three levels, a stdlib record from aiosmtpd (its real deprecation warning, as an
@@ -142,3 +144,66 @@ def test_cli_commands_print_only_their_own_lines_on_stderr(tmp_path: Path) -> No
         )
         stray = [ln for ln in proc.stderr.splitlines() if not ln.startswith("stsguard")]
         assert stray == [], (words, proc.stderr)
+
+
+def test_journal_fields_are_plain_values_not_python_reprs() -> None:
+    from relay.log import JournalRenderer
+
+    line = JournalRenderer()(
+        None,
+        "info",
+        {
+            "event": "test.fields",
+            "level": "warning",
+            "peer": ("127.0.0.1", 41234),
+            "reply": b"250 2.0.0 Ok",
+            "mx": None,
+            "tls": True,
+            "hosts": ["a.test", "b.test"],
+            "found": {"kind": b"x"},
+            "n": 3,
+        },
+    )
+    assert line == (
+        '<4>test.fields peer=127.0.0.1,41234 reply="250 2.0.0 Ok" mx= tls=true'
+        ' hosts=a.test,b.test found="{\\"kind\\":\\"x\\"}" n=3'
+    )
+
+
+# aiosmtpd's own lines: an `info` one for each command, and a warning.
+CHATTER = textwrap.dedent(
+    """
+    import logging, sys
+    from relay.log import configure_logging
+
+    configure_logging("json", sys.argv[1])
+    logging.getLogger("mail.log").info("%r >> %r", ("127.0.0.1", 41234), b"NOOP")
+    logging.getLogger("mail.log").warning("%r unrecognised: %s", ("127.0.0.1", 41234), "X")
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("level", "expected"),
+    [
+        ("info", [("warning", "('127.0.0.1', 41234) unrecognised: X")]),
+        (
+            "debug",
+            [
+                ("debug", "('127.0.0.1', 41234) >> b'NOOP'"),
+                ("warning", "('127.0.0.1', 41234) unrecognised: X"),
+            ],
+        ),
+    ],
+)
+def test_aiosmtpd_per_command_lines_are_debug(level: str, expected: list[tuple[str, str]]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", CHATTER, level],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=60,
+        check=True,
+    )
+    lines = [json.loads(line) for line in proc.stderr.splitlines()]
+    assert [(e["level"], e["message"]) for e in lines] == expected
