@@ -147,8 +147,13 @@ def _file_problems(config: Config) -> list[Problem]:
             settings = report_settings(config)
             if settings.dkim_key is not None:
                 _public_key_b64(settings.dkim_key.private_key)
-        except (StsguardError, ValueError, TypeError) as exc:
-            problems.append(Problem("error", f"[tlsrpt].dkim_key_file: {exc}"))
+        except StsguardError as exc:
+            problems.append(Problem("error", str(exc)))  # it names the key already
+        except (ValueError, TypeError) as exc:
+            where = config.tlsrpt.dkim_key_file
+            problems.append(
+                Problem("error", f"[tlsrpt].dkim_key_file: {where}: not a usable key: {exc}")
+            )
     return problems
 
 

@@ -9,6 +9,10 @@ deliverer connects again with `unverified_context` and records the failure it sa
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from relay.errors import ConfigError
 
@@ -40,3 +44,40 @@ def unverified_context() -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     return ctx
+
+
+def _pem_certificate(cert_file: str) -> tuple[x509.Certificate | None, str | None]:
+    try:
+        data = Path(cert_file).read_bytes()
+    except OSError as exc:
+        return None, f"cannot read {cert_file}: {exc.strerror or exc}"
+    try:
+        return x509.load_pem_x509_certificates(data)[0], None
+    except ValueError:
+        if b"PRIVATE KEY-----" in data:
+            return None, f"{cert_file} holds a private key, not a certificate (files swapped?)"
+        return None, f"{cert_file} holds no PEM certificate (-----BEGIN CERTIFICATE-----)"
+
+
+def pem_pair_problem(cert_file: str, key_file: str) -> str | None:
+    """What is wrong with a certificate and key pair, naming the file: OpenSSL's own error for a
+    bad file is ``[SSL] PEM lib (_ssl.c:3905)``, which names none."""
+    cert, problem = _pem_certificate(cert_file)
+    if problem:
+        return problem
+    try:
+        data = Path(key_file).read_bytes()
+    except OSError as exc:
+        return f"cannot read {key_file}: {exc.strerror or exc}"
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except TypeError:
+        return f"{key_file} is encrypted with a passphrase; the relay needs it without one"
+    except ValueError:
+        if b"CERTIFICATE-----" in data:
+            return f"{key_file} holds a certificate, not a private key (files swapped?)"
+        return f"{key_file} holds no PEM private key (-----BEGIN PRIVATE KEY-----)"
+    assert cert is not None
+    if key.public_key() != cert.public_key():
+        return f"the key in {key_file} is not the key of the certificate in {cert_file}"
+    return None

@@ -18,8 +18,10 @@ from detect.errors import HistoryStoreError
 from detect.history import DAY, HostHistory, host_key
 from relay.config import Config
 from relay.errors import StsguardError, UsageError
+from relay.preflight import is_domain_name
 from relay.state.database import StateError
 from relay.state.stores import open_state, state_exists
+from tlsrpt_emit.names import a_label
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -80,6 +82,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     host: str | None = args.host
     if action == "forget" and not (host and host_key(host)):
         raise UsageError("detect forget: give the MX host name to forget")
+    if action == "forget" and host and not is_domain_name(a_label(host)):
+        raise UsageError(f"detect forget: {host!r} is not a host name")
     if action == "list" and host:
         raise UsageError("detect list: takes no host name")
     if not state_exists(config.state_url):

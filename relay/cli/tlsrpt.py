@@ -67,7 +67,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--force", action="store_true", help="send: also a day that has not ended (marks it done)"
     )
-    p.add_argument("--json", action="store_true", help="summary: one JSON object")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="summary: one JSON object; show: JSON even for a day without reports ([])",
+    )
     p.add_argument("--html", metavar="FILE", help="summary: write a self-contained HTML page")
     p.add_argument(
         "--input",
@@ -111,7 +115,12 @@ def _reports(
 
 
 def _show(
-    store: ReportStore, day: datetime.date, settings: ReportSettings, domain: str | None
+    store: ReportStore,
+    day: datetime.date,
+    settings: ReportSettings,
+    domain: str | None,
+    *,
+    as_json: bool,
 ) -> int:
     reports = _reports(store, day, settings, domain)
     if domain:
@@ -119,8 +128,10 @@ def _show(
             print(f"no sessions to {domain} recorded on {day}")
             return 1
         print(json.dumps(report_to_dict(reports[0]), indent=2, ensure_ascii=False))
-    else:
+    elif reports or as_json:
         print(json.dumps([report_to_dict(r) for r in reports], indent=2, ensure_ascii=False))
+    else:
+        print(f"no reports for {day} (UTC): no sessions recorded that day (--json prints [])")
     return 0
 
 
@@ -330,10 +341,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
         ("--days", args.days is not None),
         ("--html", args.html),
         ("--input", args.input),
-        ("--json", args.json),
+        ("--json", args.json and args.action == "send"),
     ):
         if given:
-            raise UsageError(f"{option} is for summary; show and send take --date and --domain")
+            raise UsageError(
+                f"{option} is for summary (and --json for show); send takes --date and --domain"
+            )
     if args.force and args.action != "send":
         raise UsageError("--force is for send")
     day = parse_day(args.date, time.time())
@@ -341,5 +354,5 @@ def run(args: argparse.Namespace, config: Config) -> int:
     settings = report_settings(config)
     store = open_store(config)
     if args.action == "show":
-        return _show(store, day, settings, domain)
+        return _show(store, day, settings, domain, as_json=args.json)
     return _send_command(args, config, store, day, settings, domain)

@@ -70,6 +70,7 @@ from relay.intake.session import client_allowed as client_allowed
 from relay.intake.session import parse_networks as parse_networks
 from relay.intake.trace import message_trace
 from relay.queue.spool import MessageFlags, QueuedMessage, Spool, new_queue_id
+from relay.tls import pem_pair_problem
 
 _log = structlog.get_logger("relay.intake.server")
 
@@ -329,8 +330,9 @@ def server_tls_context(config: RelayConfig) -> ssl.SSLContext | None:
     try:
         ctx.load_cert_chain(config.tls_cert_file, config.tls_key_file)
     except (OSError, ssl.SSLError) as exc:
+        why = pem_pair_problem(config.tls_cert_file, config.tls_key_file) or str(exc)
         raise ConfigError(
-            f"[relay].tls_cert_file: cannot load certificate and key: {exc}"
+            f"[relay].tls_cert_file: cannot load certificate and key: {why}"
         ) from None
     return ctx
 

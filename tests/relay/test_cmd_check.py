@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from lab.pki import LabCA
 from tests.cli import run_cli, run_cli_as
 from tests.relay.test_cli_main import free_port, good_config
 
@@ -139,3 +140,41 @@ def test_a_user_without_access_gets_one_line_naming_path_and_user(
         f"stsguard: error: permission denied: {state} (owner root:root, mode 0750) is not open "
         "to user nobody; run it as root: sudo -u root stsguard "
     ), run.stderr
+
+
+def test_certificate_problems_name_the_file(tmp_path: Path, lab_ca: LabCA) -> None:
+    """Not OpenSSL's ``[SSL] PEM lib (_ssl.c:3905)``: which file, and what is wrong with it."""
+    good = lab_ca.issue("relay.example.net")
+    other = lab_ca.issue("other.example.net")
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    cases = [
+        (garbage, good.key_file, f"{garbage} holds no PEM certificate"),
+        (good.key_file, good.cert_file, f"{good.key_file} holds a private key, not a certificate"),
+        (good.cert_file, garbage, f"{garbage} holds no PEM private key"),
+        (
+            good.cert_file,
+            other.key_file,
+            f"the key in {other.key_file} is not the key of the certificate in {good.cert_file}",
+        ),
+        (tmp_path / "none.pem", good.key_file, f"cannot read {tmp_path / 'none.pem'}: No such"),
+    ]
+    for cert, key, said in cases:
+        extra = f'tls_cert_file = "{cert}"\ntls_key_file = "{key}"\n'
+        run = run_cli("check", "--config", str(good_config(tmp_path, relay_extra=extra)))
+        assert run.returncode == 1
+        assert "PEM lib" not in run.stderr
+        assert f"error: [relay].tls_cert_file: cannot load certificate and key: {said}" in (
+            run.stderr
+        )
+
+
+def test_a_bad_dkim_key_file_is_named_once(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.pem"
+    extra = f'dkim_domain = "example.net"\ndkim_selector = "s"\ndkim_key_file = "{missing}"\n'
+    config = good_config(tmp_path)
+    config.write_text(config.read_text().replace("[tlsrpt]\n", f"[tlsrpt]\n{extra}"))
+    run = run_cli("check", "--config", str(config))
+    assert run.returncode == 1
+    assert run.stderr.count("[tlsrpt].dkim_key_file") == 1, run.stderr
+    assert f"error: [tlsrpt].dkim_key_file: {missing}: cannot read DKIM key" in run.stderr

@@ -99,6 +99,7 @@ def test_forget_unknown_host_is_one_line(config_file: Path) -> None:
     [
         (("forget",), "detect forget: give the MX host name to forget"),
         (("list", "mx.example.org"), "detect list: takes no host name"),
+        (("forget", "bad host!"), "detect forget: 'bad host!' is not a host name"),
     ],
 )
 def test_usage_errors(config_file: Path, args: tuple[str, ...], message: str) -> None:

@@ -75,8 +75,12 @@ def test_show_empty_day_and_default_date(
     config = write_config(tmp_path)
     args = ["tlsrpt", "show", "--date", "2020-01-01", "--config", str(config)]
     assert main(args) == 0
+    assert capsys.readouterr().out == (
+        "no reports for 2020-01-01 (UTC): no sessions recorded that day (--json prints [])\n"
+    )
+    assert main([*args, "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
-    assert main(["tlsrpt", "show", "--config", str(config)]) == 0
+    assert main(["tlsrpt", "show", "--json", "--config", str(config)]) == 0
     yesterday = datetime.datetime.now(datetime.UTC).date() - datetime.timedelta(days=1)
     reports = json.loads(capsys.readouterr().out)
     if yesterday == DAY:
