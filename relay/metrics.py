@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import math
 import platform
+import socket
+import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from wsgiref.simple_server import WSGIServer
+from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from prometheus_client import (
     CollectorRegistry,
@@ -20,9 +24,10 @@ from prometheus_client import (
     Gauge,
     Histogram,
     disable_created_metrics,
-    start_http_server,
+    make_wsgi_app,
 )
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from relay.config import parse_hostport
@@ -179,8 +184,32 @@ class Metrics:
         return sample if sample is not None and not math.isnan(sample) else 0.0
 
 
+METRICS_PATH = "/metrics"
+
+
+def only_metrics_path(app: WSGIApplication) -> WSGIApplication:
+    """`app` on ``/metrics`` only; ``404`` on every other path (prometheus_client's own server
+    answers everything, so a scanner or a typo got a page of metrics)."""
+
+    def serve(environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == METRICS_PATH:
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [b"Not found: the metrics are at /metrics\n"]
+
+    return serve
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log on stderr (the relay's log is structlog's alone)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 def start_metrics_server(listen: str, registry: CollectorRegistry) -> WSGIServer:
-    """Serve `registry` over HTTP on `listen` (``host:port``, as `relay.metrics_listen`).
+    """Serve `registry` over HTTP on `listen` (``host:port``, as `relay.metrics_listen`), on the
+    path ``/metrics`` only.
 
     The server runs in a daemon thread; `server_address` is where it is bound (port 0 picks a
     free one); `shutdown()` then `server_close()` stops it.
@@ -189,5 +218,11 @@ def start_metrics_server(listen: str, registry: CollectorRegistry) -> WSGIServer
         host, port = parse_hostport(listen[:-2], "[relay].metrics_listen", default_port=0)
     else:
         host, port = parse_hostport(listen, "[relay].metrics_listen")
-    server, _thread = start_http_server(port, addr=host, registry=registry)
+
+    class Server(ThreadingWSGIServer):
+        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+    app = only_metrics_path(make_wsgi_app(registry))
+    server = make_server(host, port, app, Server, handler_class=_QuietHandler)
+    threading.Thread(target=server.serve_forever, name="metrics", daemon=True).start()
     return server

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from relay.config import RelayConfig, load_config
 from tests.cli import ROOT
 
 UNIT = ROOT / "relay" / "deploy" / "stsguard.service"
@@ -36,6 +37,21 @@ def test_unit_settings_the_relay_relies_on() -> None:
     assert keys["ExecStart"] == [
         "/opt/stsguard/bin/stsguard relay --config /etc/stsguard/stsguard.toml"
     ]
+
+
+# Seconds a stop may take beyond [relay].stop_timeout: intake processes, report state, exit.
+STOP_MARGIN = 15
+
+
+def test_systemd_waits_longer_than_the_relay_drains() -> None:
+    """TimeoutStopSec equal to stop_timeout let systemd SIGKILL a relay still stopping cleanly
+    (deliveries cut off are sent again after the restart)."""
+    [timeout] = unit_lines()["TimeoutStopSec"]
+    assert re.fullmatch(r"[0-9]+", timeout), timeout
+    drains = [RelayConfig().stop_timeout]
+    for example in (ROOT / "stsguard.example.toml", ROOT / "relay/deploy/stsguard.example.toml"):
+        drains.append(load_config(example).relay.stop_timeout)
+    assert int(timeout) >= max(drains) + STOP_MARGIN, (timeout, drains)
 
 
 def local_copy(tmp_path: Path) -> Path:

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import re
 import smtplib
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -16,7 +17,7 @@ import pytest
 from lab.mx import CertKind
 from lab.world import LabWorld, free_port, wait_until
 from relay.app import Relay
-from relay.metrics import Metrics
+from relay.metrics import Metrics, start_metrics_server
 from relay.reports import CountedReportStore
 from relay.version import stsguard_version
 from tlsrpt_emit.store import MemoryReportStore, SentReport
@@ -119,3 +120,28 @@ def test_report_outcomes_counted_as_the_sender_records_them() -> None:
     got = store.get_sent(day, "example.org")  # the rest of the store as it was
     assert got is not None
     assert got.status == "delivered"
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "[::1]:0"])
+def test_metrics_answer_on_metrics_only(listen: str) -> None:
+    """prometheus_client's own server answered every path with the metrics."""
+    metrics = Metrics()
+    metrics.accepted.inc()
+    try:
+        server = start_metrics_server(listen, metrics.registry)
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    host, port = server.server_address[:2]
+    base = f"http://{'[' + str(host) + ']' if ':' in str(host) else host}:{port}"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"{base}/metrics", timeout=10) as response:
+            assert "stsguard_accepted_total 1.0" in response.read().decode()
+        for path in ("/", "/favicon.ico", "/metrics/x", "/admin", "/METRICS"):
+            with pytest.raises(urllib.error.HTTPError) as caught:
+                opener.open(f"{base}{path}", timeout=10)
+            assert caught.value.code == 404, path
+            caught.value.close()
+    finally:
+        server.shutdown()
+        server.server_close()
