@@ -28,9 +28,9 @@ from mtasts.parse import policy_domain
 from mtasts.state import (
     DEFAULT_REFRESH_INTERVAL,
     FETCH_BACKOFF,
-    Action,
     CacheEntry,
     FetchFailure,
+    RefreshAction,
     TxtLookup,
     TxtStatus,
     decide,
@@ -185,11 +185,11 @@ class PolicyService:
             bound.warning(
                 "mtasts.txt_unusable", error=txt_failure.message, cached=entry is not None
             )
-        if action is Action.USE_CACHE and entry is not None:
+        if action is RefreshAction.USE_CACHE and entry is not None:
             return _answer(name, entry, PolicySource.CACHED, txt.record, txt_failure)
-        if action is Action.NO_POLICY or txt.record is None:
+        if action is RefreshAction.NO_POLICY or txt.record is None:
             return PolicyResult(name, None, PolicySource.NONE, failure=txt_failure)
-        if action is Action.BACKOFF and last is not None:
+        if action is RefreshAction.BACKOFF and last is not None:
             failure = PolicyFailure(
                 last.result_type,
                 f"{last.message} (not fetching again for {FETCH_BACKOFF // 60} minutes)",

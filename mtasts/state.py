@@ -27,7 +27,9 @@ EXPIRY_MARGIN = 3600  # refresh this long before expiry (at most half of max_age
 DEFAULT_REFRESH_INTERVAL = 86_400  # 10.2: refresh about daily even if the id is unchanged
 
 
-class Action(StrEnum):
+class RefreshAction(StrEnum):
+    """What the policy cache does next for a domain (not `relay.decision.Action`)."""
+
     USE_CACHE = "use-cache"
     FETCH = "fetch"
     BACKOFF = "backoff"
@@ -94,21 +96,21 @@ def decide(
     *,
     last_failure: FetchFailure | None = None,
     refresh_interval: float = DEFAULT_REFRESH_INTERVAL,
-) -> Action:
+) -> RefreshAction:
     """What to do for one `get`: see the module table."""
     cached = entry is not None and entry.valid_at(now)
     if txt.status is not TxtStatus.FOUND or txt.record is None:
-        return Action.USE_CACHE if cached else Action.NO_POLICY
+        return RefreshAction.USE_CACHE if cached else RefreshAction.NO_POLICY
     if (
         entry is not None
         and cached
         and entry.record_id == txt.record.id
         and not entry.refresh_due(now, refresh_interval)
     ):
-        return Action.USE_CACHE
+        return RefreshAction.USE_CACHE
     if in_backoff(last_failure, txt.record.id, now):
-        return Action.BACKOFF
-    return Action.FETCH
+        return RefreshAction.BACKOFF
+    return RefreshAction.FETCH
 
 
 def in_backoff(failure: FetchFailure | None, record_id: str, now: float) -> bool:

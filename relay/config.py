@@ -13,6 +13,7 @@ import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -31,7 +32,21 @@ _HOSTNAME = re.compile(
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 NO_POLICY_TLS = ("opportunistic", "encrypt", "verify")
-DOMAIN_TLS = ("none", "opportunistic", "encrypt", "verify", "mta-sts", "dane", "dane-only")
+
+
+class DomainTls(StrEnum):
+    """`[domains."x"].tls`: a local override of a recipient domain's TLS policy."""
+
+    NONE = "none"
+    OPPORTUNISTIC = "opportunistic"
+    ENCRYPT = "encrypt"
+    VERIFY = "verify"
+    MTA_STS = "mta-sts"  # no override: MTA-STS and DANE as published
+    DANE = "dane"
+    DANE_ONLY = "dane-only"
+
+
+DOMAIN_TLS = tuple(str(t) for t in DomainTls)
 DNSSEC = ("auto", "off", "ad")
 ON_DOWNGRADE = ("defer", "log")
 LOG_FORMATS = ("auto", "json", "console", "journal")
@@ -231,7 +246,7 @@ class StateConfig:
 
 @dataclass(frozen=True, slots=True)
 class DomainConfig:
-    tls: str = "mta-sts"
+    tls: DomainTls = DomainTls.MTA_STS
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,10 +273,10 @@ class Config:
         """Where the state lives (`[state].url`, validated at load)."""
         return parse_state_url(self.state.url, self.relay.state_dir / "state.sqlite3")
 
-    def domain_tls(self, domain: str) -> str:
-        """The local TLS override for a recipient domain, or ``"mta-sts"`` when there is none."""
+    def domain_tls(self, domain: str) -> DomainTls:
+        """The local TLS override for a recipient domain, or `DomainTls.MTA_STS` when none."""
         override = self.domains.get(normalize_host(domain))
-        return override.tls if override else "mta-sts"
+        return override.tls if override else DomainTls.MTA_STS
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -560,7 +575,8 @@ def _domains(raw: Any) -> dict[str, DomainConfig]:
             if name != "tls":
                 raise ConfigError(f"{key}.{_shown(name)}: unknown key (known keys: tls)")
         tls = _choice(DOMAIN_TLS)(table.get("tls", "mta-sts"), f"{key}.tls")
-        result[normalize_host(domain)] = DomainConfig(tls=tls)  # IDN-01: A-labels, like look-ups
+        # IDN-01: A-labels, like look-ups
+        result[normalize_host(domain)] = DomainConfig(tls=DomainTls(tls))
     return result
 
 

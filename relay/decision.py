@@ -15,13 +15,17 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from detect.dane import DANE_REQUIRED, DNSSEC_INVALID, TlsaRecord
+from detect.dane import TlsaRecord
 from detect.history import HostHistory, judge_downgrade
 from detect.model import Finding, FindingKind
 from mtasts.model import Mode, Policy, PolicyResult
+from relay.config import DomainTls
+from tlsrpt_emit.model import ResultType
 
 
 class Action(StrEnum):
+    """What delivery does with a message after one MX session (or before one)."""
+
     DELIVER_TLS = "deliver-tls"
     DELIVER_PLAINTEXT = "deliver-plaintext"
     NEXT_MX = "next-mx"
@@ -42,8 +46,26 @@ class Requirement(StrEnum):
     DANE_UNUSABLE = "dane-unusable"  # secure TLSA, none usable: TLS required, unauthenticated
 
 
-VALIDATION_FAILURE = "validation-failure"
-STARTTLS_NOT_SUPPORTED = "starttls-not-supported"
+class TlsaStatus(StrEnum):
+    """What the TLSA look-up of one MX host found (`relay.delivery.dane_lookup`)."""
+
+    SECURE = "secure"  # signed TLSA records: DANE decides for this host
+    NONE = "none"  # no TLSA, or not signed: DANE does not apply
+    BOGUS = "bogus"  # validation failed or the look-up failed: temporary failure
+    OFF = "off"  # DNSSEC is not trusted here (`[dns].dnssec = "off"`)
+
+
+VALIDATION_FAILURE = ResultType.VALIDATION_FAILURE
+STARTTLS_NOT_SUPPORTED = ResultType.STARTTLS_NOT_SUPPORTED
+
+
+def result_type(text: str) -> ResultType:
+    """The RFC 8460 result type a `detect` finding names (its strings are `ResultType` values,
+    which a test holds); an unknown one counts as validation-failure rather than raising."""
+    try:
+        return ResultType(text)
+    except ValueError:
+        return ResultType.VALIDATION_FAILURE
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +116,7 @@ class EffectivePolicy:
 def effective_policy(
     result: PolicyResult | None,
     *,
-    domain_tls: str = "mta-sts",
+    domain_tls: DomainTls | str = DomainTls.MTA_STS,
     no_policy_tls: str = "opportunistic",
     tls_required_no: bool = False,
     on_downgrade: str = "defer",
@@ -116,23 +138,24 @@ def effective_policy(
     return EffectivePolicy(Requirement(no_policy_tls), None, tls_required_no, on_downgrade)
 
 
-DANE_OVERRIDES = ("mta-sts", "dane", "dane-only")  # `[domains."x"].tls` values that let DANE in
+# `[domains."x"].tls` values that let DANE in
+DANE_OVERRIDES = (DomainTls.MTA_STS, DomainTls.DANE, DomainTls.DANE_ONLY)
 
 
 def dane_for_mx(
     policy: EffectivePolicy,
-    tlsa_status: str,
+    tlsa_status: TlsaStatus | str,
     records: tuple[TlsaRecord, ...] = (),
     names: tuple[str, ...] = (),
     *,
-    domain_tls: str = "mta-sts",
+    domain_tls: DomainTls | str = DomainTls.MTA_STS,
     reason: str = "",
     base: str = "",
     last_mx: bool,
 ) -> tuple[EffectivePolicy, Decision | None]:
     """The policy for one MX host once its TLSA look-up is known, or why it is not tried.
 
-    `tlsa_status` is secure | none | bogus | off (`relay.delivery.dane_lookup.TlsaStatus`);
+    `tlsa_status` is what the host's TLSA look-up found (`TlsaStatus`);
     `base` is the TLSA base domain, sent as SNI (RFC 7672 8.1: the MX name unless a CNAME led on).
     - secure TLSA: DANE decides and MTA-STS is not consulted for this MX (RFC 8461 2, STS-14);
       with no usable record TLS is still mandatory (RFC 7672 2.2).
@@ -159,12 +182,15 @@ def dane_for_mx(
         return dane, None
     if tlsa_status == "bogus":
         return policy, _give_up(
-            DNSSEC_INVALID, f"TLSA look-up failed: {reason}", last_mx=last_mx, code="dnssec-bogus"
+            ResultType.DNSSEC_INVALID,
+            f"TLSA look-up failed: {reason}",
+            last_mx=last_mx,
+            code="dnssec-bogus",
         )
     if domain_tls == "dane-only":
         why = reason or "no DNSSEC-signed TLSA records"
         return policy, _give_up(
-            DANE_REQUIRED, f"dane-only: {why}", last_mx=last_mx, code="dane-required"
+            ResultType.DANE_REQUIRED, f"dane-only: {why}", last_mx=last_mx, code="dane-required"
         )
     return policy, None
 
@@ -178,7 +204,7 @@ class Observation:
     starttls_ok: bool | None = None  # the STARTTLS reply was 220 with nothing injected after it
     handshake_ok: bool | None = None  # a TLS session exists (verified or not)
     cert_valid: bool | None = None  # the certificate chain and name validated (STS-10)
-    tls_result_type: str | None = None  # why the handshake or certificate failed
+    tls_result_type: ResultType | None = None  # why the handshake or certificate failed
     reason_code: str = ""  # failure-reason-code for TLS-RPT
     mx_matches: bool = True  # the MX host matches the MTA-STS policy (only testing gets here)
 
@@ -203,7 +229,7 @@ def remembered_downgrade(
 @dataclass(frozen=True, slots=True)
 class Decision:
     action: Action
-    result_type: str | None
+    result_type: ResultType | None
     reason: str
     reason_code: str = ""
 
@@ -212,7 +238,9 @@ class Decision:
         return self.action in (Action.DELIVER_TLS, Action.DELIVER_PLAINTEXT)
 
 
-def _give_up(result_type: str | None, reason: str, *, last_mx: bool, code: str = "") -> Decision:
+def _give_up(
+    result_type: ResultType | None, reason: str, *, last_mx: bool, code: str = ""
+) -> Decision:
     # RFC 8461 section 5 / STS-13: an MX failing the policy is unreachable; try the next one, and
     # when none is left the failure is temporary.
     return Decision(Action.DEFER if last_mx else Action.NEXT_MX, result_type, reason, code)
@@ -242,24 +270,25 @@ def wants_starttls(policy: EffectivePolicy, obs: Observation) -> bool:
     return obs.ehlo_ok and obs.offered_starttls and policy.requirement is not Requirement.NONE
 
 
-def _tls_failure(obs: Observation, findings: tuple[Finding, ...]) -> tuple[str, str, str]:
+def _tls_failure(obs: Observation, findings: tuple[Finding, ...]) -> tuple[ResultType, str, str]:
     """(result type, reason, reason code) of the way TLS was not had in this session."""
     # A downgrade finding explains why we care, and a masked reply is only evidence of an
     # inspecting middlebox: neither says how TLS failed, so neither names the result type.
     evidence_only = (FindingKind.DOWNGRADE, FindingKind.MASKED_REPLY)
     for finding in findings:
         if finding.kind not in evidence_only:
-            return finding.result_type, f"{finding.kind}: {finding.evidence}", finding.reason_code
+            evidence = f"{finding.kind}: {finding.evidence}"
+            return result_type(finding.result_type), evidence, finding.reason_code
     if not obs.ehlo_ok:
         return STARTTLS_NOT_SUPPORTED, "EHLO refused (no HELO fallback)", ""
     if not obs.offered_starttls:
         return STARTTLS_NOT_SUPPORTED, "STARTTLS not offered", ""
     if obs.starttls_ok is False:
         return STARTTLS_NOT_SUPPORTED, "STARTTLS refused", ""
-    result_type = obs.tls_result_type or VALIDATION_FAILURE
+    failed = obs.tls_result_type or VALIDATION_FAILURE
     if obs.handshake_ok is False:
-        return result_type, "TLS handshake failed", obs.reason_code
-    return result_type, "certificate did not validate", obs.reason_code
+        return failed, "TLS handshake failed", obs.reason_code
+    return failed, "certificate did not validate", obs.reason_code
 
 
 def decide(

@@ -38,6 +38,7 @@ from relay.decision import (
     decide,
     effective_policy,
     remembered_downgrade,
+    result_type,
     screen_mx,
 )
 from relay.delivery.probe import MxProbe, ProbeReport, probe_domain
@@ -77,7 +78,7 @@ def observation(probe: MxProbe) -> Observation:
         starttls_ok=starttls_ok,
         handshake_ok=handshake_ok,
         cert_valid=None if tls is None else tls.verified,
-        tls_result_type=tls.result_type if tls is not None else None,
+        tls_result_type=result_type(tls.result_type) if tls and tls.result_type else None,
         mx_matches=probe.matches_policy is not False,
     )
 

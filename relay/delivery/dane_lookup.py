@@ -14,21 +14,16 @@ applies. The pure check of the presented chain is `detect.dane.check_chain`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import StrEnum
 
 import dns.asyncresolver
 
 from detect.dane import TlsaRecord, usable_records
-from relay.decision import Decision, EffectivePolicy, dane_for_mx
+from relay.config import DomainTls
+from relay.decision import Decision, EffectivePolicy, TlsaStatus, dane_for_mx
 from relay.delivery.mx import MxHost
 from relay.resolver import DnssecResolver, DnsTempFail, query
 
-
-class TlsaStatus(StrEnum):
-    SECURE = "secure"  # signed TLSA records: DANE decides for this host
-    NONE = "none"  # no TLSA, or not signed: DANE does not apply
-    BOGUS = "bogus"  # validation failed or the look-up failed: temporary failure
-    OFF = "off"  # DNSSEC is not trusted here (`[dns].dnssec = "off"`)
+__all__ = ["TlsaLookup", "TlsaStatus", "candidate_bases", "lookup_tlsa", "tlsa_name"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,12 +37,12 @@ class TlsaLookup:
     reason: str = ""
 
     def policy_for(
-        self, policy: EffectivePolicy, *, domain_tls: str, last_mx: bool
+        self, policy: EffectivePolicy, *, domain_tls: DomainTls | str, last_mx: bool
     ) -> tuple[EffectivePolicy, Decision | None]:
         """`relay.decision.dane_for_mx` with what this look-up found."""
         return dane_for_mx(
             policy,
-            str(self.status),
+            self.status,
             self.records,
             self.names,
             domain_tls=domain_tls,

@@ -30,6 +30,7 @@ from relay.decision import (
     may_retry_unverified,
     mx_matches,
     remembered_downgrade,
+    result_type,
     wants_starttls,
 )
 from relay.delivery.dane_tls import dane_context
@@ -207,7 +208,7 @@ class Negotiator:
                 obs,
                 handshake_ok=False,
                 cert_valid=False if tls.cert_failure else obs.cert_valid,
-                tls_result_type=tls.finding.result_type,
+                tls_result_type=result_type(tls.finding.result_type),
                 reason_code=tls.finding.reason_code,
             )
             findings += (tls.finding,)

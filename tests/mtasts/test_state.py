@@ -7,9 +7,9 @@ import pytest
 from mtasts.model import Mode, Policy, StsRecord
 from mtasts.state import (
     FETCH_BACKOFF,
-    Action,
     CacheEntry,
     FetchFailure,
+    RefreshAction,
     TxtLookup,
     TxtStatus,
     decide,
@@ -37,28 +37,29 @@ def failed(record_id: str, at: float) -> FetchFailure:
 @pytest.mark.parametrize(
     ("name", "entry", "txt", "now", "failure", "expected"),
     [
-        ("cold, record found", None, FOUND_1, T0, None, Action.FETCH),
-        ("cold, no record", None, ABSENT, T0, None, Action.NO_POLICY),
-        ("cold, invalid record", None, INVALID, T0, None, Action.NO_POLICY),
-        ("cold, look-up failed", None, FAILED, T0, None, Action.NO_POLICY),
-        ("same id, fresh", ENTRY, FOUND_1, T0 + 60, None, Action.USE_CACHE),
-        ("same id, 23 h", ENTRY, FOUND_1, T0 + DAY - 3600, None, Action.USE_CACHE),
-        ("sts07 same id, a day old", ENTRY, FOUND_1, T0 + DAY, None, Action.FETCH),
-        ("id changed", ENTRY, FOUND_2, T0 + 60, None, Action.FETCH),
-        ("sts06 no record, cached", ENTRY, ABSENT, T0 + 60, None, Action.USE_CACHE),
-        ("sts06 invalid record, cached", ENTRY, INVALID, T0 + 60, None, Action.USE_CACHE),
-        ("sts06 look-up failed, cached", ENTRY, FAILED, T0 + 2 * DAY, None, Action.USE_CACHE),
-        ("no record, cache expired", ENTRY, ABSENT, T0 + 7 * DAY, None, Action.NO_POLICY),
-        ("found, cache expired", ENTRY, FOUND_1, T0 + 7 * DAY, None, Action.FETCH),
-        ("sts07 near expiry", SHORT, FOUND_1, T0 + 300, None, Action.FETCH),
-        ("short policy, early", SHORT, FOUND_1, T0 + 299, None, Action.USE_CACHE),
-        ("sts05 failed 4 min ago", None, FOUND_1, T0 + 240, failed("1", T0), Action.BACKOFF),
-        ("sts05 failed 5 min ago", None, FOUND_1, T0 + 300, failed("1", T0), Action.FETCH),
-        ("sts05 other id failed", ENTRY, FOUND_2, T0 + 60, failed("3", T0), Action.FETCH),
+        ("cold, record found", None, FOUND_1, T0, None, RefreshAction.FETCH),
+        ("cold, no record", None, ABSENT, T0, None, RefreshAction.NO_POLICY),
+        ("cold, invalid record", None, INVALID, T0, None, RefreshAction.NO_POLICY),
+        ("cold, look-up failed", None, FAILED, T0, None, RefreshAction.NO_POLICY),
+        ("same id, fresh", ENTRY, FOUND_1, T0 + 60, None, RefreshAction.USE_CACHE),
+        ("same id, 23 h", ENTRY, FOUND_1, T0 + DAY - 3600, None, RefreshAction.USE_CACHE),
+        ("sts07 same id, a day old", ENTRY, FOUND_1, T0 + DAY, None, RefreshAction.FETCH),
+        ("id changed", ENTRY, FOUND_2, T0 + 60, None, RefreshAction.FETCH),
+        ("sts06 no record, cached", ENTRY, ABSENT, T0 + 60, None, RefreshAction.USE_CACHE),
+        ("sts06 invalid record, cached", ENTRY, INVALID, T0 + 60, None, RefreshAction.USE_CACHE),
+        ("sts06 look-up failed, cached", ENTRY, FAILED, T0 + 2 * DAY, None,
+         RefreshAction.USE_CACHE),
+        ("no record, cache expired", ENTRY, ABSENT, T0 + 7 * DAY, None, RefreshAction.NO_POLICY),
+        ("found, cache expired", ENTRY, FOUND_1, T0 + 7 * DAY, None, RefreshAction.FETCH),
+        ("sts07 near expiry", SHORT, FOUND_1, T0 + 300, None, RefreshAction.FETCH),
+        ("short policy, early", SHORT, FOUND_1, T0 + 299, None, RefreshAction.USE_CACHE),
+        ("sts05 failed 4 min ago", None, FOUND_1, T0 + 240, failed("1", T0), RefreshAction.BACKOFF),
+        ("sts05 failed 5 min ago", None, FOUND_1, T0 + 300, failed("1", T0), RefreshAction.FETCH),
+        ("sts05 other id failed", ENTRY, FOUND_2, T0 + 60, failed("3", T0), RefreshAction.FETCH),
         ("sts05 refresh backs off", ENTRY, FOUND_1, T0 + DAY, failed("1", T0 + DAY - 1),
-         Action.BACKOFF),
+         RefreshAction.BACKOFF),
         ("sts05 cached and fresh ignores failure", ENTRY, FOUND_1, T0 + 60, failed("1", T0),
-         Action.USE_CACHE),
+         RefreshAction.USE_CACHE),
     ],
 )  # fmt: skip
 def test_sts05_06_07_decision_table(
@@ -67,14 +68,14 @@ def test_sts05_06_07_decision_table(
     txt: TxtLookup,
     now: float,
     failure: FetchFailure | None,
-    expected: Action,
+    expected: RefreshAction,
 ) -> None:
     assert decide(entry, txt, now, last_failure=failure, refresh_interval=DAY) is expected, name
 
 
 def test_sts07_refresh_interval_is_configurable() -> None:
-    assert decide(ENTRY, FOUND_1, T0 + 3600, refresh_interval=3600) is Action.FETCH
-    assert decide(ENTRY, FOUND_1, T0 + 3599, refresh_interval=3600) is Action.USE_CACHE
+    assert decide(ENTRY, FOUND_1, T0 + 3600, refresh_interval=3600) is RefreshAction.FETCH
+    assert decide(ENTRY, FOUND_1, T0 + 3599, refresh_interval=3600) is RefreshAction.USE_CACHE
 
 
 def test_sts05_backoff_is_five_minutes_per_id() -> None:
