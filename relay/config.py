@@ -601,3 +601,14 @@ def load_config(path: str | Path | None) -> Config:
 def config_keys() -> dict[str, list[str]]:
     """Every section and its keys, for documentation checks."""
     return {name: [f.name for f in fields(cls)] for name, (cls, _) in _SECTIONS.items()}
+
+
+def duration_keys() -> frozenset[tuple[str, str]]:
+    """(section, key) of every key that takes a duration ("5m", "5d"), for showing the config."""
+    durations = (_duration, _positive_duration)
+    return frozenset(
+        (name, key)
+        for name, (_, checks) in _SECTIONS.items()
+        for key, check in checks.items()
+        if check in durations
+    )

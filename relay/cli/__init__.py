@@ -34,6 +34,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tlsrpt": ("relay.cli.tlsrpt", "show or send the TLS-RPT reports of one UTC day"),
     "queue": ("relay.cli.queue", "see and steer the queue"),
     "detect": ("relay.cli.detect", "list remembered TLS per MX host, or forget one host"),
+    "config": (
+        "relay.cli.config",
+        "print the effective config as TOML (--non-default: only what differs, like postconf -n)",
+    ),
     "state": ("relay.cli.state", "move the SQLite state into PostgreSQL (migrate --to URL)"),
     "lab": ("relay.cli.lab", "run the downgrade-attack lab on loopback"),
     "example-config": ("relay.cli.example", "print the example config (every key, its default)"),
