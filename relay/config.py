@@ -245,6 +245,11 @@ class StateConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class SocketmapConfig:
+    listen: str = ""  # host:port or a Unix socket path; empty: no socketmap
+
+
+@dataclass(frozen=True, slots=True)
 class DomainConfig:
     tls: DomainTls = DomainTls.MTA_STS
 
@@ -260,6 +265,7 @@ class Config:
     tlsrpt: TlsrptConfig = field(default_factory=TlsrptConfig)
     domains: Mapping[str, DomainConfig] = field(default_factory=dict)
     state: StateConfig = field(default_factory=StateConfig)
+    socketmap: SocketmapConfig = field(default_factory=SocketmapConfig)
 
     @property
     def state_db(self) -> Path:
@@ -363,6 +369,16 @@ def _optional_listen(value: Any, key: str) -> str:
     if text:
         parse_hostport(text, key)
     return text
+
+
+def _socketmap_listen(value: Any, key: str) -> str:
+    """``host:port``, an absolute Unix socket path, or empty (off)."""
+    text = _line(value, key)
+    if text.startswith("/"):
+        return text
+    if "/" in text:
+        raise ConfigError(f"{key}: a Unix socket path must be absolute, got {text!r}")
+    return _optional_listen(text, key)
 
 
 def _nameservers(value: Any, key: str) -> tuple[str, ...]:
@@ -504,6 +520,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
         },
     ),
     "state": (StateConfig, {"url": _state_url}),
+    "socketmap": (SocketmapConfig, {"listen": _socketmap_listen}),
 }
 
 

@@ -1,0 +1,159 @@
+"""The facts behind a socketmap answer, from memory whenever possible.
+
+`MapLookup.facts(domain)` answers from a memory front: a domain looked up less than
+`fresh_for` seconds ago costs nothing (no DNS, no state-store query). An older entry is answered
+at once while one refresh runs behind it. A domain not in memory is looked up once, however many
+Postfix processes ask at the same time (single flight, here and in `PolicyService`); a look-up
+slower than `budget` is answered from the policy cache (the one store read of the slow path),
+else as a domain without a policy (RFC 8461 section 5), and finishes for the next query.
+Postfix gives a socketmap query 100 s and closes a map connection idle for 10 s: the budget
+keeps every answer well inside both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+
+import dns.asyncresolver
+import structlog
+
+from mtasts.model import PolicyResult, PolicySource
+from mtasts.service import PolicyService
+from mtasts.state import fallback
+from relay.decision import DANE_OVERRIDES
+from relay.delivery.dane_lookup import TlsaStatus, lookup_tlsa
+from relay.delivery.mx import MxStatus, lookup_mx
+from relay.resolver import DnssecResolver
+from relay.socketmap.answer import DaneState, MapFacts
+
+log = structlog.get_logger(__name__)
+
+LOOKUP_BUDGET = 5.0  # seconds a query may wait for a cold look-up
+FRESH_FOR = 60.0  # seconds an answer is used without looking again
+MAX_DOMAINS = 100_000  # domains kept in memory; the oldest are forgotten first
+
+
+async def dane_state(domain: str, resolver: dns.asyncresolver.Resolver) -> tuple[DaneState, str]:
+    """What DANE says about `domain`'s MX hosts (RFC 7672 2.2), by the look-ups delivery uses."""
+    if not (isinstance(resolver, DnssecResolver) and resolver.trust_ad):
+        return DaneState.OFF, "DNSSEC not trusted ([dns].dnssec = off)"
+    mx = await lookup_mx(domain, resolver)
+    if mx.status is MxStatus.TEMPFAIL:
+        return DaneState.TEMPFAIL, f"MX look-up: {mx.reason}"
+    if mx.status is not MxStatus.OK or not mx.secure:
+        return DaneState.NONE, "MX RRset not DNSSEC-signed" if mx.hosts else mx.reason
+    signed = usable = 0
+    for host in mx.hosts:
+        tlsa = await lookup_tlsa(resolver, host)
+        if tlsa.status is TlsaStatus.BOGUS:
+            return DaneState.TEMPFAIL, f"{host.name}: {tlsa.reason}"
+        if tlsa.status is TlsaStatus.SECURE:
+            signed += 1
+            usable += bool(tlsa.usable)
+    if usable == len(mx.hosts):
+        return DaneState.ALL, f"usable TLSA on all {usable} MX hosts"
+    if signed:
+        return DaneState.SOME, f"signed TLSA on {signed} of {len(mx.hosts)} MX hosts"
+    return DaneState.NONE, "no MX host has signed TLSA records"
+
+
+class MapLookup:
+    """Facts per domain: MTA-STS through `policies`, DANE through `resolver`, the local override
+    through `override` (a callable, so a config reload is seen at once)."""
+
+    def __init__(
+        self,
+        policies: PolicyService,
+        resolver: dns.asyncresolver.Resolver,
+        override: Callable[[str], str],
+        *,
+        budget: float = LOOKUP_BUDGET,
+        fresh_for: float = FRESH_FOR,
+        max_domains: int = MAX_DOMAINS,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.policies = policies
+        self.resolver = resolver
+        self.override = override
+        self.budget = budget
+        self.fresh_for = fresh_for
+        self.max_domains = max_domains
+        self.clock = clock
+        self.lookups = 0  # look-ups started (for tests and the benchmark)
+        self._known: dict[str, tuple[MapFacts, float]] = {}
+        self._inflight: dict[str, asyncio.Task[MapFacts]] = {}
+
+    async def facts(self, domain: str) -> MapFacts:
+        """The facts for `domain` (a plain domain, lower-case A-labels)."""
+        known = self._known.get(domain)
+        if known is not None:
+            facts, looked_at = known
+            if self.clock() - looked_at < self.fresh_for:
+                return facts
+            if _usable(facts, self.policies):
+                self._refresh(domain)  # answered now from memory, fresher next time
+                return facts
+        task = self._refresh(domain)
+        done, _ = await asyncio.wait({task}, timeout=self.budget)
+        if done:
+            return task.result()
+        log.warning("socketmap.lookup_slow", domain=domain, budget=self.budget)
+        return await self._fallback(domain)
+
+    def _refresh(self, domain: str) -> asyncio.Task[MapFacts]:
+        task = self._inflight.get(domain)
+        if task is None:
+            self.lookups += 1
+            task = asyncio.get_running_loop().create_task(self._look_up(domain))
+            self._inflight[domain] = task
+            task.add_done_callback(lambda done: self._finished(domain, done))
+        return task
+
+    def _finished(self, domain: str, task: asyncio.Task[MapFacts]) -> None:
+        self._inflight.pop(domain, None)
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is not None:
+            log.error("socketmap.lookup_failed", domain=domain, error=repr(error))
+
+    async def _look_up(self, domain: str) -> MapFacts:
+        override = self.override(domain)
+        sts = await self.policies.get(domain)
+        dane, reason = DaneState.OFF, ""
+        if override in DANE_OVERRIDES and override != "dane-only":
+            dane, reason = await dane_state(domain, self.resolver)
+        facts = MapFacts(domain, sts, dane, reason, override)
+        self._remember(domain, facts)
+        return facts
+
+    def _remember(self, domain: str, facts: MapFacts) -> None:
+        self._known.pop(domain, None)
+        self._known[domain] = (facts, self.clock())
+        while len(self._known) > self.max_domains:
+            del self._known[next(iter(self._known))]
+
+    async def _fallback(self, domain: str) -> MapFacts:
+        """Facts for a look-up that is taking too long: the cached policy, else none."""
+        entry = await asyncio.to_thread(self.policies.store.get, domain)
+        kept = fallback(entry, self.policies.clock())
+        override = self.override(domain)
+        if kept is None:
+            return MapFacts(domain, None, DaneState.OFF, "", override)
+        sts = PolicyResult(domain, kept.policy, PolicySource.CACHED, expires_at=kept.expires_at)
+        return MapFacts(domain, sts, DaneState.OFF, "", override)
+
+    async def close(self) -> None:
+        """Cancel the look-ups still running."""
+        tasks = list(self._inflight.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _usable(facts: MapFacts, policies: PolicyService) -> bool:
+    """True while an answer from memory may still be given: its policy has not expired."""
+    sts = facts.sts
+    return sts is None or sts.expires_at is None or sts.expires_at > policies.clock()

@@ -1,0 +1,184 @@
+"""SM-01/SM-02 end to end on loopback: the socketmap server over TCP and a Unix socket, answering
+from the lab's DNS and policy host through the relay's PolicyService."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry
+from structlog.testing import capture_logs
+
+from lab.policy_host import Failure
+from lab.world import LabWorld
+from mtasts.cache import MemoryPolicyStore
+from mtasts.service import PolicyService
+from relay.config import DnsConfig
+from relay.resolver import make_resolver
+from relay.socketmap.lookup import MapLookup
+from relay.socketmap.metrics import SocketmapMetrics
+from relay.socketmap.netstring import NetstringDecoder, encode
+from relay.socketmap.server import SocketmapServer
+from relay.socketmap.service import SocketmapService
+from relay.tls import client_context
+
+SECURE = "OK secure match=mx1.example.org servername=hostname"
+
+
+class Client:
+    """A socketmap client as Postfix's dict_sockmap is: one connection, one request at a time."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+        self.decoder = NetstringDecoder(100_000)
+
+    async def ask(self, name: str, key: str) -> str:
+        self.writer.write(encode(f"{name} {key}".encode()))
+        await self.writer.drain()
+        while True:
+            data = await asyncio.wait_for(self.reader.read(65536), 10)
+            if not data:
+                raise ConnectionError("closed")
+            replies = self.decoder.feed(data)
+            if replies:
+                return replies[0].decode()
+
+    async def closed(self) -> bool:
+        """True when the server closed the connection (read gives EOF)."""
+        return await asyncio.wait_for(self.reader.read(1), 5) == b""
+
+
+@contextlib.asynccontextmanager
+async def serving(
+    world: LabWorld, listen: str = "127.0.0.1:0", **kw: float
+) -> AsyncIterator[tuple[SocketmapServer, MapLookup, CollectorRegistry]]:
+    resolver = make_resolver(DnsConfig(nameservers=(world.nameserver,), timeout=2))
+    policies = PolicyService(
+        MemoryPolicyStore(),
+        resolver,
+        client_context(str(world.ca.ca_file)),
+        https_port=world.policy_host.port,
+        fetch_timeout=kw.pop("fetch_timeout", 5.0),
+    )
+    lookup = MapLookup(policies, resolver, lambda d: "mta-sts", budget=kw.pop("budget", 5.0))
+    registry = CollectorRegistry()
+    server = SocketmapServer(
+        listen,
+        SocketmapService(lookup, SocketmapMetrics(registry)),
+        **kw,  # type: ignore[arg-type]
+    )
+    await server.start()
+    try:
+        yield server, lookup, registry
+    finally:
+        await server.stop()
+        await lookup.close()
+
+
+async def connect(server: SocketmapServer) -> Client:
+    if server.address.startswith("/"):
+        return Client(*await asyncio.open_unix_connection(server.address))
+    host, _, port = server.address.rpartition(":")
+    return Client(*await asyncio.open_connection(host, int(port)))
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[LabWorld]:
+    async with LabWorld(tmp_path / "world").running() as w:
+        w.publish_mx("example.org", [(10, "mx1.example.org")])
+        w.publish_policy("example.org", "enforce", ["mx1.example.org"])
+        w.publish_policy("testing.example", "testing", ["mx1.testing.example"])
+        yield w
+
+
+async def test_sm01_persistent_connection_many_requests(world: LabWorld) -> None:
+    async with serving(world) as (server, _, registry):
+        client = await connect(server)
+        assert await client.ask("postfix", "example.org") == SECURE
+        assert await client.ask("postfix", "testing.example") == "NOTFOUND "
+        assert await client.ask("postfix", "nothing.example") == "NOTFOUND "
+        assert await client.ask("postfix", "[mx1.example.org]:25") == "NOTFOUND "
+        assert await client.ask("postfix", ".example.org") == "NOTFOUND "
+        assert (await client.ask("other", "example.org")).startswith("PERM ")
+        assert (await client.ask("tlsrpt", "example.org")).startswith(
+            SECURE + " policy_type=sts policy_domain=example.org"
+        )
+        for answer, count in [("secure", 2), ("testing", 1), ("no-policy", 1), ("not-a-domain", 2)]:
+            got = registry.get_sample_value("stsguard_socketmap_queries_total", {"answer": answer})
+            assert got == count, answer
+        assert registry.get_sample_value("stsguard_socketmap_query_seconds_count") == 7
+
+
+async def test_sm02_warm_answer_costs_no_dns_and_is_logged_once(world: LabWorld) -> None:
+    async with serving(world) as (server, lookup, _):
+        client = await connect(server)
+        with capture_logs() as logs:
+            assert await client.ask("postfix", "example.org") == SECURE
+            asked = sum(world.dns.queries.values())
+            for _ in range(20):
+                assert await client.ask("postfix", "example.org") == SECURE
+        assert sum(world.dns.queries.values()) == asked
+        assert lookup.lookups == 1
+        assert [e["domain"] for e in logs if e["event"] == "socketmap.answer"] == ["example.org"]
+
+
+async def test_sm02_cold_burst_is_one_txt_and_one_https(world: LabWorld) -> None:
+    async with serving(world) as (server, _, _):
+        clients = [await connect(server) for _ in range(20)]
+        replies = await asyncio.gather(*(c.ask("postfix", "example.org") for c in clients))
+    assert set(replies) == {SECURE}
+    assert world.dns.count("_mta-sts.example.org", "TXT") == 1
+    assert world.policy_host.requests["example.org"] == 1
+
+
+async def test_sm02_slow_fetch_is_answered_within_the_budget(world: LabWorld) -> None:
+    world.policy_host.set_failure("example.org", Failure.STALL)
+    async with serving(world, budget=0.3, fetch_timeout=30) as (server, _, _):
+        client = await connect(server)
+        # Nothing cached, the fetch still running: deliver as without a policy (RFC 8461 5).
+        assert await asyncio.wait_for(client.ask("postfix", "example.org"), 3) == "NOTFOUND "
+
+
+@pytest.mark.parametrize(
+    "garbage",
+    [b"3:abc;", b"hello world\r\n", b"20000:", b"9:no-spaces,"],
+    ids=["unterminated", "text", "over-long", "not-name-key"],
+)
+async def test_sm01_malformed_or_overlong_query_closes_the_connection(
+    world: LabWorld, garbage: bytes
+) -> None:
+    async with serving(world) as (server, _, _):
+        client = await connect(server)
+        with capture_logs() as logs:
+            client.writer.write(garbage)
+            await client.writer.drain()
+            assert await client.closed()
+        assert [e["event"] for e in logs] == ["socketmap.protocol_error"]
+
+
+async def test_sm01_unix_socket(world: LabWorld, tmp_path: Path) -> None:
+    path = tmp_path / "sm.sock"
+    async with serving(world, str(path)) as (server, _, _):
+        assert (path.stat().st_mode & 0o777) == 0o666
+        client = await connect(server)
+        assert await client.ask("postfix", "example.org") == SECURE
+    assert not path.exists()
+
+
+async def test_sm01_idle_connection_is_closed(world: LabWorld) -> None:
+    async with serving(world, idle_timeout=0.2) as (server, _, _):
+        client = await connect(server)
+        assert await client.ask("postfix", "nothing.example") == "NOTFOUND "
+        assert await client.closed()
+
+
+async def test_sm01_connection_cap(world: LabWorld) -> None:
+    async with serving(world, max_connections=1) as (server, _, _):
+        first = await connect(server)
+        assert await first.ask("postfix", "nothing.example") == "NOTFOUND "
+        second = await connect(server)
+        assert await second.closed()
+        assert await first.ask("postfix", "example.org") == SECURE
