@@ -31,16 +31,56 @@ def should_bounce(mail_from: str, flags: MessageFlags) -> bool:
     return sender not in ("", "<>") and not flags.is_bounce and not flags.no_tlsrpt
 
 
-def status_of(reason: str) -> str:
-    """The RFC 3463 status for a failure reason: its own ``5.x.x`` if it has one, else 5.0.0.
+# RFC 3463 subject.detail by cause, for reasons no reply code speaks for. TLS and policy causes
+# are named by their RFC 8460 result type in the reason; Postfix's codes where it has one.
+_CAUSES: tuple[tuple[re.Pattern[str], str], ...] = tuple(
+    (re.compile(pattern, re.IGNORECASE), detail)
+    for pattern, detail in (
+        # X.7.4 "security features not supported" (Postfix: "TLS is required, but was not offered")
+        (r"\bstarttls-not-supported\b", "7.4"),
+        # X.7.5 "cryptographic failure": a certificate, TLSA or DNSSEC check that failed
+        (
+            r"\b(certificate-host-mismatch|certificate-expired|certificate-not-trusted"
+            r"|validation-failure|tlsa-invalid|dnssec-invalid|dane-required|sts-webpki-invalid)\b",
+            "7.5",
+        ),
+        (r"\bsts-policy-(fetch-error|invalid)\b", "7.0"),  # X.7.0: other security status
+        (r"null MX", "1.10"),  # X.1.10 "recipient address has null MX" (RFC 7505)
+        (r"no such domain|no MX and no address", "1.2"),  # X.1.2: bad destination system
+        (r"\b(DNS|nameservers?|NXDOMAIN|SERVFAIL)\b", "4.3"),  # X.4.3: directory server failure
+        (r"no MX host to try|has no address", "4.4"),  # X.4.4: unable to route
+        # X.4.2 "bad connection": a session that broke off (Postfix: "lost connection")
+        (r"connection (lost|reset|closed)|disconnected|not connected|\bEOF\b|waiting for", "4.2"),
+        # X.4.1 "no answer from host"
+        (r"connect|refused|unreachable|timed out|timeout|no address answered", "4.1"),
+    )
+)
+
+
+def status_detail(reason: str) -> str:
+    """The RFC 3463 subject and detail (``7.5``) of a failure reason: from the result type of a
+    TLS or policy failure, else from the reply code the server gave, else from the cause the
+    reason names (network, DNS), else ``0.0``."""
+    for pattern, detail in _CAUSES[:3]:
+        if pattern.search(reason):
+            return detail
+    m = _STATUS.search(reason)
+    if m:
+        return f"{m.group(2)}.{m.group(3)}"
+    for pattern, detail in _CAUSES[3:]:
+        if pattern.search(reason):
+            return detail
+    return "0.0"
+
+
+def status_of(reason: str, *, delayed: bool = False) -> str:
+    """The RFC 3463 status for a failure reason (`status_detail`).
 
     A DSN with ``Action: failed`` needs a permanent class, so a 4.x.x found in the reason (a
-    message that expired while deferred) is reported with class 5 and the same detail.
+    message that expired while deferred) is reported with class 5 and the same detail; a delay
+    warning (``Action: delayed``) has class 4.
     """
-    m = _STATUS.search(reason)
-    if not m:
-        return "5.0.0"
-    return f"5.{m.group(2)}.{m.group(3)}"
+    return f"{'4' if delayed else '5'}.{status_detail(reason)}"
 
 
 # Controls, lone surrogates (aiosmtplib decodes an MX's non-UTF-8 bytes with surrogateescape,
@@ -145,7 +185,7 @@ def build_dsn(
                 [
                     ("Final-Recipient", _address_field(rcpt)),
                     ("Action", "delayed" if delayed else "failed"),
-                    ("Status", "4" + status_of(reason)[1:] if delayed else status_of(reason)),
+                    ("Status", status_of(reason, delayed=delayed)),
                     ("Diagnostic-Code", _diagnostic(reason)),
                     ("Last-Attempt-Date", format_datetime(when)),
                 ]

@@ -6,6 +6,7 @@ import email
 import email.policy
 from email.message import Message
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -98,10 +99,66 @@ def test_no_bounce_for_null_sender_bounces_or_reports() -> None:
     assert not should_bounce("tlsrpt@example.net", MessageFlags(no_tlsrpt=True))
 
 
-def test_status_of() -> None:
-    assert status_of("550 5.1.1 no such user") == "5.1.1"
-    assert status_of("451 4.4.1 timed out") == "5.4.1"
-    assert status_of("connection refused") == "5.0.0"
+# (reason as the queue keeps it, status in a failure DSN); a delay warning has class 4.
+STATUS_BY_CAUSE = [
+    ("550 5.1.1 no such user", "5.1.1"),
+    ("451 4.4.1 timed out", "5.4.1"),
+    ("554 5.4.6 mail loop: 31 Received: headers (more than 30)", "5.4.6"),
+    ("4.3.0 internal error: RuntimeError: boom", "5.3.0"),
+    ("452 too many recipients", "5.0.0"),  # a reply code without an enhanced status
+    ("something nobody foresaw", "5.0.0"),
+    # TLS and policy failures, named by their RFC 8460 result type
+    ("starttls-stripped: EHLO reply without STARTTLS (starttls-not-supported)", "5.7.4"),
+    ("certificate did not validate (certificate-expired)", "5.7.5"),
+    ("certificate did not validate (certificate-not-trusted)", "5.7.5"),
+    ("certificate did not validate (certificate-host-mismatch)", "5.7.5"),
+    ("downgrade: 220 2.0.0 Ready; TLS handshake failed (validation-failure)", "5.7.5"),
+    ("tlsa-invalid: no TLSA record matches the certificate", "5.7.5"),
+    ("TLSA look-up failed: SERVFAIL (dnssec-invalid)", "5.7.5"),
+    ("dane-required: no usable TLSA records", "5.7.5"),
+    ("policy host certificate expired (sts-webpki-invalid)", "5.7.5"),
+    ("policy fetch failed (sts-policy-fetch-error)", "5.7.0"),
+    # DNS and routing
+    ("example.org does not accept mail (null MX)", "5.1.10"),
+    ("nowhere.example: no such domain", "5.1.2"),
+    ("The DNS operation timed out.", "5.4.3"),
+    ("All nameservers failed to answer the query example.org. IN MX", "5.4.3"),
+    ("no MX host to try", "5.4.4"),
+    ("mx1.example.org has no address", "5.4.4"),
+    # the network
+    ("SMTPConnectError: Error connecting to 192.0.2.1 on port 25: Connection refused", "5.4.1"),
+    ("SMTPConnectTimeoutError: Timed out connecting to 192.0.2.1 on port 25", "5.4.1"),
+    ("no address answered", "5.4.1"),
+    ("SMTPServerDisconnected: Connection lost", "5.4.2"),
+    ("Unexpected EOF received", "5.4.2"),
+    ("SMTPReadTimeoutError: Timed out waiting for server response", "5.4.2"),
+    # an expired message keeps the cause of its last deferral
+    (
+        "certificate did not validate (certificate-expired) (queue_lifetime of 5d reached)",
+        "5.7.5",
+    ),
+    ("delivery to example.org temporarily suspended: no address answered", "5.4.1"),
+]
+
+
+@pytest.mark.parametrize(("reason", "status"), STATUS_BY_CAUSE)
+def test_status_by_cause(reason: str, status: str) -> None:
+    """RFC 3463 codes by cause; TLS failures said 4.0.0 / 5.0.0 before."""
+    assert status_of(reason) == status
+    assert status_of(reason, delayed=True) == "4" + status[1:]
+
+
+def test_delay_warning_for_a_tls_failure_says_4_7_5() -> None:
+    blob = build_dsn(
+        queued(),
+        ORIGINAL,
+        [("b@example.org", "certificate did not validate (certificate-not-trusted)")],
+        reporting_mta="relay.test",
+        now=2 * 86400.0,
+        delayed=True,
+    )
+    [_, rcpt] = parts(parts(parse(blob))[1])
+    assert (rcpt["Action"], rcpt["Status"]) == ("delayed", "4.7.5")
 
 
 def test_multiline_reason_cannot_inject_headers() -> None:
