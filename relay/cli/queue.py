@@ -1,11 +1,12 @@
-"""`stsguard queue list | show ID | flush | hold ID... | release ID... | delete ...`: see and
-steer the queue of a relay.
+"""`stsguard queue list | summary | show ID [--body] | flush | hold ID... | release ID... |
+delete ...`: see and steer the queue of a relay. ``-`` as the only ID reads the ids from stdin
+(whitespace-separated), like Postfix's ``postsuper -d -``.
 
-`list` and `show` read the spool directory (``[relay].state_dir/queue``). The commands that change
-the queue tell a running relay through its control socket (``state_dir/control.sock``,
+`list`, `summary` and `show` read the spool directory (``[relay].state_dir/queue``). The commands
+that change the queue tell a running relay through its control socket (``state_dir/control.sock``,
 `relay.queue.control`), which does the change and logs it; with no relay running they change the
-spool themselves (`flush` then says that nothing will be sent until a relay starts). Exit status:
-0 done, 1 a problem (an unknown id, no relay for `flush`), 2 a usage error.
+spool themselves (`flush` then says that nothing will be sent until a relay starts). Exit status: 0
+done, 1 a problem (an unknown id, no relay for `flush`), 2 a usage error.
 """
 
 from __future__ import annotations
@@ -18,19 +19,29 @@ import time
 from dataclasses import fields
 from typing import Any
 
+from relay.cli.queue_shape import queue_shape, shape_json, shape_lines
 from relay.config import Config
 from relay.errors import UnknownMessage, UsageError
 from relay.queue.bounce import original_headers
 from relay.queue.control import apply, ask, socket_path
 from relay.queue.spool import QueuedMessage, Spool
 
-ACTIONS = ("list", "show", "flush", "hold", "release", "delete")
+ACTIONS = ("list", "summary", "show", "flush", "hold", "release", "delete")
+_READING = ("list", "summary", "show")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("action", choices=ACTIONS)
-    p.add_argument("ids", nargs="*", metavar="ID", help="queue ids (show, hold, release, delete)")
-    p.add_argument("--json", action="store_true", help="print JSON (list, show)")
+    p.add_argument(
+        "ids",
+        nargs="*",
+        metavar="ID",
+        help="queue ids (show, hold, release, delete); - reads them from stdin",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON (list, summary, show)")
+    p.add_argument(
+        "--body", action="store_true", help="show: the whole message, header and body (postcat)"
+    )
     p.add_argument("--domain", help="delete: the pending recipients at this domain")
     p.add_argument("--recipient", help="delete: this pending recipient")
     p.add_argument("--all", action="store_true", help="delete: every message")
@@ -135,51 +146,90 @@ def _request(args: argparse.Namespace) -> dict[str, Any]:
     return {"op": action, "ids": ids}
 
 
+def _ids_from_stdin(args: argparse.Namespace) -> None:
+    """``queue delete -``: the ids come from stdin, as `postsuper -d -` reads them."""
+    if args.ids == ["-"]:
+        args.ids = sys.stdin.read().split()
+        if not args.ids:
+            raise UsageError(f"queue {args.action}: no queue id on stdin")
+    elif "-" in args.ids:
+        raise UsageError(f"queue {args.action}: - (ids from stdin) must be the only id")
+
+
+def _check_reading(args: argparse.Namespace) -> None:
+    action: str = args.action
+    if args.domain or args.recipient or args.all:
+        raise UsageError(f"queue {action}: --domain, --recipient and --all are for delete")
+    if args.body and action != "show":
+        raise UsageError(f"queue {action}: --body is for show")
+    if action in ("list", "summary") and args.ids:
+        raise UsageError(f"queue {action}: takes no queue id")
+    if action == "show" and len(args.ids) != 1:
+        raise UsageError("queue show: give the queue id of one message")
+
+
+def _show(spool: Spool | None, queue_id: str, *, as_json: bool, body: bool) -> int:
+    try:
+        if spool is None:
+            raise UnknownMessage(f"no queued message {queue_id!r}")
+        message, data = spool.read_message(queue_id)
+    except UnknownMessage as exc:
+        print(f"stsguard: {exc}", file=sys.stderr)
+        return 1
+    if as_json:
+        shown = message_json(message)
+        shown["history"] = [
+            {"at": _iso(a.at), "domain": a.domain, "outcome": a.outcome, "reason": a.reason}
+            for a in message.history
+        ]
+        shown["headers"] = original_headers(data)
+        if body:
+            shown["message"] = data.decode("utf-8", "replace")
+        print(json.dumps(shown, indent=2))
+    elif body:
+        print("\n".join(show_text(message, data)[:-1]))  # all but the header lines
+        print("*** message (header and body) ***")
+        sys.stdout.write(data.decode("utf-8", "replace").replace("\r\n", "\n"))
+    else:
+        print("\n".join(show_text(message, data)))
+    return 0
+
+
+def _read(args: argparse.Namespace, spool: Spool | None) -> int:
+    """`list`, `summary`, `show`: read the spool, change nothing."""
+    messages = spool.list() if spool and args.action != "show" else []
+    if args.action == "show":
+        return _show(spool, args.ids[0], as_json=args.json, body=args.body)
+    if args.action == "summary":
+        shape = queue_shape(messages, time.time())
+        if args.json:
+            print(json.dumps(shape_json(shape), indent=2))
+        else:
+            print("\n".join(shape_lines(shape)))
+    elif args.json:
+        print(json.dumps([message_json(m) for m in messages], indent=2))
+    elif not messages:
+        print("queue is empty")
+    else:
+        for message in messages:
+            print("\n".join(message_text(message)))
+        print(f"{len(messages)} message(s)")
+    return 0
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     directory = config.relay.state_dir / "queue"
-    action: str = args.action
-    if action in ("list", "show"):
-        if args.domain or args.recipient or args.all:
-            raise UsageError(f"queue {action}: --domain, --recipient and --all are for delete")
-        if action == "list" and args.ids:
-            raise UsageError("queue list: takes no queue id")
-        if action == "show" and len(args.ids) != 1:
-            raise UsageError("queue show: give the queue id of one message")
+    _ids_from_stdin(args)
+    if args.action in _READING:
+        _check_reading(args)
     else:
+        if args.body:
+            raise UsageError(f"queue {args.action}: --body is for show")
         request = _request(args)
     # Reading an absent queue must not create one.
     spool = Spool(directory) if directory.is_dir() else None
-    if action == "list":
-        messages = spool.list() if spool else []
-        if args.json:
-            print(json.dumps([message_json(m) for m in messages], indent=2))
-        elif not messages:
-            print("queue is empty")
-        else:
-            for message in messages:
-                print("\n".join(message_text(message)))
-            print(f"{len(messages)} message(s)")
-        return 0
-    if action == "show":
-        (queue_id,) = args.ids
-        try:
-            if spool is None:
-                raise UnknownMessage(f"no queued message {queue_id!r}")
-            message, data = spool.read_message(queue_id)
-        except UnknownMessage as exc:
-            print(f"stsguard: {exc}", file=sys.stderr)
-            return 1
-        if args.json:
-            shown = message_json(message)
-            shown["history"] = [
-                {"at": _iso(a.at), "domain": a.domain, "outcome": a.outcome, "reason": a.reason}
-                for a in message.history
-            ]
-            shown["headers"] = original_headers(data)
-            print(json.dumps(shown, indent=2))
-        else:
-            print("\n".join(show_text(message, data)))
-        return 0
+    if args.action in _READING:
+        return _read(args, spool)
     reply = ask(socket_path(config.relay.state_dir), request)
     if reply is None:
         return _without_relay(spool, request)
