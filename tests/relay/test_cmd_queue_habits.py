@@ -21,8 +21,10 @@ def message(queue_id: str, age_minutes: float, *rcpts: str, held: str = "") -> Q
     return QueuedMessage(
         id=queue_id,
         mail_from="a@example.net",
-        recipients=tuple(Recipient(r) for r in rcpts)
-        + (Recipient("done@example.org", status=RcptStatus.DELIVERED),),
+        recipients=(
+            *(Recipient(r) for r in rcpts),
+            Recipient("done@example.org", status=RcptStatus.DELIVERED),
+        ),
         received_at=NOW - age_minutes * 60,
         size=10,
         held=held,
