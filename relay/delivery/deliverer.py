@@ -33,15 +33,7 @@ from mtasts.errors import PolicyError
 from mtasts.fetch import lookup_sts_record
 from mtasts.model import PolicyResult
 from relay.config import Config
-from relay.decision import (
-    DANE_OVERRIDES,
-    Decision,
-    EffectivePolicy,
-    decide_expiry,
-    effective_policy,
-    screen_mx,
-)
-from relay.delivery.dane_lookup import lookup_tlsa
+from relay.decision import Decision, decide_expiry
 from relay.delivery.loops import LOOP_REASON, SelfAddresses, discard_self
 from relay.delivery.model import (
     DeliveryOutcome,
@@ -52,6 +44,15 @@ from relay.delivery.model import (
 )
 from relay.delivery.mx import MxHost, MxResult, MxStatus, lookup_mx
 from relay.delivery.negotiate import Attempt, Negotiator
+from relay.delivery.policy import (
+    Destination,
+    MxPlan,
+    Refusal,
+    destination,
+    lookup_host,
+    needs_sts,
+    plan_host,
+)
 from relay.delivery.pool import SessionPool
 from relay.delivery.report import AttemptReporter
 from relay.delivery.session import WIRE_ERRORS, ConnectFailed
@@ -162,9 +163,9 @@ class Deliverer:
                 status = RcptStatus.BOUNCED if mx.permanent else RcptStatus.DEFERRED
                 log.warning("delivery.mx_lookup", status=str(mx.status), reason=mx.reason)
                 return self.reporter.finished(request, every_rcpt(request, status, mx.reason))
-            policy, policy_id = await self._policy(request, mx)
+            dest = await self._destination(request, mx)
             try:
-                outcome = await self._try_hosts(request, mx, policy, policy_id)
+                outcome = await self._try_hosts(request, mx, dest)
             except WIRE_ERRORS as exc:
                 # The session layer translates these; one that slipped through is still only a
                 # temporary failure of this attempt, never a crash of the queue's delivery.
@@ -194,31 +195,28 @@ class Deliverer:
         """QUIT every idle session (at shutdown)."""
         await self.pool.close()
 
-    async def _policy(
-        self, request: DeliveryRequest, mx: MxResult
-    ) -> tuple[EffectivePolicy, str | None]:
-        """The effective TLS policy and the `_mta-sts` record id it came with (for STS-12)."""
-        domain_tls = self.config.domain_tls(request.domain)
+    async def _destination(self, request: DeliveryRequest, mx: MxResult) -> Destination:
+        """The domain's TLS rules (`relay.delivery.policy`), with its MTA-STS policy looked up
+        when one can apply; a failed look-up is reported (RFC 8460 4.3)."""
         result: PolicyResult | None = None
-        if not mx.literal and domain_tls == "mta-sts":
-            # STS-08: an address literal has no policy; a local override needs no look-up.
+        if needs_sts(self.config.domain_tls(request.domain), literal=mx.literal):
             result = await self.policy_service.get(request.domain)
             if result.failure is not None and not request.no_tlsrpt:
                 self.reporter.policy_failure(request, result)
-        policy = effective_policy(
-            result,
-            domain_tls=domain_tls,
-            no_policy_tls=self.config.delivery.no_policy_tls,
+        return destination(
+            request.domain,
+            self.config,
+            sts=result,
+            mx=mx,
+            tls_required_no=request.tls_required_no,
             # RPT-10: MTA-STS is not applied to report mail, like `TLS-Required: No`.
-            tls_required_no=request.tls_required_no or request.no_tlsrpt,
-            on_downgrade=self.config.detect.on_downgrade,
+            report_mail=request.no_tlsrpt,
         )
-        record = result.record if result is not None and policy.is_sts else None
-        return policy, record.id if record is not None else None
 
     async def _try_hosts(
-        self, request: DeliveryRequest, mx: MxResult, policy: EffectivePolicy, policy_id: str | None
+        self, request: DeliveryRequest, mx: MxResult, dest: Destination
     ) -> DeliveryOutcome:
+        policy_id = dest.policy_id
         hosts, looped = discard_self(mx.hosts, self.is_self)
         if looped:
             log.warning("delivery.mx_loop", mx_hosts=[h.name for h in mx.hosts if h not in hosts])
@@ -229,18 +227,19 @@ class Deliverer:
         last: RcptOutcome | None = None
         for index, host in enumerate(hosts):
             last_mx = index == len(hosts) - 1
-            host_policy, refusal = await self._dane(request, mx, host, policy, last_mx=last_mx)
-            if refusal is not None:
+            facts = await lookup_host(dest, host, resolver=self.resolver)
+            plan = plan_host(dest, facts, last_mx=last_mx, now=self.clock())
+            refusal = plan.refusal
+            if refusal is not None and plan.refused_by is Refusal.DANE:
                 log.warning("delivery.dane_refused", mx_host=host.name, reason=refusal.reason)
-                self.reporter.refused(request, host.name, host_policy, refusal)
+                self.reporter.refused(request, plan)
                 last = RcptOutcome(
                     "", RcptStatus.DEFERRED, refusal.reason, refusal.result_type, host.name
                 )
                 continue
-            skip = screen_mx(host_policy, host.name)
-            if skip is not None:
-                log.warning("delivery.mx_skipped", mx_host=host.name, reason=skip.reason)
-                last = RcptOutcome("", RcptStatus.DEFERRED, skip.reason, None, host.name)
+            if refusal is not None:
+                log.warning("delivery.mx_skipped", mx_host=host.name, reason=refusal.reason)
+                last = RcptOutcome("", RcptStatus.DEFERRED, refusal.reason, None, host.name)
                 continue
             if not host.addresses:
                 log.info("delivery.mx_no_address", mx_host=host.name)
@@ -248,7 +247,7 @@ class Deliverer:
                 continue
             if tries.exhausted(host.name):
                 break
-            outcome = await self._try_host(request, host, host_policy, tries, last_mx=last_mx)
+            outcome = await self._try_host(request, host, plan, tries)
             if isinstance(outcome, DeliveryOutcome):
                 return replace(outcome, policy_id=policy_id)
             if last is None or outcome.result_type or not last.result_type:
@@ -262,32 +261,12 @@ class Deliverer:
             unreachable=not tries.connected,
         )
 
-    async def _dane(
-        self,
-        request: DeliveryRequest,
-        mx: MxResult,
-        host: MxHost,
-        policy: EffectivePolicy,
-        *,
-        last_mx: bool,
-    ) -> tuple[EffectivePolicy, Decision | None]:
-        """The policy for this MX host once its TLSA records are known (RFC 7672, STS-14)."""
-        domain_tls = self.config.domain_tls(request.domain)
-        if mx.literal or domain_tls not in DANE_OVERRIDES or policy.tls_required_no:
-            return policy, None
-        if not host.addresses:
-            return policy, None
-        tlsa = await lookup_tlsa(self.resolver, host)
-        return tlsa.policy_for(policy, domain_tls=domain_tls, last_mx=last_mx)
-
     async def _try_host(
         self,
         request: DeliveryRequest,
         host: MxHost,
-        policy: EffectivePolicy,
+        plan: MxPlan,
         tries: _Tries,
-        *,
-        last_mx: bool,
     ) -> DeliveryOutcome | RcptOutcome:
         """A delivered/bounced outcome, or why this host did not take the message."""
         failure = RcptOutcome("", RcptStatus.DEFERRED, "no address answered", None, host.name)
@@ -298,7 +277,7 @@ class Deliverer:
                 tries.left -= 1
                 with structlog.contextvars.bound_contextvars(mx_host=host.name, mx_ip=ip):
                     try:
-                        attempt = await self._attempt(request, host, ip, policy, last_mx=last_mx)
+                        attempt = await self._attempt(plan, ip)
                     except (SessionError, *WIRE_ERRORS) as exc:
                         if not isinstance(exc, ConnectFailed):
                             tries.connected = True
@@ -311,30 +290,22 @@ class Deliverer:
                         failure = replace(failure, reason=str(exc))
                         continue
                     tries.connected = True
-                    return await self._conclude(request, host, ip, policy, attempt)
+                    return await self._conclude(request, host, ip, plan, attempt)
         return failure
 
-    async def _attempt(
-        self,
-        request: DeliveryRequest,
-        host: MxHost,
-        ip: str,
-        policy: EffectivePolicy,
-        *,
-        last_mx: bool,
-    ) -> Attempt:
+    async def _attempt(self, plan: MxPlan, ip: str) -> Attempt:
         """A session ready for the message (pooled or new), or the decision why there is none."""
-        pooled = await self.pool.take(host.name, ip, policy)
+        pooled = await self.pool.take(plan.host, ip, plan.policy)
         if pooled is not None:
             return Attempt.reusing(pooled)
-        return await self.negotiator.attempt(host.name, ip, policy, last_mx=last_mx)
+        return await self.negotiator.attempt(plan, ip)
 
     async def _conclude(
         self,
         request: DeliveryRequest,
         host: MxHost,
         ip: str,
-        policy: EffectivePolicy,
+        plan: MxPlan,
         attempt: Attempt,
     ) -> DeliveryOutcome | RcptOutcome:
         """Send the message if the attempt allows it; report the attempt."""
@@ -352,6 +323,6 @@ class Deliverer:
                 outcome = RcptOutcome("", RcptStatus.DEFERRED, str(exc), None, host.name)
                 session.mx.close()
             else:
-                self.pool.park(host.name, ip, policy, session)
-        await self.reporter.attempt(request, host.name, ip, policy, attempt, outcome)
+                self.pool.park(host.name, ip, plan.policy, session)
+        await self.reporter.attempt(request, plan, ip, attempt, outcome)
         return outcome

@@ -14,7 +14,6 @@ import datetime as dt
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 
 from detect.dane import check_chain
 from detect.history import HostHistory, TlsHistoryStore
@@ -22,30 +21,26 @@ from detect.model import Finding, FindingKind
 from relay.config import Config
 from relay.decision import (
     Action,
+    Connection,
     Decision,
     EffectivePolicy,
     Observation,
     Requirement,
     decide,
+    hello_expects_starttls,
     may_retry_unverified,
     mx_matches,
+    next_connection,
     remembered_downgrade,
     result_type,
+    retry_failed,
     wants_starttls,
 )
 from relay.delivery.dane_tls import dane_context
+from relay.delivery.policy import MxPlan, remembering
 from relay.delivery.session import MxSession, TlsStep
 from relay.errors import SessionError
 from relay.tls import unverified_context
-
-
-class Plan(StrEnum):
-    """What one connection tries: verified TLS, unverified TLS (after a certificate failure), or
-    plaintext (after a failed STARTTLS the policy lets go on without TLS)."""
-
-    VERIFY = "verify"
-    UNVERIFIED = "unverified"
-    PLAIN = "plain"
 
 
 @dataclass(eq=False, slots=True)
@@ -106,48 +101,43 @@ class Negotiator:
         self._unverified = unverified_context()
         self._dane = dane_context()
 
-    async def attempt(
-        self, host: str, ip: str, policy: EffectivePolicy, *, last_mx: bool
-    ) -> Attempt:
+    async def attempt(self, plan: MxPlan, ip: str) -> Attempt:
         """A new session ready for the message, or the decision why there is none.
         Raises `SessionError` when the first connection could not be had or broke."""
-        obs = Observation(mx_matches=mx_matches(policy, host))
-        attempt = await self._establish(host, ip, policy, obs, (), Plan.VERIFY, last_mx=last_mx)
+        # The store may be SQLite or a shared one: never block the event loop on it.
+        history = await asyncio.to_thread(self.history.get, plan.host)
+        plan = remembering(plan, history, now=self.clock(), days=self.config.detect.history_days)
+        obs = Observation(mx_matches=mx_matches(plan.policy, plan.host))
+        attempt = await self._establish(plan, ip, obs, (), Connection.VERIFY)
         # At most two more connections: unverified TLS after a certificate failure, plaintext
         # after a failed STARTTLS attempt, each only when the decision allows it.
         for _ in range(2):
-            if attempt.session is not None or not attempt.decision.delivers:
+            connection = next_connection(attempt.decision)
+            if attempt.session is not None or connection is None:
                 break
-            plan = Plan.UNVERIFIED if attempt.decision.action is Action.DELIVER_TLS else Plan.PLAIN
             try:
-                attempt = await self._establish(
-                    host, ip, policy, attempt.obs, attempt.findings, plan, last_mx=last_mx
-                )
+                attempt = await self._establish(plan, ip, attempt.obs, attempt.findings, connection)
             except SessionError as exc:
-                # The TLS failure already seen is still the session's result for TLS-RPT.
-                action = Action.DEFER if last_mx else Action.NEXT_MX
-                reason = f"{attempt.decision.reason}; {plan} retry failed: {exc}"
-                attempt.decision = replace(attempt.decision, action=action, reason=reason)
+                attempt.decision = retry_failed(
+                    attempt.decision, connection, str(exc), last_mx=plan.last_mx
+                )
                 break
         return attempt
 
     async def _establish(
         self,
-        host: str,
+        plan: MxPlan,
         ip: str,
-        policy: EffectivePolicy,
         obs: Observation,
         findings: tuple[Finding, ...],
-        plan: Plan,
-        *,
-        last_mx: bool,
+        connection: Connection,
     ) -> Attempt:
-        """One TCP connection: banner, EHLO, STARTTLS unless `plan` is plain, EHLO again."""
-        mx = MxSession(self.config, ip, host)
+        """One TCP connection: banner, EHLO, STARTTLS unless it is plain, EHLO again."""
+        mx = MxSession(self.config, ip, plan.host)
         _banner, judged = await mx.open()
         findings += judged
         try:
-            attempt = await self._negotiate(mx, policy, obs, findings, plan, last_mx=last_mx)
+            attempt = await self._negotiate(mx, plan, obs, findings, connection)
         except SessionError:
             mx.close()
             raise
@@ -157,18 +147,15 @@ class Negotiator:
     async def _negotiate(
         self,
         mx: MxSession,
-        policy: EffectivePolicy,
+        plan: MxPlan,
         obs: Observation,
         findings: tuple[Finding, ...],
-        plan: Plan,
-        *,
-        last_mx: bool,
+        connection: Connection,
     ) -> Attempt:
-        host = mx.server_name
-        # The store may be SQLite or a shared one: never block the event loop on it.
-        history = await asyncio.to_thread(self.history.get, host)
-        expect = policy.strict or policy.is_sts or self._offered_before(history)
-        hello = await mx.hello(expect_starttls=expect and plan is not Plan.PLAIN)
+        policy, history, last_mx = plan.policy, plan.history, plan.last_mx
+        hello = await mx.hello(
+            expect_starttls=hello_expects_starttls(plan.expect_starttls, connection)
+        )
         helo_name = hello.judgement.server_name
         findings += tuple(f for f in hello.judgement.findings if f not in findings)
         obs = replace(
@@ -181,7 +168,7 @@ class Negotiator:
             found = self._with_downgrade(history, obs, found)
             return Attempt(decide(policy, obs, found, last_mx=last_mx), obs, found, helo_name)
 
-        if not obs.ehlo_ok or plan is Plan.PLAIN or not wants_starttls(policy, obs):
+        if not obs.ehlo_ok or connection is Connection.PLAIN or not wants_starttls(policy, obs):
             return await self._plaintext(mx, conclude(obs, findings), helo_name)
 
         # STARTTLS, sent by us so the receive buffer can be checked before the handshake.
@@ -198,7 +185,7 @@ class Negotiator:
             return conclude(replace(obs, starttls_ok=False), (*findings, step.injection))
         obs = replace(obs, starttls_ok=True)
 
-        tls = await mx.handshake(self._context(policy, plan), sni=policy.dane_base or None)
+        tls = await mx.handshake(self._context(policy, connection), sni=policy.dane_base or None)
         if tls.finding is None and policy.requirement is Requirement.DANE:
             tls = self._dane_check(policy, tls)
             if tls.finding is not None:
@@ -220,7 +207,9 @@ class Negotiator:
                     return Attempt(retry.decision, obs, retry.findings, helo_name)
             return attempt
         # Under DANE with no usable record the session is encrypted, not authenticated.
-        verified = plan is Plan.VERIFY and policy.requirement is not Requirement.DANE_UNUSABLE
+        verified = (
+            connection is Connection.VERIFY and policy.requirement is not Requirement.DANE_UNUSABLE
+        )
         obs = replace(obs, handshake_ok=True, cert_valid=True if verified else obs.cert_valid)
         # TLS-03: forget what was learned before the handshake and say EHLO again.
         again = await mx.hello_again()
@@ -245,10 +234,10 @@ class Negotiator:
         )
         return attempt
 
-    def _context(self, policy: EffectivePolicy, plan: Plan) -> ssl.SSLContext:
+    def _context(self, policy: EffectivePolicy, connection: Connection) -> ssl.SSLContext:
         if policy.is_dane:
             return self._dane  # the TLSA records authenticate, not the web PKI (RFC 7672 3.1)
-        return self.ssl_context if plan is Plan.VERIFY else self._unverified
+        return self.ssl_context if connection is Connection.VERIFY else self._unverified
 
     def _dane_check(self, policy: EffectivePolicy, tls: TlsStep) -> TlsStep:
         """The presented chain against the TLSA records; a mismatch is a certificate failure
@@ -274,12 +263,6 @@ class Negotiator:
             mx, attempt.decision, attempt.obs, attempt.findings, helo_name, tls=False
         )
         return attempt
-
-    def _offered_before(self, history: HostHistory | None) -> bool:
-        """True when the host offered STARTTLS within `detect.history_days` (remembered TLS)."""
-        if history is None or history.last_starttls_at is None:
-            return False
-        return self.clock() - history.last_starttls_at <= self.config.detect.history_days * 86400
 
     def _with_downgrade(
         self, history: HostHistory | None, obs: Observation, findings: tuple[Finding, ...]

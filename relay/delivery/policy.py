@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 import dns.asyncresolver
@@ -219,6 +219,7 @@ class MxPlan:
     report: ReportAs | None
     on_failure: OnFailure
     expect_starttls: bool
+    last_mx: bool = False  # no MX host is left after this one
     refusal: Decision | None = None
     refused_by: Refusal | None = None
     pkix_name: str | None = None
@@ -273,6 +274,12 @@ def expects_starttls(
     return now - history.last_starttls_at <= history_days * 86400
 
 
+def remembering(plan: MxPlan, history: HostHistory | None, *, now: float, days: int) -> MxPlan:
+    """`plan` once the host's remembered TLS is known (delivery reads it when it connects)."""
+    expect = expects_starttls(plan.policy, history, now=now, history_days=days)
+    return replace(plan, history=history, expect_starttls=expect)
+
+
 def report_as(
     dest: Destination, policy: EffectivePolicy, refused_by: Refusal | None
 ) -> ReportAs | None:
@@ -316,6 +323,7 @@ def plan_host(dest: Destination, facts: HostFacts, *, last_mx: bool, now: float)
         report_as(dest, policy, refused_by),
         on_failure,
         expects_starttls(policy, facts.history, now=now, history_days=dest.history_days),
+        last_mx,
         refusal,
         refused_by,
         pkix_name=facts.host if level in (TlsLevel.VERIFY, TlsLevel.OPPORTUNISTIC) else None,

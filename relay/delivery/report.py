@@ -26,9 +26,10 @@ import structlog
 
 from detect.history import TlsHistoryStore
 from mtasts.model import PolicyResult
-from relay.decision import Action, Decision, EffectivePolicy, Observation
+from relay.decision import Action, EffectivePolicy, Observation
 from relay.delivery.model import DeliveryOutcome, DeliveryRequest, RcptOutcome, RcptStatus
 from relay.delivery.negotiate import Attempt
+from relay.delivery.policy import MxPlan, ReportAs
 from relay.metrics import Metrics
 from tlsrpt_emit.model import PolicyType, ResultSink, ResultType, SessionResult
 
@@ -56,18 +57,17 @@ class AttemptReporter:
     async def attempt(
         self,
         request: DeliveryRequest,
-        host: str,
+        plan: MxPlan,
         ip: str,
-        policy: EffectivePolicy,
         attempt: Attempt,
         outcome: DeliveryOutcome | RcptOutcome,
     ) -> None:
         """Everything one attempt on one MX address leaves behind."""
         if not attempt.reused:
-            await self._record_history(host, attempt.obs)
-        if not request.no_tlsrpt and not request.domain.startswith("["):
-            self._emit_session(request, host, ip, policy, attempt)
-        self._log_attempt(request.rcpts, policy, attempt, outcome)
+            await self._record_history(plan.host, attempt.obs)
+        if plan.report is not None:
+            self._emit_session(plan.report, plan.host, ip, attempt)
+        self._log_attempt(request.rcpts, plan.policy, attempt, outcome)
 
     def policy_failure(self, request: DeliveryRequest, result: PolicyResult) -> None:
         """The policy could not be had (fetch or validation failure): one session result."""
@@ -84,21 +84,19 @@ class AttemptReporter:
             )
         )
 
-    def refused(
-        self, request: DeliveryRequest, host: str, policy: EffectivePolicy, decision: Decision
-    ) -> None:
+    def refused(self, request: DeliveryRequest, plan: MxPlan) -> None:
         """An MX not connected to because DANE forbade it (bogus TLSA: dnssec-invalid; dane-only
         without TLSA: dane-required): one session result, as RFC 8460 4.3 counts them."""
-        if request.no_tlsrpt or decision.result_type is None:
+        decision, report = plan.refusal, plan.report
+        if report is None or decision is None or decision.result_type is None:
             return
         self.sink.record(
             SessionResult(
-                policy_domain=request.domain,
-                policy_type=PolicyType.TLSA,
-                # No records to name when the TLSA look-up failed or found none.
-                policy_strings=_policy_strings(policy) if policy.is_dane else (),
+                policy_domain=report.policy_domain,
+                policy_type=report.policy_type,
+                policy_strings=report.policy_strings,
                 when=self.clock(),
-                mx_host=host,
+                mx_host=plan.host,
                 result_type=ResultType(decision.result_type),
                 failure_reason_code=decision.reason_code,
                 additional_information=decision.reason,
@@ -146,20 +144,13 @@ class AttemptReporter:
                 now=self.clock(),
             )
 
-    def _emit_session(
-        self,
-        request: DeliveryRequest,
-        host: str,
-        ip: str,
-        policy: EffectivePolicy,
-        attempt: Attempt,
-    ) -> None:
+    def _emit_session(self, report: ReportAs, host: str, ip: str, attempt: Attempt) -> None:
         decision = attempt.decision
         self.sink.record(
             SessionResult(
-                policy_domain=request.domain,
-                policy_type=_policy_type(policy),
-                policy_strings=_policy_strings(policy),
+                policy_domain=report.policy_domain,
+                policy_type=report.policy_type,
+                policy_strings=report.policy_strings,
                 when=self.clock(),
                 mx_host=host,
                 receiving_ip=ip,
@@ -204,23 +195,6 @@ class AttemptReporter:
             mx_helo=attempt.helo_name,
             findings=[f.as_log() for f in attempt.findings],
         )
-
-
-def _policy_type(policy: EffectivePolicy) -> PolicyType:
-    if policy.is_dane:
-        return PolicyType.TLSA
-    if policy.is_sts and policy.policy is not None:
-        return PolicyType.STS
-    return PolicyType.NO_POLICY_FOUND
-
-
-def _policy_strings(policy: EffectivePolicy) -> tuple[str, ...]:
-    """RFC 8460 4.4: the TLSA records in presentation form, or the STS policy's lines."""
-    if policy.is_dane:
-        return tuple(record.to_text() for record in policy.tlsa)
-    if policy.is_sts and policy.policy is not None:
-        return policy.policy.policy_strings
-    return ()
 
 
 def log_recipients(rcpts: tuple[str, ...], mode: bool | str) -> list[str] | int:
