@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "state": ("relay.cli.state", "move the SQLite state into PostgreSQL (migrate --to URL)"),
     "lab": ("relay.cli.lab", "run the downgrade-attack lab on loopback"),
+    "man": ("relay.cli.man", "print a manual page made from these options (--write DIR: all)"),
     "example-config": ("relay.cli.example", "print the example config (every key, its default)"),
     "example-unit": ("relay.cli.example", "print the systemd unit"),
 }
