@@ -28,6 +28,7 @@ from typing import Any
 
 import procstat
 import structlog
+from compare import Contender, LatencyProbe, example_config, latencies_ms, set_keys
 from postfix_smarthost import PostfixSmarthost
 
 from lab.postgres import PgCluster
@@ -40,6 +41,7 @@ POLICY_IP = "127.0.0.21"  # port 443: postfix-mta-sts-resolver always fetches fr
 SINK_IP, SINK_PORT, SINK_CONTROL = "127.0.0.20", 2526, 2599
 LAB_CONTROL = 5399
 RELAY_PORT = 2525  # stsguard on 127.0.0.1
+VS_PORT = 2528  # --vs REV: the relay of that commit on 127.0.0.1
 POSTFIX_PORT = 2527  # the Postfix smarthost on 127.0.0.1
 RESOLVER_PORT = 8461  # postfix-mta-sts-resolver's socketmap on 127.0.0.1
 WARM, COLD, COLD_RESOLVER = "bench.test", "cold.bench.test", "cold2.bench.test"
@@ -183,6 +185,7 @@ class Throughput:
     seconds: float
     cpu: float | None
     sink_cpu: float
+    latency_ms: tuple[float, float] | None = None  # p50, p99 of the probe messages
 
     @property
     def rate(self) -> float:
@@ -193,6 +196,11 @@ class Throughput:
         return None if self.cpu is None else self.cpu * 1000 / self.messages
 
 
+def sink_probes() -> dict[int, float]:
+    pairs = (item.split(":") for item in ask(SINK_IP, SINK_CONTROL, "PROBES").split())
+    return {int(k): float(v) for k, v in pairs}
+
+
 def push(
     port: int,
     messages: int,
@@ -201,34 +209,65 @@ def push(
     recipient: str = f"user@{WARM}",
     cpu_of: Callable[[], float] | None = None,
     timeout: float = 240,
+    domains: int = 1,
+    probe: bool = False,
 ) -> Throughput:
-    """Send `messages` through `port` with smtp-source and wait until the sink has them all."""
+    """Send `messages` through `port` with smtp-source and wait until the sink has them all.
+
+    `domains` > 1: that many smtp-source processes, each with its share of the sessions and
+    messages, to ``d1.``, ``d2.``, ... of `recipient`'s domain. `probe`: the latency probe runs
+    beside the load (bench/compare.py)."""
     base = sink_count()
     sink_cpu0 = float(ask(SINK_IP, SINK_CONTROL, "CPU"))
     cpu0 = cpu_of() if cpu_of else None
+    sink_probes()
     start = time.monotonic()
-    source = smtp_source(port, messages, sessions, recipient)
+    local, _, domain = recipient.partition("@")
+    if domains == 1:
+        sources = [smtp_source(port, messages, sessions, recipient)]
+    else:
+        share = messages // domains
+        sources = [
+            smtp_source(port, share, max(1, sessions // domains), f"{local}@d{i}.{domain}")
+            for i in range(1, domains + 1)
+        ]
+        messages = messages // domains * domains
+    prober = LatencyProbe(port, domain, SENDER) if probe else contextlib.nullcontext()
     deadline = start + timeout
     count, progress_at = base, start
-    while count < base + messages:
-        now = time.monotonic()
-        stalled = now - progress_at > STALL_SECONDS
-        if now > deadline or stalled:
-            source.kill()
-            source.wait()
-            why = f"no progress for {STALL_SECONDS:.0f}s" if stalled else f"{timeout:.0f}s"
-            raise RuntimeError(f"only {count - base} of {messages} messages at the sink ({why})")
-        time.sleep(0.02)
-        new_count = sink_count()
-        if new_count != count:
-            count, progress_at = new_count, time.monotonic()
+    with prober:
+        while count < base + messages:
+            now = time.monotonic()
+            stalled = now - progress_at > STALL_SECONDS
+            if now > deadline or stalled:
+                for source in sources:
+                    source.kill()
+                    source.wait()
+                why = f"no progress for {STALL_SECONDS:.0f}s" if stalled else f"{timeout:.0f}s"
+                got = count - base
+                raise RuntimeError(f"only {got} of {messages} messages at the sink ({why})")
+            time.sleep(0.02)
+            new_count = sink_count()
+            if new_count != count:
+                count, progress_at = new_count, time.monotonic()
     seconds = time.monotonic() - start
     cpu = cpu_of() - cpu0 if cpu_of and cpu0 is not None else None
-    _, err = source.communicate(timeout=30)
-    if source.returncode != 0:
-        log(f"smtp-source exited {source.returncode}: {err.decode(errors='replace')[-300:]}")
+    for source in sources:
+        _, err = source.communicate(timeout=30)
+        if source.returncode != 0:
+            log(f"smtp-source exited {source.returncode}: {err.decode(errors='replace')[-300:]}")
     sink_cpu = float(ask(SINK_IP, SINK_CONTROL, "CPU")) - sink_cpu0
-    return Throughput(messages, seconds, cpu, sink_cpu)
+    latency = None
+    if isinstance(prober, LatencyProbe):
+        arrived: dict[int, float] = {}
+        settle = time.monotonic() + 10
+        while time.monotonic() < settle:  # the last probes still on their way
+            arrived.update(sink_probes())
+            if all(n in arrived for n in prober.sent):
+                break
+            time.sleep(0.1)
+        latency = latencies_ms(prober.sent, arrived)
+    return Throughput(messages, seconds, cpu, sink_cpu, latency)
 
 
 # --- policy look-ups ------------------------------------------------------------------------
@@ -496,7 +535,7 @@ class Bench:
                 "--sink-ip",
                 SINK_IP,
                 "--domains",
-                ",".join((WARM, COLD, COLD_RESOLVER)),
+                ",".join((WARM, COLD, COLD_RESOLVER, *(f"d{i}.{WARM}" for i in range(1, 21)))),
                 *("--unbound", UNBOUND_IP, "--dane-domain", DANE_DOMAIN),
             ],
             stdout=subprocess.PIPE,
@@ -548,16 +587,84 @@ class Bench:
         ]
         return runs[len(runs) // 2]
 
-    # 1. the ceiling
-    def run_ceiling(self) -> None:
-        log(f"ceiling: {self.args.messages} messages straight into the sink")
-        push(SINK_PORT, 200)
-        t = self.push_median("ceiling", SINK_PORT)
-        self.results.extra["ceiling_msgs_per_s"] = t.rate
+    # the relay's configuration
+    def relay_toml(
+        self,
+        port: int,
+        state: Path,
+        command: list[str],
+        extra: dict[tuple[str, str], str] | None = None,
+        nameserver: str = f"{DNS_IP}:53",
+        cwd: Path | None = None,
+    ) -> str:
+        """`--config default`: the relay's own `example-config`, only the addresses changed (and
+        `extra`); `--config bench`: the bench's tuned file (`RELAY_TOML`)."""
+        if self.args.config == "bench":
+            text = RELAY_TOML.format(
+                port=port,
+                state=state,
+                sink_port=SINK_PORT,
+                dns=DNS_IP,
+                ca=self.ca_file,
+                log_level="info" if self.args.keep_logs else "warning",
+                intake_processes=self.args.intake_processes,
+            )
+            return text.replace(f'"{DNS_IP}:53"', f'"{nameserver}"')
+        values = {
+            ("relay", "listen"): f'"127.0.0.1:{port}"',
+            ("relay", "hostname"): '"relay.bench.test"',
+            ("relay", "state_dir"): f'"{state}"',
+            ("delivery", "port"): str(SINK_PORT),
+            ("dns", "nameservers"): f'["{nameserver}"]',
+            ("tls", "ca_file"): f'"{self.ca_file}"',
+            ("mtasts", "https_port"): "443",
+            **(extra or {}),
+        }
+        return set_keys(example_config(command, cwd), values)
 
-    # 2. Postfix
-    def run_postfix(self) -> None:
-        log("postfix: writing and starting its own instance")
+    def relay_command(self, vs: bool = False) -> list[str]:
+        if vs:
+            main = "import sys; from relay.cli import main; sys.exit(main())"
+            return ["env", f"PYTHONPATH={self.args.vs_tree}", PY, "-c", main, "relay"]
+        return self.args.relay_command or [str(Path(PY).parent / "stsguard"), "relay"]
+
+    @contextlib.contextmanager
+    def relay_contender(self, name: str, port: int, vs: bool = False) -> Iterator[Contender]:
+        """A relay up for the whole comparison: `--config`'s file, its log in the work dir."""
+        command = self.relay_command(vs)
+        state = self.workdir / f"{name}-state"
+        cfg = self.workdir / f"{name}.toml"
+        changed: dict[tuple[str, str], str] = {}
+        for item in [] if vs else self.args.set:
+            key, _, value = item.partition("=")
+            section, _, option = key.partition(".")
+            changed[(section, option)] = value
+        cwd = self.args.vs_tree if vs else None
+        cfg.write_text(self.relay_toml(port, state, command, changed, cwd=cwd))
+        relay_log = self.workdir / f"{name}.log"
+        # Started in the other commit's tree: `python -m` (the intake processes) looks there first.
+        proc = self.procs.start(
+            [*command, "--config", str(cfg)],
+            stdout=open(relay_log, "wb"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            cwd=self.args.vs_tree if vs else None,
+        )
+        try:
+            if not wait_port("127.0.0.1", port, 30, proc):
+                tail = relay_log.read_text(errors="replace").strip().splitlines()[-1:]
+                raise RuntimeError(f"{name} did not start: {' '.join(tail)[-300:]}")
+            pid = proc.pid
+            config = self.args.config + "".join(
+                f", {item}" for item in ([] if vs else self.args.set)
+            )
+            yield Contender(name, port, lambda: procstat.tree_cpu(pid), config, pid)
+        finally:
+            self.procs.stop(proc, timeout=10)
+            if self.args.keep_logs:
+                shutil.copyfile(relay_log, self.args.keep_logs / relay_log.name)
+
+    @contextlib.contextmanager
+    def postfix_contender(self) -> Iterator[Contender]:
         pf = PostfixSmarthost(
             self.workdir / "postfix",
             f"127.0.0.1:{POSTFIX_PORT}",
@@ -574,19 +681,81 @@ class Bench:
                 raise RuntimeError("postfix did not listen:\n" + pf.log_tail())
             master = pf.master_pid()
             assert master is not None
-            push(POSTFIX_PORT, 200)  # warm-up: processes spawned, TLS session cache filled
-            log(f"postfix: {self.args.messages} messages")
-            t = self.push_median("postfix", POSTFIX_PORT, lambda: procstat.tree_cpu(master))
-            self.results.extra["postfix"] = {
-                "msgs_per_s": t.rate,
-                "cpu_per_1000": t.cpu_per_1000,
-                "rss_kib_sum": procstat.tree_rss_kib(master),
-                "processes": len(procstat.tree(master)),
-            }
-            log(f"postfix: {t.rate:.0f} msg/s, {t.cpu_per_1000:.2f} CPU s per 1000")
+            cpu = lambda: procstat.tree_cpu(master)  # noqa: E731
+            yield Contender("postfix", POSTFIX_PORT, cpu, "Postfix 3.7, connection reuse", master)
+            self.results.extra["postfix_rss_kib_sum"] = procstat.tree_rss_kib(master)
         finally:
             pf.stop()
             self.postfix = None
+
+    # the comparison: Postfix, stsguard (and --vs REV) alternating
+    def run_compare(self, with_postfix: bool, with_relay: bool) -> None:
+        with contextlib.ExitStack() as stack:
+            who: list[Contender] = []
+            if with_postfix:
+                log("postfix: writing and starting its own instance")
+                who.append(stack.enter_context(self.postfix_contender()))
+            if with_relay:
+                who.append(stack.enter_context(self.relay_contender("stsguard", RELAY_PORT)))
+            if self.args.vs:
+                who.append(stack.enter_context(self.relay_contender("vs", VS_PORT, vs=True)))
+            for c in who:
+                push(c.port, 200)  # warm-up: processes spawned, policy cached, TLS sessions
+            relay = next((c for c in who if c.name == "stsguard"), None)
+            profiler = None
+            if relay is not None:
+                profiler = self.start_profiler(relay.pid, "relay")
+            try:
+                self.alternate(who, "", sessions=20, domains=1, probe=True)
+            finally:
+                self.stop_profiler(profiler)
+            if self.args.scale:
+                for sessions, domains in ((40, 1), (80, 1), (20, 20)):
+                    self.alternate(who, f"s{sessions}d{domains}", sessions, domains)
+        for c in who:
+            self.results.extra[c.name] = c.as_dict() | {"cpu_per_1000": c.cpu_ms.median}
+
+    def alternate(
+        self, who: list[Contender], label: str, sessions: int, domains: int, probe: bool = False
+    ) -> None:
+        """`--repeat` rounds, each one run per contender in turn."""
+        figures = {c.name: Contender(c.name, c.port, c.cpu) for c in who}
+        for i in range(self.args.repeat):
+            for c in who:
+                t = push(
+                    c.port,
+                    self.args.messages,
+                    sessions=sessions,
+                    cpu_of=c.cpu,
+                    domains=domains,
+                    probe=probe,
+                )
+                f = c if not label else figures[c.name]
+                f.rate.runs.append(t.rate)
+                f.cpu_ms.runs.append(t.cpu_per_1000 or 0.0)
+                if t.latency_ms is not None:
+                    f.p50_ms.runs.append(t.latency_ms[0])
+                    f.p99_ms.runs.append(t.latency_ms[1])
+                lat = (
+                    ""
+                    if t.latency_ms is None
+                    else (f", latency p50 {t.latency_ms[0]:.0f} ms p99 {t.latency_ms[1]:.0f} ms")
+                )
+                log(
+                    f"{c.name} {label or 's20d1'} run {i + 1}: {t.rate:.0f} msg/s, "
+                    f"{t.cpu_per_1000:.2f} CPU ms/msg{lat}, sink "
+                    f"{t.sink_cpu * 1000 / t.messages:.2f} CPU ms/msg"
+                )
+        if label:
+            for name, f in figures.items():
+                self.results.extra.setdefault("scale", {})[f"{name}_{label}"] = f.as_dict()
+
+    # 1. the ceiling
+    def run_ceiling(self) -> None:
+        log(f"ceiling: {self.args.messages} messages straight into the sink")
+        push(SINK_PORT, 200)
+        t = self.push_median("ceiling", SINK_PORT)
+        self.results.extra["ceiling_msgs_per_s"] = t.rate
 
     # 3. postfix-mta-sts-resolver
     def run_resolver(self) -> None:
@@ -697,27 +866,20 @@ class Bench:
             self.results.extra["relay_error"] = "not available yet (relay/app.py missing)"
             return
         suffix = "-pg" if postgres else ""
-        state = self.workdir / f"stsguard-state{suffix}"
+        state = self.workdir / f"stsguard{suffix}-stages"
         cfg = self.workdir / f"stsguard{suffix}.toml"
-        cfg.write_text(
-            RELAY_TOML.format(
-                port=RELAY_PORT,
-                state=state,
-                sink_port=SINK_PORT,
-                dns=DNS_IP,
-                ca=self.ca_file,
-                log_level="info" if self.args.keep_logs else "warning",
-                intake_processes=self.args.intake_processes,
-            )
-            + (f'\n[state]\nurl = "{postgres[1]}"\n' if postgres else "")
-        )
+        # 1000 idle sessions and a burst of 500 all come from 127.0.0.1: the default per-address
+        # and total caps (50, 300) would refuse most of them.
+        extra = {
+            ("relay", "max_connections"): "4000",
+            ("relay", "max_connections_per_ip"): "4000",
+        }
+        if postgres:
+            extra[("state", "url")] = f'"{postgres[1]}"'
+        cfg.write_text(self.relay_toml(RELAY_PORT, state, self.relay_command(), extra))
         relay_log = self.workdir / f"stsguard{suffix}.log"
         proc = self.procs.start(
-            [
-                *(self.args.relay_command or [str(Path(PY).parent / "stsguard"), "relay"]),
-                "--config",
-                str(cfg),
-            ],
+            [*self.relay_command(), "--config", str(cfg)],
             stdout=open(relay_log, "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
@@ -734,7 +896,7 @@ class Bench:
             peak = 0
             # Idle sessions first, on a fresh relay, so that a relay that fails under load still
             # gets its memory row; the peak is read after every stage.
-            for stage in (self.relay_idle_sessions, self.relay_throughput, self.relay_cold_burst):
+            for stage in (self.relay_idle_sessions, self.relay_cold_burst):
                 try:
                     stage(pid)
                 except (RuntimeError, OSError) as exc:
@@ -765,21 +927,11 @@ class Bench:
         self.results.extra["dane_decisions"] = {"per_s": rate, "per_cpu_s": per_cpu}
         state = self.workdir / "stsguard-dane-state"
         cfg = self.workdir / "stsguard-dane.toml"
-        text = RELAY_TOML.format(
-            port=RELAY_PORT,
-            state=state,
-            sink_port=SINK_PORT,
-            dns=DNS_IP,
-            ca=self.ca_file,
-            log_level="warning",
-            intake_processes=self.args.intake_processes,
+        cfg.write_text(
+            self.relay_toml(RELAY_PORT, state, self.relay_command(), nameserver=self.unbound)
         )
-        cfg.write_text(text.replace(f'"{DNS_IP}:53"', f'"{self.unbound}"'))
         proc = self.procs.start(
-            [
-                *(self.args.relay_command or [str(Path(PY).parent / "stsguard"), "relay"]),
-                *("--config", str(cfg)),
-            ],
+            [*self.relay_command(), "--config", str(cfg)],
             stdout=open(self.workdir / "stsguard-dane.log", "wb"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
         )
@@ -795,17 +947,6 @@ class Bench:
                 self.results.extra[name] = {"msgs_per_s": t.rate, "cpu_per_1000": t.cpu_per_1000}
         finally:
             self.procs.stop(proc, timeout=10)
-
-    def relay_throughput(self, pid: int) -> None:
-        push(RELAY_PORT, 200)  # warm-up: policy cached, code paths hot
-        log(f"stsguard: {self.args.messages} messages")
-        profiler = self.start_profiler(pid, "relay")
-        try:
-            t = self.push_median("stsguard", RELAY_PORT, lambda: procstat.tree_cpu(pid))
-        finally:
-            self.stop_profiler(profiler)
-        log(f"stsguard: {t.rate:.0f} msg/s, {t.cpu_per_1000:.2f} CPU s per 1000")
-        self.results.extra["stsguard"] = {"msgs_per_s": t.rate, "cpu_per_1000": t.cpu_per_1000}
 
     def relay_throughput_postgres(self, pid: int, cluster: PgCluster, url: str) -> None:
         push(RELAY_PORT, 200)  # warm-up: policy cached, code paths hot
@@ -870,7 +1011,7 @@ class Bench:
         # --nonblocking: sampling must not pause the process it measures.
         return self.procs.start(
             [
-                *(spy, "record", "--nonblocking", "-p", str(pid), "-o", str(out)),
+                *(spy, "record", "--nonblocking", "--subprocesses", "-p", str(pid), "-o", str(out)),
                 *("-f", "speedscope", *(["--gil"] if self.args.profile_gil else [])),
             ],
             stdout=subprocess.DEVNULL,
@@ -883,6 +1024,91 @@ class Bench:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(20)
             log(f"profile written to {self.profiles[-1]}")
+
+    def compare_rows(self) -> list[list[str]]:
+        """Throughput, CPU per message and latency: median (min-max) of the alternating runs."""
+        x = self.results.extra
+        sg, pf, vs = x.get("stsguard", {}), x.get("postfix", {}), x.get("vs", {})
+
+        def spread(d: dict[str, Any], key: str, digits: int) -> str:
+            runs = d.get(f"{key}_runs") or []
+            if not runs:
+                return "-"
+            med = d[key]
+            return f"{med:,.{digits}f} ({min(runs):,.{digits}f}-{max(runs):,.{digits}f})"
+
+        def ratio(a: float | None, b: float | None) -> str:
+            return "-" if a is None or not b else f"{a / b:.2f}x"
+
+        rate_ok = cpu_ok = None
+        if sg.get("msgs_per_s") and pf.get("msgs_per_s"):
+            rate_ok = sg["msgs_per_s"] >= 1.5 * pf["msgs_per_s"]
+            cpu_ok = sg["cpu_ms_per_msg"] <= 0.8 * pf["cpu_ms_per_msg"]
+        config = f"stsguard config: {sg.get('config', '-')}"
+        rows = [
+            [
+                f"relay throughput (msg/s; {config})",
+                spread(sg, "msgs_per_s", 0),
+                spread(pf, "msgs_per_s", 0),
+                ratio(sg.get("msgs_per_s"), pf.get("msgs_per_s")),
+                ">= 1.5x Postfix",
+                "n/a" if rate_ok is None else ("PASS" if rate_ok else "FAIL"),
+            ],
+            [
+                "relay CPU ms per message (all its processes)",
+                spread(sg, "cpu_ms_per_msg", 2),
+                spread(pf, "cpu_ms_per_msg", 2),
+                ratio(sg.get("cpu_ms_per_msg"), pf.get("cpu_ms_per_msg")),
+                "<= 0.8x Postfix",
+                "n/a" if cpu_ok is None else ("PASS" if cpu_ok else "FAIL"),
+            ],
+            [
+                "latency p50, intake 250 -> MX 250 (ms)",
+                spread(sg, "latency_p50_ms", 0),
+                spread(pf, "latency_p50_ms", 0),
+                ratio(sg.get("latency_p50_ms"), pf.get("latency_p50_ms")),
+                "(lower is better)",
+                "",
+            ],
+            [
+                "latency p99, intake 250 -> MX 250 (ms)",
+                spread(sg, "latency_p99_ms", 0),
+                spread(pf, "latency_p99_ms", 0),
+                ratio(sg.get("latency_p99_ms"), pf.get("latency_p99_ms")),
+                "(lower is better)",
+                "",
+            ],
+        ]
+        if vs:
+            for key, digits in (("msgs_per_s", 0), ("cpu_ms_per_msg", 2), ("latency_p99_ms", 0)):
+                rows.append(
+                    [
+                        f"  working tree vs {self.args.vs_tree.name}: {key}",
+                        spread(sg, key, digits),
+                        spread(vs, key, digits),
+                        ratio(sg.get(key), vs.get(key)),
+                        "(column 3: the other commit)",
+                        "",
+                    ]
+                )
+        for label, f in sorted(x.get("scale", {}).items()):
+            if not label.startswith("stsguard_"):
+                continue
+            tag = label.removeprefix("stsguard_")
+            other = x["scale"].get(f"postfix_{tag}", {})
+            sessions, domains = tag[1:].split("d")
+            for key, digits in (("msgs_per_s", 0), ("cpu_ms_per_msg", 2)):
+                rows.append(
+                    [
+                        f"  scale: {sessions} sessions, {domains} domain(s): {key}",
+                        spread(f, key, digits),
+                        spread(other, key, digits),
+                        ratio(f.get(key), other.get(key)),
+                        "",
+                        "",
+                    ]
+                )
+        return rows
 
     # the table
     def table(self) -> str:
@@ -898,18 +1124,10 @@ class Bench:
         def verdict(ok: bool | None) -> str:
             return "n/a" if ok is None else ("PASS" if ok else "FAIL")
 
-        na = x.get("relay_error", "")
-        sg, pf = x.get("stsguard", {}), x.get("postfix", {})
-        rows.append(
-            [
-                "relay throughput (msg/s)",
-                fmt(sg.get("msgs_per_s")),
-                fmt(pf.get("msgs_per_s")),
-                ratio(sg.get("msgs_per_s"), pf.get("msgs_per_s")),
-                ">= 1.0x Postfix",
-                verdict(None if not sg or not pf else sg["msgs_per_s"] >= pf["msgs_per_s"]),
-            ]
-        )
+        sg = x.get("stsguard", {})
+        rows += self.compare_rows()
+        if self.args.quick:
+            return self.render(rows)
         pg = x.get("stsguard_pg", {})
         rows.append(
             [
@@ -928,16 +1146,6 @@ class Bench:
                 "",
                 "",
                 "",
-                "",
-            ]
-        )
-        rows.append(
-            [
-                "CPU s per 1000 messages",
-                fmt(sg.get("cpu_per_1000"), 2),
-                fmt(pf.get("cpu_per_1000"), 2),
-                ratio(sg.get("cpu_per_1000"), pf.get("cpu_per_1000")),
-                "(lower is better)",
                 "",
             ]
         )
@@ -1026,8 +1234,8 @@ class Bench:
             [
                 "peak RSS (MiB)",
                 fmt(mem["peak_rss_kib"] / 1024, 1) if mem.get("peak_rss_kib") else "-",
-                fmt(pf["rss_kib_sum"] / 1024, 1) if pf else "-",
-                ratio(mem.get("peak_rss_kib"), pf.get("rss_kib_sum")),
+                fmt(x["postfix_rss_kib_sum"] / 1024, 1) if "postfix_rss_kib_sum" in x else "-",
+                ratio(mem.get("peak_rss_kib"), x.get("postfix_rss_kib_sum")),
                 "(Postfix: sum over its processes)",
                 "",
             ]
@@ -1068,6 +1276,11 @@ class Bench:
                 "",
             ]
         )
+        return self.render(rows)
+
+    def render(self, rows: list[list[str]]) -> str:
+        x = self.results.extra
+        na = x.get("relay_error", "")
         head = ["measure", "stsguard", "Postfix / resolver", "ratio", "target", "verdict"]
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
         lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in [head]]
@@ -1120,11 +1333,30 @@ def main() -> int:
         "--profile", type=Path, help="directory for py-spy speedscope profiles (relay, policy)"
     )
     parser.add_argument(
+        "--config",
+        choices=("default", "bench"),
+        default="default",
+        help="the relay's configuration: its own example-config with only the addresses changed "
+        "(default), or the bench's tuned file (intake processes, concurrency 20, log warning)",
+    )
+    parser.add_argument(
         "--intake-processes",
         type=int,
         default=1,
-        help="the relay's [relay].intake_processes (default 1: one intake process beside the "
-        "delivering one, as the relay is meant to run on a machine with two cores or more)",
+        help="with --config bench: the relay's [relay].intake_processes (default 1)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=TOML",
+        help="with --config default: change one key of the working tree's relay (for trying a "
+        "setting; the table names the config as changed)",
+    )
+    parser.add_argument("--scale", action="store_true", help="also 40 and 80 sessions, 20 domains")
+    parser.add_argument("--quick", action="store_true", help="only the comparison, no stages")
+    parser.add_argument(
+        "--vs-tree", type=Path, help="a tree of another commit (bench/run --vs REV sets it)"
     )
     parser.add_argument(
         "--profile-gil",
@@ -1137,6 +1369,7 @@ def main() -> int:
         help="comma-separated runs",
     )
     args = parser.parse_args()
+    args.vs = args.vs_tree is not None
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
     enter_lab_network(args.workdir)
@@ -1157,18 +1390,27 @@ def main() -> int:
 
 
 def run_all(bench: Bench, only: set[str]) -> None:
-    """The lab, then each selected run; a failed run is noted and the next one goes on."""
+    """The lab, then each selected run; a failed run is noted and the next one goes on.
+
+    ``postfix`` and ``relay`` are measured together, alternating (bench/compare.py); ``relay``
+    then also starts a relay for the idle-session and cold-burst stages."""
     bench.start_lab()
-    for name, run in (
+    runs: list[tuple[str, Callable[[], None]]] = [
         ("ceiling", bench.run_ceiling),
-        ("postfix", bench.run_postfix),
+        ("compare", lambda: bench.run_compare("postfix" in only, "relay" in only)),
         ("resolver", bench.run_resolver),
         ("policy", bench.run_policy_service),
-        ("relay", bench.run_relay),
+        ("relay-stages", bench.run_relay),
         ("relay-pg", bench.run_relay_postgres),
         ("dane", bench.run_dane),
-    ):
-        if name in only:
+    ]
+    selected = set(only)
+    if {"postfix", "relay"} & only or bench.args.vs:
+        selected.add("compare")
+    if "relay" in only and not bench.args.quick:
+        selected.add("relay-stages")
+    for name, run in runs:
+        if name in selected:
             try:
                 run()
             except Exception as exc:

@@ -8,7 +8,8 @@ offers STARTTLS until the session is encrypted and counts a message at each end 
         --control 127.0.0.20:2599
 
 The control port answers one line per request: ``COUNT`` -> messages, ``TLS`` -> sessions that
-finished a TLS handshake, ``CPU`` -> this process's CPU seconds.
+finished a TLS handshake, ``CPU`` -> this process's CPU seconds, ``PROBES`` -> ``N:T`` for each
+latency-probe message (``probe-N@...``) since the last ask, T its 250 on `time.monotonic`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import contextlib
 import os
 import signal
 import ssl
+import time
 
 
 class Counters:
@@ -28,6 +30,9 @@ class Counters:
         self.messages = 0
         self.sessions = 0
         self.tls_sessions = 0
+        # The harness's latency probe: ``probe-N@...`` -> time.monotonic() of our 250 after DATA
+        # (not counted in `messages`).
+        self.probes: dict[str, float] = {}
 
 
 class SinkProtocol(asyncio.Protocol):
@@ -42,6 +47,7 @@ class SinkProtocol(asyncio.Protocol):
         self.encrypted = False
         self.transport: asyncio.Transport | None = None
         self.paused = False
+        self.probe = ""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -67,7 +73,11 @@ class SinkProtocol(asyncio.Protocol):
                     break
                 del buf[: end + 5]
                 self.in_data = False
-                self.counters.messages += 1
+                if self.probe and len(self.counters.probes) < 100_000:
+                    self.counters.probes[self.probe] = time.monotonic()
+                else:
+                    self.counters.messages += 1
+                self.probe = ""
                 out.append(b"250 2.0.0 Ok: queued\r\n")
                 continue
             eol = buf.find(b"\n")
@@ -116,6 +126,8 @@ class SinkProtocol(asyncio.Protocol):
             elif verb == b"RSET" or verb == b"NOOP":
                 out.append(b"250 2.0.0 Ok\r\n")
             elif verb in (b"MAIL", b"RCPT"):
+                if line[:14].upper() == b"RCPT TO:<PROBE":
+                    self.probe = line[15:].split(b"@", 1)[0].decode(errors="replace")
                 out.append(b"250 2.1.0 Ok\r\n")
             else:
                 out.append(b"502 5.5.2 Error: command not recognized\r\n")
@@ -158,6 +170,9 @@ async def serve_control(counters: Counters, host: str, port: int) -> asyncio.Ser
                     value = str(counters.tls_sessions)
                 elif cmd == b"SESSIONS":
                     value = str(counters.sessions)
+                elif cmd == b"PROBES":
+                    value = " ".join(f"{k}:{v:.6f}" for k, v in counters.probes.items())
+                    counters.probes.clear()
                 elif cmd == b"CPU":
                     t = os.times()
                     value = f"{t.user + t.system:.3f}"
