@@ -27,7 +27,8 @@ from typing import Any
 import structlog
 
 from relay.errors import SpoolError, UnknownMessage
-from relay.queue.runner import QueueRunner, domain_of
+from relay.queue.passes import domain_of
+from relay.queue.runner import QueueRunner
 from relay.queue.spool import QueuedMessage, RcptStatus, Spool
 
 log = structlog.get_logger(__name__)

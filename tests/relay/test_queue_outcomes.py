@@ -21,7 +21,7 @@ from lab.world import LabWorld, wait_until
 from relay.app import Relay
 from relay.config import Config
 from relay.errors import SpoolError
-from relay.queue import runner as queue_runner
+from relay.queue import bouncer as queue_bouncer
 from relay.queue.spool import Spool
 
 SENDER = "alice@upstream.test"
@@ -203,7 +203,7 @@ async def test_a_message_whose_dsn_cannot_be_built_is_held(
     def broken_dsn(*args: Any, **kwargs: Any) -> bytes:
         raise ValueError("a header that cannot be parsed")
 
-    monkeypatch.setattr(queue_runner, "build_dsn", broken_dsn)
+    monkeypatch.setattr(queue_bouncer, "build_dsn", broken_dsn)
     cfg = config(world, tmp_path)
     relay = Relay(cfg)
     async with relay.running():

@@ -77,7 +77,7 @@ async def test_submitted_mail_is_delivered_from_memory_once(spool: CountingSpool
     assert sorted(r.rcpts for r in deliverer.requests) == [("b@y.test",), ("c@z.test",)]
     assert all(r.data == b"hello" for r in deliverer.requests)
     assert spool.reads == 0
-    assert runner._held_bytes == 0
+    assert runner.budget.held_bytes == 0
 
 
 async def test_past_the_memory_budget_mail_is_read_back(
@@ -100,7 +100,7 @@ async def test_past_the_memory_budget_mail_is_read_back(
         task.cancel()
     assert sorted(r.data for r in deliverer.requests) == [b"body-0", b"body-1", b"body-2"]
     assert spool.reads == 2  # the first fitted the 10-byte budget; the others came from disk
-    assert runner._held_bytes == 0
+    assert runner.budget.held_bytes == 0
 
 
 async def test_a_deferred_submission_stays_queued_with_its_reason(spool: CountingSpool) -> None:

@@ -1,0 +1,93 @@
+"""Handing one job to the deliverer (Postfix's qmgr_deliver): the message bytes, the loop check,
+the request, and whatever the delivery raises turned into a deferral."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Protocol
+
+import structlog
+
+from relay.config import Config
+from relay.decision import Decision
+from relay.delivery.deliverer import DeliveryOutcome, DeliveryRequest
+from relay.metrics import Metrics
+from relay.queue.index import MemoryBudget
+from relay.queue.passes import JobResult, Pass, count_hops
+from relay.queue.scheduler import Job
+from relay.queue.spool import Spool
+
+log = structlog.get_logger(__name__)
+
+
+class Delivers(Protocol):
+    """What the queue needs of `relay.delivery.deliverer.Deliverer`."""
+
+    async def deliver(self, request: DeliveryRequest) -> DeliveryOutcome: ...
+
+    async def expiry_decision(
+        self, domain: str, *, tls_failure: bool, failed_policy_id: str | None
+    ) -> Decision: ...
+
+
+class Dispatcher:
+    """Runs one job of a pass through the deliverer; never raises."""
+
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        deliverer: Delivers,
+        budget: MemoryBudget,
+        *,
+        metrics: Metrics | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.deliverer = deliverer
+        self.budget = budget
+        self.metrics = metrics
+        self.clock = clock
+
+    async def run(self, p: Pass, job: Job) -> JobResult:
+        """The job's result; an exception from the delivery is a deferral of every recipient."""
+        try:
+            return await self._deliver(p, job)
+        except Exception as exc:
+            kind = type(exc).__name__
+            if self.metrics is not None:
+                self.metrics.delivery_errors.labels(kind=kind).inc()
+            log.exception("queue.delivery_error", error=f"{kind}: {exc}")
+            reason = f"4.3.0 internal error: {kind}: {exc}"[:300]
+            return JobResult(deferred=dict.fromkeys(job.rcpts, reason))
+
+    async def _deliver(self, p: Pass, job: Job) -> JobResult:
+        message = p.message
+        data = p.data
+        if data is None:
+            data = await asyncio.to_thread(self.spool.read_data, message.id)
+            if p.jobs_left > 1:
+                p.data = self.budget.hold(data)  # the message's other domains need it too
+        hops = count_hops(data)
+        limit = self.config.delivery.max_hops
+        if hops > limit:
+            reason = f"554 5.4.6 mail loop: {hops} Received: headers (more than {limit})"
+            return JobResult(failed=dict.fromkeys(job.rcpts, reason))
+        request = DeliveryRequest(
+            queue_id=message.id,
+            mail_from=message.mail_from,
+            rcpts=job.rcpts,
+            data=data,
+            tls_required_no=message.flags.tls_required_no,
+            no_tlsrpt=message.flags.no_tlsrpt,
+            smtputf8=message.flags.smtputf8,
+            eight_bit=message.flags.eight_bit,
+        )
+        outcome = await self.deliverer.deliver(request)
+        if self.metrics is not None and outcome.delivered:
+            self.metrics.observe_delivered(
+                message.received_at, self.clock(), len(outcome.delivered)
+            )
+        return JobResult.of(outcome)
