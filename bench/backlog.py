@@ -37,7 +37,8 @@ from procstat import status_kib, tree_cpu  # noqa: E402
 
 from lab.dns import LabDns  # noqa: E402
 from lab.world import free_port, to_toml  # noqa: E402
-from relay.queue.spool import Spool, _encode  # noqa: E402
+from relay.queue.envelope import encode_envelope as _encode  # noqa: E402
+from relay.queue.spool import Spool  # noqa: E402
 
 BODY = (
     b"From: app@upstream.test\r\nTo: user@dead.bench.test\r\nSubject: backlog\r\n\r\n"

@@ -28,139 +28,48 @@ Envelope updates are read-modify-write under an ``flock`` on ``queue/lock``, so 
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import fcntl
 import json
 import os
-import secrets
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, fields, replace
-from enum import StrEnum
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from relay.errors import SpoolError, UnknownMessage
+from relay.queue.envelope import (
+    HISTORY_MAX,
+    REPORT_MAIL_FLAGS,
+    Attempt,
+    MessageFlags,
+    QueuedMessage,
+    RcptStatus,
+    Recipient,
+    ScanEntry,
+    encode_envelope,
+    new_queue_id,
+    valid_queue_id,
+)
+from relay.queue.files import SpoolFiles, fsync_dir
+
+__all__ = [
+    "HISTORY_MAX",
+    "REPORT_MAIL_FLAGS",
+    "Attempt",
+    "MessageFlags",
+    "QueuedMessage",
+    "RcptStatus",
+    "Recipient",
+    "ScanEntry",
+    "Spool",
+    "new_queue_id",
+    "valid_queue_id",
+]
 
 _log = structlog.get_logger("relay.queue.spool")
-
-_ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
-
-
-class RcptStatus(StrEnum):
-    """PENDING: still to deliver. FAILED: failed for good, its DSN not yet queued (the next
-    step queues it, see `Spool.queue_dsn`). BOUNCED: failed and reported (or nobody to report
-    to). DELETED: taken out by `stsguard queue delete`."""
-
-    PENDING = "pending"
-    DELIVERED = "delivered"
-    FAILED = "failed"
-    BOUNCED = "bounced"
-    DELETED = "deleted"
-
-
-@dataclass(frozen=True, slots=True)
-class Recipient:
-    """One recipient and where its delivery stands."""
-
-    address: str
-    status: RcptStatus = RcptStatus.PENDING
-    attempts: int = 0
-    next_attempt_at: float = 0.0
-    last_error: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class MessageFlags:
-    """What the delivery must know about a message beyond its envelope.
-
-    `tls_required_no`: the message carried ``TLS-Required: No`` (RFC 8689 section 5).
-    `no_tlsrpt`: our own TLS-RPT report mail (RFC 8460 section 3: no MTA-STS, not counted).
-    `is_bounce`: a DSN we generated (never bounced again). `smtputf8` / `eight_bit`: the client
-    sent MAIL FROM with SMTPUTF8 / BODY=8BITMIME, so the next hop must offer the same.
-    """
-
-    tls_required_no: bool = False
-    no_tlsrpt: bool = False
-    is_bounce: bool = False
-    smtputf8: bool = False
-    eight_bit: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One line of a message's history: a delivery attempt to one domain, or an event (held,
-    released, bounced). `outcome` is a word (delivered, deferred, failed, held, ...)."""
-
-    at: float
-    domain: str
-    outcome: str
-    reason: str = ""
-
-
-# A message's history keeps this many lines, the newest.
-HISTORY_MAX = 20
-
-
-# Our own TLS-RPT report mail: delivered without MTA-STS and not counted (RFC 8460 3, 5.3).
-REPORT_MAIL_FLAGS = MessageFlags(tls_required_no=True, no_tlsrpt=True)
-
-
-@dataclass(frozen=True, slots=True)
-class QueuedMessage:
-    """A message in the queue: its envelope and recipient states (the data is in `read_data`)."""
-
-    id: str
-    mail_from: str
-    recipients: tuple[Recipient, ...]
-    received_at: float
-    size: int
-    flags: MessageFlags = field(default_factory=MessageFlags)
-    client: str = ""
-    # Set aside (not delivered) until released; the reason, or "" when not held.
-    held: str = ""
-    # The queue id its DSN gets (or got): set with the first FAILED recipient, cleared once the
-    # DSN is queued, so a crash between the two never queues a second DSN.
-    dsn_id: str = ""
-    # A "delayed" DSN ([delivery].delay_warning) went out.
-    warned: bool = False
-    history: tuple[Attempt, ...] = ()
-
-    @property
-    def pending(self) -> tuple[Recipient, ...]:
-        return tuple(r for r in self.recipients if r.status is RcptStatus.PENDING)
-
-    @property
-    def failed(self) -> tuple[Recipient, ...]:
-        """Failed for good, DSN not yet queued."""
-        return tuple(r for r in self.recipients if r.status is RcptStatus.FAILED)
-
-    @property
-    def next_attempt_at(self) -> float | None:
-        """When the earliest pending recipient is due; None when nothing is pending."""
-        times = [r.next_attempt_at for r in self.pending]
-        return min(times) if times else None
-
-    def is_due(self, now: float) -> bool:
-        due = self.next_attempt_at
-        return due is not None and due <= now
-
-
-@dataclass(frozen=True, slots=True)
-class ScanEntry:
-    """One message as `Spool.scan` sees it: when it is due (None: nothing pending), when it
-    came, whether it is held and whether it has FAILED recipients whose DSN is not queued."""
-
-    id: str
-    due: float | None
-    received_at: float
-    held: bool
-    failed: bool
-
 
 # `Spool.list` shadows the builtin inside the class body.
 _Messages = list[QueuedMessage]
@@ -171,222 +80,16 @@ _StateKey = tuple[int, int, int] | None  # a state file's (inode, mtime_ns, size
 RELIST_SECONDS = 60.0
 
 
-def new_queue_id() -> str:
-    """16 base32 characters (80 random bits): unique without coordination between processes."""
-    return base64.b32encode(secrets.token_bytes(10)).decode("ascii")
-
-
-def valid_queue_id(text: str) -> bool:
-    return len(text) == 16 and set(text) <= _ID_CHARS
-
-
-_FLAG_NAMES = tuple(f.name for f in fields(MessageFlags))
-
-
-def _encode(message: QueuedMessage) -> bytes:
-    # By hand rather than `dataclasses.asdict`, which deep-copies and cost 3% of the relay's CPU.
-    raw = {
-        "id": message.id,
-        "mail_from": message.mail_from,
-        "recipients": [
-            {
-                "address": r.address,
-                "status": r.status.value,
-                "attempts": r.attempts,
-                "next_attempt_at": r.next_attempt_at,
-                "last_error": r.last_error,
-            }
-            for r in message.recipients
-        ],
-        "received_at": message.received_at,
-        "size": message.size,
-        "flags": {name: getattr(message.flags, name) for name in _FLAG_NAMES},
-        "client": message.client,
-        "held": message.held,
-        "dsn_id": message.dsn_id,
-        "warned": message.warned,
-        "history": [[a.at, a.domain, a.outcome, a.reason] for a in message.history],
-    }
-    return json.dumps(raw, sort_keys=True).encode("utf-8")
-
-
-def _decode(blob: bytes) -> QueuedMessage:
-    raw: dict[str, Any] = json.loads(blob)
-    return QueuedMessage(
-        id=str(raw["id"]),
-        mail_from=str(raw["mail_from"]),
-        recipients=tuple(
-            Recipient(
-                address=str(r["address"]),
-                status=RcptStatus(r["status"]),
-                attempts=int(r["attempts"]),
-                next_attempt_at=float(r["next_attempt_at"]),
-                last_error=str(r["last_error"]),
-            )
-            for r in raw["recipients"]
-        ),
-        received_at=float(raw["received_at"]),
-        size=int(raw["size"]),
-        flags=MessageFlags(**{k: bool(v) for k, v in raw.get("flags", {}).items()}),
-        client=str(raw.get("client", "")),
-        held=str(raw.get("held", "")),
-        dsn_id=str(raw.get("dsn_id", "")),
-        warned=bool(raw.get("warned", False)),
-        history=tuple(
-            Attempt(float(a[0]), str(a[1]), str(a[2]), str(a[3])) for a in raw.get("history", ())
-        ),
-    )
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-class Spool:
+class Spool(SpoolFiles):
     """The queue directory. Methods are blocking (fsync): call them via `asyncio.to_thread` from
     the event loop. Safe to use from several threads and processes at once."""
 
     def __init__(self, directory: Path | str, *, clock: Callable[[], float] = time.time) -> None:
-        self.directory = Path(directory)
-        self.clock = clock
-        self._msg = self.directory / "msg"
-        self._state = self.directory / "state"
-        self._tmp = self.directory / "tmp"
+        super().__init__(directory, clock=clock)
         # `list`'s memory of envelopes: id -> (state file key when read, envelope)
         self._seen: dict[str, tuple[_StateKey, QueuedMessage]] = {}
         self._seen_lock = threading.Lock()
         self._seen_since = time.monotonic()
-        try:
-            for d in (self.directory, self._msg, self._state, self._tmp):
-                d.mkdir(parents=True, exist_ok=True)
-            self._recover()
-        except OSError as exc:
-            raise SpoolError(f"{self.directory}: cannot open the queue: {exc}") from exc
-
-    # --- crash recovery --------------------------------------------------------------------
-
-    def _recover(self) -> None:
-        """Remove half-written temp files and orphaned state files; convert the old layout."""
-        with self._locked():
-            removed = 0
-            for tmp in self._tmp.iterdir():
-                tmp.unlink(missing_ok=True)
-                removed += 1
-            for state in self._state.iterdir():
-                if not (self._msg / state.name.removesuffix(".json")).exists():
-                    state.unlink(missing_ok=True)
-                    removed += 1
-            if removed:
-                _fsync_dir(self._tmp)
-                _fsync_dir(self._state)
-                _log.info(
-                    "queue.spool_recovered", removed_files=removed, directory=str(self.directory)
-                )
-            self._convert_two_file_layout()
-
-    def _convert_two_file_layout(self) -> None:
-        """Move messages from the ``data/`` + ``env/`` layout (stsguard before 2026-11-29) into
-        ``msg/``, each durably before its old files go; the old directories go when empty."""
-        env_dir, data_dir = self.directory / "env", self.directory / "data"
-        if not env_dir.is_dir():
-            return
-        converted = 0
-        for env in sorted(env_dir.glob("*.json")):
-            data = data_dir / env.stem
-            if not valid_queue_id(env.stem) or not data.exists():
-                continue  # left for an administrator; logged below
-            target = self._msg / env.stem
-            if not target.exists():
-                self._write_durably(target, env.read_bytes().strip() + b"\n" + data.read_bytes())
-            env.unlink()
-            data.unlink()
-            converted += 1
-        for old in (data_dir, env_dir):
-            # Data without an envelope was never acknowledged (the old commit point).
-            if old is data_dir and not any(env_dir.iterdir()):
-                for orphan in old.iterdir():
-                    orphan.unlink()
-            with contextlib.suppress(OSError):
-                old.rmdir()
-        if env_dir.exists():
-            _log.error("queue.spool_old_layout_left", directory=str(env_dir))
-        _fsync_dir(self.directory)
-        _log.info("queue.spool_converted", messages=converted, directory=str(self.directory))
-
-    # --- low-level durable writes -----------------------------------------------------------
-
-    @contextlib.contextmanager
-    def _locked(self, *, shared: bool = False) -> Iterator[None]:
-        """Exclusive for read-modify-write and recovery; shared for `commit`, which only adds new
-        files but must not have its temp files removed by another process's recovery."""
-        # A fresh open file description per call: flock then excludes other threads too.
-        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            yield
-        finally:
-            os.close(fd)
-
-    def _write_temp(self, name: str, blob: bytes) -> Path:
-        """Write and fsync a temp file; returns its path (removed again if writing fails)."""
-        tmp = self._tmp / f"{name}.{secrets.token_hex(4)}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            view = memoryview(blob)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        except OSError:
-            os.close(fd)
-            tmp.unlink(missing_ok=True)
-            raise
-        os.close(fd)
-        return tmp
-
-    def _write_durably(self, target: Path, blob: bytes) -> None:
-        """Temp file, fsync, rename into place, fsync the target directory."""
-        os.rename(self._write_temp(target.name, blob), target)
-        _fsync_dir(target.parent)
-
-    def _msg_path(self, queue_id: str) -> Path:
-        if not valid_queue_id(queue_id):
-            raise UnknownMessage(f"no queued message {queue_id!r}")
-        return self._msg / queue_id
-
-    def _read(self, queue_id: str, *, state: bool = True) -> QueuedMessage:
-        """The envelope: the state file when there is one, else the message file's first line."""
-        return self._load(queue_id, state=state)[0]
-
-    def _load(
-        self, queue_id: str, *, state: bool = True, body: bool = False
-    ) -> tuple[QueuedMessage, bytes]:
-        """The envelope as `_read` gives it, and the message bytes when `body` (else b""): one
-        open of the message file either way."""
-        path = self._msg_path(queue_id)
-        try:
-            with path.open("rb") as f:
-                header = f.readline()
-                data = f.read() if body else b""
-            if state:
-                with contextlib.suppress(FileNotFoundError):
-                    header = (self._state / f"{queue_id}.json").read_bytes()
-        except FileNotFoundError:
-            raise UnknownMessage(f"no queued message {queue_id!r}") from None
-        except OSError as exc:
-            raise SpoolError(f"{path}: cannot read: {exc}") from exc
-        try:
-            message = _decode(header)
-        except (ValueError, KeyError, TypeError) as exc:
-            raise SpoolError(f"{path}: damaged envelope: {exc}") from exc
-        if message.id != queue_id:
-            raise SpoolError(f"{path}: damaged envelope: it names {message.id!r}")
-        return message, data
-
-    # --- public API ----------------------------------------------------------------------------
 
     def new_message(
         self,
@@ -445,7 +148,7 @@ class Spool:
                 for i, (message, data) in enumerate(batch):
                     target = self._msg / message.id
                     try:
-                        tmp = self._write_temp(message.id, _encode(message) + b"\n" + data)
+                        tmp = self._write_temp(message.id, encode_envelope(message) + b"\n" + data)
                     except OSError as exc:
                         results[i] = SpoolError(f"{self.directory}: cannot queue a message: {exc}")
                     else:
@@ -453,7 +156,7 @@ class Spool:
                 for _, tmp, target in written:
                     os.rename(tmp, target)
                 if written:
-                    _fsync_dir(self._msg)
+                    fsync_dir(self._msg)
         except OSError as exc:
             # A failed rename or directory fsync: none of the batch is known to be durable, and
             # its senders are told so; what did reach msg/ goes, or it would be delivered twice.
@@ -669,7 +372,7 @@ class Spool:
                         client="stsguard",
                     )
                     try:
-                        self._write_durably(target, _encode(bounce) + b"\n" + dsn)
+                        self._write_durably(target, encode_envelope(bounce) + b"\n" + dsn)
                     except OSError as exc:
                         raise SpoolError(f"{self.directory}: cannot queue a DSN: {exc}") from exc
             failed = len(message.failed)
@@ -719,7 +422,7 @@ class Spool:
             )
             try:
                 self._write_state(warned)
-                self._write_durably(self._msg / warning_id, _encode(bounce) + b"\n" + dsn)
+                self._write_durably(self._msg / warning_id, encode_envelope(bounce) + b"\n" + dsn)
             except OSError as exc:
                 raise SpoolError(f"{self.directory}: cannot queue a delay warning: {exc}") from exc
         return warning_id
@@ -812,9 +515,6 @@ class Spool:
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 _log.error("spool_damaged_envelope", file=str(self._msg / name), error=str(exc))
 
-    def _write_state(self, message: QueuedMessage) -> None:
-        self._write_durably(self._state / f"{message.id}.json", _encode(message))
-
     def finish(self, queue_ids: Sequence[str]) -> _Errors:
         """Remove messages whose every pending recipient is done (the caller knows, having
         delivered them), without reading them first. One lock for the lot."""
@@ -836,12 +536,6 @@ class Spool:
                 self._remove(queue_id)
             except OSError as exc:
                 raise SpoolError(f"{self.directory}: cannot delete {queue_id}: {exc}") from exc
-
-    def _remove(self, queue_id: str) -> None:
-        # The message file first: it is the commit record; a state file left behind is removed
-        # at start.
-        self._msg_path(queue_id).unlink(missing_ok=True)
-        (self._state / f"{queue_id}.json").unlink(missing_ok=True)
 
     def flush(self) -> int:
         """Make every pending recipient due now; returns how many messages were touched."""

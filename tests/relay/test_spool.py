@@ -198,7 +198,7 @@ def test_a_failed_directory_sync_fails_the_whole_batch(
     def broken(path: Path) -> None:
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr("relay.queue.spool._fsync_dir", broken)
+    monkeypatch.setattr("relay.queue.spool.fsync_dir", broken)
     batch = [(spool.new_message("a@x", ["b@y"], 1), b"x") for _ in range(2)]
     errors = spool.commit(batch)
     assert all(isinstance(e, SpoolError) for e in errors)

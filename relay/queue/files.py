@@ -1,0 +1,177 @@
+"""The queue directory's files (layout and crash safety: see `relay.queue.spool`): the lock,
+durable writes, reading an envelope back, removal, and recovery when a `Spool` opens."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import structlog
+
+from relay.errors import SpoolError, UnknownMessage
+from relay.queue.envelope import (
+    QueuedMessage,
+    decode_envelope,
+    encode_envelope,
+    valid_queue_id,
+)
+
+_log = structlog.get_logger("relay.queue.spool")
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SpoolFiles:
+    """The queue directory's files: layout, lock, durable writes, reads, crash recovery."""
+
+    def __init__(self, directory: Path | str, *, clock: Callable[[], float] = time.time) -> None:
+        self.directory = Path(directory)
+        self.clock = clock
+        self._msg = self.directory / "msg"
+        self._state = self.directory / "state"
+        self._tmp = self.directory / "tmp"
+        try:
+            for d in (self.directory, self._msg, self._state, self._tmp):
+                d.mkdir(parents=True, exist_ok=True)
+            self._recover()
+        except OSError as exc:
+            raise SpoolError(f"{self.directory}: cannot open the queue: {exc}") from exc
+
+    # --- crash recovery --------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Remove half-written temp files and orphaned state files; convert the old layout."""
+        with self._locked():
+            removed = 0
+            for tmp in self._tmp.iterdir():
+                tmp.unlink(missing_ok=True)
+                removed += 1
+            for state in self._state.iterdir():
+                if not (self._msg / state.name.removesuffix(".json")).exists():
+                    state.unlink(missing_ok=True)
+                    removed += 1
+            if removed:
+                fsync_dir(self._tmp)
+                fsync_dir(self._state)
+                _log.info(
+                    "queue.spool_recovered", removed_files=removed, directory=str(self.directory)
+                )
+            self._convert_two_file_layout()
+
+    def _convert_two_file_layout(self) -> None:
+        """Move messages from the ``data/`` + ``env/`` layout (stsguard before 2026-11-29) into
+        ``msg/``, each durably before its old files go; the old directories go when empty."""
+        env_dir, data_dir = self.directory / "env", self.directory / "data"
+        if not env_dir.is_dir():
+            return
+        converted = 0
+        for env in sorted(env_dir.glob("*.json")):
+            data = data_dir / env.stem
+            if not valid_queue_id(env.stem) or not data.exists():
+                continue  # left for an administrator; logged below
+            target = self._msg / env.stem
+            if not target.exists():
+                self._write_durably(target, env.read_bytes().strip() + b"\n" + data.read_bytes())
+            env.unlink()
+            data.unlink()
+            converted += 1
+        for old in (data_dir, env_dir):
+            # Data without an envelope was never acknowledged (the old commit point).
+            if old is data_dir and not any(env_dir.iterdir()):
+                for orphan in old.iterdir():
+                    orphan.unlink()
+            with contextlib.suppress(OSError):
+                old.rmdir()
+        if env_dir.exists():
+            _log.error("queue.spool_old_layout_left", directory=str(env_dir))
+        fsync_dir(self.directory)
+        _log.info("queue.spool_converted", messages=converted, directory=str(self.directory))
+
+    # --- low-level durable writes -----------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self, *, shared: bool = False) -> Iterator[None]:
+        """Exclusive for read-modify-write and recovery; shared for `commit`, which only adds new
+        files but must not have its temp files removed by another process's recovery."""
+        # A fresh open file description per call: flock then excludes other threads too.
+        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _write_temp(self, name: str, blob: bytes) -> Path:
+        """Write and fsync a temp file; returns its path (removed again if writing fails)."""
+        tmp = self._tmp / f"{name}.{secrets.token_hex(4)}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            view = memoryview(blob)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        except OSError:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return tmp
+
+    def _write_durably(self, target: Path, blob: bytes) -> None:
+        """Temp file, fsync, rename into place, fsync the target directory."""
+        os.rename(self._write_temp(target.name, blob), target)
+        fsync_dir(target.parent)
+
+    def _msg_path(self, queue_id: str) -> Path:
+        if not valid_queue_id(queue_id):
+            raise UnknownMessage(f"no queued message {queue_id!r}")
+        return self._msg / queue_id
+
+    def _read(self, queue_id: str, *, state: bool = True) -> QueuedMessage:
+        """The envelope: the state file when there is one, else the message file's first line."""
+        return self._load(queue_id, state=state)[0]
+
+    def _load(
+        self, queue_id: str, *, state: bool = True, body: bool = False
+    ) -> tuple[QueuedMessage, bytes]:
+        """The envelope as `_read` gives it, and the message bytes when `body` (else b""): one
+        open of the message file either way."""
+        path = self._msg_path(queue_id)
+        try:
+            with path.open("rb") as f:
+                header = f.readline()
+                data = f.read() if body else b""
+            if state:
+                with contextlib.suppress(FileNotFoundError):
+                    header = (self._state / f"{queue_id}.json").read_bytes()
+        except FileNotFoundError:
+            raise UnknownMessage(f"no queued message {queue_id!r}") from None
+        except OSError as exc:
+            raise SpoolError(f"{path}: cannot read: {exc}") from exc
+        try:
+            message = decode_envelope(header)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SpoolError(f"{path}: damaged envelope: {exc}") from exc
+        if message.id != queue_id:
+            raise SpoolError(f"{path}: damaged envelope: it names {message.id!r}")
+        return message, data
+
+    def _write_state(self, message: QueuedMessage) -> None:
+        self._write_durably(self._state / f"{message.id}.json", encode_envelope(message))
+
+    def _remove(self, queue_id: str) -> None:
+        # The message file first: it is the commit record; a state file left behind is removed
+        # at start.
+        self._msg_path(queue_id).unlink(missing_ok=True)
+        (self._state / f"{queue_id}.json").unlink(missing_ok=True)
