@@ -37,6 +37,7 @@ from relay.queue.spool import REPORT_MAIL_FLAGS, QueuedMessage, Spool
 from relay.reports import CountedReportStore, report_settings
 from relay.resolver import dane_warning, make_resolver
 from relay.running import RunningMarker
+from relay.socketmap.run import socketmap_running
 from relay.state.database import StateError
 from relay.state.stores import open_state
 from relay.tls import client_context
@@ -213,6 +214,19 @@ class Relay:
             return None
         return report_settings(self.config)
 
+    def _socketmap(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """The Postfix policy map on `[socketmap].listen`, sharing this relay's policy service
+        and resolver; nothing when it is not set."""
+        if not self.config.socketmap.listen:
+            return contextlib.nullcontext()
+        return socketmap_running(
+            self.config.socketmap.listen,
+            self.policies,
+            self.resolver,
+            lambda: self.config,
+            self.metrics.registry,
+        )
+
     async def _check_dkim(self) -> None:
         """The DKIM key against DNS, once after start: advice, never a reason to stop."""
         try:
@@ -285,7 +299,8 @@ class Relay:
                 sd_notify.ready(f"listening on {self.listen_address[0]}:{self.listen_address[1]}")
                 try:
                     await self.control.start()
-                    yield self
+                    async with self._socketmap():
+                        yield self
                 finally:
                     sd_notify.stopping()
                     # Stop: no new mail, let the deliveries in flight finish (and be written).

@@ -39,6 +39,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "print the effective config as TOML (--non-default: only what differs, like postconf -n)",
     ),
     "state": ("relay.cli.state", "move the SQLite state into PostgreSQL (migrate --to URL)"),
+    "socketmap": (
+        "relay.cli.socketmap",
+        "answer Postfix's smtp_tls_policy_maps (socketmap) from this engine and policy cache",
+    ),
     "lab": ("relay.cli.lab", "run the downgrade-attack lab on loopback"),
     "man": ("relay.cli.man", "print a manual page made from these options (--write DIR: all)"),
     "example-config": ("relay.cli.example", "print the example config (every key, its default)"),

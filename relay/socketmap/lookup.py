@@ -22,9 +22,10 @@ import structlog
 from mtasts.model import PolicyResult, PolicySource
 from mtasts.service import PolicyService
 from mtasts.state import fallback
+from relay.config import Config
 from relay.decision import DANE_OVERRIDES
-from relay.delivery.dane_lookup import TlsaStatus, lookup_tlsa
-from relay.delivery.mx import MxStatus, lookup_mx
+from relay.delivery.mx import MxResult, MxStatus
+from relay.delivery.policy import DestinationView, lookup_destination
 from relay.resolver import DnssecResolver
 from relay.socketmap.answer import DaneState, MapFacts
 
@@ -35,39 +36,46 @@ FRESH_FOR = 60.0  # seconds an answer is used without looking again
 MAX_DOMAINS = 100_000  # domains kept in memory; the oldest are forgotten first
 
 
-async def dane_state(domain: str, resolver: dns.asyncresolver.Resolver) -> tuple[DaneState, str]:
-    """What DANE says about `domain`'s MX hosts (RFC 7672 2.2), by the look-ups delivery uses."""
-    if not (isinstance(resolver, DnssecResolver) and resolver.trust_ad):
-        return DaneState.OFF, "DNSSEC not trusted ([dns].dnssec = off)"
-    mx = await lookup_mx(domain, resolver)
-    if mx.status is MxStatus.TEMPFAIL:
-        return DaneState.TEMPFAIL, f"MX look-up: {mx.reason}"
-    if mx.status is not MxStatus.OK or not mx.secure:
-        return DaneState.NONE, "MX RRset not DNSSEC-signed" if mx.hosts else mx.reason
-    signed = usable = 0
-    for host in mx.hosts:
-        tlsa = await lookup_tlsa(resolver, host)
-        if tlsa.status is TlsaStatus.BOGUS:
-            return DaneState.TEMPFAIL, f"{host.name}: {tlsa.reason}"
-        if tlsa.status is TlsaStatus.SECURE:
-            signed += 1
-            usable += bool(tlsa.usable)
-    if usable == len(mx.hosts):
-        return DaneState.ALL, f"usable TLSA on all {usable} MX hosts"
+def map_facts(view: DestinationView, *, dnssec: bool) -> MapFacts:
+    """What the answer needs from the destination policy of a domain (`relay.delivery.policy`).
+
+    DANE counts only with a DNSSEC-signed MX RRset (otherwise Postfix's `dane` level would
+    fall back to opportunistic TLS where MTA-STS may ask for more); a failed MX look-up under a
+    trusted validating resolver leaves the DANE state unknown.
+    """
+    dest = view.destination
+    dane, reason = DaneState.OFF, "DNSSEC not trusted ([dns].dnssec = off)"
+    if dnssec and dest.domain_tls in DANE_OVERRIDES:
+        dane, reason = _dane_state(view)
+    return MapFacts(dest.domain, dest.sts, dane, reason, str(dest.domain_tls))
+
+
+def _dane_state(view: DestinationView) -> tuple[DaneState, str]:
+    if view.mx.status is MxStatus.TEMPFAIL:
+        return DaneState.TEMPFAIL, f"MX look-up: {view.mx.reason}"
+    if view.dane_tempfail:
+        bogus = [p for p in view.plans if p.dane_tempfail]
+        return DaneState.TEMPFAIL, "; ".join(p.tlsa.reason for p in bogus if p.tlsa)
+    if not view.mx.secure:
+        return DaneState.NONE, "MX RRset not DNSSEC-signed"
+    if view.dane_on_every_mx:
+        return DaneState.ALL, f"usable TLSA on all {len(view.plans)} MX hosts"
+    signed = sum(1 for p in view.plans if p.policy.is_dane)
     if signed:
-        return DaneState.SOME, f"signed TLSA on {signed} of {len(mx.hosts)} MX hosts"
+        return DaneState.SOME, f"signed TLSA on {signed} of {len(view.plans)} MX hosts"
     return DaneState.NONE, "no MX host has signed TLSA records"
 
 
 class MapLookup:
-    """Facts per domain: MTA-STS through `policies`, DANE through `resolver`, the local override
-    through `override` (a callable, so a config reload is seen at once)."""
+    """Facts per domain from the destination policy (`relay.delivery.policy`): MTA-STS through
+    `policies`, DANE through `resolver`, overrides from `config()` (a callable: a reload is seen
+    at once)."""
 
     def __init__(
         self,
         policies: PolicyService,
         resolver: dns.asyncresolver.Resolver,
-        override: Callable[[str], str],
+        config: Callable[[], Config],
         *,
         budget: float = LOOKUP_BUDGET,
         fresh_for: float = FRESH_FOR,
@@ -76,7 +84,7 @@ class MapLookup:
     ) -> None:
         self.policies = policies
         self.resolver = resolver
-        self.override = override
+        self.config = config
         self.budget = budget
         self.fresh_for = fresh_for
         self.max_domains = max_domains
@@ -120,12 +128,17 @@ class MapLookup:
             log.error("socketmap.lookup_failed", domain=domain, error=repr(error))
 
     async def _look_up(self, domain: str) -> MapFacts:
-        override = self.override(domain)
-        sts = await self.policies.get(domain)
-        dane, reason = DaneState.OFF, ""
-        if override in DANE_OVERRIDES and override != "dane-only":
-            dane, reason = await dane_state(domain, self.resolver)
-        facts = MapFacts(domain, sts, dane, reason, override)
+        dnssec = isinstance(self.resolver, DnssecResolver) and self.resolver.trust_ad
+        view = await lookup_destination(
+            domain,
+            self.config(),
+            resolver=self.resolver,
+            sts=self.policies.get,
+            now=self.policies.clock(),
+            # Without a trusted AD bit DANE cannot apply: no MX and TLSA look-ups.
+            mx=None if dnssec else MxResult(domain, MxStatus.OK),
+        )
+        facts = map_facts(view, dnssec=dnssec)
         self._remember(domain, facts)
         return facts
 
@@ -139,7 +152,7 @@ class MapLookup:
         """Facts for a look-up that is taking too long: the cached policy, else none."""
         entry = await asyncio.to_thread(self.policies.store.get, domain)
         kept = fallback(entry, self.policies.clock())
-        override = self.override(domain)
+        override = self.config().domain_tls(domain)
         if kept is None:
             return MapFacts(domain, None, DaneState.OFF, "", override)
         sts = PolicyResult(domain, kept.policy, PolicySource.CACHED, expires_at=kept.expires_at)

@@ -25,6 +25,7 @@ log = structlog.get_logger(__name__)
 
 MAX_CONNECTIONS = 1000
 IDLE_TIMEOUT = 60.0
+STOP_TIMEOUT = 5.0  # seconds a stop waits for queries being answered
 
 
 def is_unix_path(listen: str) -> bool:
@@ -50,6 +51,7 @@ class SocketmapServer:
         self.connections = 0
         self._server: asyncio.Server | None = None
         self._handlers: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def address(self) -> str:
@@ -73,12 +75,17 @@ class SocketmapServer:
         log.info("socketmap.listening", listen=self.address)
 
     async def stop(self) -> None:
+        """Stop listening and close every connection (a query being answered is finished)."""
         if self._server is None:
             return
         self._server.close()
-        for task in list(self._handlers):
-            task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
+        for writer in list(self._writers):
+            writer.close()  # the handler reads end-of-file and returns
+        if self._handlers:
+            _, late = await asyncio.wait(set(self._handlers), timeout=STOP_TIMEOUT)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
         if is_unix_path(self.listen):
@@ -89,6 +96,7 @@ class SocketmapServer:
         task = asyncio.current_task()
         if task is not None:
             self._handlers.add(task)
+        self._writers.add(writer)
         self.connections += 1
         try:
             if self.connections > self.max_connections:
@@ -101,6 +109,7 @@ class SocketmapServer:
             log.warning("socketmap.protocol_error", peer=_peer(writer), error=str(exc))
         finally:
             self.connections -= 1
+            self._writers.discard(writer)
             if task is not None:
                 self._handlers.discard(task)
             writer.close()

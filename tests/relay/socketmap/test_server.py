@@ -16,39 +16,16 @@ from lab.policy_host import Failure
 from lab.world import LabWorld
 from mtasts.cache import MemoryPolicyStore
 from mtasts.service import PolicyService
-from relay.config import DnsConfig
+from relay.config import Config, DnsConfig
 from relay.resolver import make_resolver
 from relay.socketmap.lookup import MapLookup
 from relay.socketmap.metrics import SocketmapMetrics
-from relay.socketmap.netstring import NetstringDecoder, encode
 from relay.socketmap.server import SocketmapServer
 from relay.socketmap.service import SocketmapService
 from relay.tls import client_context
+from tests.relay.socketmap.client import Client, connect_to
 
 SECURE = "OK secure match=mx1.example.org servername=hostname"
-
-
-class Client:
-    """A socketmap client as Postfix's dict_sockmap is: one connection, one request at a time."""
-
-    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.reader, self.writer = reader, writer
-        self.decoder = NetstringDecoder(100_000)
-
-    async def ask(self, name: str, key: str) -> str:
-        self.writer.write(encode(f"{name} {key}".encode()))
-        await self.writer.drain()
-        while True:
-            data = await asyncio.wait_for(self.reader.read(65536), 10)
-            if not data:
-                raise ConnectionError("closed")
-            replies = self.decoder.feed(data)
-            if replies:
-                return replies[0].decode()
-
-    async def closed(self) -> bool:
-        """True when the server closed the connection (read gives EOF)."""
-        return await asyncio.wait_for(self.reader.read(1), 5) == b""
 
 
 @contextlib.asynccontextmanager
@@ -63,7 +40,8 @@ async def serving(
         https_port=world.policy_host.port,
         fetch_timeout=kw.pop("fetch_timeout", 5.0),
     )
-    lookup = MapLookup(policies, resolver, lambda d: "mta-sts", budget=kw.pop("budget", 5.0))
+    config = Config()
+    lookup = MapLookup(policies, resolver, lambda: config, budget=kw.pop("budget", 5.0))
     registry = CollectorRegistry()
     server = SocketmapServer(
         listen,
@@ -79,10 +57,7 @@ async def serving(
 
 
 async def connect(server: SocketmapServer) -> Client:
-    if server.address.startswith("/"):
-        return Client(*await asyncio.open_unix_connection(server.address))
-    host, _, port = server.address.rpartition(":")
-    return Client(*await asyncio.open_connection(host, int(port)))
+    return await connect_to(server.address)
 
 
 @pytest.fixture
