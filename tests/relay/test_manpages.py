@@ -73,7 +73,9 @@ def test_wheel_ships_the_pages_and_man_finds_them_in_a_venv(tmp_path: Path) -> N
     # Installed into a prefix as pip does (`pip install --prefix`), man finds the pages from the
     # PATH entry of its bin/, as for /opt/stsguard/bin.
     prefix = tmp_path / "opt"
+    # --ignore-installed: never uninstall the stsguard this test runs from (pip would, by name).
     install = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index"]
+    install.append("--ignore-installed")
     run = subprocess.run(
         [*install, "--disable-pip-version-check", "--prefix", str(prefix), str(wheel)],
         capture_output=True,
