@@ -39,6 +39,7 @@ from relay.resolver import dane_warning, make_resolver
 from relay.running import RunningMarker
 from relay.socketmap.run import socketmap_running
 from relay.state.database import StateError
+from relay.state.failed_writes import FailedWrites
 from relay.state.stores import open_state
 from relay.tls import client_context
 from relay.version import stsguard_version
@@ -73,7 +74,11 @@ class Relay:
         self.resolver = make_resolver(config.dns)
         self.ssl_context = client_context(config.tls.ca_file)
         try:
-            self.state = open_state(config.state_url, clock=clock)
+            self.state = open_state(
+                config.state_url,
+                clock=clock,
+                failed_writes=FailedWrites(self.metrics.count_state_error),
+            )
         except StateError as exc:
             raise StsguardError(f"[state].url: {exc}") from None
         self.policy_store = self.state.policies

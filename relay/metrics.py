@@ -31,6 +31,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from relay.config import parse_hostport
+from relay.state.failed_writes import StateStore, WriteFailure
 from relay.version import stsguard_version
 
 # One series per counter: `*_created` would double the series for nothing.
@@ -111,6 +112,8 @@ class Metrics:
     build_info: Gauge = field(init=False)
     _callbacks: _Callbacks = field(init=False)
     delivery_errors: Counter = field(init=False)
+    state_errors: Counter = field(init=False)
+    best_effort_errors: Counter = field(init=False)
 
     def __post_init__(self) -> None:
         r = self.registry
@@ -154,6 +157,26 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.state_errors = Counter(
+            "stsguard_state_errors",
+            "State writes that could not be made (kept to write later where the store can)",
+            ["store", "kind"],
+            registry=r,
+        )
+        for store in StateStore:  # a bounded set, shown at 0 from the start
+            for kind in WriteFailure:
+                self.state_errors.labels(store=str(store), kind=str(kind))
+        self.best_effort_errors = Counter(
+            "stsguard_best_effort_errors",
+            "Failures of reporting, metrics, logging or session reuse around a delivery"
+            " (the delivery's outcome stands)",
+            ["step", "error"],
+            registry=r,
+        )
+
+    def count_state_error(self, store: str, kind: str) -> None:
+        """One state write to `store` failed (`relay.state.failed_writes.FailedWrites`)."""
+        self.state_errors.labels(store=store, kind=kind).inc()
 
     def follow_policy_cache(self, hits: Callable[[], float], misses: Callable[[], float]) -> None:
         """Read the cache counters from the policy service at scrape time."""

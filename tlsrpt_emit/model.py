@@ -25,6 +25,16 @@ class ResultType(StrEnum):
     STS_WEBPKI_INVALID = "sts-webpki-invalid"
 
 
+def result_type_of(value: str) -> ResultType:
+    """`value` as a `ResultType`, never raising: a string that is none (a row written by another
+    version, say) is ``validation-failure``, RFC 8460 4.3's failure "not matching a category
+    above". The code spells only members (tests/test_result_types.py holds that)."""
+    try:
+        return ResultType(value)
+    except ValueError:
+        return ResultType.VALIDATION_FAILURE
+
+
 class PolicyType(StrEnum):
     """RFC 8460 section 4.4 policy-type values."""
 

@@ -13,7 +13,10 @@ for `idle_timeout` seconds and reused for the next message to the same MX (`pool
 An MX that fails before the final dot (refused, dropped, a protocol error) is a temporary failure
 of that MX and the next one is tried; at most `[delivery].max_mx_addresses` addresses per attempt;
 the relay's own listen address is never connected to (`loops`: 5.4.6 when nothing else is left).
-No SMTP, socket or TLS error escapes `deliver`.
+
+Nothing escapes `deliver` but cancellation. Once an MX has answered the final dot its answer is the
+outcome: what follows (remembered TLS, TLS-RPT, metrics, logs, parking the session) is best effort
+(`best_effort`) and cannot change it; an error inside the relay before that is a deferral.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import random
 import ssl
 import time
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -34,6 +38,7 @@ from mtasts.fetch import lookup_sts_record
 from mtasts.model import PolicyResult
 from relay.config import Config
 from relay.decision import Decision, decide_expiry
+from relay.delivery.best_effort import Step
 from relay.delivery.loops import LOOP_REASON, SelfAddresses, discard_self
 from relay.delivery.model import (
     DeliveryOutcome,
@@ -43,7 +48,7 @@ from relay.delivery.model import (
     every_rcpt,
 )
 from relay.delivery.mx import MxHost, MxResult, MxStatus, lookup_mx
-from relay.delivery.negotiate import Attempt, Negotiator
+from relay.delivery.negotiate import Attempt, Established, Negotiator
 from relay.delivery.policy import (
     Destination,
     MxPlan,
@@ -72,6 +77,10 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+# The MX's answer to the message (set once `transfer` returns, within one `deliver` call): from
+# then on it is the outcome, whatever fails in the relay around it.
+_final_answer: ContextVar[DeliveryOutcome | None] = ContextVar("final_answer", default=None)
 
 
 class PolicyLookup(Protocol):
@@ -151,28 +160,50 @@ class Deliverer:
         self.reporter.sink = sink
 
     async def deliver(self, request: DeliveryRequest) -> DeliveryOutcome:
-        """Try each MX of the recipient domain until one takes the message or none is left."""
+        """Try each MX of the recipient domain until one takes the message or none is left.
+        Never raises but for cancellation (see the module docstring)."""
+        token = _final_answer.set(None)
+        try:
+            with structlog.contextvars.bound_contextvars(
+                queue_id=request.queue_id,
+                recipient_domain=request.domain,
+                rcpts=self.reporter.recipients(request.rcpts),
+            ):
+                try:
+                    outcome = await self._deliver(request)
+                except Exception as exc:
+                    outcome = self._unexpected(request, exc)
+                return self.reporter.finished(request, outcome)
+        finally:
+            _final_answer.reset(token)
+
+    async def _deliver(self, request: DeliveryRequest) -> DeliveryOutcome:
         await self.pool.prune()
-        with structlog.contextvars.bound_contextvars(
-            queue_id=request.queue_id,
-            recipient_domain=request.domain,
-            rcpts=self.reporter.recipients(request.rcpts),
-        ):
-            mx = await lookup_mx(request.domain, self.resolver, rng=self.rng)
-            if mx.status is not MxStatus.OK:
-                status = RcptStatus.BOUNCED if mx.permanent else RcptStatus.DEFERRED
-                log.warning("delivery.mx_lookup", status=str(mx.status), reason=mx.reason)
-                return self.reporter.finished(request, every_rcpt(request, status, mx.reason))
-            dest = await self._destination(request, mx)
-            try:
-                outcome = await self._try_hosts(request, mx, dest)
-            except WIRE_ERRORS as exc:
-                # The session layer translates these; one that slipped through is still only a
-                # temporary failure of this attempt, never a crash of the queue's delivery.
-                log.error("delivery.session_error", error=f"{type(exc).__name__}: {exc}")
-                reason = f"session error: {type(exc).__name__}: {exc}"
-                outcome = every_rcpt(request, RcptStatus.DEFERRED, reason)
-            return self.reporter.finished(request, outcome)
+        mx = await lookup_mx(request.domain, self.resolver, rng=self.rng)
+        if mx.status is not MxStatus.OK:
+            status = RcptStatus.BOUNCED if mx.permanent else RcptStatus.DEFERRED
+            log.warning("delivery.mx_lookup", status=str(mx.status), reason=mx.reason)
+            return every_rcpt(request, status, mx.reason)
+        dest = await self._destination(request, mx)
+        return await self._try_hosts(request, mx, dest)
+
+    def _unexpected(self, request: DeliveryRequest, exc: Exception) -> DeliveryOutcome:
+        """The outcome after an exception no layer below handled: the MX's answer if it had
+        answered the message (never deliver it twice), otherwise a deferral."""
+        error = f"{type(exc).__name__}: {exc}"
+        final = _final_answer.get()
+        if final is not None:
+            self.reporter.best_effort.failed(Step.DELIVERY, exc)
+            return final
+        if isinstance(exc, WIRE_ERRORS):
+            # The session layer translates these; one that slipped through is still only a
+            # temporary failure of this attempt, never a crash of the queue's delivery.
+            log.error("delivery.session_error", error=error)
+            return every_rcpt(request, RcptStatus.DEFERRED, f"session error: {error}")
+        if self.reporter.metrics is not None:
+            self.reporter.metrics.delivery_errors.labels(kind=type(exc).__name__).inc()
+        log.exception("delivery.internal_error", error=error)
+        return every_rcpt(request, RcptStatus.DEFERRED, f"4.3.0 internal error: {error}"[:300])
 
     async def expiry_decision(
         self, domain: str, *, tls_failure: bool, failed_policy_id: str | None
@@ -323,6 +354,17 @@ class Deliverer:
                 outcome = RcptOutcome("", RcptStatus.DEFERRED, str(exc), None, host.name)
                 session.mx.close()
             else:
-                self.pool.park(host.name, ip, plan.policy, session)
+                if isinstance(outcome, DeliveryOutcome):
+                    _final_answer.set(outcome)  # from here on, best effort only
+                park = self._park
+                self.reporter.best_effort.run(Step.POOL, park, host.name, ip, plan, session)
         await self.reporter.attempt(request, plan, ip, attempt, outcome)
         return outcome
+
+    def _park(self, host: str, ip: str, plan: MxPlan, session: Established) -> None:
+        """Keep the session for the next message; one that cannot be kept is closed."""
+        try:
+            self.pool.park(host, ip, plan.policy, session)
+        except Exception:
+            session.mx.close()
+            raise

@@ -7,6 +7,9 @@ the TLS facts, the policy mode, the outcome and findings; each message ends with
 session result: no TLS session happened. `sending-mta-ip` is our end of the connection, kept for
 sessions we refused ourselves too (enforce failures, remembered-TLS downgrades).
 
+All of it is best effort (`relay.delivery.best_effort`): a failure of any part is counted and
+logged once, and never changes the delivery's outcome nor reaches the queue.
+
 Nothing here blocks the event loop: remembered TLS is written in a worker thread, and the sink
 is an in-memory front (`tlsrpt_emit.sink.CountingSink` counts in memory and writes behind, in a
 thread, every `flush_interval`).
@@ -27,11 +30,12 @@ import structlog
 from detect.history import TlsHistoryStore
 from mtasts.model import PolicyResult
 from relay.decision import Action, EffectivePolicy, Observation
+from relay.delivery.best_effort import BestEffort, Step
 from relay.delivery.model import DeliveryOutcome, DeliveryRequest, RcptOutcome, RcptStatus
 from relay.delivery.negotiate import Attempt
 from relay.delivery.policy import MxPlan, ReportAs
 from relay.metrics import Metrics
-from tlsrpt_emit.model import PolicyType, ResultSink, ResultType, SessionResult
+from tlsrpt_emit.model import PolicyType, ResultSink, SessionResult, result_type_of
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +57,7 @@ class AttemptReporter:
         self.sink = sink
         self.clock = clock
         self.metrics = metrics
+        self.best_effort = BestEffort(metrics)
 
     async def attempt(
         self,
@@ -62,27 +67,32 @@ class AttemptReporter:
         attempt: Attempt,
         outcome: DeliveryOutcome | RcptOutcome,
     ) -> None:
-        """Everything one attempt on one MX address leaves behind."""
+        """Everything one attempt on one MX address leaves behind (best effort, each part)."""
+        run = self.best_effort.run
         if not attempt.reused:
-            await self._record_history(plan.host, attempt.obs)
+            await self.best_effort.run_async(
+                Step.HISTORY, self._record_history, plan.host, attempt.obs
+            )
         if plan.report is not None:
-            self._emit_session(plan.report, plan.host, ip, attempt)
-        self._log_attempt(request.rcpts, plan.policy, attempt, outcome)
+            run(Step.TLSRPT, self._emit_session, plan.report, plan.host, ip, attempt)
+        run(Step.METRICS, self._count_findings, attempt)
+        run(Step.LOG, self._log_attempt, request.rcpts, plan.policy, attempt, outcome)
 
     def policy_failure(self, request: DeliveryRequest, result: PolicyResult) -> None:
         """The policy could not be had (fetch or validation failure): one session result."""
-        assert result.failure is not None
+        failure = result.failure
+        if failure is None:
+            return
         policy = result.policy
-        self.sink.record(
-            SessionResult(
-                policy_domain=request.domain,
-                policy_type=PolicyType.STS if policy is not None else PolicyType.NO_POLICY_FOUND,
-                policy_strings=policy.policy_strings if policy is not None else (),
-                when=self.clock(),
-                result_type=ResultType(result.failure.result_type),
-                additional_information=result.failure.message,
-            )
+        session = SessionResult(
+            policy_domain=request.domain,
+            policy_type=PolicyType.STS if policy is not None else PolicyType.NO_POLICY_FOUND,
+            policy_strings=policy.policy_strings if policy is not None else (),
+            when=self.clock(),
+            result_type=result_type_of(failure.result_type),
+            additional_information=failure.message,
         )
+        self.best_effort.run(Step.TLSRPT, self.sink.record, session)
 
     def refused(self, request: DeliveryRequest, plan: MxPlan) -> None:
         """An MX not connected to because DANE forbade it (bogus TLSA: dnssec-invalid; dane-only
@@ -90,28 +100,35 @@ class AttemptReporter:
         decision, report = plan.refusal, plan.report
         if report is None or decision is None or decision.result_type is None:
             return
-        self.sink.record(
-            SessionResult(
-                policy_domain=report.policy_domain,
-                policy_type=report.policy_type,
-                policy_strings=report.policy_strings,
-                when=self.clock(),
-                mx_host=plan.host,
-                result_type=ResultType(decision.result_type),
-                failure_reason_code=decision.reason_code,
-                additional_information=decision.reason,
-            )
+        session = SessionResult(
+            policy_domain=report.policy_domain,
+            policy_type=report.policy_type,
+            policy_strings=report.policy_strings,
+            when=self.clock(),
+            mx_host=plan.host,
+            result_type=result_type_of(decision.result_type),
+            failure_reason_code=decision.reason_code,
+            additional_information=decision.reason,
         )
+        self.best_effort.run(Step.TLSRPT, self.sink.record, session)
 
     def finished(self, request: DeliveryRequest, outcome: DeliveryOutcome) -> DeliveryOutcome:
-        """Count the message's outcome and log it (one `delivery.outcome` line). Bounces are
-        counted where the DSN is made (the queue)."""
-        if self.metrics is not None:
-            for rcpt in outcome.rcpts:
-                if rcpt.status is RcptStatus.DELIVERED:
-                    self.metrics.delivered.labels(tls="yes" if rcpt.tls else "no").inc()
-                elif rcpt.status is RcptStatus.DEFERRED:
-                    self.metrics.deferred.labels(reason=rcpt.result_type or "other").inc()
+        """Count the message's outcome and log it (one `delivery.outcome` line), best effort.
+        Bounces are counted where the DSN is made (the queue)."""
+        self.best_effort.run(Step.METRICS, self._count_outcome, outcome)
+        self.best_effort.run(Step.LOG, self._log_outcome, outcome)
+        return outcome
+
+    def _count_outcome(self, outcome: DeliveryOutcome) -> None:
+        if self.metrics is None:
+            return
+        for rcpt in outcome.rcpts:
+            if rcpt.status is RcptStatus.DELIVERED:
+                self.metrics.delivered.labels(tls="yes" if rcpt.tls else "no").inc()
+            elif rcpt.status is RcptStatus.DEFERRED:
+                self.metrics.deferred.labels(reason=rcpt.result_type or "other").inc()
+
+    def _log_outcome(self, outcome: DeliveryOutcome) -> None:
         loop = any("5.4.6" in r.reason for r in outcome.bounced)
         level = (
             log.error if loop else log.warning if outcome.deferred or outcome.bounced else log.info
@@ -127,7 +144,6 @@ class AttemptReporter:
                 fields[str(status)] = self.recipients(tuple(r.rcpt for r in done))
                 fields[f"{status}_reason"] = "; ".join(sorted({r.reason for r in done}))
         level("delivery.outcome", unreachable=outcome.unreachable, **fields)
-        return outcome
 
     def recipients(self, rcpts: tuple[str, ...]) -> list[str] | int:
         """Recipients as `[relay].log_recipients` lets them be logged (a count when not)."""
@@ -156,11 +172,16 @@ class AttemptReporter:
                 receiving_ip=ip,
                 sending_mta_ip=attempt.sending_ip,
                 receiving_mx_helo=attempt.helo_name,
-                result_type=ResultType(decision.result_type) if decision.result_type else None,
+                result_type=result_type_of(decision.result_type) if decision.result_type else None,
                 failure_reason_code=decision.reason_code if decision.result_type else "",
                 additional_information=decision.reason if decision.result_type else "",
             )
         )
+
+    def _count_findings(self, attempt: Attempt) -> None:
+        if self.metrics is not None:
+            for finding in attempt.findings:
+                self.metrics.findings.labels(kind=str(finding.kind)).inc()
 
     def _log_attempt(
         self,
@@ -174,9 +195,6 @@ class AttemptReporter:
             result = ",".join(sorted({str(r.status) for r in outcome.rcpts}))
         else:
             result = str(outcome.status)
-        if self.metrics is not None:
-            for finding in attempt.findings:
-                self.metrics.findings.labels(kind=str(finding.kind)).inc()
         decision = attempt.decision
         failed = not decision.delivers or result != str(RcptStatus.DELIVERED)
         level = log.warning if attempt.findings or failed or decision.result_type else log.info

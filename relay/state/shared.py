@@ -9,7 +9,7 @@ writes are kept and written when it is back; TLS-RPT counts are summed in memory
 in the log line that says so); reading counts and claiming reports fail fast, so no report is sent
 from a partial view. No caller waits for a dead database: a probe thread tries it every
 `retry_interval` seconds. The outage is logged once (`state.unavailable`), its end once
-(`state.available`).
+(`state.available`); every write it kept back is counted (`FailedWrites`).
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from detect.history import HostHistory, host_key, merged, updated
 from mtasts.errors import PolicyStoreError
 from mtasts.state import CacheEntry, FetchFailure
 from relay.state.database import Database, StateError
+from relay.state.failed_writes import FailedWrites, StateStore, WriteFailure
 from relay.state.history_store import SqlTlsHistoryStore
 from relay.state.policy_store import SqlPolicyStore
 from relay.state.report_store import SqlReportStore
+from relay.state.unsaved import MAX_REMEMBERED, Unsaved, UnsavedCounts
 from tlsrpt_emit.errors import ReportStoreError
-from tlsrpt_emit.model import PolicyCounts, PolicyKey
-from tlsrpt_emit.store import Batch, SentReport, Tally
+from tlsrpt_emit.model import PolicyCounts
+from tlsrpt_emit.store import Batch, SentReport
 
 log = structlog.get_logger(__name__)
 
@@ -40,8 +42,6 @@ K = TypeVar("K")
 
 REFRESH = 30.0  # seconds an answer read from the database is reused
 RETRY_INTERVAL = 5.0  # seconds between tries of a database that is down
-MAX_REMEMBERED = 100_000  # entries held per store before stale ones are dropped
-MAX_PENDING_ROWS = 100_000  # distinct TLS-RPT counter rows buffered during an outage
 STORE_ERRORS = (PolicyStoreError, HistoryStoreError, ReportStoreError, StateError)
 
 
@@ -54,10 +54,12 @@ class Availability:
         *,
         clock: Callable[[], float],
         retry_interval: float = RETRY_INTERVAL,
+        failed_writes: FailedWrites | None = None,
     ) -> None:
         self.db = db
         self.clock = clock
         self.retry_interval = retry_interval
+        self.failed_writes = failed_writes or FailedWrites()
         self._up = True
         self._since = 0.0
         self._lock = threading.Lock()
@@ -84,6 +86,19 @@ class Availability:
         except STORE_ERRORS as exc:
             self.failed(exc)
             return False, None
+
+    def write(self, store: StateStore, fn: Callable[..., object], *args: Any) -> bool:
+        """`call` for a write: one that is not made (down, or failing) is counted."""
+        if not self._up:
+            self.failed_writes.failed(store, None, kind=WriteFailure.UNAVAILABLE)
+            return False
+        try:
+            fn(*args)
+        except STORE_ERRORS as exc:
+            self.failed_writes.failed(store, exc)
+            self.failed(exc)
+            return False
+        return True
 
     def failed(self, exc: Exception) -> None:
         with self._lock:
@@ -117,6 +132,8 @@ class Availability:
                 database=self.db.describe(),
                 down_for=round(self.clock() - self._since, 1),
             )
+            for store in StateStore:
+                self.failed_writes.resumed(store)
             self.settled.set()
             return
 
@@ -179,7 +196,7 @@ class SharedPolicyStore:
         clock = availability.clock
         self._entries: _Recent[str, CacheEntry] = _Recent(clock, refresh)
         self._failures: _Recent[tuple[str, str], FetchFailure] = _Recent(clock, refresh)
-        self._unsaved: dict[str, CacheEntry] = {}
+        self._unsaved: Unsaved[str, CacheEntry] = Unsaved(lambda _old, new: new)
         availability.on_recovery(self._resync)
 
     def get(self, domain: str) -> CacheEntry | None:
@@ -194,13 +211,12 @@ class SharedPolicyStore:
 
     def put(self, entry: CacheEntry) -> None:
         self._entries.keep(entry.domain, entry)
-        ok, _ = self.availability.call(self.backend.put, entry)
-        if not ok:
-            self._unsaved[entry.domain] = entry
+        if not self.availability.write(StateStore.POLICY, self.backend.put, entry):
+            self._unsaved.keep(entry.domain, entry)
 
     def delete(self, domain: str) -> None:
         self._entries.drop(domain)
-        self._unsaved.pop(domain, None)
+        self._unsaved.drop(domain)
         self.backend.delete(domain)
 
     def list(self) -> list[CacheEntry]:
@@ -211,7 +227,7 @@ class SharedPolicyStore:
 
     def record_failure(self, domain: str, failure: FetchFailure) -> None:
         self._failures.keep((domain, failure.record_id), failure)
-        self.availability.call(self.backend.record_failure, domain, failure)
+        self.availability.write(StateStore.POLICY, self.backend.record_failure, domain, failure)
 
     def last_failure(self, domain: str, record_id: str) -> FetchFailure | None:
         fresh, held = self._failures.fresh((domain, record_id))
@@ -225,12 +241,17 @@ class SharedPolicyStore:
 
     def clear_failures(self, domain: str) -> None:
         self._failures.drop_where(lambda key: key[0] == domain)
-        self.availability.call(self.backend.clear_failures, domain)
+        self.availability.write(StateStore.POLICY, self.backend.clear_failures, domain)
 
     def _resync(self) -> None:
-        for domain, entry in list(self._unsaved.items()):
-            self.backend.put(entry)
-            self._unsaved.pop(domain, None)
+        held = self._unsaved.take()
+        try:
+            for domain, entry in list(held.items()):
+                self.backend.put(entry)
+                del held[domain]
+        except STORE_ERRORS:
+            self._unsaved.put_back(held)
+            raise
 
 
 class SharedTlsHistoryStore:
@@ -246,8 +267,7 @@ class SharedTlsHistoryStore:
         self.backend = backend
         self.availability = availability
         self._hosts: _Recent[str, HostHistory] = _Recent(availability.clock, refresh)
-        self._unsaved: dict[str, HostHistory] = {}
-        self._lock = threading.Lock()
+        self._unsaved: Unsaved[str, HostHistory] = Unsaved(merged)
         availability.on_recovery(self._resync)
 
     def get(self, host: str) -> HostHistory | None:
@@ -269,16 +289,13 @@ class SharedTlsHistoryStore:
         _, held = self._hosts.fresh(key)
         # Keep the time it was read: a stale answer is still read again for others' news.
         self._hosts.keep(key, merged(held, seen), read_at=self._hosts.read_at(key))
-        ok, _ = self.availability.call(self.backend.put, seen)
-        if not ok:
-            with self._lock:
-                if key in self._unsaved or len(self._unsaved) < MAX_REMEMBERED:
-                    self._unsaved[key] = merged(self._unsaved.get(key), seen)
+        if not self.availability.write(StateStore.HISTORY, self.backend.put, seen):
+            self._unsaved.keep(key, seen)
 
     def forget(self, host: str) -> bool:
         key = host_key(host)
         self._hosts.drop(key)
-        self._unsaved.pop(key, None)
+        self._unsaved.drop(key)
         return self.backend.forget(key)
 
     def all(self) -> list[HostHistory]:
@@ -288,15 +305,13 @@ class SharedTlsHistoryStore:
         return sorted(self._hosts.values(), key=lambda h: h.host)
 
     def _resync(self) -> None:
-        with self._lock:
-            unsaved, self._unsaved = self._unsaved, {}
+        unsaved = self._unsaved.take()
         try:
-            for history in unsaved.values():
+            for key, history in list(unsaved.items()):
                 self.backend.put(history)
+                del unsaved[key]
         except STORE_ERRORS:
-            with self._lock:
-                for key, history in unsaved.items():
-                    self._unsaved[key] = merged(self._unsaved.get(key), history)
+            self._unsaved.put_back(unsaved)
             raise
 
 
@@ -307,47 +322,31 @@ class SharedReportStore:
     def __init__(self, backend: SqlReportStore, availability: Availability) -> None:
         self.backend = backend
         self.availability = availability
-        self._pending: dict[PolicyKey, Tally] = {}
-        self._rows = 0
-        self.lost = 0  # sessions dropped because the buffer was full
-        self._lock = threading.Lock()
+        self._pending = UnsavedCounts()
         availability.on_recovery(self._resync)
+
+    @property
+    def lost(self) -> int:
+        """Sessions dropped because the buffer was full."""
+        return self._pending.lost
 
     @property
     def buffered(self) -> int:
         """Sessions counted but not yet in the database."""
-        return sum(t.successes + t.failures.total() for t in self._pending.values())
+        return self._pending.buffered
 
     def add_counts(self, batch: Batch) -> None:
-        ok, _ = self.availability.call(self.backend.add_counts, batch)
-        if ok:
-            return
-        with self._lock:
-            for key, tally in batch.items():
-                pending = self._pending.get(key)
-                new_rows = (pending is None) + sum(
-                    1 for f in tally.failures if pending is None or f not in pending.failures
-                )
-                if self._rows + new_rows > MAX_PENDING_ROWS:
-                    if not self.lost:
-                        log.error("state.counts_buffer_full", rows=self._rows)
-                    self.lost += tally.successes + tally.failures.total()
-                    continue
-                self._pending.setdefault(key, Tally()).merge(tally)
-                self._rows += new_rows
+        if not self.availability.write(StateStore.TLSRPT, self.backend.add_counts, batch):
+            self._pending.add(batch)
 
     def _resync(self) -> None:
-        with self._lock:
-            pending, self._pending, self._rows = self._pending, {}, 0
+        pending = self._pending.take()
         if not pending:
             return
         try:
             self.backend.add_counts(pending)
         except STORE_ERRORS:
-            with self._lock:
-                for key, tally in pending.items():
-                    self._pending.setdefault(key, Tally()).merge(tally)
-                self._rows = sum(1 + len(t.failures) for t in self._pending.values())
+            self._pending.put_back(pending)
             raise
         sessions = sum(t.successes + t.failures.total() for t in pending.values())
         log.info("state.counts_written", sessions=sessions)

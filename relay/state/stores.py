@@ -1,7 +1,9 @@
 """`open_state`: the three stores from `[state].url`, sharing one database.
 
-SQLite (one relay): the SQL stores as they are. PostgreSQL (a fleet): the same SQL stores behind
-the in-memory front of `relay.state.shared`, so an outage of the database never stops mail.
+SQLite (one relay): the SQL stores behind `relay.state.failsafe`, so a file that cannot be written
+never stops mail. PostgreSQL (a fleet): the same SQL stores behind the in-memory front of
+`relay.state.shared`, so an outage of the database never stops mail. Either way the writes that
+could not be made are counted in `FailedWrites`. The CLI (`front=False`) gets the SQL stores.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from detect.history import TlsHistoryStore
 from mtasts.cache import PolicyStore
 from relay.state import history_store, policy_store, report_store
 from relay.state.database import Database, PostgresDatabase, SqliteDatabase, open_database
+from relay.state.failed_writes import FailedWrites
+from relay.state.failsafe import FailsafePolicyStore, FailsafeReportStore, FailsafeTlsHistoryStore
 from relay.state.history_store import SqlTlsHistoryStore
 from relay.state.migrations import Steps, migrate
 from relay.state.policy_store import SqlPolicyStore
@@ -69,34 +73,50 @@ def open_state(
     clock: Callable[[], float] = time.time,
     front: bool = True,
     retry_interval: float = RETRY_INTERVAL,
+    failed_writes: FailedWrites | None = None,
 ) -> State:
     """Open the database and its stores (migrating the schema); raises `StateError`.
 
-    `front` puts the memory front before a PostgreSQL database (the relay); the CLI reads and
-    writes the database directly (`front=False`). A PostgreSQL database that is down at start is
-    an outage like any other: the relay starts and the schema is migrated when it answers.
+    `front` puts the failsafe or memory front before the database (the relay, counting what
+    could not be written in `failed_writes`); the CLI reads and writes the database directly
+    (`front=False`). A PostgreSQL database that is down at start is an outage like any other:
+    the relay starts and the schema is migrated when it answers.
     """
     db = open_database(url)
+    failed = failed_writes or FailedWrites()
     try:
         if isinstance(db, SqliteDatabase) or not front:
             migrate_all(db)
+            policies = SqlPolicyStore(db, migrate_schema=False)
+            history = SqlTlsHistoryStore(db, migrate_schema=False)
+            reports = SqlReportStore(db, migrate_schema=False)
+            if not front:
+                return State(url, db, policies, history, reports)
+            counts = FailsafeReportStore(reports, failed)
             return State(
                 url,
                 db,
-                SqlPolicyStore(db, migrate_schema=False),
-                SqlTlsHistoryStore(db, migrate_schema=False),
-                SqlReportStore(db, migrate_schema=False),
+                FailsafePolicyStore(policies, failed),
+                FailsafeTlsHistoryStore(history, failed),
+                counts,
+                _closers=[counts.close],
             )
-        return _shared(url, db, clock, retry_interval)
+        return _shared(url, db, clock, retry_interval, failed)
     except BaseException:
         db.close()
         raise
 
 
 def _shared(
-    url: StateUrl, db: PostgresDatabase, clock: Callable[[], float], retry_interval: float
+    url: StateUrl,
+    db: PostgresDatabase,
+    clock: Callable[[], float],
+    retry_interval: float,
+    failed: FailedWrites,
 ) -> State:
-    availability = Availability(db, clock=clock, retry_interval=retry_interval)
+    availability = Availability(
+        db, clock=clock, retry_interval=retry_interval, failed_writes=failed
+    )
     availability.on_recovery(lambda: migrate_all(db))  # first: the tables, then the replays
     policies = SharedPolicyStore(SqlPolicyStore(db, migrate_schema=False), availability)
     history = SharedTlsHistoryStore(SqlTlsHistoryStore(db, migrate_schema=False), availability)
