@@ -342,6 +342,8 @@ LIVE_KEYS = {
         "max_connections_per_ip",
         "idle_timeout",
         "session_timeout",
+        "command_deadline",
+        "min_data_rate",
         "max_junk_commands",
         "max_recipients",
         "auth_failures_per_connection",

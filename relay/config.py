@@ -146,6 +146,8 @@ class RelayConfig:
     max_connections_per_ip: int = 50
     idle_timeout: int = 300
     session_timeout: int = 1800
+    command_deadline: int = 60  # seconds for one command line; DATA's budget (Postfix 3.7)
+    min_data_rate: int = 500  # bytes per second in DATA; 0: no rate check
     max_junk_commands: int = 100
     max_recipients: int = 1000
     auth_failures_per_connection: int = 3
@@ -461,6 +463,8 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "max_connections_per_ip": _int_range(1, 1_000_000),
             "idle_timeout": _positive_duration,
             "session_timeout": _positive_duration,
+            "command_deadline": _positive_duration,
+            "min_data_rate": _int_range(0, 1_000_000_000),
             "max_junk_commands": _int_range(1, 1_000_000),
             "max_recipients": _int_range(100, 1_000_000),
             "auth_failures_per_connection": _int_range(1, 1000),

@@ -433,6 +433,8 @@ class Intake:
         rules.networks = fresh.networks
         rules.idle_timeout = fresh.idle_timeout
         rules.session_timeout = fresh.session_timeout
+        rules.command_deadline = fresh.command_deadline
+        rules.min_data_rate = fresh.min_data_rate
         rules.max_junk_commands = fresh.max_junk_commands
         rules.auth_failures_per_connection = fresh.auth_failures_per_connection
         rules.auth_failures.limit = fresh.auth_failures.limit

@@ -33,6 +33,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from relay.config import RelayConfig
 from relay.intake.auth import PasswordAuthenticator
+from relay.intake.deadlines import COMMAND_DEADLINE, MIN_DATA_RATE, RequestClock, RequestTimer
 from relay.intake.hygiene import command_problem
 from relay.intake.limits import AuthFailures, ConnectionLimits, RefusalLog, client_key
 
@@ -78,6 +79,15 @@ _SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z
 
 # Commands that move no mail; a session may send `max_junk_commands` of them between messages.
 _JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "HELO", "EHLO"})
+# The 421 that ends a session at a limit: (status, words). A client too slow is Postfix's 4.4.2.
+_CLOSING = {
+    "idle_timeout": ("4.7.0", "Idle timeout"),
+    "session_timeout": ("4.7.0", "Session time limit reached"),
+    "max_junk_commands": ("4.7.0", "Too many commands without mail"),
+    "auth_failures": ("4.7.0", "Too many failed AUTH attempts"),
+    COMMAND_DEADLINE: ("4.4.2", "Command not complete in time"),
+    MIN_DATA_RATE: ("4.4.2", "Message data arriving too slowly"),
+}
 # Failed AUTHs are answered this many seconds late, so a password guesser gets nowhere fast.
 AUTH_FAILURE_DELAY = 1.0
 
@@ -94,6 +104,8 @@ class SessionRules:
     session_timeout: float
     max_junk_commands: int
     auth_failures_per_connection: int
+    command_deadline: float = 60.0
+    min_data_rate: float = 500.0
     auth_failure_delay: float = AUTH_FAILURE_DELAY
     refusals: RefusalLog = field(default_factory=RefusalLog)
 
@@ -115,6 +127,8 @@ class SessionRules:
             session_timeout=float(config.session_timeout),
             max_junk_commands=config.max_junk_commands,
             auth_failures_per_connection=config.auth_failures_per_connection,
+            command_deadline=float(config.command_deadline),
+            min_data_rate=float(config.min_data_rate),
         )
 
 
@@ -178,6 +192,11 @@ class _IntakeSMTP(SMTP):
         self._auth_failed = False
         self._auth_pending: tuple[str, LoginPassword] | None = None
         self._smtp_methods = _CommandTable(self, self._smtp_methods)
+        self._requests = RequestTimer(
+            self.loop,
+            RequestClock(self.rules.command_deadline, self.rules.min_data_rate),
+            self._limit_reached,
+        )
 
     def __dir__(self) -> list[str]:
         return _table_names(self)
@@ -220,6 +239,7 @@ class _IntakeSMTP(SMTP):
             return  # aiosmtpd never saw this connection
         if self._session_timer is not None:
             self._session_timer.cancel()
+        self._requests.cancel()
         if self._admission is not None:
             key, inside = self._admission
             self.rules.connections.release(key, inside=inside)
@@ -229,6 +249,7 @@ class _IntakeSMTP(SMTP):
 
     def data_received(self, data: bytes) -> None:
         self._last_activity = self.loop.time()
+        self._requests.received(data)
         super().data_received(data)
 
     def _timeout_cb(self) -> None:
@@ -254,16 +275,11 @@ class _IntakeSMTP(SMTP):
         if transport is None or transport.is_closing():
             return
         _log.info("intake.session_closed", client=self._client_ip, limit=limit)
-        what = {
-            "idle_timeout": "Idle timeout",
-            "session_timeout": "Session time limit reached",
-            "max_junk_commands": "Too many commands without mail",
-            "auth_failures": "Too many failed AUTH attempts",
-        }.get(limit, "Limit reached")
+        status, what = _CLOSING.get(limit, ("4.7.0", "Limit reached"))
         assert isinstance(transport, asyncio.WriteTransport)
         with contextlib.suppress(OSError, RuntimeError):  # e.g. a TLS handshake still under way
             transport.write(
-                f"421 4.7.0 {self.rules.hostname} {what}, closing connection\r\n".encode()
+                f"421 {status} {self.rules.hostname} {what}, closing connection\r\n".encode()
             )
         transport.close()
 
@@ -309,6 +325,8 @@ class _IntakeSMTP(SMTP):
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
         self._in_hook = True
+        if command == "DATA":
+            self._requests.data_ended()  # all of it is here: the rest is our work
         try:
             status = await super()._call_handler_hook(command, *args)
         except asyncio.CancelledError:
@@ -324,6 +342,14 @@ class _IntakeSMTP(SMTP):
         if command == "DATA" and isinstance(status, str) and status.startswith("250"):
             self._junk = 0  # a message was queued: the session is doing its job
         return status
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        self._requests.data_started()
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._requests.data_ended()
 
     # -- STARTTLS and AUTH --
 
