@@ -9,6 +9,7 @@ import smtplib
 import socket
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -59,6 +60,8 @@ def test_no_data_rate_check_when_the_rate_is_0() -> None:
 # About a megabyte in 76-character lines: a normal client at full speed is never cut.
 BODY = (b"z" * 76 + b"\r\n") * 13_000
 
+SLOW_COMMAND, SLOW_DATA = 20, 10
+
 # --- a real relay ---------------------------------------------------------------------------
 
 
@@ -95,7 +98,11 @@ async def test_trickling_clients_are_cut_and_their_slots_freed(tmp_path: Path) -
             world,
             tmp_path,
             tlsrpt={"enabled": False},
-            relay={"command_deadline": "2s", "min_data_rate": 500, "max_connections_per_ip": 2},
+            relay={
+                "command_deadline": "2s",
+                "min_data_rate": 500,
+                "max_connections_per_ip": SLOW_COMMAND + SLOW_DATA,
+            },
         )
         proc = start_relay(config_file)
         try:
@@ -136,10 +143,14 @@ async def test_trickling_clients_are_cut_and_their_slots_freed(tmp_path: Path) -
                 with smtplib.SMTP(*address, timeout=30, source_address=("127.0.0.5", 0)) as c:
                     c.sendmail("a@up.test", ["b@example.org"], b"Subject: ok\r\n\r\n" + BODY)
 
-            (open_cmd, said_cmd, seconds), (open_data, said_data) = await asyncio.gather(
-                asyncio.to_thread(slow_command), asyncio.to_thread(slow_data)
-            )
-            # both slots of 127.0.0.5 were taken by the slow ones; they are free again
+            # As measured against the relay before: 20 sessions trickling a command, 10 DATA.
+            loop = asyncio.get_running_loop()
+            with ThreadPoolExecutor(max_workers=SLOW_COMMAND + SLOW_DATA) as pool:
+                commands = [loop.run_in_executor(pool, slow_command) for _ in range(SLOW_COMMAND)]
+                datas = [loop.run_in_executor(pool, slow_data) for _ in range(SLOW_DATA)]
+                cut_commands = await asyncio.gather(*commands)
+                cut_datas = await asyncio.gather(*datas)
+            # every slot of 127.0.0.5 was taken by the slow ones; they are free again
             await asyncio.to_thread(normal)
             await wait_until(lambda: len(mx.messages) == 1, 60)
         finally:
@@ -148,13 +159,15 @@ async def test_trickling_clients_are_cut_and_their_slots_freed(tmp_path: Path) -
                 proc.wait(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
-    assert said_cmd.startswith(b"421 4.4.2"), said_cmd
-    assert said_cmd.endswith(b"closing connection\n<closed>")
-    assert not open_cmd
-    assert seconds < 10
-    assert said_data.startswith(b"421 4.4.2"), said_data
-    assert said_data.endswith(b"closing connection\n<closed>")
-    assert not open_data
+    for open_cmd, said_cmd, seconds in cut_commands:
+        assert said_cmd.startswith(b"421 4.4.2"), said_cmd
+        assert said_cmd.endswith(b"closing connection\n<closed>")
+        assert not open_cmd
+        assert seconds < 15
+    for open_data, said_data in cut_datas:
+        assert said_data.startswith(b"421 4.4.2"), said_data
+        assert said_data.endswith(b"closing connection\n<closed>")
+        assert not open_data
     log = (config_file.parent / "relay.log").read_text()
-    assert '"limit": "command_deadline"' in log
-    assert '"limit": "min_data_rate"' in log
+    assert log.count('"limit": "command_deadline"') == SLOW_COMMAND
+    assert log.count('"limit": "min_data_rate"') == SLOW_DATA
