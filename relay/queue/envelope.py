@@ -1,7 +1,39 @@
 """A queued message's envelope: recipients and their states, flags, history, and its codec.
 
-The envelope is one JSON line: the first line of ``queue/msg/<id>`` and, after a delivery
-attempt changed it, the whole of ``queue/state/<id>.json`` (see `relay.queue.spool`).
+The envelope is one JSON object on one line: the first line of ``queue/msg/<id>`` and, after a
+delivery attempt changed it, the whole of ``queue/state/<id>.json`` (see `relay.queue.spool`).
+
+Its schema is declared here (`ENVELOPE_FIELDS`, `FLAG_FIELDS`) and versioned (``schema``;
+files without it are version 1). A newer reader reads every older file: fields added later have
+defaults. A reader keeps the fields and flags it does not know and writes them back unchanged.
+A writer lists in ``must_understand`` every field (``name``) or flag (``flags.name``) that is
+set and whose meaning a reader must honour to deliver the message (REQUIRETLS will be one);
+a reader that does not know one of them holds the message (it is not delivered, not changed,
+not lost; ``queue list`` shows why) until a stsguard that knows it runs.
+
+===========================  =====  ====  ============================================
+field                        since  must  meaning
+===========================  =====  ====  ============================================
+``schema``                   2            the envelope's schema version
+``must_understand``          2            names a reader must know to deliver the message
+``id``                       1            the queue id (16 base32 characters)
+``mail_from``                1            the envelope sender ("" for a bounce)
+``recipients``               1            [{address, status, attempts, next_attempt_at,
+                                          last_error}], status one of `RcptStatus`
+``received_at``              1            when intake queued it (Unix time)
+``size``                     1            the message's size in bytes
+``flags``                    1            {name: bool}, the flags below
+``client``                   1            where it came from (address or "stsguard")
+``held``                     1            why it is set aside ("" when not)
+``dsn_id``                   1            the queue id its DSN gets (set until it is queued)
+``warned``                   1            a "delayed" DSN went out
+``history``                  1            [[at, domain, outcome, reason], ...], the newest 20
+``flags.tls_required_no``    1            ``TLS-Required: No`` (RFC 8689 section 5)
+``flags.no_tlsrpt``          1            our own TLS-RPT report mail (RFC 8460 section 3)
+``flags.is_bounce``          1            a DSN we generated
+``flags.smtputf8``           1            the client sent SMTPUTF8 (RFC 6531)
+``flags.eight_bit``          1            the client sent BODY=8BITMIME (RFC 6152)
+===========================  =====  ====  ============================================
 """
 
 from __future__ import annotations
@@ -9,9 +41,12 @@ from __future__ import annotations
 import base64
 import json
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from typing import Any
+
+from relay.errors import SpoolError
 
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
 
@@ -94,6 +129,10 @@ class QueuedMessage:
     # A "delayed" DSN ([delivery].delay_warning) went out.
     warned: bool = False
     history: tuple[Attempt, ...] = ()
+    # Fields and flags this reader does not know, kept to be written back as they were.
+    unknown: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    # Must-understand names this reader does not know: the message is held and never written.
+    not_understood: tuple[str, ...] = ()
 
     @property
     def pending(self) -> tuple[Recipient, ...]:
@@ -136,12 +175,80 @@ def valid_queue_id(text: str) -> bool:
     return len(text) == 16 and set(text) <= _ID_CHARS
 
 
+SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One field of the envelope schema: the version that added it, and whether a reader must
+    understand it (when it is set) to deliver the message."""
+
+    since: int
+    must_understand: bool = False
+
+
+ENVELOPE_FIELDS: dict[str, FieldSpec] = {
+    "schema": FieldSpec(2),
+    "must_understand": FieldSpec(2),
+    **{
+        name: FieldSpec(1)
+        for name in (
+            "id",
+            "mail_from",
+            "recipients",
+            "received_at",
+            "size",
+            "flags",
+            "client",
+            "held",
+            "dsn_id",
+            "warned",
+            "history",
+        )
+    },
+}
+FLAG_FIELDS: dict[str, FieldSpec] = {
+    "tls_required_no": FieldSpec(1),
+    "no_tlsrpt": FieldSpec(1),
+    "is_bounce": FieldSpec(1),
+    "smtputf8": FieldSpec(1),
+    "eight_bit": FieldSpec(1),
+}
 _FLAG_NAMES = tuple(f.name for f in fields(MessageFlags))
+assert set(_FLAG_NAMES) == set(FLAG_FIELDS), "every flag is declared in FLAG_FIELDS"
+_KNOWN_NAMES = frozenset(ENVELOPE_FIELDS) | {f"flags.{name}" for name in FLAG_FIELDS}
+_MUST_UNDERSTAND_FLAGS = tuple(n for n, spec in FLAG_FIELDS.items() if spec.must_understand)
+
+
+class EnvelopeNotUnderstood(SpoolError):
+    """An envelope names a must-understand field or flag this stsguard does not know; the
+    message is held, never delivered or rewritten by this version."""
+
+
+def not_understood(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """The must-understand names of a decoded envelope that this reader does not know."""
+    names = raw.get("must_understand", [])
+    if not isinstance(names, list):
+        raise ValueError(f"must_understand: expected a list, got {names!r}")
+    return tuple(sorted(str(n) for n in names if n not in _KNOWN_NAMES))
+
+
+def check_writable(message: QueuedMessage) -> None:
+    """`EnvelopeNotUnderstood` when this stsguard must not change `message`."""
+    if message.not_understood:
+        raise EnvelopeNotUnderstood(
+            f"{message.id}: not changed: this stsguard does not know "
+            f"{', '.join(message.not_understood)}"
+        )
 
 
 def encode_envelope(message: QueuedMessage) -> bytes:
+    """The envelope as one JSON line (no line break in it)."""
+    check_writable(message)
     # By hand rather than `dataclasses.asdict`, which deep-copies and cost 3% of the relay's CPU.
+    flags = {name: getattr(message.flags, name) for name in _FLAG_NAMES}
     raw = {
+        "schema": SCHEMA_VERSION,
         "id": message.id,
         "mail_from": message.mail_from,
         "recipients": [
@@ -156,18 +263,37 @@ def encode_envelope(message: QueuedMessage) -> bytes:
         ],
         "received_at": message.received_at,
         "size": message.size,
-        "flags": {name: getattr(message.flags, name) for name in _FLAG_NAMES},
+        "flags": flags,
         "client": message.client,
         "held": message.held,
         "dsn_id": message.dsn_id,
         "warned": message.warned,
         "history": [[a.at, a.domain, a.outcome, a.reason] for a in message.history],
     }
+    for key, value in message.unknown.items():
+        if key == "flags":
+            flags.update(value)
+        else:
+            raw[key] = value
+    must = [f"flags.{name}" for name in _MUST_UNDERSTAND_FLAGS if flags[name]]
+    if must:
+        raw["must_understand"] = must
     return json.dumps(raw, sort_keys=True).encode("utf-8")
 
 
 def decode_envelope(blob: bytes) -> QueuedMessage:
+    """The envelope of one JSON line, of any schema version so far. A must-understand name this
+    reader does not know gives a held message marked `not_understood` (it cannot be written)."""
     raw: dict[str, Any] = json.loads(blob)
+    flags: dict[str, Any] = raw.get("flags", {})
+    unknown: dict[str, Any] = {k: v for k, v in raw.items() if k not in ENVELOPE_FIELDS}
+    unknown_flags = {k: v for k, v in flags.items() if k not in FLAG_FIELDS}
+    if unknown_flags:
+        unknown["flags"] = unknown_flags
+    needs = not_understood(raw)
+    held = str(raw.get("held", ""))
+    if needs and not held:
+        held = f"needs a newer stsguard: it must understand {', '.join(needs)}"
     return QueuedMessage(
         id=str(raw["id"]),
         mail_from=str(raw["mail_from"]),
@@ -183,12 +309,14 @@ def decode_envelope(blob: bytes) -> QueuedMessage:
         ),
         received_at=float(raw["received_at"]),
         size=int(raw["size"]),
-        flags=MessageFlags(**{k: bool(v) for k, v in raw.get("flags", {}).items()}),
+        flags=MessageFlags(**{k: bool(v) for k, v in flags.items() if k in FLAG_FIELDS}),
         client=str(raw.get("client", "")),
-        held=str(raw.get("held", "")),
+        held=held,
         dsn_id=str(raw.get("dsn_id", "")),
         warned=bool(raw.get("warned", False)),
         history=tuple(
             Attempt(float(a[0]), str(a[1]), str(a[2]), str(a[3])) for a in raw.get("history", ())
         ),
+        unknown=unknown,
+        not_understood=needs,
     )

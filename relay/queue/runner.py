@@ -37,7 +37,7 @@ from relay.queue.passes import (
 from relay.queue.recovery import read_envelopes, recover
 from relay.queue.retry import next_retry
 from relay.queue.scheduler import Destinations, DueTimes, Job
-from relay.queue.spool import QueuedMessage, Spool
+from relay.queue.spool import QueuedMessage, Spool, log_not_understood
 
 log = structlog.get_logger(__name__)
 
@@ -264,6 +264,8 @@ class QueueRunner:
     # --- a pass ----------------------------------------------------------------------------
 
     def _begin(self, message: QueuedMessage, data: bytes | None, now: float) -> None:
+        if message.not_understood and message.id not in self.index.held:
+            log_not_understood(message.id, message.not_understood)
         if message.held or message.id in self._passes:
             self.budget.release(data)
             if message.held:

@@ -44,13 +44,16 @@ from relay.queue.envelope import (
     HISTORY_MAX,
     REPORT_MAIL_FLAGS,
     Attempt,
+    EnvelopeNotUnderstood,
     MessageFlags,
     QueuedMessage,
     RcptStatus,
     Recipient,
     ScanEntry,
+    check_writable,
     encode_envelope,
     new_queue_id,
+    not_understood,
     valid_queue_id,
 )
 from relay.queue.files import SpoolFiles, fsync_dir
@@ -59,6 +62,7 @@ __all__ = [
     "HISTORY_MAX",
     "REPORT_MAIL_FLAGS",
     "Attempt",
+    "EnvelopeNotUnderstood",
     "MessageFlags",
     "QueuedMessage",
     "RcptStatus",
@@ -70,6 +74,17 @@ __all__ = [
 ]
 
 _log = structlog.get_logger("relay.queue.spool")
+
+
+def log_not_understood(queue_id: str, needs: Sequence[str]) -> None:
+    """The one line for a message this stsguard must not deliver (see `relay.queue.envelope`)."""
+    _log.error(
+        "queue.envelope_not_understood",
+        queue_id=queue_id,
+        must_understand=list(needs),
+        action="held, not delivered or changed, until a stsguard that knows these runs",
+    )
+
 
 # `Spool.list` shadows the builtin inside the class body.
 _Messages = list[QueuedMessage]
@@ -339,6 +354,7 @@ class Spool(SpoolFiles):
 
     def _store(self, message: QueuedMessage) -> None:
         """Write the new state, or remove the message when nothing is left to do for it."""
+        check_writable(message)
         try:
             if message.pending or message.failed:
                 self._write_state(message)
@@ -503,11 +519,14 @@ class Spool(SpoolFiles):
                     if r["status"] == RcptStatus.PENDING.value
                 ]
                 failed = any(r["status"] == RcptStatus.FAILED.value for r in raw["recipients"])
+                needs = not_understood(raw)
+                if needs:
+                    log_not_understood(name, needs)
                 yield ScanEntry(
                     name,
                     min(pending) if pending else None,
                     float(raw["received_at"]),
-                    bool(raw.get("held", "")),
+                    bool(raw.get("held", "")) or bool(needs),
                     failed,
                 )
             except FileNotFoundError:
@@ -543,7 +562,7 @@ class Spool(SpoolFiles):
         touched = 0
         with self._locked():
             for message in self.list():
-                if not message.pending or message.is_due(now):
+                if not message.pending or message.is_due(now) or message.not_understood:
                     continue
                 recipients = tuple(
                     replace(r, next_attempt_at=now) if r.status is RcptStatus.PENDING else r
