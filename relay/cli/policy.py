@@ -28,7 +28,7 @@ from mtasts.fetch import fetch_policy, policy_host, policy_url, record_name
 from mtasts.model import Mode, Policy, StsRecord
 from mtasts.parse import policy_domain, select_sts_record
 from relay.config import Config
-from relay.delivery.dane_view import DaneView, dane_view
+from relay.diagnostics.dane_view import DaneView, dane_view
 from relay.errors import UsageError
 from relay.log import configure_logging
 from relay.resolver import make_resolver

@@ -4,9 +4,9 @@ what the relay remembers of it, and what the relay would decide.
 The MTA-STS policy is looked up live; no message is sent (EHLO, STARTTLS, EHLO, QUIT). The
 remembered TLS of each host (`stsguard detect list`) is read from the relay's state, not written;
 with it a host that offered STARTTLS or a valid certificate within `[detect].history_days` and no
-longer does gets the `downgrade` finding the relay would give it. The decision is the relay's own
-pure `relay.decision` on what the probe saw, with the live policy, or DANE where the probe found
-signed TLSA records and checked the presented chain against them.
+longer does gets the `downgrade` finding the relay would give it. Each MX host is planned by
+`relay.delivery.policy` as delivery plans it (live MTA-STS policy, DANE, override, remembered
+TLS), and the decision is the relay's own pure `relay.decision` on what the probe saw.
 Exit 0 when every MX was probed without findings, 1 when the MX look-up failed, an MX could not be
 probed to the end or showed findings, 2 on a bad domain name.
 """
@@ -20,33 +20,29 @@ import time
 from dataclasses import dataclass, replace
 from typing import Any
 
+from detect.dane import DaneStatus
 from detect.errors import HistoryStoreError
 from detect.history import HostHistory
 from detect.model import Finding, FindingKind
-from mtasts.model import Policy, PolicyResult, PolicySource
 from mtasts.parse import policy_domain
 from relay.cli.detect import host_json
 from relay.config import Config
 from relay.decision import (
-    DANE_OVERRIDES,
     Action,
     Decision,
-    EffectivePolicy,
     Observation,
-    Requirement,
-    dane_for_mx,
     decide,
-    effective_policy,
+    mx_matches,
     remembered_downgrade,
     result_type,
-    screen_mx,
 )
-from relay.delivery.probe import MxProbe, ProbeReport, probe_domain
+from relay.delivery.policy import MxPlan, Refusal
+from relay.diagnostics.probe import MxProbe, ProbeReport, probe_domain
 from relay.errors import UsageError
 from relay.log import configure_logging
 from relay.resolver import make_resolver
 from relay.state.database import StateError
-from relay.state.stores import open_state, state_exists
+from relay.state.stores import State, open_state, state_exists
 from relay.tls import client_context
 
 
@@ -64,84 +60,74 @@ class Verdict:
     decision: Decision
 
 
-def observation(probe: MxProbe) -> Observation:
-    """What the probe saw, as the relay's decision reads a session."""
+def observation(probe: MxProbe, plan: MxPlan) -> Observation:
+    """What the probe saw, as the relay's decision reads a session under `plan`."""
     starttls_ok = None
     if probe.starttls_reply is not None:
         injected = any(f.kind is FindingKind.PLAINTEXT_INJECTION for f in probe.findings)
         starttls_ok = probe.starttls_reply.code == 220 and not injected
     tls = probe.tls
     handshake_ok = None if tls is None else tls.version is not None
+    cert_valid = None if tls is None else tls.verified
+    if plan.policy.is_dane and probe.dane_status is not None:
+        # Under signed TLSA records DANE, not the web PKI, authenticates (RFC 7672 3.1).
+        cert_valid = probe.dane_status is DaneStatus.VALID
     return Observation(
         ehlo_ok=probe.ehlo is not None and 200 <= probe.ehlo.code < 300,
         offered_starttls=probe.ehlo is not None and probe.ehlo.starttls,
         starttls_ok=starttls_ok,
         handshake_ok=handshake_ok,
-        cert_valid=None if tls is None else tls.verified,
+        cert_valid=cert_valid,
         tls_result_type=result_type(tls.result_type) if tls and tls.result_type else None,
-        mx_matches=probe.matches_policy is not False,
+        mx_matches=mx_matches(plan.policy, probe.host),
     )
 
 
-def verdict(
-    probe: MxProbe,
-    policy: Policy | None,
-    history: HostHistory | None,
-    config: Config,
-    *,
-    domain: str,
-    now: float,
-    last_mx: bool = True,
-) -> Verdict:
-    """The relay's view of one probed address (pure: history and `now` are given)."""
-    result = PolicyResult(domain, policy, PolicySource.FRESH if policy else PolicySource.NONE)
-    effective = effective_policy(
-        result,
-        domain_tls=config.domain_tls(domain),
-        no_policy_tls=config.delivery.no_policy_tls,
-        on_downgrade=config.detect.on_downgrade,
-    )
-    obs = observation(probe)
+def verdict(probe: MxProbe, plan: MxPlan, *, now: float, history_days: int) -> Verdict:
+    """The relay's view of one probed address under its host's plan (pure: `now` is given;
+    the remembered TLS is the plan's)."""
+    history = plan.history
+    if plan.refused_by is Refusal.DANE and plan.refusal is not None:
+        return Verdict(history, None, plan.refusal)  # RFC 7672 2.2: never a fall-back
+    obs = observation(probe, plan)
     findings = tuple(probe.findings)
-    if probe.dane is not None and config.domain_tls(domain) in DANE_OVERRIDES:
-        if probe.dane["status"] == "bogus":  # RFC 7672 2.2: never a fall-back
-            _, bogus = dane_for_mx(
-                effective, "bogus", reason=str(probe.dane["reason"]), last_mx=last_mx
-            )
-            assert bogus is not None
-            return Verdict(history, None, bogus)
-        # Signed TLSA records: DANE, not MTA-STS or the web PKI, decides (RFC 7672, STS-14).
-        unusable = probe.dane["status"] == "no-usable-records"
-        requirement = Requirement.DANE_UNUSABLE if unusable else Requirement.DANE
-        effective = EffectivePolicy(requirement, on_downgrade=config.detect.on_downgrade)
-        obs = replace(obs, cert_valid=probe.dane["status"] == "valid", mx_matches=True)
+    if plan.policy.is_dane:
+        # The probe's PKIX check does not count where the TLSA records decide (STS-14).
         findings = tuple(f for f in findings if f.kind is not FindingKind.TLS_FAILURE)
-    screened = screen_mx(effective, probe.host)
-    downgrade = remembered_downgrade(history, obs, now=now, history_days=config.detect.history_days)
-    if screened is not None:
-        return Verdict(history, downgrade, screened)
+    downgrade = remembered_downgrade(history, obs, now=now, history_days=history_days)
+    if plan.refusal is not None:
+        return Verdict(history, downgrade, plan.refusal)
     if probe.ehlo is None:  # never got as far as EHLO: the session broke, try the next MX
         reason = probe.error or "no SMTP session"
-        action = Action.DEFER if last_mx else Action.NEXT_MX
+        action = Action.DEFER if plan.last_mx else Action.NEXT_MX
         return Verdict(history, downgrade, Decision(action, None, reason))
     findings += (downgrade,) if downgrade else ()
-    return Verdict(history, downgrade, decide(effective, obs, findings, last_mx=last_mx))
+    return Verdict(history, downgrade, decide(plan.policy, obs, findings, last_mx=plan.last_mx))
 
 
-def _histories(config: Config, hosts: set[str]) -> dict[str, HostHistory | None]:
-    """Remembered TLS of `hosts`, read without creating any state (none: nothing remembered)."""
-    if not state_exists(config.state_url):
-        return dict.fromkeys(hosts)
-    try:
-        state = open_state(config.state_url, front=False)
-    except StateError:
-        return dict.fromkeys(hosts)
-    try:
-        return {host: state.history.get(host) for host in hosts}
-    except HistoryStoreError:
-        return dict.fromkeys(hosts)
-    finally:
-        state.close()
+class RememberedTls:
+    """The relay's remembered TLS, read without creating any state (None: nothing remembered,
+    or the state cannot be read)."""
+
+    def __init__(self, config: Config) -> None:
+        self.state: State | None = None
+        if state_exists(config.state_url):
+            try:
+                self.state = open_state(config.state_url, front=False)
+            except StateError:
+                self.state = None
+
+    def get(self, host: str) -> HostHistory | None:
+        if self.state is None:
+            return None
+        try:
+            return self.state.history.get(host)
+        except HistoryStoreError:
+            return None
+
+    def close(self) -> None:
+        if self.state is not None:
+            self.state.close()
 
 
 def _decision_json(decision: Decision) -> dict[str, Any]:
@@ -203,16 +189,23 @@ def run(args: argparse.Namespace, config: Config) -> int:
     configure_logging(config.relay.log_format, "warning")
     resolver = make_resolver(config.dns)
     ctx = client_context(config.tls.ca_file)
-    report = asyncio.run(probe_domain(domain, config, resolver=resolver, ssl_context=ctx))
-    histories = _histories(config, {m.host for m in report.mx})
+    remembered = RememberedTls(config)
     now = time.time()
-    last = len(report.mx) - 1
-    verdicts = [
-        verdict(
-            m, report.policy, histories[m.host], config, domain=domain, now=now, last_mx=i == last
+    try:
+        report = asyncio.run(
+            probe_domain(
+                domain,
+                config,
+                resolver=resolver,
+                ssl_context=ctx,
+                history=remembered.get,
+                now=now,
+            )
         )
-        for i, m in enumerate(report.mx)
-    ]
+    finally:
+        remembered.close()
+    days = config.detect.history_days
+    verdicts = [verdict(m, report.plans[m.host], now=now, history_days=days) for m in report.mx]
     for probe, v in zip(report.mx, verdicts, strict=True):
         if v.downgrade is not None:  # a finding like any other, as the relay logs it
             probe.findings.append(v.downgrade)

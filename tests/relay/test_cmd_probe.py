@@ -7,17 +7,20 @@ import json
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from detect.dane import DaneStatus, TlsaRecord
 from detect.model import Finding, FindingKind
 from lab.mx import CertKind
 from lab.world import LabWorld
 from relay.cli.probe import verdict
 from relay.config import Config
-from relay.delivery.probe import EhloInfo, MxProbe, TlsInfo
+from relay.decision import TlsaStatus
+from relay.delivery.dane_lookup import TlsaLookup
+from relay.delivery.policy import HostFacts, destination, plan_host
 from relay.delivery.session import Reply
+from relay.diagnostics.probe import EhloInfo, MxProbe, TlsInfo
 from relay.state.database import SqliteDatabase
 from relay.state.history_store import SqlTlsHistoryStore
 from tests.cli import run_cli_async
@@ -53,7 +56,8 @@ async def test_remembered_starttls_makes_a_stripped_host_a_downgrade(
     [entry] = json.loads(out)["mx"]
     assert entry["remembered"]["host"] == MX
     assert entry["remembered"]["last_starttls_at"] is not None
-    assert [f["kind"] for f in entry["findings"]] == ["downgrade"]
+    # Remembered TLS makes STARTTLS expected, in probe as in delivery: stripped, and a downgrade.
+    assert [f["kind"] for f in entry["findings"]] == ["starttls-stripped", "downgrade"]
     assert entry["decision"]["action"] == "defer"
     assert entry["decision"]["result_type"] == "starttls-not-supported"
     code, out, _ = await run_cli_async("probe", "example.org", "--config", str(config))
@@ -99,7 +103,9 @@ async def test_expired_certificate_under_enforce_and_unreachable_mx_exit_1(
     assert second["decision"]["action"] == "defer"
 
 
-def tls_probe(*, verified: bool, findings: list[Finding], dane: dict[str, Any] | None) -> MxProbe:
+def tls_probe(
+    *, verified: bool, findings: list[Finding], dane: DaneStatus | None = None
+) -> MxProbe:
     """An MX that spoke STARTTLS and TLS 1.3, as the probe records it."""
     return MxProbe(
         MX,
@@ -116,44 +122,43 @@ def tls_probe(*, verified: bool, findings: list[Finding], dane: dict[str, Any] |
             result_type=None if verified else "certificate-not-trusted",
         ),
         findings=findings,
-        dane=dane,
+        dane={"status": str(dane), "reason": "-"} if dane else None,
+        dane_status=dane,
     )
 
 
 UNTRUSTED = Finding(FindingKind.TLS_FAILURE, "self-signed", result_type="certificate-not-trusted")
 MISMATCH = Finding(FindingKind.TLSA_MISMATCH, "no TLSA record matched", result_type="tlsa-invalid")
+SIGNED = TlsaLookup(TlsaStatus.SECURE, (TlsaRecord(3, 1, 1, b"\x01" * 32),), MX, (MX,))
+BOGUS = TlsaLookup(TlsaStatus.BOGUS, reason="SERVFAIL")
 
 
 @pytest.mark.parametrize(
-    ("probe", "action", "result_type"),
+    ("probe", "tlsa", "action", "result_type"),
     [
         # No TLSA: the web PKI and no policy: opportunistic TLS delivers anyway.
-        (tls_probe(verified=False, findings=[UNTRUSTED], dane=None), "deliver-tls", None),
+        (tls_probe(verified=False, findings=[UNTRUSTED]), None, "deliver-tls", None),
         # DANE-EE on a self-signed certificate: the probe dropped the PKIX finding; delivered.
         (
-            tls_probe(verified=False, findings=[], dane={"status": "valid", "reason": "3 1 1"}),
+            tls_probe(verified=False, findings=[], dane=DaneStatus.VALID),
+            SIGNED,
             "deliver-tls",
             None,
         ),
         # The chain matches no TLSA record: DANE is strict, the relay defers (RFC 7672 2.2).
         (
-            tls_probe(
-                verified=False,
-                findings=[UNTRUSTED, MISMATCH],
-                dane={"status": "no-match", "reason": "no match"},
-            ),
+            tls_probe(verified=False, findings=[UNTRUSTED, MISMATCH], dane=DaneStatus.NO_MATCH),
+            SIGNED,
             "defer",
             "tlsa-invalid",
         ),
-        (
-            tls_probe(verified=True, findings=[], dane={"status": "bogus", "reason": "SERVFAIL"}),
-            "defer",
-            "dnssec-invalid",
-        ),
+        (tls_probe(verified=True, findings=[]), BOGUS, "defer", "dnssec-invalid"),
     ],
 )
 def test_the_decision_probe_shows_is_the_relays(
-    probe: MxProbe, action: str, result_type: str | None
+    probe: MxProbe, tlsa: TlsaLookup | None, action: str, result_type: str | None
 ) -> None:
-    seen = verdict(probe, None, None, Config(), domain="example.org", now=1e9)
+    dest = destination("example.org", Config(), sts=None)
+    plan = plan_host(dest, HostFacts(MX, tlsa), last_mx=True, now=1e9)
+    seen = verdict(probe, plan, now=1e9, history_days=30)
     assert (str(seen.decision.action), seen.decision.result_type) == (action, result_type)

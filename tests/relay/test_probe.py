@@ -13,7 +13,7 @@ from lab.attacker import Attacker, AttackMode
 from lab.mx import CertKind
 from lab.world import LabWorld
 from relay.config import Config
-from relay.delivery.probe import ProbeReport, probe_domain
+from relay.diagnostics.probe import ProbeReport, probe_domain
 from relay.resolver import make_resolver
 from relay.tls import client_context
 from tests.cli import run_cli_async

@@ -1,25 +1,26 @@
 """What DANE means for a domain's MX hosts, for `stsguard policy` and `stsguard probe`.
 
 Per MX host: the DNSSEC state of the MX RRset and of its address and TLSA RRsets, the TLSA records,
-and which policy the relay would apply (DANE, MTA-STS, a local override, or none) and why, by
-the same look-ups (`dane_lookup.lookup_tlsa`) and the same pure rules (`decision.dane_for_mx`)
-delivery uses. Live look-ups only.
+and which policy the relay would apply (DANE, MTA-STS, a local override, or none) and why: the
+plan `relay.delivery.policy` makes for the host, as delivery makes it. Live look-ups only.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dns.asyncresolver
 
 from detect.dane import DaneVerdict, check_chain
-from mtasts.model import Mode, Policy, PolicyResult, PolicySource
+from mtasts.model import Policy, PolicyResult, PolicySource
 from relay.config import Config
-from relay.decision import DANE_OVERRIDES, Requirement, effective_policy
+from relay.decision import Requirement
 from relay.delivery.dane_lookup import TlsaLookup, TlsaStatus, lookup_tlsa
 from relay.delivery.mx import MxStatus, lookup_mx
+from relay.delivery.policy import MxPlan, PolicyKind, Refusal, lookup_destination
 from relay.resolver import DnssecResolver
 
 
@@ -94,34 +95,29 @@ def _security(flag: bool, trusted: bool) -> str:
     return "secure" if flag else "insecure"
 
 
-def applied_policy(
-    domain: str, config: Config, sts: Policy | None, tlsa: TlsaLookup
-) -> tuple[str, str]:
-    """(policy kind, why) the relay would apply to this MX host."""
-    domain_tls = config.domain_tls(domain)
-    if domain_tls not in DANE_OVERRIDES:
+def applied_policy(domain: str, domain_tls: str, plan: MxPlan) -> tuple[str, str]:
+    """(policy kind, why) of the plan delivery would follow on this MX host."""
+    tlsa, policy = plan.tlsa, plan.policy
+    if plan.kind is PolicyKind.OVERRIDE:
         return "override", f'[domains."{domain}"] tls = "{domain_tls}" (DANE not used)'
-    sts_policy = sts if domain_tls != "dane-only" else None
-    result = PolicyResult(domain, sts_policy, PolicySource.FRESH) if sts_policy else None
-    base = effective_policy(
-        result, domain_tls=domain_tls, no_policy_tls=config.delivery.no_policy_tls
-    )
-    policy, refusal = tlsa.policy_for(base, domain_tls=domain_tls, last_mx=True)
-    if refusal is not None:
-        return "deferred", f"{refusal.result_type}: {refusal.reason}"
+    if plan.refused_by is Refusal.DANE and plan.refusal is not None:
+        return "deferred", f"{plan.refusal.result_type}: {plan.refusal.reason}"
     if policy.requirement is Requirement.DANE:
         return "dane", "signed TLSA records decide; MTA-STS is not consulted (RFC 8461 2)"
     if policy.requirement is Requirement.DANE_UNUSABLE:
         return "dane", "signed TLSA, none usable: TLS required, certificate not checked"
-    if policy.is_sts and sts is not None:
-        mode = "enforce" if sts.mode is Mode.ENFORCE else "testing"
-        return "mta-sts", f"no DANE ({tlsa.reason or tlsa.status}); MTA-STS mode {mode}"
-    return "none", f"no DANE ({tlsa.reason or tlsa.status}); no_policy_tls = {policy.requirement}"
+    no_dane = f"no DANE ({tlsa.reason or tlsa.status})" if tlsa else "no DANE"
+    if plan.kind in (PolicyKind.STS_ENFORCE, PolicyKind.STS_TESTING):
+        mode = "enforce" if plan.kind is PolicyKind.STS_ENFORCE else "testing"
+        return "mta-sts", f"{no_dane}; MTA-STS mode {mode}"
+    return "none", f"{no_dane}; no_policy_tls = {policy.requirement}"
 
 
 async def dane_view(
     domain: str, config: Config, resolver: dns.asyncresolver.Resolver, sts: Policy | None
 ) -> DaneView:
+    """Each MX host's DNSSEC state, TLSA records and the policy its plan applies (`sts` is the
+    domain's MTA-STS policy as looked up by the caller)."""
     trusted = isinstance(resolver, DnssecResolver) and resolver.trust_ad
     view = DaneView(domain, "ad" if trusted else "off")
     mx = await lookup_mx(domain, resolver)
@@ -129,9 +125,25 @@ async def dane_view(
         view.error = f"MX look-up: {mx.status}: {mx.reason}"
         return view
     view.mx_dnssec = _security(mx.secure, trusted)
-    for host in sorted(mx.hosts, key=lambda h: (h.preference, h.name)):
-        tlsa = await lookup_tlsa(resolver, host)
-        applies, why = applied_policy(domain, config, sts, tlsa)
+    hosts = tuple(sorted(mx.hosts, key=lambda h: (h.preference, h.name)))
+    live = PolicyResult(domain, sts, PolicySource.FRESH if sts else PolicySource.NONE)
+
+    async def sts_lookup(_domain: str) -> PolicyResult:
+        return live
+
+    planned = await lookup_destination(
+        domain,
+        config,
+        resolver=resolver,
+        sts=sts_lookup,
+        now=time.time(),
+        mx=replace(mx, hosts=hosts),
+    )
+    domain_tls = str(planned.destination.domain_tls)
+    for host, plan in zip(hosts, planned.plans, strict=True):
+        # Shown even where a local override keeps DANE out.
+        tlsa = plan.tlsa or await lookup_tlsa(resolver, host)
+        applies, why = applied_policy(domain, domain_tls, plan)
         view.hosts.append(
             MxDane(host.name, host.preference, _security(host.secure, trusted), tlsa, applies, why)
         )

@@ -1,7 +1,8 @@
 """Probe a domain's MX hosts from here: banner, EHLO, STARTTLS, TLS handshake and certificate.
 
-    report = await probe_domain("example.org", config, resolver=..., ssl_context=...)
-    report.as_json()  # or report.as_text()
+    report = await probe_domain("example.org", config, resolver=..., ssl_context=...,
+                                history=remembered_tls.get)
+    report.as_json()  # or report.as_text(); report.plans: each MX host's plan
 
 The same `relay.delivery.session.MxSession` steps as delivery (plaintext connect, banner, EHLO, our
 own STARTTLS with a look at the receive buffer after the 220, handshake with SNI = the MX host
@@ -9,6 +10,8 @@ name), judged by `detect`, but it never sends MAIL: after the handshake it says 
 A certificate that fails verification is reported with its RFC 8460 result type; a second,
 unverified connection is made only to read the certificate's details.
 The MTA-STS policy is looked up live (TXT record and HTTPS fetch); no cache is read or written.
+Each MX host is planned by `relay.delivery.policy`, as delivery plans it, so the probe expects
+STARTTLS and checks DANE exactly where delivery does.
 """
 
 from __future__ import annotations
@@ -16,226 +19,46 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import ssl
-from dataclasses import dataclass, field
-from typing import Any
+import time
+from dataclasses import replace
 
 import dns.asyncresolver
 import structlog
-from cryptography import x509
 
-from detect.model import Finding, FindingKind
+from detect.model import FindingKind
 from mtasts.errors import PolicyError
 from mtasts.fetch import fetch_policy, lookup_sts_record
 from mtasts.match import policy_allows
-from mtasts.model import Mode, Policy
+from mtasts.model import Policy, PolicyResult, PolicySource
 from relay.config import Config
-from relay.delivery.dane_lookup import TlsaLookup, TlsaStatus, lookup_tlsa
-from relay.delivery.dane_view import check_presented
+from relay.delivery.dane_lookup import TlsaLookup, TlsaStatus
 from relay.delivery.mx import MxHost, MxStatus, lookup_mx
-from relay.delivery.session import BannerRefused, Hello, MxSession, Reply
+from relay.delivery.policy import HistoryLookup, MxPlan, lookup_destination
+from relay.delivery.session import BannerRefused, Hello, MxSession
+from relay.diagnostics.dane_view import check_presented
+from relay.diagnostics.probe_report import (
+    EhloInfo,
+    MxProbe,
+    ProbeReport,
+    TlsInfo,
+    certificate_info,
+)
 from relay.errors import SessionError
 from relay.tls import unverified_context
+
+__all__ = [
+    "EhloInfo",
+    "MxProbe",
+    "ProbeReport",
+    "TlsInfo",
+    "live_policy",
+    "probe_domain",
+    "probe_host",
+]
 
 log = structlog.get_logger(__name__)
 
 _QUIT_TIMEOUT = 2.0
-
-
-@dataclass(frozen=True, slots=True)
-class EhloInfo:
-    """What an EHLO reply offered."""
-
-    code: int
-    keywords: tuple[str, ...]
-    starttls: bool
-
-    def as_json(self) -> dict[str, Any]:
-        return {"code": self.code, "keywords": list(self.keywords), "starttls": self.starttls}
-
-
-@dataclass(frozen=True, slots=True)
-class CertificateInfo:
-    """The MX host's leaf certificate as presented (whether or not it verified)."""
-
-    subject: str
-    san: tuple[str, ...]
-    issuer: str
-    not_after: str
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "subject": self.subject,
-            "san": list(self.san),
-            "issuer": self.issuer,
-            "not_after": self.not_after,
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class TlsInfo:
-    """The TLS session after STARTTLS. `result_type` is the RFC 8460 type of a failure."""
-
-    version: str | None
-    cipher: str | None
-    verified: bool
-    result_type: str | None = None
-    certificate: CertificateInfo | None = None
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "version": self.version,
-            "cipher": self.cipher,
-            "verified": self.verified,
-            "result_type": self.result_type,
-            "certificate": self.certificate.as_json() if self.certificate else None,
-        }
-
-
-@dataclass(slots=True)
-class MxProbe:
-    """What one address of one MX host showed; `error` says where the probe stopped early."""
-
-    host: str
-    preference: int
-    address: str | None
-    matches_policy: bool | None
-    banner: Reply | None = None
-    ehlo: EhloInfo | None = None
-    starttls_reply: Reply | None = None
-    tls: TlsInfo | None = None
-    ehlo_after_tls: EhloInfo | None = None
-    findings: list[Finding] = field(default_factory=list)
-    error: str | None = None
-    dane: dict[str, Any] | None = None  # the presented chain against signed TLSA records
-    chain_der: tuple[bytes, ...] = ()
-
-    def as_json(self) -> dict[str, Any]:
-        return {
-            "host": self.host,
-            "preference": self.preference,
-            "address": self.address,
-            "matches_policy": self.matches_policy,
-            "banner": self.banner.as_json() if self.banner else None,
-            "ehlo": self.ehlo.as_json() if self.ehlo else None,
-            "starttls_reply": self.starttls_reply.as_json() if self.starttls_reply else None,
-            "tls": self.tls.as_json() if self.tls else None,
-            "ehlo_after_tls": self.ehlo_after_tls.as_json() if self.ehlo_after_tls else None,
-            "findings": [
-                {
-                    "kind": str(f.kind),
-                    "evidence": f.evidence,
-                    "result_type": f.result_type,
-                    "reason_code": f.reason_code,
-                }
-                for f in self.findings
-            ],
-            "error": self.error,
-            "dane": self.dane,
-        }
-
-    def as_text(self) -> list[str]:
-        note = {None: "", True: ", matches policy", False: ", NOT in policy"}[self.matches_policy]
-        lines = [f"MX {self.host} (preference {self.preference}) at {self.address or '-'}{note}"]
-        if self.banner:
-            lines.append(f"  banner:       {_one_line(self.banner)}")
-        if self.ehlo:
-            lines.append(f"  EHLO:         {_ehlo_line(self.ehlo)}")
-        if self.starttls_reply:
-            lines.append(f"  STARTTLS:     {_one_line(self.starttls_reply)}")
-        if self.tls:
-            lines += _tls_lines(self.tls)
-        if self.ehlo_after_tls:
-            lines.append(f"  EHLO (TLS):   {_ehlo_line(self.ehlo_after_tls)}")
-        if self.dane:
-            lines.append(f"  DANE:         {self.dane['status']}: {self.dane['reason']}")
-        if self.findings:
-            lines.append("  findings:")
-            lines += [f"    - {f.kind} ({f.result_type}): {f.evidence}" for f in self.findings]
-        else:
-            lines.append("  findings:     none")
-        if self.error:
-            lines.append(f"  error:        {self.error}")
-        return lines
-
-
-@dataclass(slots=True)
-class ProbeReport:
-    """The probe of one domain: its live policy (if any) and one entry per MX host address."""
-
-    domain: str
-    policy: Policy | None = None
-    policy_error: PolicyError | None = None
-    mx_error: str | None = None
-    mx: list[MxProbe] = field(default_factory=list)
-
-    def as_json(self) -> dict[str, Any]:
-        policy, error = self.policy, self.policy_error
-        return {
-            "domain": self.domain,
-            "policy": {"mode": str(policy.mode), "mx": list(policy.mx)} if policy else None,
-            "policy_error": (
-                {"result_type": error.result_type, "message": error.message} if error else None
-            ),
-            "mx_error": self.mx_error,
-            "mx": [m.as_json() for m in self.mx],
-        }
-
-    def as_text(self) -> str:
-        lines = [f"domain:         {self.domain}"]
-        if self.policy:
-            mx = ", ".join(self.policy.mx) or "(none)"
-            lines.append(f"MTA-STS policy: mode {self.policy.mode}, mx {mx} (fetched live)")
-        elif self.policy_error:
-            err = self.policy_error
-            lines.append(f"MTA-STS policy: not fetched ({err.result_type}): {err.message}")
-        else:
-            lines.append("MTA-STS policy: none")
-        if self.mx_error:
-            lines.append(f"MX hosts:       {self.mx_error}")
-        for probe in self.mx:
-            lines.append("")
-            lines += probe.as_text()
-        return "\n".join(lines)
-
-
-def _one_line(reply: Reply) -> str:
-    return f"{reply.code} {reply.text.replace(chr(10), ' / ')}"
-
-
-def _ehlo_line(ehlo: EhloInfo) -> str:
-    offers = "STARTTLS offered" if ehlo.starttls else "no STARTTLS"
-    return f"{ehlo.code} {' '.join(ehlo.keywords) or '(no keywords)'} [{offers}]"
-
-
-def _tls_lines(tls: TlsInfo) -> list[str]:
-    check = "certificate verified" if tls.verified else f"NOT verified ({tls.result_type})"
-    lines = [f"  TLS:          {tls.version or '-'} {tls.cipher or '-'}, {check}"]
-    cert = tls.certificate
-    if cert:
-        lines += [
-            f"  subject:      {cert.subject}",
-            f"  SAN:          {', '.join(cert.san) or '(none)'}",
-            f"  issuer:       {cert.issuer}",
-            f"  not after:    {cert.not_after}",
-        ]
-    return lines
-
-
-def certificate_info(der: bytes) -> CertificateInfo:
-    """Subject, SAN DNS names, issuer and expiry of a DER certificate."""
-    cert = x509.load_der_x509_certificate(der)
-    try:
-        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
-        san = tuple(ext.value.get_values_for_type(x509.DNSName))
-    except x509.ExtensionNotFound:
-        san = ()
-    not_after = cert.not_valid_after_utc.astimezone(dt.UTC)
-    return CertificateInfo(
-        subject=cert.subject.rfc4514_string(),
-        san=san,
-        issuer=cert.issuer.rfc4514_string(),
-        not_after=not_after.strftime("%Y-%m-%dT%H:%M:%SZ"),
-    )
 
 
 class _Stop(Exception):
@@ -345,6 +168,7 @@ def _judge_dane(probe: MxProbe, tlsa: TlsaLookup) -> None:
     verdict = check_presented(tlsa, probe.chain_der, now=dt.datetime.now(dt.UTC))
     if verdict is None:
         return
+    probe.dane_status = verdict.status
     probe.dane = {
         "status": str(verdict.status),
         "reason": verdict.reason,
@@ -405,22 +229,22 @@ async def probe_host(
     config: Config,
     ssl_context: ssl.SSLContext,
     *,
+    plan: MxPlan,
     policy: Policy | None = None,
-    tlsa: TlsaLookup | None = None,
 ) -> list[MxProbe]:
-    """Probe every address of one MX host (one entry each; one entry when it has none); with
-    signed TLSA records, check the chain each address presented against them (DANE)."""
+    """Probe every address of one MX host (one entry each; one entry when it has none) under
+    its plan: STARTTLS is expected as delivery expects it (`MxPlan.expect_starttls`); where DANE
+    applies, the chain each address presented is checked against the TLSA records."""
     matches = policy_allows(policy, host.name) if policy is not None else None
     if not host.addresses:
         probe = MxProbe(host.name, host.preference, None, matches, error="no A or AAAA address")
         return [probe]
-    expect = policy is not None and policy.mode in (Mode.ENFORCE, Mode.TESTING)
-    prober = _Prober(config, ssl_context, expect=expect)
+    prober = _Prober(config, ssl_context, expect=plan.expect_starttls)
     probes = [MxProbe(host.name, host.preference, ip, matches) for ip in host.addresses]
     await asyncio.gather(*(prober.probe(p) for p in probes))
-    if tlsa is not None:
+    if plan.tlsa is not None:
         for p in probes:
-            _judge_dane(p, tlsa)
+            _judge_dane(p, plan.tlsa)
     for p in probes:
         log.info(
             "probe.mx",
@@ -440,8 +264,11 @@ async def probe_domain(
     *,
     resolver: dns.asyncresolver.Resolver,
     ssl_context: ssl.SSLContext,
+    history: HistoryLookup | None = None,
+    now: float | None = None,
 ) -> ProbeReport:
-    """Look up the live policy and the MX hosts of `domain` (a valid policy domain), and probe
+    """Look up the live policy and the MX hosts of `domain` (a valid policy domain), plan each MX
+    host as delivery would (`relay.delivery.policy`, with `history` as remembered TLS), and probe
     each MX address concurrently. Unreachable hosts end up in their entry's `error`."""
     report = ProbeReport(domain)
     report.policy, report.policy_error = await live_policy(domain, config, resolver, ssl_context)
@@ -449,12 +276,28 @@ async def probe_domain(
     if mx.status is not MxStatus.OK:
         report.mx_error = f"{mx.status}: {mx.reason}"
         return report
-    hosts = sorted(mx.hosts, key=lambda h: (h.preference, h.name))
-    tlsas = [await lookup_tlsa(resolver, h) for h in hosts]
+    hosts = tuple(sorted(mx.hosts, key=lambda h: (h.preference, h.name)))
+    live = PolicyResult(
+        domain, report.policy, PolicySource.FRESH if report.policy else PolicySource.NONE
+    )
+
+    async def sts(_domain: str) -> PolicyResult:
+        return live
+
+    view = await lookup_destination(
+        domain,
+        config,
+        resolver=resolver,
+        sts=sts,
+        history=history,
+        now=time.time() if now is None else now,
+        mx=replace(mx, hosts=hosts),
+    )
+    report.plans = {plan.host: plan for plan in view.plans}
     results = await asyncio.gather(
         *(
-            probe_host(h, config, ssl_context, policy=report.policy, tlsa=t)
-            for h, t in zip(hosts, tlsas, strict=True)
+            probe_host(h, config, ssl_context, plan=plan, policy=report.policy)
+            for h, plan in zip(hosts, view.plans, strict=True)
         )
     )
     report.mx = [probe for probes in results for probe in probes]
