@@ -23,7 +23,7 @@ import structlog
 
 from mtasts.service import PolicyService
 from relay import sd_notify
-from relay.config import Config, load_config
+from relay.config import Config, host_port, load_config
 from relay.delivery.deliverer import Deliverer
 from relay.errors import ConfigError, StsguardError
 from relay.intake.limits import raise_descriptor_limit
@@ -292,7 +292,7 @@ class Relay:
                     "relay.started",
                     version=stsguard_version(),
                     config=str(self.config_path) if self.config_path else None,
-                    listen=self.listen_address,
+                    listen=host_port(*self.listen_address),
                     hostname=self.config.relay.hostname,
                     intake_processes=self.config.relay.intake_processes,
                     state_dir=str(self.config.relay.state_dir),

@@ -99,6 +99,11 @@ def parse_hostport(text: str, key: str, default_port: int | None = None) -> tupl
     return host, int(port_text)
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port`` as `parse_hostport` reads it (``[v6]:port`` for an IPv6 address)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def hosts_file_fqdn(name: str, hosts_text: str) -> str:
     """The first dotted name on an /etc/hosts line that lists `name` (or `name` itself)."""
     for line in hosts_text.splitlines():

@@ -156,9 +156,10 @@ def _renderer(fmt: str) -> Processor:
 
 
 # aiosmtpd logs about 13 ``info`` lines per message on ``mail.log``, keyed only by the client's
-# (address, port) tuple; ``intake.queued`` says what matters. Those lines are ``debug`` here: at
-# any other level the logger's own threshold drops them before a record is even made.
-AIOSMTPD_LOGGER = "mail.log"
+# (address, port) tuple; ``intake.queued`` says what matters. httpx logs each request at ``info``
+# beside our own ``mtasts.policy_fetched`` and ``tlsrpt`` lines. Their ``info`` lines are ``debug``
+# here: at any other level the logger's own threshold drops them before a record is even made.
+CHATTY_LOGGERS = ("mail.log", "httpx")
 
 
 class _InfoAsDebug(logging.Filter):
@@ -170,15 +171,16 @@ class _InfoAsDebug(logging.Filter):
         return True
 
 
-def _quiet_aiosmtpd(threshold: int) -> None:
-    chatty = logging.getLogger(AIOSMTPD_LOGGER)
-    for old in [f for f in chatty.filters if isinstance(f, _InfoAsDebug)]:
-        chatty.removeFilter(old)
-    if threshold <= logging.DEBUG:
-        chatty.setLevel(logging.DEBUG)
-        chatty.addFilter(_InfoAsDebug())
-    else:
-        chatty.setLevel(max(threshold, logging.WARNING))
+def _quiet_libraries(threshold: int) -> None:
+    for name in CHATTY_LOGGERS:
+        chatty = logging.getLogger(name)
+        for old in [f for f in chatty.filters if isinstance(f, _InfoAsDebug)]:
+            chatty.removeFilter(old)
+        if threshold <= logging.DEBUG:
+            chatty.setLevel(logging.DEBUG)
+            chatty.addFilter(_InfoAsDebug())
+        else:
+            chatty.setLevel(max(threshold, logging.WARNING))
 
 
 class _StsguardHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -216,7 +218,7 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(threshold)
-    _quiet_aiosmtpd(threshold)
+    _quiet_libraries(threshold)
     global _logging_configured
     _logging_configured = True
     warnings.showwarning = _show_warning

@@ -58,7 +58,7 @@ from aiosmtpd.smtp import (
     TLSSetupException,
 )
 
-from relay.config import Config, RelayConfig
+from relay.config import Config, RelayConfig, host_port
 from relay.errors import ConfigError, SpoolError
 from relay.intake.auth import PasswordAuthenticator, load_auth_file
 from relay.intake.group_commit import GroupCommit
@@ -283,7 +283,8 @@ class IntakeHandler:
             return "451 4.3.0 Temporary failure, try again later"
         if isinstance(error, TLSSetupException):
             # A client that gave up on our certificate: its business, no traceback.
-            _log.info("intake.starttls_failed", error=repr(error.__cause__ or error))
+            cause = error.__cause__ or error
+            _log.info("intake.starttls_failed", error=f"{type(cause).__name__}: {cause}")
             return "454 4.7.0 TLS handshake failed"
         _log.error("intake.error", error=repr(error), exc_info=error)
         return "451 4.3.0 Temporary failure, try again later"
@@ -473,7 +474,7 @@ class Intake:
         connections = self.rules.connections
         _log.info(
             "intake.listening",
-            address=f"{self.address[0]}:{self.address[1]}",
+            address=host_port(*self.address),
             descriptor_limit=self.descriptor_limit,
             max_connections=connections.max_total,
             max_connections_outside=connections.max_outside,

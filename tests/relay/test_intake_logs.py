@@ -64,6 +64,8 @@ async def test_one_queued_line_per_message_and_no_aiosmtpd_chatter(tmp_path: Pat
             except subprocess.TimeoutExpired:
                 proc.kill()
     lines = relay_log(config_file)
+    [started] = [e for e in lines if e["event"] == "relay.started"]
+    assert started["listen"] == f"127.0.0.1:{port}"  # not a (host, port) list
     queued = [e for e in lines if e["event"] == "intake.queued"]
     assert sorted(e["message_id"] for e in queued) == [f"<m{n}@upstream.test>" for n in range(6)]
     assert {e["upstream_queue_id"] for e in queued} == {"4XyzAbC12"}

@@ -170,7 +170,7 @@ def test_journal_fields_are_plain_values_not_python_reprs() -> None:
     )
 
 
-# aiosmtpd's own lines: an `info` one for each command, and a warning.
+# aiosmtpd's own lines (an `info` one for each command, and a warning) and httpx's request line.
 CHATTER = textwrap.dedent(
     """
     import logging, sys
@@ -179,6 +179,7 @@ CHATTER = textwrap.dedent(
     configure_logging("json", sys.argv[1])
     logging.getLogger("mail.log").info("%r >> %r", ("127.0.0.1", 41234), b"NOOP")
     logging.getLogger("mail.log").warning("%r unrecognised: %s", ("127.0.0.1", 41234), "X")
+    logging.getLogger("httpx").info("HTTP Request: GET https://mta-sts.example.org/")
     """
 )
 
@@ -192,6 +193,7 @@ CHATTER = textwrap.dedent(
             [
                 ("debug", "('127.0.0.1', 41234) >> b'NOOP'"),
                 ("warning", "('127.0.0.1', 41234) unrecognised: X"),
+                ("debug", "HTTP Request: GET https://mta-sts.example.org/"),
             ],
         ),
     ],
