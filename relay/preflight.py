@@ -159,6 +159,20 @@ def _file_problems(config: Config) -> list[Problem]:
 
 def _state_dir_problems(config: Config) -> list[Problem]:
     state_dir = config.relay.state_dir
+    if not state_dir.is_absolute():
+        return [
+            Problem(
+                "warning",
+                f"[relay].state_dir {str(state_dir)!r} is relative: the relay and each command "
+                "find it from their own working directory; set an absolute path "
+                '(state_dir = "/var/lib/stsguard")',
+            ),
+            *_state_dir_access(state_dir),
+        ]
+    return _state_dir_access(state_dir)
+
+
+def _state_dir_access(state_dir: Path) -> list[Problem]:
     probe = state_dir
     while not probe.exists() and probe.parent != probe:
         probe = probe.parent

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from relay.cli.permission import permission_line
 from relay.config import Config, load_config
-from relay.errors import StsguardError
+from relay.errors import StsguardError, UsageError
 from relay.log import capture_warnings
 from relay.version import stsguard_version
 
@@ -119,11 +119,22 @@ _STATE_COMMANDS = ("queue", "detect", "tlsrpt")
 
 
 def unused_state_warning(config: Config, path: Path | None) -> str | None:
-    """A command on a state directory no relay has used is probably reading the wrong one."""
+    """A command on a state directory no relay has used is probably reading the wrong one.
+
+    A relative `state_dir` no relay used from here is an error (UsageError): it names another
+    directory in every working directory (the unit runs the relay in /var/lib/stsguard), so the
+    answer would be about a queue that is not the relay's. An absolute one is only a warning.
+    """
     state_dir = config.relay.state_dir
     if (state_dir / "queue").is_dir() or config.state_url.shared or config.state_db.exists():
         return None
     where = f"config {path}" if path else "built-in defaults (no --config, no $STSGUARD_CONFIG)"
+    if not state_dir.is_absolute():
+        raise UsageError(
+            f"[relay].state_dir {str(state_dir)!r} ({where}) is relative and no relay has used "
+            f"it from {Path.cwd()}; give the relay's config with --config or $STSGUARD_CONFIG, "
+            'or set an absolute state_dir (state_dir = "/var/lib/stsguard")'
+        )
     return (
         f"no relay has used the state directory {state_dir} ({where}); "
         "give the relay's config with --config or $STSGUARD_CONFIG"

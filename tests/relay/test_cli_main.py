@@ -87,7 +87,8 @@ def test_config_from_environment_for_every_command(tmp_path: Path) -> None:
     run = run_cli("queue", "list", env={"STSGUARD_CONFIG": str(config)}, cwd=elsewhere)
     assert (run.returncode, run.stdout.strip(), run.stderr) == (0, "queue is empty", "")
     # Without it (and without /etc/stsguard/stsguard.toml), the defaults: ./stsguard-state,
-    # which no relay used, and the command says so instead of a bare "queue is empty".
+    # relative, which no relay used from here: an error, not a bare "queue is empty" about a
+    # queue that is not the relay's.
     env = {k: v for k, v in os.environ.items() if k != "STSGUARD_CONFIG"}
     run = subprocess.run(
         [os.sys.executable, "-m", "relay.cli", "queue", "list"],  # type: ignore[attr-defined]
@@ -98,8 +99,13 @@ def test_config_from_environment_for_every_command(tmp_path: Path) -> None:
         timeout=30,
         check=False,
     )
-    assert run.returncode == 0
-    assert "no relay has used the state directory stsguard-state (built-in defaults" in run.stderr
+    assert (run.returncode, run.stdout) == (2, "")
+    assert run.stderr == (
+        "stsguard: error: [relay].state_dir 'stsguard-state' (built-in defaults (no --config, no "
+        f"$STSGUARD_CONFIG)) is relative and no relay has used it from {elsewhere}; give the "
+        "relay's config with --config or $STSGUARD_CONFIG, or set an absolute state_dir "
+        '(state_dir = "/var/lib/stsguard")\n'
+    )
     bad = run_cli("queue", "list", env={"STSGUARD_CONFIG": str(tmp_path / "missing.toml")})
     assert bad.returncode == 2
     assert "missing.toml: cannot read config file" in bad.stderr
