@@ -162,25 +162,47 @@ def _renderer(fmt: str) -> Processor:
 CHATTY_LOGGERS = ("mail.log", "httpx")
 
 
-class _InfoAsDebug(logging.Filter):
-    """Relabel a library's ``info`` records as ``debug`` (kept only at ``log_level = "debug"``)."""
+class _PeerText(str):
+    """A client's (address, port) as ``127.0.0.1:41234``, also where a library formats it %r."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def _plain_arg(arg: object) -> object:
+    if (
+        isinstance(arg, tuple)
+        and len(arg) >= 2
+        and isinstance(arg[0], str)
+        and isinstance(arg[1], int)
+    ):
+        return _PeerText(f"[{arg[0]}]:{arg[1]}" if ":" in arg[0] else f"{arg[0]}:{arg[1]}")
+    return arg
+
+
+class _LibraryRecords(logging.Filter):
+    """A chatty library's records: ``info`` relabelled ``debug`` (kept only at
+    ``log_level = "debug"``), and a peer tuple in the message as ``address:port``, not a repr."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno == logging.INFO:
             record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+        if isinstance(record.args, tuple) and record.args:
+            record.args = tuple(_plain_arg(a) for a in record.args)
         return True
 
 
 def _quiet_libraries(threshold: int) -> None:
     for name in CHATTY_LOGGERS:
         chatty = logging.getLogger(name)
-        for old in [f for f in chatty.filters if isinstance(f, _InfoAsDebug)]:
+        for old in [f for f in chatty.filters if isinstance(f, _LibraryRecords)]:
             chatty.removeFilter(old)
-        if threshold <= logging.DEBUG:
-            chatty.setLevel(logging.DEBUG)
-            chatty.addFilter(_InfoAsDebug())
-        else:
-            chatty.setLevel(max(threshold, logging.WARNING))
+        chatty.addFilter(_LibraryRecords())
+        chatty.setLevel(
+            logging.DEBUG if threshold <= logging.DEBUG else max(threshold, logging.WARNING)
+        )
 
 
 class _StsguardHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -187,12 +187,12 @@ CHATTER = textwrap.dedent(
 @pytest.mark.parametrize(
     ("level", "expected"),
     [
-        ("info", [("warning", "('127.0.0.1', 41234) unrecognised: X")]),
+        ("info", [("warning", "127.0.0.1:41234 unrecognised: X")]),
         (
             "debug",
             [
-                ("debug", "('127.0.0.1', 41234) >> b'NOOP'"),
-                ("warning", "('127.0.0.1', 41234) unrecognised: X"),
+                ("debug", "127.0.0.1:41234 >> b'NOOP'"),
+                ("warning", "127.0.0.1:41234 unrecognised: X"),
                 ("debug", "HTTP Request: GET https://mta-sts.example.org/"),
             ],
         ),
