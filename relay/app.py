@@ -349,6 +349,7 @@ LIVE_KEYS = {
         "auth_failures_per_connection",
         "auth_failures_per_ip",
         "tls_required_no",
+        "requiretls_loopback",
     },
     "delivery": {
         "port",

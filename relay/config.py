@@ -158,6 +158,7 @@ class RelayConfig:
     auth_failures_per_connection: int = 3
     auth_failures_per_ip: int = 10
     tls_required_no: str = "honour"
+    requiretls_loopback: bool = False  # REQUIRETLS from accept_networks over plaintext loopback
     stop_timeout: int = 30
 
     def __post_init__(self) -> None:
@@ -475,6 +476,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "auth_failures_per_connection": _int_range(1, 1000),
             "auth_failures_per_ip": _int_range(1, 1_000_000),
             "tls_required_no": _choice(TLS_REQUIRED_NO),
+            "requiretls_loopback": _bool,
             "stop_timeout": _duration,
         },
     ),

@@ -31,6 +31,12 @@ Choices, with reasons:
 - ``TLS-Required: No`` (RFC 8689 section 5) becomes the message's flag as
   ``[relay].tls_required_no`` says: from any client that may relay, only from authenticated ones,
   or never.
+- REQUIRETLS (RFC 8689): offered in EHLO and accepted at MAIL only over TLS
+  (`relay.intake.session`); the message's ``requiretls`` flag then outranks
+  ``TLS-Required: No`` (section 4.1). With
+  ``[relay].requiretls_loopback`` a plaintext loopback client in ``accept_networks`` may use it
+  too, and its ``Require-TLS-ESMTP: yes`` header (Postfix 3.11's ``requiretls_esmtp_header``,
+  which carries the request across a content-filter hop) counts as the parameter.
 - Any other failure inside a hook answers ``451 4.3.0`` and logs the traceback; the client never
   sees it.
 """
@@ -64,7 +70,7 @@ from relay.intake.auth import PasswordAuthenticator, load_auth_file
 from relay.intake.group_commit import GroupCommit
 from relay.intake.hygiene import address_problem
 from relay.intake.limits import BASE_RESERVE, connection_budget, raise_descriptor_limit
-from relay.intake.session import SessionRules, _table_names
+from relay.intake.session import SessionRules, _table_names, requiretls_offered
 from relay.intake.session import _IntakeSMTP as _IntakeSMTP  # tests use it from here
 from relay.intake.session import client_allowed as client_allowed
 from relay.intake.session import parse_networks as parse_networks
@@ -96,6 +102,16 @@ def bare_line_end(data: bytes) -> int | None:
 def _header_block(data: bytes) -> bytes:
     end = data.find(b"\r\n\r\n")
     return data if end < 0 else data[: end + 2]
+
+
+def require_tls_esmtp(data: bytes) -> bool:
+    """True when the message has a ``Require-TLS-ESMTP: yes`` header (Postfix 3.11 adds it to a
+    message received with REQUIRETLS, so the request survives a hop without the parameter)."""
+    block = _header_block(data)
+    if b"require-tls-esmtp" not in block.lower():
+        return False
+    headers = email.parser.BytesHeaderParser(policy=email.policy.compat32).parsebytes(block)
+    return any(str(v).strip().lower() == "yes" for v in headers.get_all("Require-TLS-ESMTP", []))
 
 
 def tls_required_no(data: bytes) -> bool:
@@ -173,7 +189,18 @@ class IntakeHandler:
         # aiosmtpd prints "250-AUTH " even with no mechanism left; say nothing instead.
         lines = [r for r in responses if r.strip() != "250-AUTH"]
         lines.insert(len(lines) - 1, "250-PIPELINING")
+        if self._offers_requiretls(session):
+            lines.insert(len(lines) - 1, "250-REQUIRETLS")  # RFC 8689 section 2
         return lines
+
+    def _offers_requiretls(self, session: Session, *, tls: bool | None = None) -> bool:
+        """REQUIRETLS on this session; `tls=False` asks for the loopback exemption alone."""
+        return requiretls_offered(
+            tls=session.ssl is not None if tls is None else tls,
+            client=_client(session),
+            networks=self.networks,
+            loopback_ok=self.config.requiretls_loopback,
+        )
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: list[str]
@@ -225,10 +252,15 @@ class IntakeHandler:
             mail_from = ""  # the null sender (aiosmtpd keeps the brackets); spooled as ""
         rcpts = list(envelope.rcpt_tos)
         options = {o.upper() for o in envelope.mail_options}
+        requiretls = "REQUIRETLS" in options or (
+            self._offers_requiretls(session, tls=False) and require_tls_esmtp(data)
+        )
         flags = MessageFlags(
-            tls_required_no=self._tls_required_no(data, session, client),
+            # RFC 8689 4.1: with REQUIRETLS the TLS-Required header field is ignored.
+            tls_required_no=not requiretls and self._tls_required_no(data, session, client),
             smtputf8="SMTPUTF8" in options,
             eight_bit="BODY=8BITMIME" in options,
+            requiretls=requiretls,
         )
         queue_id = new_queue_id()
         trace = received_header(
@@ -258,6 +290,7 @@ class IntakeHandler:
             upstream_queue_id=origin.upstream_queue_id,
             tls=session.ssl is not None,
             auth=_auth_user(session),
+            requiretls=requiretls,
         )
         if self.on_queued is not None:
             try:
@@ -438,6 +471,7 @@ class Intake:
         rules.min_data_rate = fresh.min_data_rate
         rules.max_junk_commands = fresh.max_junk_commands
         rules.auth_failures_per_connection = fresh.auth_failures_per_connection
+        rules.requiretls_loopback = fresh.requiretls_loopback
         rules.auth_failures.limit = fresh.auth_failures.limit
         counted = rules.connections
         counted.max_total = fresh.connections.max_total

@@ -11,6 +11,9 @@ What a session does beyond aiosmtpd:
   a session time limit; neither cuts a message off while it is being queued.
 - Every command goes through `_run_command` (control characters and invalid UTF-8 refused with
   ``501 5.5.2``; the junk-command budget). A path the parser chokes on is a ``553``.
+- REQUIRETLS (RFC 8689 section 4.1): taken out of the MAIL parameters before aiosmtpd sees
+  them (`requiretls_refusal`); only on a TLS session, or from a client in ``accept_networks``
+  on loopback when ``[relay].requiretls_loopback`` is set.
 - ``503`` to STARTTLS inside TLS (RFC 3207 section 4.2). AUTH: PBKDF2 in a worker thread, failures
   answered after a delay, counted per session and per address, then ``421``.
 
@@ -44,6 +47,51 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 def parse_networks(networks: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
+
+
+def requiretls_offered(
+    *, tls: bool, client: str, networks: Iterable[IPNetwork], loopback_ok: bool
+) -> bool:
+    """True when this session may use REQUIRETLS (RFC 8689 section 4.1: a TLS session), or it is
+    a plaintext loopback session from `networks` and ``[relay].requiretls_loopback`` is set (the
+    hop from a local MTA or content filter, as Postfix's ``smtp_requiretls_policy`` exempts it)."""
+    if tls:
+        return True
+    if not loopback_ok or not client_allowed(client, networks):
+        return False
+    try:
+        ip = ipaddress.ip_address(client.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_loopback
+
+
+def split_requiretls(arg: str) -> tuple[str, list[str]]:
+    """The MAIL argument without its REQUIRETLS parameters, and those parameters as given.
+    Only words after the path's closing ``>`` are parameters (a quoted local part may hold
+    anything)."""
+    end = arg.rfind(">")
+    if end < 0:
+        return arg, []
+    words = arg[end + 1 :].split()
+    found = [w for w in words if w.upper().partition("=")[0] == "REQUIRETLS"]
+    if not found:
+        return arg, []
+    rest = [w for w in words if w not in found]
+    return " ".join([arg[: end + 1], *rest]), found
+
+
+def requiretls_refusal(found: list[str], *, allowed: bool) -> str | None:
+    """The reply to MAIL with these REQUIRETLS parameters, or None when it is accepted."""
+    if any("=" in w for w in found):
+        return "501 5.5.4 REQUIRETLS takes no value"
+    if len(found) > 1:
+        return "501 5.5.4 REQUIRETLS given more than once"
+    if not allowed:
+        return "530 5.7.10 REQUIRETLS needs a TLS-protected session: use STARTTLS first"
+    return None
 
 
 def client_allowed(address: str, networks: Iterable[IPNetwork]) -> bool:
@@ -106,6 +154,7 @@ class SessionRules:
     auth_failures_per_connection: int
     command_deadline: float = 60.0
     min_data_rate: float = 500.0
+    requiretls_loopback: bool = False
     auth_failure_delay: float = AUTH_FAILURE_DELAY
     refusals: RefusalLog = field(default_factory=RefusalLog)
 
@@ -129,6 +178,7 @@ class SessionRules:
             auth_failures_per_connection=config.auth_failures_per_connection,
             command_deadline=float(config.command_deadline),
             min_data_rate=float(config.min_data_rate),
+            requiretls_loopback=config.requiretls_loopback,
         )
 
 
@@ -351,7 +401,35 @@ class _IntakeSMTP(SMTP):
         finally:
             self._requests.data_ended()
 
-    # -- STARTTLS and AUTH --
+    # -- REQUIRETLS, STARTTLS and AUTH --
+
+    def offers_requiretls(self) -> bool:
+        """True when this session may use REQUIRETLS (`requiretls_offered`)."""
+        return requiretls_offered(
+            tls=self._tls_protocol is not None,
+            client=self._client_ip,
+            networks=self.rules.networks,
+            loopback_ok=self.rules.requiretls_loopback,
+        )
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        """MAIL with REQUIRETLS judged here (aiosmtpd would keep one of a repeated parameter
+        and refuse the keyword); the accepted flag goes into the envelope's mail options."""
+        session, envelope = self.session, self.envelope
+        found: list[str] = []
+        fresh = envelope is not None and not envelope.mail_from  # else a nested MAIL: 503
+        if arg is not None and session is not None and session.extended_smtp:
+            arg, found = split_requiretls(arg)
+        if found and fresh:
+            refusal = requiretls_refusal(found, allowed=self.offers_requiretls())
+            if refusal is not None:
+                _log.info("intake.requiretls_refused", client=self._client_ip, reply=refusal[:3])
+                await self.push(refusal)
+                return
+        await super().smtp_MAIL(arg)
+        if found and fresh and envelope is not None and envelope.mail_from:
+            envelope.mail_options.append("REQUIRETLS")
 
     @syntax("STARTTLS", when="tls_context")
     async def smtp_STARTTLS(self, arg: str) -> None:

@@ -7,7 +7,7 @@ Its schema is declared here (`ENVELOPE_FIELDS`, `FLAG_FIELDS`) and versioned (``
 files without it are version 1). A newer reader reads every older file: fields added later have
 defaults. A reader keeps the fields and flags it does not know and writes them back unchanged.
 A writer lists in ``must_understand`` every field (``name``) or flag (``flags.name``) that is
-set and whose meaning a reader must honour to deliver the message (REQUIRETLS will be one);
+set and whose meaning a reader must honour to deliver the message (REQUIRETLS is one);
 a reader that does not know one of them holds the message (it is not delivered, not changed,
 not lost; ``queue list`` shows why) until a stsguard that knows it runs.
 
@@ -33,6 +33,9 @@ field                        since  must  meaning
 ``flags.is_bounce``          1            a DSN we generated
 ``flags.smtputf8``           1            the client sent SMTPUTF8 (RFC 6531)
 ``flags.eight_bit``          1            the client sent BODY=8BITMIME (RFC 6152)
+``flags.requiretls``         3      yes   the client sent REQUIRETLS (RFC 8689); written only
+                                          when set, so a reader older than schema 2 refuses the
+                                          envelope (unknown flag) rather than ignore it
 ===========================  =====  ====  ============================================
 """
 
@@ -82,6 +85,8 @@ class MessageFlags:
     `no_tlsrpt`: our own TLS-RPT report mail (RFC 8460 section 3: no MTA-STS, not counted).
     `is_bounce`: a DSN we generated (never bounced again). `smtputf8` / `eight_bit`: the client
     sent MAIL FROM with SMTPUTF8 / BODY=8BITMIME, so the next hop must offer the same.
+    `requiretls`: the client sent MAIL FROM with REQUIRETLS (RFC 8689): validated TLS to an
+    authenticated MX that offers REQUIRETLS, or a bounce.
     """
 
     tls_required_no: bool = False
@@ -89,6 +94,7 @@ class MessageFlags:
     is_bounce: bool = False
     smtputf8: bool = False
     eight_bit: bool = False
+    requiretls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +110,12 @@ class Attempt:
 
 # A message's history keeps this many lines, the newest.
 HISTORY_MAX = 20
+
+
+def dsn_flags(original: MessageFlags) -> MessageFlags:
+    """The flags of a DSN about a message with `original` flags: a DSN about a REQUIRETLS message
+    is sent with REQUIRETLS too (RFC 8689 section 5: it carries the original headers)."""
+    return MessageFlags(is_bounce=True, requiretls=original.requiretls)
 
 
 # Our own TLS-RPT report mail: delivered without MTA-STS and not counted (RFC 8460 3, 5.3).
@@ -175,7 +187,7 @@ def valid_queue_id(text: str) -> bool:
     return len(text) == 16 and set(text) <= _ID_CHARS
 
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,11 +225,15 @@ FLAG_FIELDS: dict[str, FieldSpec] = {
     "is_bounce": FieldSpec(1),
     "smtputf8": FieldSpec(1),
     "eight_bit": FieldSpec(1),
+    "requiretls": FieldSpec(3, must_understand=True),
 }
 _FLAG_NAMES = tuple(f.name for f in fields(MessageFlags))
 assert set(_FLAG_NAMES) == set(FLAG_FIELDS), "every flag is declared in FLAG_FIELDS"
 _KNOWN_NAMES = frozenset(ENVELOPE_FIELDS) | {f"flags.{name}" for name in FLAG_FIELDS}
 _MUST_UNDERSTAND_FLAGS = tuple(n for n, spec in FLAG_FIELDS.items() if spec.must_understand)
+# Written only when set: a reader from before schema 2 fails on any unknown flag, so a message
+# without it stays readable there and one with it is refused, never delivered without it.
+_FLAGS_WRITTEN_WHEN_SET = frozenset({"requiretls"})
 
 
 class EnvelopeNotUnderstood(SpoolError):
@@ -278,6 +294,9 @@ def encode_envelope(message: QueuedMessage) -> bytes:
     must = [f"flags.{name}" for name in _MUST_UNDERSTAND_FLAGS if flags[name]]
     if must:
         raw["must_understand"] = must
+    for name in _FLAGS_WRITTEN_WHEN_SET:
+        if not flags[name]:
+            del flags[name]
     return json.dumps(raw, sort_keys=True).encode("utf-8")
 
 
