@@ -11,6 +11,10 @@ connections, so tests can check connection reuse. Misbehaving MX hosts for the t
 address: ``"252 2.1.5 cannot verify"``; garbage or a multi-line reply is sent raw), and `drop`
 closes the connection without a reply at "rcpt" (before the message) or "data" (after the final
 dot: the message is recorded, as it may have arrived); "stall" records it and never answers.
+
+REQUIRETLS (RFC 8689): with `requiretls` set the MX offers it in the EHLO reply after STARTTLS
+and takes ``MAIL FROM:<...> REQUIRETLS`` there (aiosmtpd itself refuses the parameter with 555);
+`ReceivedMessage.requiretls` says whether the message came with it.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, syntax
 
 from lab.pki import LabCA
 
@@ -46,6 +50,7 @@ class ReceivedMessage:
     tls: bool
     tls_version: str | None
     helo: str
+    requiretls: bool = False
 
 
 def _as_bytes(content: bytes | str | None) -> bytes:
@@ -57,6 +62,15 @@ def _as_bytes(content: bytes | str | None) -> bytes:
 class _Handler:
     def __init__(self, mx: LabMx) -> None:
         self.mx = mx
+
+    async def handle_EHLO(
+        self, server: SMTP, session: Session, envelope: Envelope, hostname: str, responses: Any
+    ) -> list[str]:
+        session.host_name = hostname
+        lines = list(responses)
+        if self.mx.requiretls and session.ssl:
+            lines.insert(len(lines) - 1, "250-REQUIRETLS")
+        return lines
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str, options: Any
@@ -87,6 +101,7 @@ class _Handler:
                 tls=ssl_object is not None,
                 tls_version=ssl_object.version() if ssl_object is not None else None,
                 helo=str(session.host_name or ""),
+                requiretls="REQUIRETLS" in envelope.mail_options,
             )
         )
         if self.mx.drop == "data":
@@ -94,6 +109,26 @@ class _Handler:
         elif self.mx.drop == "stall":
             await asyncio.Event().wait()  # never answers the final dot (until stopped)
         return "250 OK queued"
+
+
+class _RequireTlsSMTP(SMTP):
+    """aiosmtpd's SMTP that takes REQUIRETLS at MAIL over TLS when its MX offers it."""
+
+    def __init__(self, handler: _Handler, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.mx = handler.mx
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        words = (arg or "").split()
+        asked = "REQUIRETLS" in (w.upper() for w in words)
+        if asked and self.mx.requiretls and self._tls_protocol is not None:
+            arg = " ".join(w for w in words if w.upper() != "REQUIRETLS")
+        else:
+            asked = False
+        await super().smtp_MAIL(arg)
+        if asked and self.envelope is not None and self.envelope.mail_from:
+            self.envelope.mail_options.append("REQUIRETLS")
 
 
 def _drop(server: SMTP) -> None:
@@ -123,6 +158,7 @@ class LabMx:
         self.drop = drop  # None | "rcpt" | "data" | "stall": no reply there
         self.messages: list[ReceivedMessage] = []
         self.smtputf8 = False  # offer SMTPUTF8 (RFC 6531) to connections from now on
+        self.requiretls = False  # offer REQUIRETLS after STARTTLS (RFC 8689) from now on
         self.connections = 0
         self.port = 0
         self._server: asyncio.Server | None = None
@@ -167,7 +203,7 @@ class LabMx:
 
     def _protocol(self) -> SMTP:
         self.connections += 1
-        protocol = SMTP(
+        protocol = _RequireTlsSMTP(
             self.make_handler(),
             hostname=self.hostname,
             ident="stsguard lab MX",

@@ -6,13 +6,18 @@ The deliverer asks three questions of one MX session, each answered here without
 2. `wants_starttls` after EHLO: should STARTTLS be tried?
 3. `decide` whenever the session has an outcome: deliver over TLS, deliver in plaintext, try the
    next MX, or defer. TLS problems never bounce a message (RFC 8461 section 5: enforce failures are
-   temporary); only `decide_expiry` (STS-12) and a permanent SMTP reply (`relay.delivery.replies`)
-   bounce.
+   temporary); only `decide_expiry` (STS-12), a permanent SMTP reply (`relay.delivery.replies`)
+   and REQUIRETLS (`requiretls_verdict`) bounce.
+
+REQUIRETLS (RFC 8689 section 4.2.1) is one rule here: `EffectivePolicy.requiretls` makes every
+MX strict, `requiretls_screen` refuses an MX not authenticated by DANE (with a DNSSEC-signed MX
+RRset) or an MTA-STS `enforce` policy before connecting, `decide` refuses a validated session
+whose EHLO lacks REQUIRETLS, and `requiretls_verdict` bounces when no MX could ever take it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 
 from detect.dane import TlsaRecord
@@ -55,6 +60,23 @@ class TlsaStatus(StrEnum):
     OFF = "off"  # DNSSEC is not trusted here (`[dns].dnssec = "off"`)
 
 
+class RequireTlsFailure(StrEnum):
+    """Why one MX could not take a REQUIRETLS message (RFC 8689 4.2.1)."""
+
+    NO_AUTH = "no-auth"  # not authenticated by DANE or MTA-STS enforce: retrying cannot help
+    NO_SUPPORT = "no-support"  # validated TLS, but no REQUIRETLS after STARTTLS: permanent
+    TEMPORARY = "temporary"  # TLS or the connection failed this time (outage, attack): retried
+
+
+# The bounces (RFC 8689 section 5 / RFC 3463 status codes it registers).
+REQUIRETLS_NO_SUPPORT = "550 5.7.30 REQUIRETLS support required: no MX host of {domain} offers it"
+REQUIRETLS_NO_AUTH = (
+    "550 5.7.10 REQUIRETLS: no MX host of {domain} is authenticated by DANE or an MTA-STS "
+    "policy in enforce mode"
+)
+# Deferrals say 4.7.10, which a bounce at queue_lifetime reports as 5.7.10.
+REQUIRETLS_TEMPORARY = "451 4.7.10 REQUIRETLS: {reason}"
+
 VALIDATION_FAILURE = ResultType.VALIDATION_FAILURE
 STARTTLS_NOT_SUPPORTED = ResultType.STARTTLS_NOT_SUPPORTED
 
@@ -79,6 +101,7 @@ class EffectivePolicy:
     tlsa: tuple[TlsaRecord, ...] = ()  # DANE: the MX host's secure TLSA RRset
     dane_names: tuple[str, ...] = ()  # DANE-TA reference identifiers (RFC 7672 3.2.2)
     dane_base: str = ""  # the TLSA base domain: SNI under DANE (RFC 7672 8.1)
+    requiretls: bool = False  # RFC 8689: authenticated MX, validated TLS, REQUIRETLS offered
 
     @property
     def is_sts(self) -> bool:
@@ -91,6 +114,8 @@ class EffectivePolicy:
     @property
     def strict(self) -> bool:
         """True when a TLS failure stops delivery to this MX (never plaintext, never HELO)."""
+        if self.requiretls:
+            return True
         if self.requirement in (
             Requirement.STS_ENFORCE,
             Requirement.DANE,
@@ -102,6 +127,8 @@ class EffectivePolicy:
     @property
     def needs_valid_cert(self) -> bool:
         """True when the certificate must validate: PKIX, or under DANE the TLSA records."""
+        if self.requiretls:
+            return True
         unauthenticated = (Requirement.ENCRYPT, Requirement.DANE_UNUSABLE)
         return self.strict and self.requirement not in unauthenticated
 
@@ -120,11 +147,18 @@ def effective_policy(
     no_policy_tls: str = "opportunistic",
     tls_required_no: bool = False,
     on_downgrade: str = "defer",
+    requiretls: bool = False,
 ) -> EffectivePolicy:
     """Combine a local override (`[domains."x"].tls`), the MTA-STS result and the no-policy default.
 
-    A policy in mode none counts as no policy (RFC 8461 section 5).
+    A policy in mode none counts as no policy (RFC 8461 section 5). Under REQUIRETLS the caller
+    passes `requiretls_domain_tls(...)` as `domain_tls` and `TLS-Required: No` is ignored.
     """
+    if requiretls:
+        plain = effective_policy(
+            result, domain_tls=domain_tls, no_policy_tls=no_policy_tls, on_downgrade=on_downgrade
+        )
+        return replace(plain, requiretls=True)
     if domain_tls == "dane-only":
         # No MX host without DANE is used (`dane_for_mx`); this only stands for "verify".
         return EffectivePolicy(Requirement.VERIFY, None, tls_required_no, on_downgrade)
@@ -140,6 +174,14 @@ def effective_policy(
 
 # `[domains."x"].tls` values that let DANE in
 DANE_OVERRIDES = (DomainTls.MTA_STS, DomainTls.DANE, DomainTls.DANE_ONLY)
+
+
+def requiretls_domain_tls(domain_tls: DomainTls, *, requiretls: bool) -> DomainTls:
+    """The `[domains."x"].tls` that applies: REQUIRETLS never takes a local override (only DANE
+    and MTA-STS authenticate an MX, RFC 8689 4.2.1), but `dane`/`dane-only` keep DANE in."""
+    if requiretls and domain_tls not in DANE_OVERRIDES:
+        return DomainTls.MTA_STS
+    return domain_tls
 
 
 def dane_for_mx(
@@ -178,6 +220,7 @@ def dane_for_mx(
             tlsa=records,
             dane_names=names,
             dane_base=base,
+            requiretls=policy.requiretls,
         )
         return dane, None
     if tlsa_status == "bogus":
@@ -207,6 +250,7 @@ class Observation:
     tls_result_type: ResultType | None = None  # why the handshake or certificate failed
     reason_code: str = ""  # failure-reason-code for TLS-RPT
     mx_matches: bool = True  # the MX host matches the MTA-STS policy (only testing gets here)
+    offered_requiretls: bool = False  # the EHLO after STARTTLS listed REQUIRETLS (RFC 8689)
 
 
 def remembered_downgrade(
@@ -232,6 +276,7 @@ class Decision:
     result_type: ResultType | None
     reason: str
     reason_code: str = ""
+    requiretls: RequireTlsFailure | None = None  # why a REQUIRETLS message could not go here
 
     @property
     def delivers(self) -> bool:
@@ -255,6 +300,46 @@ def screen_mx(policy: EffectivePolicy, mx_host: str) -> Decision | None:
     if mx_matches(policy, mx_host) or not policy.strict:
         return None
     return Decision(Action.NEXT_MX, None, f"MX {mx_host} is not in the policy's mx list")
+
+
+def requiretls_screen(
+    policy: EffectivePolicy, mx_host: str, *, mx_secure: bool, sts_listed: bool
+) -> Decision | None:
+    """None when a REQUIRETLS message may try `mx_host` under `policy` (the host's, after DANE);
+    else why not. RFC 8689 4.2.1: the MX must be authenticated, by a DNSSEC-signed MX RRset with
+    DANE for the host, or by an MTA-STS policy in enforce mode that lists it (`sts_listed`);
+    `testing`, no policy and local overrides never are."""
+    if not policy.requiretls:
+        return None
+    if policy.requirement is Requirement.STS_ENFORCE:
+        return None  # screen_mx keeps out a host the policy does not list (STS-11)
+    if policy.requirement is Requirement.DANE and (mx_secure or sts_listed):
+        return None
+    why = {
+        Requirement.DANE: "its TLSA records are signed but the MX records are not",
+        Requirement.DANE_UNUSABLE: "it has no usable TLSA record",
+        Requirement.STS_TESTING: "the MTA-STS policy is in testing mode",
+    }.get(policy.requirement, "the domain has no DANE and no MTA-STS policy")
+    return Decision(
+        Action.NEXT_MX,
+        None,
+        f"REQUIRETLS: {mx_host} is not authenticated: {why}",
+        requiretls=RequireTlsFailure.NO_AUTH,
+    )
+
+
+def requiretls_verdict(
+    domain: str, failures: tuple[RequireTlsFailure, ...], *, policy_temporary: bool
+) -> str | None:
+    """The bounce reason when no MX of `domain` took a REQUIRETLS message and retrying cannot
+    change that (every MX failed for NO_AUTH or NO_SUPPORT); None to defer as usual (some MX
+    failed for a reason that may pass, or the MTA-STS policy could not be fetched just now).
+    5.7.30 when an authenticated MX lacked REQUIRETLS, else 5.7.10 (RFC 8689 section 5)."""
+    if not failures or policy_temporary or RequireTlsFailure.TEMPORARY in failures:
+        return None
+    if RequireTlsFailure.NO_SUPPORT in failures:
+        return REQUIRETLS_NO_SUPPORT.format(domain=domain)
+    return REQUIRETLS_NO_AUTH.format(domain=domain)
 
 
 def mx_matches(policy: EffectivePolicy, mx_host: str) -> bool:
@@ -308,6 +393,8 @@ def decide(
     clean = tls_up and obs.cert_valid is True
     downgrade = next((f for f in findings if f.kind is FindingKind.DOWNGRADE), None)
 
+    if policy.requiretls:
+        return _decide_requiretls(policy, obs, findings, last_mx=last_mx)
     if clean and obs.mx_matches:
         return Decision(Action.DELIVER_TLS, None, "TLS with a valid certificate")
     if not obs.mx_matches and policy.strict:
@@ -348,6 +435,28 @@ def decide(
     if tls_up:
         return Decision(Action.DELIVER_TLS, reported, f"TLS, {reason}", reported_code)
     return Decision(Action.DELIVER_PLAINTEXT, reported, f"plaintext, {reason}", reported_code)
+
+
+def _decide_requiretls(
+    policy: EffectivePolicy, obs: Observation, findings: tuple[Finding, ...], *, last_mx: bool
+) -> Decision:
+    """`decide` for a REQUIRETLS message: validated TLS to a listed MX that offers REQUIRETLS
+    after STARTTLS, else this MX failed (never plaintext, never an unverified session). The
+    TLS-RPT result type is what it would be without REQUIRETLS: a clean session is a success."""
+    screened = requiretls_screen(policy, "this MX", mx_secure=True, sts_listed=True)
+    if screened is not None:
+        return replace(screened, action=Action.DEFER if last_mx else Action.NEXT_MX)
+    if obs.handshake_ok is True and obs.cert_valid is True and obs.mx_matches:
+        if obs.offered_requiretls:
+            return Decision(Action.DELIVER_TLS, None, "TLS with a valid certificate, REQUIRETLS")
+        failed = _give_up(None, "no REQUIRETLS after STARTTLS", last_mx=last_mx)
+        return replace(failed, requiretls=RequireTlsFailure.NO_SUPPORT)
+    if not obs.mx_matches:
+        failed = _give_up(None, "MX not in the policy", last_mx=last_mx)
+    else:
+        failure, reason, code = _tls_failure(obs, findings)
+        failed = _give_up(failure, reason, last_mx=last_mx, code=code)
+    return replace(failed, requiretls=RequireTlsFailure.TEMPORARY)
 
 
 class Connection(StrEnum):

@@ -112,6 +112,7 @@ class Metrics:
     build_info: Gauge = field(init=False)
     _callbacks: _Callbacks = field(init=False)
     delivery_errors: Counter = field(init=False)
+    requiretls: Counter = field(init=False)
     state_errors: Counter = field(init=False)
     best_effort_errors: Counter = field(init=False)
 
@@ -124,6 +125,13 @@ class Metrics:
             "stsguard_deferred", "Recipient deliveries deferred", ["reason"], registry=r
         )
         self.bounced = Counter("stsguard_bounced", "Recipients bounced", registry=r)
+        self.requiretls = Counter(
+            "stsguard_requiretls",
+            "Recipients of REQUIRETLS messages: delivered, deferred, bounced_no_support, "
+            "bounced_no_auth",
+            ["outcome"],
+            registry=r,
+        )
         self.findings = Counter(
             "stsguard_findings", "Downgrade and tampering findings", ["kind"], registry=r
         )

@@ -37,7 +37,7 @@ from mtasts.errors import PolicyError
 from mtasts.fetch import lookup_sts_record
 from mtasts.model import PolicyResult
 from relay.config import Config
-from relay.decision import Decision, decide_expiry
+from relay.decision import Decision, RequireTlsFailure, decide_expiry
 from relay.delivery.best_effort import Step
 from relay.delivery.loops import LOOP_REASON, SelfAddresses, discard_self
 from relay.delivery.model import (
@@ -60,6 +60,7 @@ from relay.delivery.policy import (
 )
 from relay.delivery.pool import SessionPool
 from relay.delivery.report import AttemptReporter
+from relay.delivery.requiretls import relaxed_bounce, requiretls_outcome
 from relay.delivery.session import WIRE_ERRORS, ConnectFailed
 from relay.delivery.transfer import normalize_crlf, transfer
 from relay.errors import SessionError
@@ -185,7 +186,12 @@ class Deliverer:
             log.warning("delivery.mx_lookup", status=str(mx.status), reason=mx.reason)
             return every_rcpt(request, status, mx.reason)
         dest = await self._destination(request, mx)
-        return await self._try_hosts(request, mx, dest)
+        outcome = await self._try_hosts(request, mx, dest)
+        if relaxed_bounce(request, outcome):
+            # RFC 8689 section 5: a DSN is not discarded for want of REQUIRETLS.
+            log.warning("delivery.requiretls_relaxed", reason=outcome.rcpts[0].reason)
+            return await self._deliver(replace(request, requiretls=False))
+        return outcome
 
     def _unexpected(self, request: DeliveryRequest, exc: Exception) -> DeliveryOutcome:
         """The outcome after an exception no layer below handled: the MX's answer if it had
@@ -230,7 +236,8 @@ class Deliverer:
         """The domain's TLS rules (`relay.delivery.policy`), with its MTA-STS policy looked up
         when one can apply; a failed look-up is reported (RFC 8460 4.3)."""
         result: PolicyResult | None = None
-        if needs_sts(self.config.domain_tls(request.domain), literal=mx.literal):
+        domain_tls = self.config.domain_tls(request.domain)
+        if needs_sts(domain_tls, literal=mx.literal, requiretls=request.requiretls):
             result = await self.policy_service.get(request.domain)
             if result.failure is not None and not request.no_tlsrpt:
                 self.reporter.policy_failure(request, result)
@@ -242,6 +249,7 @@ class Deliverer:
             tls_required_no=request.tls_required_no,
             # RPT-10: MTA-STS is not applied to report mail, like `TLS-Required: No`.
             report_mail=request.no_tlsrpt,
+            requiretls=request.requiretls,
         )
 
     async def _try_hosts(
@@ -256,8 +264,10 @@ class Deliverer:
                 return replace(every_rcpt(request, RcptStatus.BOUNCED, reason), policy_id=policy_id)
         tries = _Tries(self.config.delivery.max_mx_addresses)
         last: RcptOutcome | None = None
+        failures: list[RequireTlsFailure] = []  # per MX, for a REQUIRETLS message
         for index, host in enumerate(hosts):
             last_mx = index == len(hosts) - 1
+            failures.append(RequireTlsFailure.TEMPORARY)  # until this MX says otherwise
             facts = await lookup_host(dest, host, resolver=self.resolver)
             plan = plan_host(dest, facts, last_mx=last_mx, now=self.clock())
             refusal = plan.refusal
@@ -267,6 +277,11 @@ class Deliverer:
                 last = RcptOutcome(
                     "", RcptStatus.DEFERRED, refusal.reason, refusal.result_type, host.name
                 )
+                continue
+            if refusal is not None and plan.refused_by is Refusal.REQUIRETLS:
+                log.warning("delivery.requiretls_refused", mx_host=host.name, reason=refusal.reason)
+                failures[-1] = RequireTlsFailure.NO_AUTH
+                last = RcptOutcome("", RcptStatus.DEFERRED, refusal.reason, None, host.name)
                 continue
             if refusal is not None:
                 log.warning("delivery.mx_skipped", mx_host=host.name, reason=refusal.reason)
@@ -281,10 +296,17 @@ class Deliverer:
             outcome = await self._try_host(request, host, plan, tries)
             if isinstance(outcome, DeliveryOutcome):
                 return replace(outcome, policy_id=policy_id)
+            if outcome.requiretls:
+                failures[-1] = RequireTlsFailure(outcome.requiretls)
             if last is None or outcome.result_type or not last.result_type:
                 last = outcome  # the TLS failure, if any, is what the sender should read
         if last is None:
             return every_rcpt(request, RcptStatus.DEFERRED, "no MX host to try")
+        if request.requiretls:
+            # A policy that could not be fetched (and none cached) may be had next time.
+            sts = dest.sts
+            temporary = sts is not None and sts.failure is not None and not dest.policy.is_sts
+            return requiretls_outcome(request, last, tuple(failures), temporary, policy_id)
         return DeliveryOutcome(
             request.queue_id,
             tuple(replace(last, rcpt=r, status=RcptStatus.DEFERRED) for r in request.rcpts),
@@ -347,6 +369,7 @@ class Deliverer:
             outcome = RcptOutcome(
                 "", RcptStatus.DEFERRED, decision.reason, decision.result_type, host.name
             )
+            outcome = replace(outcome, requiretls=str(decision.requiretls or ""))
         else:
             try:
                 outcome = await transfer(request, session, host.name)

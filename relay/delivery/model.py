@@ -18,6 +18,7 @@ class DeliveryRequest:
     no_tlsrpt: bool = False
     smtputf8: bool = False
     eight_bit: bool = False
+    requiretls: bool = False  # RFC 8689: `relay.decision` REQUIRETLS rules, MAIL ... REQUIRETLS
 
     @property
     def domain(self) -> str:
@@ -40,6 +41,7 @@ class RcptOutcome:
     result_type: str | None = None
     mx_host: str = ""
     tls: bool = False
+    requiretls: str = ""  # a REQUIRETLS message: why it could not go (`RequireTlsFailure`)
 
 
 @dataclass(frozen=True, slots=True)

@@ -217,6 +217,7 @@ class Negotiator:
             mx.close()
             raise SessionError(f"EHLO after STARTTLS refused: {again.code} {again.text}")
         helo_name = again.judgement.server_name
+        obs = replace(obs, offered_requiretls=mx.supports("requiretls"))
         attempt = conclude(obs, findings)
         attempt.helo_name = helo_name
         if attempt.decision.action is not Action.DELIVER_TLS:

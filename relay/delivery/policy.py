@@ -50,6 +50,8 @@ from relay.decision import (
     Requirement,
     TlsaStatus,
     effective_policy,
+    requiretls_domain_tls,
+    requiretls_screen,
     screen_mx,
 )
 from relay.delivery.dane_lookup import TlsaLookup, lookup_tlsa
@@ -95,6 +97,7 @@ class Refusal(StrEnum):
 
     DANE = "dane"  # bogus TLSA, or dane-only without TLSA: a reported failure (RFC 8460 4.3)
     NOT_IN_POLICY = "mx-not-in-policy"  # STS-11: enforce never uses an unlisted MX (not reported)
+    REQUIRETLS = "requiretls"  # RFC 8689 4.2.1: not authenticated by DANE or MTA-STS enforce
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,10 +160,11 @@ class Destination:
         )
 
 
-def needs_sts(domain_tls: DomainTls | str, *, literal: bool) -> bool:
+def needs_sts(domain_tls: DomainTls | str, *, literal: bool, requiretls: bool = False) -> bool:
     """True when the domain's MTA-STS policy must be looked up (STS-08: not for an address
-    literal; not under a local override)."""
-    return not literal and domain_tls == DomainTls.MTA_STS
+    literal; not under a local override, which REQUIRETLS does not take)."""
+    applied = requiretls_domain_tls(DomainTls(domain_tls), requiretls=requiretls)
+    return not literal and applied == DomainTls.MTA_STS
 
 
 def destination(
@@ -171,13 +175,15 @@ def destination(
     mx: MxResult | None = None,
     tls_required_no: bool = False,
     report_mail: bool = False,
+    requiretls: bool = False,
 ) -> Destination:
     """Compose a domain's rules from its override, the MTA-STS result and the config (pure).
 
     `tls_required_no` is RFC 8689's `TLS-Required: No` (MTA-STS and DANE failures ignored);
-    `report_mail` a TLS-RPT report in transit, treated alike and never reported (RPT-10).
+    `report_mail` a TLS-RPT report in transit, treated alike and never reported (RPT-10);
+    `requiretls` RFC 8689's REQUIRETLS, which takes no local override and no `TLS-Required: No`.
     """
-    domain_tls = DomainTls(config.domain_tls(domain))
+    domain_tls = requiretls_domain_tls(DomainTls(config.domain_tls(domain)), requiretls=requiretls)
     literal = domain.startswith("[") or (mx is not None and mx.literal)
     policy = effective_policy(
         sts if not literal else None,
@@ -185,6 +191,7 @@ def destination(
         no_policy_tls=config.delivery.no_policy_tls,
         tls_required_no=tls_required_no or report_mail,
         on_downgrade=config.detect.on_downgrade,
+        requiretls=requiretls,
     )
     return Destination(
         domain,
@@ -306,6 +313,12 @@ def plan_host(dest: Destination, facts: HostFacts, *, last_mx: bool, now: float)
     if refusal is None:
         refusal = screen_mx(policy, facts.host)
         refused_by = Refusal.NOT_IN_POLICY if refusal is not None else None
+    if refusal is None:
+        listed = dest.policy.requirement is Requirement.STS_ENFORCE and bool(
+            dest.policy.policy and dest.policy.policy.allows(facts.host)
+        )
+        refusal = requiretls_screen(policy, facts.host, mx_secure=dest.mx_secure, sts_listed=listed)
+        refused_by = Refusal.REQUIRETLS if refusal is not None else None
     kind = dest.kind
     if policy.is_dane:
         kind = PolicyKind.DANE_ONLY if kind is PolicyKind.DANE_ONLY else PolicyKind.DANE

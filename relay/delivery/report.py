@@ -115,11 +115,11 @@ class AttemptReporter:
     def finished(self, request: DeliveryRequest, outcome: DeliveryOutcome) -> DeliveryOutcome:
         """Count the message's outcome and log it (one `delivery.outcome` line), best effort.
         Bounces are counted where the DSN is made (the queue)."""
-        self.best_effort.run(Step.METRICS, self._count_outcome, outcome)
-        self.best_effort.run(Step.LOG, self._log_outcome, outcome)
+        self.best_effort.run(Step.METRICS, self._count_outcome, request, outcome)
+        self.best_effort.run(Step.LOG, self._log_outcome, request, outcome)
         return outcome
 
-    def _count_outcome(self, outcome: DeliveryOutcome) -> None:
+    def _count_outcome(self, request: DeliveryRequest, outcome: DeliveryOutcome) -> None:
         if self.metrics is None:
             return
         for rcpt in outcome.rcpts:
@@ -127,8 +127,10 @@ class AttemptReporter:
                 self.metrics.delivered.labels(tls="yes" if rcpt.tls else "no").inc()
             elif rcpt.status is RcptStatus.DEFERRED:
                 self.metrics.deferred.labels(reason=rcpt.result_type or "other").inc()
+            if request.requiretls and (label := requiretls_label(rcpt)):
+                self.metrics.requiretls.labels(outcome=label).inc()
 
-    def _log_outcome(self, outcome: DeliveryOutcome) -> None:
+    def _log_outcome(self, request: DeliveryRequest, outcome: DeliveryOutcome) -> None:
         loop = any("5.4.6" in r.reason for r in outcome.bounced)
         level = (
             log.error if loop else log.warning if outcome.deferred or outcome.bounced else log.info
@@ -143,6 +145,8 @@ class AttemptReporter:
             if done:
                 fields[str(status)] = self.recipients(tuple(r.rcpt for r in done))
                 fields[f"{status}_reason"] = "; ".join(sorted({r.reason for r in done}))
+        if request.requiretls:
+            fields["requiretls"] = True
         level("delivery.outcome", unreachable=outcome.unreachable, **fields)
 
     def recipients(self, rcpts: tuple[str, ...]) -> list[str] | int:
@@ -202,6 +206,7 @@ class AttemptReporter:
             "delivery.attempt",
             rcpts=self.recipients(rcpts),
             policy_mode=policy.mode,
+            requiretls=policy.requiretls,
             action=str(decision.action),
             result_type=decision.result_type,
             outcome=result,
@@ -213,6 +218,16 @@ class AttemptReporter:
             mx_helo=attempt.helo_name,
             findings=[f.as_log() for f in attempt.findings],
         )
+
+
+def requiretls_label(rcpt: RcptOutcome) -> str:
+    """The `stsguard_requiretls_total` outcome of one recipient of a REQUIRETLS message ("" for
+    a bounce that REQUIRETLS did not cause: the MX refused the recipient)."""
+    if rcpt.status is RcptStatus.BOUNCED:
+        return {"no-support": "bounced_no_support", "no-auth": "bounced_no_auth"}.get(
+            rcpt.requiretls, ""
+        )
+    return str(rcpt.status)
 
 
 def log_recipients(rcpts: tuple[str, ...], mode: bool | str) -> list[str] | int:

@@ -84,6 +84,9 @@ async def transfer(
             reason = "554 5.6.7 the next hop does not support SMTPUTF8"
             return every_rcpt(request, RcptStatus.BOUNCED, reason, mx_host, session.tls)
         options.append(b"SMTPUTF8")
+    if request.requiretls:
+        # RFC 8689 4.2.1: the negotiation let this session through only with REQUIRETLS offered.
+        options.append(b"REQUIRETLS")
     if request.eight_bit and mx.supports("8bitmime"):
         # Without 8BITMIME at the next hop the body goes as it is, as Postfix does by default.
         options.append(b"BODY=8BITMIME")

@@ -84,6 +84,7 @@ class Dispatcher:
             no_tlsrpt=message.flags.no_tlsrpt,
             smtputf8=message.flags.smtputf8,
             eight_bit=message.flags.eight_bit,
+            requiretls=message.flags.requiretls,
         )
         outcome = await self.deliverer.deliver(request)
         if self.metrics is not None and outcome.delivered:

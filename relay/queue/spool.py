@@ -51,6 +51,7 @@ from relay.queue.envelope import (
     Recipient,
     ScanEntry,
     check_writable,
+    dsn_flags,
     encode_envelope,
     new_queue_id,
     not_understood,
@@ -382,7 +383,7 @@ class Spool(SpoolFiles):
                             "",
                             [message.mail_from],
                             len(dsn),
-                            flags=MessageFlags(is_bounce=True),
+                            flags=dsn_flags(message.flags),
                             queue_id=message.dsn_id,
                         ),
                         client="stsguard",
@@ -433,7 +434,7 @@ class Spool(SpoolFiles):
                 "",
                 [message.mail_from],
                 len(dsn),
-                flags=MessageFlags(is_bounce=True),
+                flags=dsn_flags(message.flags),
                 queue_id=warning_id,
             )
             try:
