@@ -15,6 +15,8 @@ import contextlib
 import datetime as dt
 import json
 import logging
+import re
+import ssl
 import sys
 import tempfile
 from collections import defaultdict
@@ -43,6 +45,7 @@ from tlsrpt_emit.render import render_json
 from tlsrpt_emit.schedule import build_day_reports
 
 SETTLE_SECONDS = 20.0
+_STATUS = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
 PARALLEL = 8  # scenarios in flight at once: enough to be quick, few enough for 2 cores
 
 
@@ -56,6 +59,8 @@ class Observed:
     evidence: list[str] = field(default_factory=list)
     result_types: list[str] = field(default_factory=list)
     note: str = ""
+    requiretls: bool = False  # the message reached the MX with MAIL FROM:<...> REQUIRETLS
+    bounce: str | None = None  # the status code of a bounce (from `delivery.outcome`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,11 +85,17 @@ class Outcome:
     @property
     def ok(self) -> bool:
         want, got = self.scenario.expected, self.observed
+        # RFC 8689: a REQUIRETLS message that arrived came over TLS with the parameter.
+        requiretls_kept = not (self.scenario.requiretls and got.delivered) or bool(
+            got.tls and got.requiretls
+        )
         return (
             want.delivered == got.delivered
             and (want.tls is None or want.tls == got.tls)
             and self.finding == want.finding
             and self.result_type == want.tlsrpt_result_type
+            and want.bounce == got.bounce
+            and requiretls_kept
         )
 
     def as_json(self) -> dict[str, Any]:
@@ -98,11 +109,14 @@ class Outcome:
             "finding": self.finding,
             "tlsrpt_result_type": self.result_type,
             "expected_ok": self.ok,
+            "requiretls": s.requiretls,
+            "bounce": self.observed.bounce,
             "expected": {
                 "delivered": s.expected.delivered,
                 "tls": s.expected.tls,
                 "finding": s.expected.finding,
                 "tlsrpt_result_type": s.expected.tlsrpt_result_type,
+                "bounce": s.expected.bounce,
             },
             "evidence": self.observed.evidence[:3],
             "description": s.description,
@@ -156,6 +170,8 @@ class LabRun:
             mx = await self._dane_mx(scenario, mx_name)
         else:
             mx = await self.world.add_mx(mx_name, self._ip(), cert=cert)
+        # RFC 8689: the MX offers REQUIRETLS after STARTTLS unless the set-up says otherwise.
+        mx.requiretls = scenario.requiretls and scenario.attack is not Attack.NO_REQUIRETLS
         stage = _Stage(scenario, domain, mx, rcpt=f"bob@{domain}")
         if scenario.attack.on_path or scenario.policy is PolicySetup.REMEMBERED:
             ip = self._ip()
@@ -206,8 +222,11 @@ class LabRun:
                 for stage in self.stages
                 if stage.scenario.policy is PolicySetup.DANE_ONLY
             }
+            # REQUIRETLS is offered only over STARTTLS: the relay gets a certificate.
+            cert = self.world.ca.issue("relay.lab.test", "127.0.0.1")
             config = self.world.relay_config(
                 self.state_dir,
+                relay={"tls_cert_file": str(cert.cert_file), "tls_key_file": str(cert.key_file)},
                 tlsrpt={"enabled": False},
                 detect={"on_downgrade": "defer"},
                 domains=dane_only,
@@ -269,6 +288,10 @@ class LabRun:
         if stage.scenario.attack is Attack.SMUGGLE:
             stage.note = await _smuggle(config, stage.rcpt)
             return
+        if stage.scenario.requiretls:
+            context = self.world.ca.client_context()
+            await _send_requiretls(config, stage.rcpt, stage.scenario.name, context)
+            return
         await _send(config, stage.rcpt, stage.scenario.name)
 
     async def _settle(self, stage: _Stage, relay: Relay) -> None:
@@ -277,12 +300,15 @@ class LabRun:
         def settled() -> bool:
             if stage.mx.messages:
                 return True
+            queued = False
             for message in relay.spool.list():
                 for r in message.recipients:
                     if r.address == stage.rcpt and r.attempts >= 1:
                         stage.note = r.last_error
                         return True
-            return stage.scenario.attack is Attack.SMUGGLE
+                    queued = queued or r.address == stage.rcpt
+            # Gone from the queue without reaching the MX: bounced (REQUIRETLS).
+            return stage.scenario.attack is Attack.SMUGGLE or not queued
 
         with contextlib.suppress(TimeoutError):
             await wait_until(settled, SETTLE_SECONDS)
@@ -294,6 +320,7 @@ class LabRun:
         seen.delivered = bool(stage.mx.messages)
         if stage.mx.messages:
             seen.tls = stage.mx.messages[0].tls
+            seen.requiretls = stage.mx.messages[0].requiretls
         for entry in entries:
             if (
                 entry.get("event") == "queue.delivery_crashed"
@@ -302,6 +329,9 @@ class LabRun:
                 seen.note = "".join(str(entry.get("exception", "")).strip().splitlines()[-1:])
             if entry.get("recipient_domain") != stage.domain:
                 continue
+            if entry.get("event") == "delivery.outcome" and entry.get("bounced_reason"):
+                status = _STATUS.search(str(entry["bounced_reason"]))
+                seen.bounce = status.group(0) if status else "bounced"
             for finding in entry.get("findings") or ():
                 if finding["kind"] not in seen.findings:
                     seen.findings.append(finding["kind"])
@@ -348,6 +378,24 @@ async def _send(config: Config, rcpt: str, subject: str) -> None:
         start_tls=False,
         timeout=20,
     )
+
+
+async def _send_requiretls(
+    config: Config, rcpt: str, subject: str, context: ssl.SSLContext
+) -> None:
+    """Send one message over STARTTLS with ``MAIL FROM:<...> REQUIRETLS`` (RFC 8689)."""
+    host, port = config.relay.listen_address
+    client = aiosmtplib.SMTP(
+        hostname=host, port=port, start_tls=False, tls_context=context, timeout=20
+    )
+    async with client:
+        await client.starttls(server_hostname="relay.lab.test")
+        await client.sendmail(
+            "alice@sender.lab.test",
+            [rcpt],
+            _message(rcpt, subject),
+            mail_options=["REQUIRETLS"],
+        )
 
 
 async def _smuggle(config: Config, rcpt: str) -> str:
@@ -422,7 +470,17 @@ def _cell(value: object) -> str:
 
 
 def format_table(outcomes: Sequence[Outcome]) -> str:
-    header = ("scenario", "attack", "policy", "delivered", "tls", "finding", "result type", "ok")
+    header = (
+        "scenario",
+        "attack",
+        "policy",
+        "delivered",
+        "tls",
+        "finding",
+        "result type",
+        "bounce",
+        "ok",
+    )
     rows = [
         (
             o.scenario.name,
@@ -432,6 +490,7 @@ def format_table(outcomes: Sequence[Outcome]) -> str:
             _cell(o.observed.tls),
             _cell(o.finding),
             _cell(o.result_type),
+            _cell(o.observed.bounce),
             "ok" if o.ok else "WRONG",
         )
         for o in outcomes

@@ -3,6 +3,12 @@
 A scenario names the recipient domain's set-up (policy mode, or no policy, or no policy but a host
 that spoke TLS before), what the attacker or the set-up does, and what must come out: delivered or
 not, over TLS or not, the finding kind, and the TLS-RPT result type of the session.
+
+REQUIRETLS scenarios (`requiretls_scenarios`, RFC 8689) send over STARTTLS with
+``MAIL FROM:<...> REQUIRETLS`` to an MX that offers REQUIRETLS after STARTTLS (unless the set-up
+says it does not): delivered only with the parameter seen at the MX, bounced with the status
+`Expected.bounce` names, or deferred; never in the clear. The TLS-RPT results are those the same
+session has without REQUIRETLS.
 """
 
 from __future__ import annotations
@@ -50,6 +56,7 @@ class Attack(StrEnum):
     POLICY_HOST_BLOCKED = "policy-host-blocked"
     TXT_REMOVED = "txt-removed"
     DNSSEC_BOGUS = "dnssec-bogus"  # the attacker rewrites the TLSA answer: signatures fail
+    NO_REQUIRETLS = "mx-without-requiretls"  # the MX does not offer REQUIRETLS after STARTTLS
 
     @property
     def on_path(self) -> bool:
@@ -103,6 +110,7 @@ class Expected:
     tls: bool | None  # None: not delivered, so no TLS question
     finding: str | None
     tlsrpt_result_type: str | None
+    bounce: str | None = None  # the status code of an immediate bounce (REQUIRETLS: 5.7.30)
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +120,7 @@ class Scenario:
     policy: PolicySetup
     expected: Expected
     description: str = ""
+    requiretls: bool = False  # sent over STARTTLS with MAIL FROM:<...> REQUIRETLS (RFC 8689)
 
 
 def _expected(attack: Attack, policy: PolicySetup) -> Expected:
@@ -197,7 +206,7 @@ def build_scenarios() -> list[Scenario]:
             "so nothing can be split off downstream",
         ),
     ]
-    return table + dane_scenarios()
+    return table + dane_scenarios() + requiretls_scenarios()
 
 
 def dane_scenarios() -> list[Scenario]:
@@ -263,4 +272,67 @@ def dane_scenarios() -> list[Scenario]:
             'tls = "dane-only" for a domain without TLSA: deferred',
         ),
     ]
+    return table
+
+
+def requiretls_scenarios() -> list[Scenario]:
+    """REQUIRETLS (RFC 8689): delivered only to an authenticated MX that offers it, with the
+    parameter; bounced where no MX ever could take it; never in the clear under any attack."""
+
+    def row(attack: Attack, policy: PolicySetup, expected: Expected, why: str) -> Scenario:
+        name = (
+            f"requiretls-baseline-{policy}"
+            if attack is Attack.NONE
+            else f"requiretls-{attack}-{policy}"
+        )
+        return Scenario(name, attack, policy, expected, why, requiretls=True)
+
+    table = [
+        row(
+            Attack.NONE,
+            PolicySetup.ENFORCE,
+            Expected(True, True, None, None),
+            "enforce, the MX offers REQUIRETLS: delivered, MAIL FROM carries REQUIRETLS",
+        ),
+        row(
+            Attack.NO_REQUIRETLS,
+            PolicySetup.ENFORCE,
+            Expected(False, None, None, None, bounce="5.7.30"),
+            "enforce, valid TLS, but the MX does not offer REQUIRETLS: bounced at once",
+        ),
+        row(
+            Attack.NONE,
+            PolicySetup.TESTING,
+            Expected(False, None, None, None, bounce="5.7.10"),
+            "testing authenticates nothing: bounced, the MX never dialled",
+        ),
+        row(
+            Attack.NONE,
+            PolicySetup.NO_POLICY,
+            Expected(False, None, None, None, bounce="5.7.10"),
+            "no policy: bounced, never sent in plaintext",
+        ),
+        row(
+            Attack.NONE,
+            PolicySetup.DANE_EE,
+            Expected(True, True, None, None),
+            "signed MX and TLSA 3 1 1, the MX offers REQUIRETLS: delivered",
+        ),
+        row(
+            Attack.EXPIRED_CERT,
+            PolicySetup.ENFORCE,
+            Expected(False, None, "tls-failure", "certificate-expired"),
+            "an expired certificate: deferred (4.7.10), never delivered",
+        ),
+    ]
+    for attack in sorted(_PROXY_ATTACKS, key=list(Attack).index):
+        finding, result_type = CAUGHT_AS[attack]
+        table.append(
+            row(
+                attack,
+                PolicySetup.ENFORCE,
+                Expected(False, None, finding, result_type),
+                "on-path attack: deferred (4.7.10), never delivered in the clear",
+            )
+        )
     return table
