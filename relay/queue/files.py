@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import structlog
@@ -16,12 +17,25 @@ import structlog
 from relay.errors import SpoolError, UnknownMessage
 from relay.queue.envelope import (
     QueuedMessage,
+    RcptStatus,
+    ScanEntry,
     decode_envelope,
     encode_envelope,
+    not_understood,
     valid_queue_id,
 )
 
 _log = structlog.get_logger("relay.queue.spool")
+
+
+def log_not_understood(queue_id: str, needs: Sequence[str]) -> None:
+    """The one line for a message this stsguard must not deliver (see `relay.queue.envelope`)."""
+    _log.error(
+        "queue.envelope_not_understood",
+        queue_id=queue_id,
+        must_understand=list(needs),
+        action="held, not delivered or changed, until a stsguard that knows these runs",
+    )
 
 
 def fsync_dir(path: Path) -> None:
@@ -175,3 +189,43 @@ class SpoolFiles:
         # at start.
         self._msg_path(queue_id).unlink(missing_ok=True)
         (self._state / f"{queue_id}.json").unlink(missing_ok=True)
+
+    def scan(self) -> Iterator[ScanEntry]:
+        """What the queue manager needs of every message at start, without building envelopes:
+        one read of its state (or first line) each. Damaged ones are logged and skipped."""
+        with os.scandir(self._state) as entries:
+            states = {e.name.removesuffix(".json") for e in entries}
+        with os.scandir(self._msg) as entries:
+            names = [e.name for e in entries]
+        for name in names:
+            try:
+                if name in states:
+                    try:
+                        header = (self._state / f"{name}.json").read_bytes()
+                    except FileNotFoundError:
+                        with (self._msg / name).open("rb") as f:
+                            header = f.readline()
+                else:
+                    with (self._msg / name).open("rb") as f:
+                        header = f.readline()
+                raw = json.loads(header)
+                pending = [
+                    float(r["next_attempt_at"])
+                    for r in raw["recipients"]
+                    if r["status"] == RcptStatus.PENDING.value
+                ]
+                failed = any(r["status"] == RcptStatus.FAILED.value for r in raw["recipients"])
+                needs = not_understood(raw)
+                if needs:
+                    log_not_understood(name, needs)
+                yield ScanEntry(
+                    name,
+                    min(pending) if pending else None,
+                    float(raw["received_at"]),
+                    bool(raw.get("held", "")) or bool(needs),
+                    failed,
+                )
+            except FileNotFoundError:
+                continue  # finished between the listing and the read
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                _log.error("spool_damaged_envelope", file=str(self._msg / name), error=str(exc))

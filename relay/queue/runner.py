@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -312,7 +313,9 @@ class QueueRunner:
             # Other domains of this message are still under way: write these now, so a crash
             # before the pass ends does not deliver them again.
             with contextlib.suppress(SpoolError):
-                await asyncio.to_thread(self.spool.mark_delivered, job.queue_id, result.delivered)
+                await asyncio.to_thread(
+                    functools.partial(self.spool.record, job.queue_id, delivered=result.delivered)
+                )
                 p.recorded.update(result.delivered)
         self._job_ended(p)
 

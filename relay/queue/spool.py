@@ -29,17 +29,16 @@ Envelope updates are read-modify-write under an ``flock`` on ``queue/lock``, so 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 
 import structlog
 
 from relay.errors import SpoolError, UnknownMessage
+from relay.queue import changes
 from relay.queue.envelope import (
     HISTORY_MAX,
     REPORT_MAIL_FLAGS,
@@ -54,10 +53,9 @@ from relay.queue.envelope import (
     dsn_flags,
     encode_envelope,
     new_queue_id,
-    not_understood,
     valid_queue_id,
 )
-from relay.queue.files import SpoolFiles, fsync_dir
+from relay.queue.files import SpoolFiles, fsync_dir, log_not_understood
 
 __all__ = [
     "HISTORY_MAX",
@@ -70,21 +68,12 @@ __all__ = [
     "Recipient",
     "ScanEntry",
     "Spool",
+    "log_not_understood",
     "new_queue_id",
     "valid_queue_id",
 ]
 
 _log = structlog.get_logger("relay.queue.spool")
-
-
-def log_not_understood(queue_id: str, needs: Sequence[str]) -> None:
-    """The one line for a message this stsguard must not deliver (see `relay.queue.envelope`)."""
-    _log.error(
-        "queue.envelope_not_understood",
-        queue_id=queue_id,
-        must_understand=list(needs),
-        action="held, not delivered or changed, until a stsguard that knows these runs",
-    )
 
 
 # `Spool.list` shadows the builtin inside the class body.
@@ -253,103 +242,16 @@ class Spool(SpoolFiles):
         """Messages with a pending recipient whose next attempt is at or before `now`."""
         return [m for m in self.list() if m.is_due(now)]
 
-    def mark_delivered(self, queue_id: str, rcpts: Collection[str]) -> QueuedMessage:
-        return self._update(queue_id, rcpts, status=RcptStatus.DELIVERED, error="", when=None)
+    # --- changes: one read-modify-write path -------------------------------------------------
 
-    def mark_deferred(
-        self, queue_id: str, rcpts: Collection[str], *, error: str, next_attempt_at: float
+    def update(
+        self, queue_id: str, change: Callable[[QueuedMessage], QueuedMessage]
     ) -> QueuedMessage:
-        return self._update(
-            queue_id, rcpts, status=RcptStatus.PENDING, error=error, when=next_attempt_at
-        )
-
-    def mark_bounced(self, queue_id: str, rcpts: Collection[str], error: str) -> QueuedMessage:
-        """Fail `rcpts` for good. Read the data (for the DSN) before this: a message with no
-        pending recipient left is removed."""
-        return self._update(queue_id, rcpts, status=RcptStatus.BOUNCED, error=error, when=None)
-
-    def _update(
-        self,
-        queue_id: str,
-        rcpts: Collection[str],
-        *,
-        status: RcptStatus,
-        error: str,
-        when: float | None,
-    ) -> QueuedMessage:
-        """Apply one outcome to the named pending recipients; returns the new state. A message
-        left with no pending recipient is removed from the queue."""
-        wanted = set(rcpts)
+        """The one way an envelope changes: read it under the queue's lock, apply `change`
+        (a pure function, see `relay.queue.changes`), write the result durably, or remove the
+        message when nothing is pending or failed. Returns the new state."""
         with self._locked():
-            message = self._read(queue_id)
-            recipients = []
-            for r in message.recipients:
-                if r.address in wanted and r.status is RcptStatus.PENDING:
-                    r = replace(
-                        r,
-                        status=status,
-                        attempts=r.attempts + 1,
-                        last_error=error or r.last_error,
-                        next_attempt_at=r.next_attempt_at if when is None else when,
-                    )
-                recipients.append(r)
-            updated = replace(message, recipients=tuple(recipients))
-            try:
-                if updated.pending:
-                    self._write_state(updated)
-                else:
-                    self._remove(queue_id)
-            except OSError as exc:
-                raise SpoolError(f"{self.directory}: cannot update {queue_id}: {exc}") from exc
-        return updated
-
-    # --- the queue manager's steps ---------------------------------------------------------
-
-    def record(
-        self,
-        queue_id: str,
-        *,
-        delivered: Collection[str] = (),
-        deferred: Mapping[str, str] | None = None,
-        failed: Mapping[str, str] | None = None,
-        next_attempt_at: float = 0.0,
-        history: Sequence[Attempt] = (),
-    ) -> QueuedMessage:
-        """One pass's outcomes in one durable write: `delivered` recipients done, `deferred`
-        ones (with their reasons) due again at `next_attempt_at`, `failed` ones FAILED with a
-        `dsn_id` for their DSN (`queue_dsn` queues it). Returns the new state; a message with
-        nothing pending or failed left is removed."""
-        deferred, failed = deferred or {}, failed or {}
-        done = set(delivered)
-        with self._locked():
-            message = self._read(queue_id)
-            recipients = []
-            for r in message.recipients:
-                if r.status is RcptStatus.PENDING:
-                    if r.address in done:
-                        r = replace(r, status=RcptStatus.DELIVERED, attempts=r.attempts + 1)
-                    elif r.address in failed:
-                        r = replace(
-                            r,
-                            status=RcptStatus.FAILED,
-                            attempts=r.attempts + 1,
-                            last_error=failed[r.address],
-                        )
-                    elif r.address in deferred:
-                        r = replace(
-                            r,
-                            attempts=r.attempts + 1,
-                            last_error=deferred[r.address] or r.last_error,
-                            next_attempt_at=next_attempt_at,
-                        )
-                recipients.append(r)
-            updated = replace(
-                message,
-                recipients=tuple(recipients),
-                history=(*message.history, *history)[-HISTORY_MAX:],
-            )
-            if updated.failed and not updated.dsn_id:
-                updated = replace(updated, dsn_id=new_queue_id())
+            updated = change(self._read(queue_id))
             self._store(updated)
         return updated
 
@@ -363,6 +265,61 @@ class Spool(SpoolFiles):
                 self._remove(message.id)
         except OSError as exc:
             raise SpoolError(f"{self.directory}: cannot update {message.id}: {exc}") from exc
+
+    def record(
+        self,
+        queue_id: str,
+        *,
+        delivered: Collection[str] = (),
+        deferred: Mapping[str, str] | None = None,
+        failed: Mapping[str, str] | None = None,
+        next_attempt_at: float = 0.0,
+        history: Sequence[Attempt] = (),
+    ) -> QueuedMessage:
+        """One pass's outcomes in one durable write (`changes.record_pass`); failed recipients
+        get a `dsn_id` for their DSN (`queue_dsn` queues it)."""
+        return self.update(
+            queue_id,
+            lambda m: changes.record_pass(
+                m,
+                delivered=delivered,
+                deferred=deferred,
+                failed=failed,
+                next_attempt_at=next_attempt_at,
+                history=history,
+                dsn_id=new_queue_id(),
+            ),
+        )
+
+    def hold(self, queue_id: str, reason: str, *, now: float) -> QueuedMessage:
+        """Set a message aside: not delivered (nor retried) until `release`. Survives restarts."""
+        return self.update(queue_id, lambda m: changes.held(m, reason, now=now))
+
+    def release(self, queue_id: str, *, now: float) -> QueuedMessage:
+        """Undo `hold`: the message is due now."""
+        return self.update(queue_id, lambda m: changes.released(m, now=now))
+
+    def delete_recipients(
+        self, queue_id: str, rcpts: Collection[str], *, now: float
+    ) -> QueuedMessage:
+        """Take pending recipients out (`stsguard queue delete --domain/--recipient`): they are
+        never delivered; the message leaves the queue when nothing else is pending."""
+        return self.update(queue_id, lambda m: changes.without_recipients(m, rcpts, now=now))
+
+    # --- steps that also queue a new message (a DSN) -----------------------------------------
+
+    def _bounce_message(
+        self, message: QueuedMessage, queue_id: str, dsn: bytes, *, client: str = ""
+    ) -> QueuedMessage:
+        """The envelope of a DSN about `message`, to its sender."""
+        return self.new_message(
+            "",
+            [message.mail_from],
+            len(dsn),
+            flags=dsn_flags(message.flags),
+            client=client,
+            queue_id=queue_id,
+        )
 
     def queue_dsn(self, queue_id: str, dsn: bytes | None, *, now: float) -> QueuedMessage:
         """Queue the DSN of the FAILED recipients as message `dsn_id` (`dsn` None: nobody to
@@ -378,40 +335,12 @@ class Spool(SpoolFiles):
             if dsn is not None and message.dsn_id:
                 target = self._msg / message.dsn_id
                 if not target.exists():
-                    bounce = replace(
-                        self.new_message(
-                            "",
-                            [message.mail_from],
-                            len(dsn),
-                            flags=dsn_flags(message.flags),
-                            queue_id=message.dsn_id,
-                        ),
-                        client="stsguard",
-                    )
+                    bounce = self._bounce_message(message, message.dsn_id, dsn, client="stsguard")
                     try:
                         self._write_durably(target, encode_envelope(bounce) + b"\n" + dsn)
                     except OSError as exc:
                         raise SpoolError(f"{self.directory}: cannot queue a DSN: {exc}") from exc
-            failed = len(message.failed)
-            updated = replace(
-                message,
-                recipients=tuple(
-                    replace(r, status=RcptStatus.BOUNCED) if r.status is RcptStatus.FAILED else r
-                    for r in message.recipients
-                ),
-                dsn_id="",
-                history=(
-                    *message.history,
-                    Attempt(
-                        now,
-                        "",
-                        "bounced",
-                        f"{failed} recipient(s), DSN {message.dsn_id}"
-                        if dsn is not None
-                        else f"{failed} recipient(s), no DSN",
-                    ),
-                )[-HISTORY_MAX:],
-            )
+            updated = changes.dsn_queued(message, sent=dsn is not None, now=now)
             self._store(updated)
         return updated
 
@@ -423,117 +352,13 @@ class Spool(SpoolFiles):
             if message.warned:
                 return ""
             warning_id = new_queue_id()
-            warned = replace(
-                message,
-                warned=True,
-                history=(*message.history, Attempt(now, "", "delay-warned", warning_id))[
-                    -HISTORY_MAX:
-                ],
-            )
-            bounce = self.new_message(
-                "",
-                [message.mail_from],
-                len(dsn),
-                flags=dsn_flags(message.flags),
-                queue_id=warning_id,
-            )
+            self._store(changes.warned(message, warning_id, now=now))
+            bounce = self._bounce_message(message, warning_id, dsn)
             try:
-                self._write_state(warned)
                 self._write_durably(self._msg / warning_id, encode_envelope(bounce) + b"\n" + dsn)
             except OSError as exc:
                 raise SpoolError(f"{self.directory}: cannot queue a delay warning: {exc}") from exc
         return warning_id
-
-    def hold(self, queue_id: str, reason: str, *, now: float) -> QueuedMessage:
-        """Set a message aside: not delivered (nor retried) until `release`. Survives restarts."""
-        with self._locked():
-            message = self._read(queue_id)
-            updated = replace(
-                message,
-                held=reason or "held",
-                history=(*message.history, Attempt(now, "", "held", reason))[-HISTORY_MAX:],
-            )
-            self._store(updated)
-        return updated
-
-    def release(self, queue_id: str, *, now: float) -> QueuedMessage:
-        """Undo `hold`: the message is due now."""
-        with self._locked():
-            message = self._read(queue_id)
-            updated = replace(
-                message,
-                held="",
-                recipients=tuple(
-                    replace(r, next_attempt_at=now) if r.status is RcptStatus.PENDING else r
-                    for r in message.recipients
-                ),
-                history=(*message.history, Attempt(now, "", "released"))[-HISTORY_MAX:],
-            )
-            self._store(updated)
-        return updated
-
-    def delete_recipients(
-        self, queue_id: str, rcpts: Collection[str], *, now: float
-    ) -> QueuedMessage:
-        """Take pending recipients out (`stsguard queue delete --domain/--recipient`): they are
-        never delivered; the message leaves the queue when nothing else is pending."""
-        wanted = set(rcpts)
-        with self._locked():
-            message = self._read(queue_id)
-            updated = replace(
-                message,
-                recipients=tuple(
-                    replace(r, status=RcptStatus.DELETED)
-                    if r.status is RcptStatus.PENDING and r.address in wanted
-                    else r
-                    for r in message.recipients
-                ),
-                history=(*message.history, Attempt(now, "", "deleted", ", ".join(sorted(wanted))))[
-                    -HISTORY_MAX:
-                ],
-            )
-            self._store(updated)
-        return updated
-
-    def scan(self) -> Iterator[ScanEntry]:
-        """What the queue manager needs of every message at start, without building envelopes:
-        one read of its state (or first line) each. Damaged ones are logged and skipped."""
-        with os.scandir(self._state) as entries:
-            states = {e.name.removesuffix(".json") for e in entries}
-        with os.scandir(self._msg) as entries:
-            names = [e.name for e in entries]
-        for name in names:
-            try:
-                if name in states:
-                    try:
-                        header = (self._state / f"{name}.json").read_bytes()
-                    except FileNotFoundError:
-                        with (self._msg / name).open("rb") as f:
-                            header = f.readline()
-                else:
-                    with (self._msg / name).open("rb") as f:
-                        header = f.readline()
-                raw = json.loads(header)
-                pending = [
-                    float(r["next_attempt_at"])
-                    for r in raw["recipients"]
-                    if r["status"] == RcptStatus.PENDING.value
-                ]
-                failed = any(r["status"] == RcptStatus.FAILED.value for r in raw["recipients"])
-                needs = not_understood(raw)
-                if needs:
-                    log_not_understood(name, needs)
-                yield ScanEntry(
-                    name,
-                    min(pending) if pending else None,
-                    float(raw["received_at"]),
-                    bool(raw.get("held", "")) or bool(needs),
-                    failed,
-                )
-            except FileNotFoundError:
-                continue  # finished between the listing and the read
-            except (OSError, ValueError, KeyError, TypeError) as exc:
-                _log.error("spool_damaged_envelope", file=str(self._msg / name), error=str(exc))
 
     def finish(self, queue_ids: Sequence[str]) -> _Errors:
         """Remove messages whose every pending recipient is done (the caller knows, having
@@ -565,13 +390,6 @@ class Spool(SpoolFiles):
             for message in self.list():
                 if not message.pending or message.is_due(now) or message.not_understood:
                     continue
-                recipients = tuple(
-                    replace(r, next_attempt_at=now) if r.status is RcptStatus.PENDING else r
-                    for r in message.recipients
-                )
-                try:
-                    self._write_state(replace(message, recipients=recipients))
-                except OSError as exc:
-                    raise SpoolError(f"{self.directory}: cannot flush {message.id}: {exc}") from exc
+                self._store(changes.due_now(message, now))
                 touched += 1
         return touched

@@ -37,9 +37,13 @@ def test_list_flush_delete(config_file: Path, tmp_path: Path) -> None:
     first = spool.put("a@example.net", ["b@example.org", "c@example.org"], b"one\r\n")
     second = spool.put("", ["d@example.com"], b"two\r\n", flags=MessageFlags(is_bounce=True))
     later = time.time() + 3600
-    spool.mark_deferred(first, ["b@example.org"], error="451 4.7.5 MTA-STS", next_attempt_at=later)
-    spool.mark_delivered(first, ["c@example.org"])
-    spool.mark_deferred(second, ["d@example.com"], error="timeout", next_attempt_at=later)
+    spool.record(
+        first, deferred=dict.fromkeys(["b@example.org"], "451 4.7.5 MTA-STS"), next_attempt_at=later
+    )
+    spool.record(first, delivered=["c@example.org"])
+    spool.record(
+        second, deferred=dict.fromkeys(["d@example.com"], "timeout"), next_attempt_at=later
+    )
 
     text = stsguard(config_file, "list")
     assert text.returncode == 0, text.stderr

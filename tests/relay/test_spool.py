@@ -77,15 +77,19 @@ def test_due_deferred_delivered_bounced(spool: Spool, clock: Clock) -> None:
     qid = spool.put("a@x", ["b@y", "c@y", "d@y"], b"data\r\n")
     assert [m.id for m in spool.due(clock.now)] == [qid]
 
-    msg = spool.mark_deferred(
-        qid, ["b@y", "c@y", "d@y"], error="451 busy", next_attempt_at=clock.now + 300
+    msg = spool.record(
+        qid,
+        deferred=dict.fromkeys(["b@y", "c@y", "d@y"], "451 busy"),
+        next_attempt_at=clock.now + 300,
     )
     assert all(r.attempts == 1 and r.last_error == "451 busy" for r in msg.recipients)
     assert spool.due(clock.now) == []
     assert [m.id for m in spool.due(clock.now + 300)] == [qid]
 
-    spool.mark_delivered(qid, ["b@y"])
-    spool.mark_bounced(qid, ["c@y"], "550 no such user")
+    spool.record(qid, delivered=["b@y"])
+    failed = spool.record(qid, failed={"c@y": "550 no such user"})
+    assert failed.dsn_id  # its DSN's id, set before the DSN is queued
+    spool.queue_dsn(qid, None, now=clock.now)
     msg = spool.get(qid)
     status = {r.address: r.status for r in msg.recipients}
     assert status == {
@@ -97,7 +101,7 @@ def test_due_deferred_delivered_bounced(spool: Spool, clock: Clock) -> None:
     assert [r.address for r in msg.pending] == ["d@y"]
 
     # The last pending recipient finishing removes the message and its data.
-    final = spool.mark_delivered(qid, ["d@y"])
+    final = spool.record(qid, delivered=["d@y"])
     assert final.pending == ()
     with pytest.raises(UnknownMessage):
         spool.get(qid)
@@ -107,16 +111,16 @@ def test_due_deferred_delivered_bounced(spool: Spool, clock: Clock) -> None:
 
 def test_marking_a_finished_recipient_again_changes_nothing(spool: Spool) -> None:
     qid = spool.put("a@x", ["b@y", "c@y"], b"d")
-    spool.mark_bounced(qid, ["b@y"], "550 gone")
-    msg = spool.mark_delivered(qid, ["b@y"])
-    assert msg.recipients[0].status is RcptStatus.BOUNCED
+    spool.record(qid, failed={"b@y": "550 gone"})
+    msg = spool.record(qid, delivered=["b@y"])
+    assert msg.recipients[0].status is RcptStatus.FAILED
 
 
 def test_restart_keeps_everything(tmp_path: Path, clock: Clock) -> None:
     first = Spool(tmp_path / "q", clock=clock)
     a = first.put("a@x", ["b@y"], b"one")
     b = first.put("<>", ["c@y", "d@y"], b"two", flags=MessageFlags(is_bounce=True))
-    first.mark_deferred(b, ["c@y"], error="timeout", next_attempt_at=clock.now + 60)
+    first.record(b, deferred=dict.fromkeys(["c@y"], "timeout"), next_attempt_at=clock.now + 60)
     second = Spool(tmp_path / "q", clock=clock)
     assert {m.id for m in second.list()} == {a, b}
     assert second.get(b) == first.get(b)
@@ -126,7 +130,7 @@ def test_restart_keeps_everything(tmp_path: Path, clock: Clock) -> None:
 def test_half_written_files_are_cleaned_at_start(tmp_path: Path, clock: Clock) -> None:
     spool = Spool(tmp_path / "q", clock=clock)
     kept = spool.put("a@x", ["b@y"], b"kept")
-    spool.mark_deferred(kept, ["b@y"], error="later", next_attempt_at=clock.now + 60)
+    spool.record(kept, deferred=dict.fromkeys(["b@y"], "later"), next_attempt_at=clock.now + 60)
     # A crash while writing a temp file, and one between removing a message and its state file.
     (tmp_path / "q" / "tmp" / "ABCDEFGHIJKLMNOP.1234.tmp").write_bytes(b"half")
     (tmp_path / "q" / "state" / "QRSTUVWXYZ234567.json").write_bytes(b"{}")
@@ -245,7 +249,7 @@ def test_the_two_file_layout_is_converted(tmp_path: Path, clock: Clock) -> None:
 
 def test_flush_makes_everything_due(spool: Spool, clock: Clock) -> None:
     qid = spool.put("a@x", ["b@y"], b"d")
-    spool.mark_deferred(qid, ["b@y"], error="later", next_attempt_at=clock.now + 3600)
+    spool.record(qid, deferred=dict.fromkeys(["b@y"], "later"), next_attempt_at=clock.now + 3600)
     clock.now += 10
     assert spool.due(clock.now) == []
     # Another process (another Spool on the same directory) flushes.
@@ -306,7 +310,7 @@ def test_envelope_round_trip(
 def test_finish_removes_messages_and_their_state(spool: Spool, clock: Clock) -> None:
     a = spool.put("a@x", ["b@y"], b"one")
     b = spool.put("a@x", ["c@y"], b"two")
-    spool.mark_deferred(b, ["c@y"], error="451", next_attempt_at=clock.now)
+    spool.record(b, deferred=dict.fromkeys(["c@y"], "451"), next_attempt_at=clock.now)
     assert spool.finish([a, b, "not-an-id"])[:2] == [None, None]
     assert spool.list() == []
     assert list((spool.directory / "state").iterdir()) == []
@@ -317,7 +321,7 @@ def test_the_envelope_keeps_every_field(spool: Spool, clock: Clock) -> None:
     """A field added to the envelope or its recipients must reach the disk and come back."""
     flags = MessageFlags(**{f.name: True for f in fields(MessageFlags)})
     qid = spool.put("a@x", ["b@y"], b"d", flags=flags, client="192.0.2.1")
-    spool.mark_deferred(qid, ["b@y"], error="451 later", next_attempt_at=clock.now + 5)
+    spool.record(qid, deferred=dict.fromkeys(["b@y"], "451 later"), next_attempt_at=clock.now + 5)
     raw = json.loads((spool.directory / "state" / f"{qid}.json").read_bytes())
     # What only the codec knows: the schema version, the reader's view of unknown names.
     in_memory = {f.name for f in fields(QueuedMessage)} - {"unknown", "not_understood"}
@@ -355,7 +359,7 @@ def test_a_scan_reads_only_what_changed(spool: Spool, clock: Clock, reads: list[
     assert reads == []
 
     other = Spool(spool.directory, clock=clock)  # another process
-    other.mark_deferred(ids[0], ["b0@y"], error="451", next_attempt_at=clock.now + 60)
+    other.record(ids[0], deferred={"b0@y": "451"}, next_attempt_at=clock.now + 60)
     other.delete(ids[1])
     added = other.put("a@x", ["c@y"], b"d")
     reads.clear()
@@ -378,7 +382,7 @@ def test_a_scan_reads_everything_again_after_a_while(
 
 def test_read_message_gives_the_current_envelope_and_the_bytes(spool: Spool, clock: Clock) -> None:
     qid = spool.put("a@x", ["b@y"], b"line\r\n")
-    spool.mark_deferred(qid, ["b@y"], error="451 later", next_attempt_at=clock.now + 9)
+    spool.record(qid, deferred=dict.fromkeys(["b@y"], "451 later"), next_attempt_at=clock.now + 9)
     message, data = spool.read_message(qid)
     assert data == b"line\r\n"
     assert message == spool.get(qid)
