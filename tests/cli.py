@@ -52,7 +52,7 @@ async def run_cli_async(*args: str) -> tuple[int, str, str]:
 
 
 @functools.cache
-def _interpreter_for(user: str) -> tuple[str, dict[str, str]] | None:
+def interpreter_for(user: str) -> tuple[str, dict[str, str]] | None:
     """A Python `user` may execute with this checkout and its packages importable: this one, or
     the system's of the same version (pyenv's lives under root's 0700 home), else None."""
     paths = os.pathsep.join([str(ROOT), *site.getsitepackages()])
@@ -72,7 +72,7 @@ def run_cli_as(user: str, *args: str, cwd: Path = ROOT) -> subprocess.CompletedP
     where that cannot be done."""
     if os.geteuid() != 0 or shutil.which(RUNUSER) is None:
         pytest.skip("needs root and runuser")
-    found = _interpreter_for(user)
+    found = interpreter_for(user)
     if found is None:
         pytest.skip(f"no Python that {user} may run with this checkout")
     exe, env = found
