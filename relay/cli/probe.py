@@ -6,7 +6,9 @@ remembered TLS of each host (`stsguard detect list`) is read from the relay's st
 with it a host that offered STARTTLS or a valid certificate within `[detect].history_days` and no
 longer does gets the `downgrade` finding the relay would give it. Each MX host is planned by
 `relay.delivery.policy` as delivery plans it (live MTA-STS policy, DANE, override, remembered
-TLS), and the decision is the relay's own pure `relay.decision` on what the probe saw.
+TLS), and the decision is the relay's own pure `relay.decision` on what the probe saw. The same
+is done for a REQUIRETLS message (RFC 8689): whether one could be delivered now, and if not,
+whether it would bounce at once (and with what) or be deferred.
 Exit 0 when every MX was probed without findings, 1 when the MX look-up failed, an MX could not be
 probed to the end or showed findings, 2 on a bad domain name.
 """
@@ -31,9 +33,11 @@ from relay.decision import (
     Action,
     Decision,
     Observation,
+    RequireTlsFailure,
     decide,
     mx_matches,
     remembered_downgrade,
+    requiretls_verdict,
     result_type,
 )
 from relay.delivery.policy import MxPlan, Refusal
@@ -80,6 +84,9 @@ def observation(probe: MxProbe, plan: MxPlan) -> Observation:
         cert_valid=cert_valid,
         tls_result_type=result_type(tls.result_type) if tls and tls.result_type else None,
         mx_matches=mx_matches(plan.policy, probe.host),
+        offered_requiretls=bool(
+            probe.ehlo_after_tls and "REQUIRETLS" in probe.ehlo_after_tls.keywords
+        ),
     )
 
 
@@ -103,6 +110,45 @@ def verdict(probe: MxProbe, plan: MxPlan, *, now: float, history_days: int) -> V
         return Verdict(history, downgrade, Decision(action, None, reason))
     findings += (downgrade,) if downgrade else ()
     return Verdict(history, downgrade, decide(plan.policy, obs, findings, last_mx=plan.last_mx))
+
+
+@dataclass(frozen=True, slots=True)
+class RequireTlsAnswer:
+    """Whether a REQUIRETLS message to the domain could be delivered now: `outcome` is
+    delivered | bounced | deferred, `reason` the MX that would take it or why none would."""
+
+    outcome: str
+    reason: str
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "deliverable": self.outcome == "delivered",
+            "outcome": self.outcome,
+            "reason": self.reason,
+        }
+
+
+def requiretls_answer(
+    report: ProbeReport, *, now: float, history_days: int
+) -> RequireTlsAnswer | None:
+    """The relay's decision for a REQUIRETLS message on what the probe saw (pure), or None
+    when there was no MX host to judge."""
+    if not report.mx or not report.requiretls_plans:
+        return None
+    failures: list[RequireTlsFailure] = []
+    reasons: list[str] = []
+    for probe in report.mx:
+        plan = report.requiretls_plans[probe.host]
+        decision = verdict(probe, plan, now=now, history_days=history_days).decision
+        if decision.action is Action.DELIVER_TLS:
+            return RequireTlsAnswer("delivered", f"{probe.host} offers REQUIRETLS over valid TLS")
+        failures.append(decision.requiretls or RequireTlsFailure.TEMPORARY)
+        reasons.append(f"{probe.host}: {decision.reason}")
+    temporary = report.policy_error is not None
+    bounce = requiretls_verdict(report.domain, tuple(failures), policy_temporary=temporary)
+    if bounce is not None:
+        return RequireTlsAnswer("bounced", bounce)
+    return RequireTlsAnswer("deferred", "4.7.10 " + "; ".join(reasons))
 
 
 class RememberedTls:
@@ -155,17 +201,28 @@ def _verdict_text(v: Verdict, history_days: int) -> list[str]:
     return lines
 
 
-def render(report: ProbeReport, verdicts: list[Verdict], config: Config, *, as_json: bool) -> str:
+def render(
+    report: ProbeReport,
+    verdicts: list[Verdict],
+    config: Config,
+    *,
+    as_json: bool,
+    requiretls: RequireTlsAnswer | None = None,
+) -> str:
     days = config.detect.history_days
     if as_json:
         data = report.as_json()
         for entry, v in zip(data["mx"], verdicts, strict=True):
             entry["remembered"] = host_json(v.history, days) if v.history else None
             entry["decision"] = _decision_json(v.decision)
+        data["requiretls"] = requiretls.as_json() if requiretls else None
         return json.dumps(data, indent=2)
     lines = [replace(report, mx=[]).as_text()]
     for probe, v in zip(report.mx, verdicts, strict=True):
         lines += ["", *probe.as_text(), *_verdict_text(v, days)]
+    if requiretls is not None:
+        word = "yes" if requiretls.outcome == "delivered" else f"no, {requiretls.outcome}"
+        lines += ["", f"REQUIRETLS:     {word}: {requiretls.reason}"]
     return "\n".join(lines)
 
 
@@ -209,5 +266,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
     for probe, v in zip(report.mx, verdicts, strict=True):
         if v.downgrade is not None:  # a finding like any other, as the relay logs it
             probe.findings.append(v.downgrade)
-    print(render(report, verdicts, config, as_json=args.json))
+    answer = requiretls_answer(report, now=now, history_days=days)
+    print(render(report, verdicts, config, as_json=args.json, requiretls=answer))
     return 1 if problems_found(report, verdicts) else 0

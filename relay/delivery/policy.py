@@ -401,17 +401,20 @@ async def lookup_destination(
     history: HistoryLookup | None = None,
     now: float,
     mx: MxResult | None = None,
+    requiretls: bool = False,
 ) -> DestinationView:
     """Look up everything `domain`'s rules depend on and plan every MX host.
 
     `sts` gives the MTA-STS result (the relay's `PolicyService.get`, or a live fetch); `mx`, when
     given, is used instead of a look-up. A failed MX look-up leaves `plans` empty (see `mx`).
+    `requiretls`: plan for a REQUIRETLS message (RFC 8689), as delivery does for one.
     """
     if mx is None:
         mx = await lookup_mx(domain, resolver)
     literal = mx.literal or domain.startswith("[")
-    result = await sts(domain) if needs_sts(config.domain_tls(domain), literal=literal) else None
-    dest = destination(domain, config, sts=result, mx=mx)
+    wanted = needs_sts(config.domain_tls(domain), literal=literal, requiretls=requiretls)
+    result = await sts(domain) if wanted else None
+    dest = destination(domain, config, sts=result, mx=mx, requiretls=requiretls)
     if mx.status is not MxStatus.OK:
         return DestinationView(dest, mx)
     facts = await asyncio.gather(

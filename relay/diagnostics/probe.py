@@ -294,6 +294,18 @@ async def probe_domain(
         mx=replace(mx, hosts=hosts),
     )
     report.plans = {plan.host: plan for plan in view.plans}
+    # The same hosts planned for a REQUIRETLS message (RFC 8689): what `stsguard probe` says of it.
+    strict = await lookup_destination(
+        domain,
+        config,
+        resolver=resolver,
+        sts=sts,
+        history=history,
+        now=time.time() if now is None else now,
+        mx=replace(mx, hosts=hosts),
+        requiretls=True,
+    )
+    report.requiretls_plans = {plan.host: plan for plan in strict.plans}
     results = await asyncio.gather(
         *(
             probe_host(h, config, ssl_context, plan=plan, policy=report.policy)

@@ -144,6 +144,7 @@ class ProbeReport:
     mx_error: str | None = None
     mx: list[MxProbe] = field(default_factory=list)
     plans: dict[str, MxPlan] = field(default_factory=dict)  # each MX host's plan, by name
+    requiretls_plans: dict[str, MxPlan] = field(default_factory=dict)  # ... for REQUIRETLS
 
     def as_json(self) -> dict[str, Any]:
         policy, error = self.policy, self.policy_error
