@@ -213,24 +213,35 @@ class LabRun:
             self.world.dns.break_dnssec(f"_25._tcp.{mx_name}", "TLSA")
         return mx
 
-    async def run(self) -> tuple[list[Outcome], list[dict[str, Any]]]:
+    @contextlib.asynccontextmanager
+    async def staged(self) -> AsyncIterator[list[_Stage]]:
+        """Every scenario's cast set up (torn down on exit), before any relay runs; tests drive
+        other parts (the probe, a bare `Deliverer`) against the same set-ups."""
         async with self._stack:
             for scenario in self.scenarios:
                 self.stages.append(await self._stage(scenario))
-            dane_only = {
-                stage.domain: {"tls": "dane-only"}
-                for stage in self.stages
-                if stage.scenario.policy is PolicySetup.DANE_ONLY
-            }
-            # REQUIRETLS is offered only over STARTTLS: the relay gets a certificate.
-            cert = self.world.ca.issue("relay.lab.test", "127.0.0.1")
-            config = self.world.relay_config(
-                self.state_dir,
-                relay={"tls_cert_file": str(cert.cert_file), "tls_key_file": str(cert.key_file)},
-                tlsrpt={"enabled": False},
-                detect={"on_downgrade": "defer"},
-                domains=dane_only,
-            )
+            yield self.stages
+
+    def relay_config(self) -> Config:
+        """The relay's config for the staged scenarios (dane-only overrides where set up)."""
+        dane_only = {
+            stage.domain: {"tls": "dane-only"}
+            for stage in self.stages
+            if stage.scenario.policy is PolicySetup.DANE_ONLY
+        }
+        # REQUIRETLS is offered only over STARTTLS: the relay gets a certificate.
+        cert = self.world.ca.issue("relay.lab.test", "127.0.0.1")
+        return self.world.relay_config(
+            self.state_dir,
+            relay={"tls_cert_file": str(cert.cert_file), "tls_key_file": str(cert.key_file)},
+            tlsrpt={"enabled": False},
+            detect={"on_downgrade": "defer"},
+            domains=dane_only,
+        )
+
+    async def run(self) -> tuple[list[Outcome], list[dict[str, Any]]]:
+        async with self.staged():
+            config = self.relay_config()
             capture = structlog.testing.LogCapture()
             structlog.configure(
                 processors=[

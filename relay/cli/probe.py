@@ -98,9 +98,6 @@ def verdict(probe: MxProbe, plan: MxPlan, *, now: float, history_days: int) -> V
         return Verdict(history, None, plan.refusal)  # RFC 7672 2.2: never a fall-back
     obs = observation(probe, plan)
     findings = tuple(probe.findings)
-    if plan.policy.is_dane:
-        # The probe's PKIX check does not count where the TLSA records decide (STS-14).
-        findings = tuple(f for f in findings if f.kind is not FindingKind.TLS_FAILURE)
     downgrade = remembered_downgrade(history, obs, now=now, history_days=history_days)
     if plan.refusal is not None:
         return Verdict(history, downgrade, plan.refusal)

@@ -174,12 +174,13 @@ def _judge_dane(probe: MxProbe, tlsa: TlsaLookup) -> None:
         "reason": verdict.reason,
         "tlsa": list(tlsa.policy_strings),
     }
+    # The handshake got as far as a chain: a TLS failure seen was the web PKI's verdict, which
+    # does not count where the TLSA records decide (RFC 7672 3.1; delivery never asks it), and
+    # a self-signed or private-CA certificate is what DANE-EE/DANE-TA are for.
+    probe.findings = [f for f in probe.findings if f.kind is not FindingKind.TLS_FAILURE]
     finding = verdict.finding()
     if finding is not None:
         probe.findings.append(finding)
-    elif verdict.ok:
-        # A self-signed or private-CA certificate is what DANE-EE/DANE-TA are for.
-        probe.findings = [f for f in probe.findings if f.kind is not FindingKind.TLS_FAILURE]
 
 
 def _ehlo_info(hello: Hello) -> EhloInfo:

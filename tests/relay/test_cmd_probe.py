@@ -147,7 +147,7 @@ BOGUS = TlsaLookup(TlsaStatus.BOGUS, reason="SERVFAIL")
         ),
         # The chain matches no TLSA record: DANE is strict, the relay defers (RFC 7672 2.2).
         (
-            tls_probe(verified=False, findings=[UNTRUSTED, MISMATCH], dane=DaneStatus.NO_MATCH),
+            tls_probe(verified=False, findings=[MISMATCH], dane=DaneStatus.NO_MATCH),
             SIGNED,
             "defer",
             "tlsa-invalid",
