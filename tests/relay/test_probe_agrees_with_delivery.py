@@ -5,7 +5,8 @@ what the probe says the relay would do is what delivery does. The lab's scenario
 attack under every policy set-up, DANE included when unbound is installed) are staged in one lab
 world; for each, the probe runs first, then a real `Deliverer` sends one message through the same
 MX (and attacker). Left out: the scenarios that turn on the relay's policy cache (the probe
-fetches the policy live by design) and SMTP smuggling (the probe sends no message).
+fetches the policy live by design) and SMTP smuggling (the probe sends no message); the REQUIRETLS
+set-ups are sent an ordinary message (what the probe answers for).
 """
 
 from __future__ import annotations
