@@ -443,9 +443,10 @@ def _decide_requiretls(
     """`decide` for a REQUIRETLS message: validated TLS to a listed MX that offers REQUIRETLS
     after STARTTLS, else this MX failed (never plaintext, never an unverified session). The
     TLS-RPT result type is what it would be without REQUIRETLS: a clean session is a success."""
-    screened = requiretls_screen(policy, "this MX", mx_secure=True, sts_listed=True)
-    if screened is not None:
-        return replace(screened, action=Action.DEFER if last_mx else Action.NEXT_MX)
+    if policy.requirement not in (Requirement.STS_ENFORCE, Requirement.DANE):
+        # `requiretls_screen` keeps such an MX from being dialled at all.
+        failed = _give_up(None, "REQUIRETLS: MX not authenticated", last_mx=last_mx)
+        return replace(failed, requiretls=RequireTlsFailure.NO_AUTH)
     if obs.handshake_ok is True and obs.cert_valid is True and obs.mx_matches:
         if obs.offered_requiretls:
             return Decision(Action.DELIVER_TLS, None, "TLS with a valid certificate, REQUIRETLS")

@@ -26,6 +26,7 @@ from relay.decision import (
 )
 from relay.delivery.deliverer import Deliverer
 from relay.delivery.model import DeliveryOutcome
+from relay.metrics import Metrics
 from relay.tls import client_context
 from tests.relay.test_delivery import StubPolicies, make_config, mx_records, request, sts
 from tlsrpt_emit.model import MemorySink
@@ -45,7 +46,9 @@ def deliverer_for(
 ) -> MakeDeliverer:
     """`deliverer_for(port, policy, config=None)`: a deliverer on the lab DNS and CA."""
 
-    def make(port: int, policy: PolicyResult | None = None, config: Any = None) -> Deliverer:
+    def make(
+        port: int, policy: PolicyResult | None = None, config: Any = None, **kwargs: Any
+    ) -> Deliverer:
         return Deliverer(
             config or make_config(port),
             resolver=lab_resolver,
@@ -53,6 +56,7 @@ def deliverer_for(
             history_store=history_store,
             sink=results,
             ssl_context=client_context(str(lab_ca.ca_file)),
+            **kwargs,
         )
 
     return make
@@ -201,6 +205,28 @@ async def test_rt05_null_sender_dsn_goes_without_requiretls_rather_than_not_at_a
     assert not msg.requiretls
     assert msg.tls
     assert any(e["event"] == "delivery.requiretls_relaxed" for e in logs)
+
+
+async def test_pooled_session_without_the_requiretls_check_is_not_reused(
+    start_mx: StartMx, lab_dns: LabDns, deliverer_for: MakeDeliverer
+) -> None:
+    """A session opened for ordinary mail never carries a REQUIRETLS message (it was not checked
+    for REQUIRETLS after STARTTLS); the counter says what became of each recipient."""
+    mx = await _mx(start_mx, lab_dns, offers=False)
+    metrics = Metrics()
+    deliverer = deliverer_for(mx.port, sts(Mode.ENFORCE), metrics=metrics)
+    try:
+        plain = await deliverer.deliver(request(1))
+        assert plain.delivered
+        strict = await deliverer.deliver(request(2, requiretls=True))
+    finally:
+        await deliverer.close()
+    assert "5.7.30" in strict.bounced[0].reason
+    assert mx.connections == 2
+    assert len(mx.messages) == 1
+    bounced = metrics.value("stsguard_requiretls_total", {"outcome": "bounced_no_support"})
+    assert bounced == 1
+    assert metrics.value("stsguard_requiretls_total", {"outcome": "delivered"}) == 0
 
 
 # --- the pure rule (relay.decision) ---------------------------------------------------------
