@@ -8,8 +8,10 @@ import fcntl
 import json
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import structlog
@@ -36,6 +38,34 @@ def log_not_understood(queue_id: str, needs: Sequence[str]) -> None:
         must_understand=list(needs),
         action="held, not delivered or changed, until a stsguard that knows these runs",
     )
+
+
+# `fsync_together`'s threads: a batch's files are synced at once, so the file system commits its
+# journal once for all of them. Measured on this project's ext4 VM: 10 new 5 KB files took 40 ms
+# synced one after another, 1.4 ms synced at once (20 files: 102 ms vs 3.6 ms).
+_FSYNC_THREADS = 8
+_fsync_pool: ThreadPoolExecutor | None = None
+_fsync_pool_lock = threading.Lock()
+
+
+def _fsync_one(fd: int) -> OSError | None:
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        return exc
+    return None
+
+
+def fsync_together(fds: Sequence[int]) -> list[OSError | None]:
+    """`os.fsync` each descriptor, all at once from a few threads; per descriptor its error."""
+    global _fsync_pool
+    if len(fds) <= 1:
+        return [_fsync_one(fd) for fd in fds]
+    with _fsync_pool_lock:
+        if _fsync_pool is None:
+            _fsync_pool = ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="fsync")
+        pool = _fsync_pool
+    return list(pool.map(_fsync_one, fds))
 
 
 def fsync_dir(path: Path) -> None:
@@ -125,6 +155,44 @@ class SpoolFiles:
             yield
         finally:
             os.close(fd)
+
+    def _write_temps(self, items: Sequence[tuple[str, bytes]]) -> list[Path | OSError]:
+        """`_write_temp` for several files, their fsyncs at once (`fsync_together`); per item the
+        temp file's path, or the error that kept it from disk (its temp file removed)."""
+        opened: list[tuple[int, Path] | OSError] = []
+        for name, blob in items:
+            tmp = self._tmp / f"{name}.{secrets.token_hex(4)}.tmp"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except OSError as exc:
+                opened.append(exc)
+                continue
+            try:
+                view = memoryview(blob)
+                while view:
+                    view = view[os.write(fd, view) :]
+            except OSError as exc:
+                os.close(fd)
+                tmp.unlink(missing_ok=True)
+                opened.append(exc)
+                continue
+            opened.append((fd, tmp))
+        files = [item for item in opened if not isinstance(item, OSError)]
+        errors = iter(fsync_together([fd for fd, _ in files]))
+        results: list[Path | OSError] = []
+        for item in opened:
+            if isinstance(item, OSError):
+                results.append(item)
+                continue
+            fd, tmp = item
+            error = next(errors)
+            os.close(fd)
+            if error is not None:
+                tmp.unlink(missing_ok=True)
+                results.append(error)
+            else:
+                results.append(tmp)
+        return results
 
     def _write_temp(self, name: str, blob: bytes) -> Path:
         """Write and fsync a temp file; returns its path (removed again if writing fails)."""

@@ -150,14 +150,14 @@ class Spool(SpoolFiles):
         written: list[tuple[int, Path, Path]] = []
         try:
             with self._locked(shared=True):
-                for i, (message, data) in enumerate(batch):
-                    target = self._msg / message.id
-                    try:
-                        tmp = self._write_temp(message.id, encode_envelope(message) + b"\n" + data)
-                    except OSError as exc:
-                        results[i] = SpoolError(f"{self.directory}: cannot queue a message: {exc}")
+                temps = self._write_temps(
+                    [(m.id, encode_envelope(m) + b"\n" + data) for m, data in batch]
+                )
+                for i, ((message, _), tmp) in enumerate(zip(batch, temps, strict=True)):
+                    if isinstance(tmp, OSError):
+                        results[i] = SpoolError(f"{self.directory}: cannot queue a message: {tmp}")
                     else:
-                        written.append((i, tmp, target))
+                        written.append((i, tmp, self._msg / message.id))
                 for _, tmp, target in written:
                     os.rename(tmp, target)
                 if written:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import fields
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -193,6 +193,35 @@ def test_a_failed_write_fails_only_its_message(
     assert isinstance(errors[1], SpoolError)
     assert "No space left" in str(errors[1])
     assert [m.id for m in spool.list()] == [small.id]
+    assert list((spool.directory / "tmp").iterdir()) == []
+
+
+def test_a_failed_file_sync_fails_only_its_message(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch's files are synced at once (`fsync_together`); one that fails is not queued."""
+    real_fsync, real_open = os.fsync, os.open
+    doomed: set[int] = set()
+
+    def open_marking_second(path: object, flags: int, mode: int = 0o777) -> int:
+        fd = real_open(path, flags, mode)  # type: ignore[arg-type]
+        if str(path).endswith(".tmp") and "DOOMED" in str(path):
+            doomed.add(fd)
+        return fd
+
+    def fsync(fd: int) -> None:
+        if fd in doomed:
+            raise OSError(5, "Input/output error")
+        real_fsync(fd)
+
+    monkeypatch.setattr("relay.queue.spool.os.open", open_marking_second)
+    monkeypatch.setattr("relay.queue.spool.os.fsync", fsync)
+    good = [spool.new_message("a@x", ["b@y"], 1) for _ in range(3)]
+    bad = replace(good[0], id="DOOMEDAAAAAAAAAA")
+    errors = spool.commit([(good[0], b"x"), (bad, b"x"), (good[1], b"x"), (good[2], b"x")])
+    assert [e is None for e in errors] == [True, False, True, True]
+    assert "Input/output error" in str(errors[1])
+    assert {m.id for m in spool.list()} == {m.id for m in good}
     assert list((spool.directory / "tmp").iterdir()) == []
 
 
