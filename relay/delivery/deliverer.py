@@ -190,7 +190,8 @@ class Deliverer:
         if relaxed_bounce(request, outcome):
             # RFC 8689 section 5: a DSN is not discarded for want of REQUIRETLS.
             log.warning("delivery.requiretls_relaxed", reason=outcome.rcpts[0].reason)
-            return await self._deliver(replace(request, requiretls=False))
+            relaxed = replace(request.flags, requiretls=False)
+            return await self._deliver(replace(request, flags=relaxed))
         return outcome
 
     def _unexpected(self, request: DeliveryRequest, exc: Exception) -> DeliveryOutcome:
@@ -237,19 +238,19 @@ class Deliverer:
         when one can apply; a failed look-up is reported (RFC 8460 4.3)."""
         result: PolicyResult | None = None
         domain_tls = self.config.domain_tls(request.domain)
-        if needs_sts(domain_tls, literal=mx.literal, requiretls=request.requiretls):
+        if needs_sts(domain_tls, literal=mx.literal, requiretls=request.flags.requiretls):
             result = await self.policy_service.get(request.domain)
-            if result.failure is not None and not request.no_tlsrpt:
+            if result.failure is not None and not request.flags.no_tlsrpt:
                 self.reporter.policy_failure(request, result)
         return destination(
             request.domain,
             self.config,
             sts=result,
             mx=mx,
-            tls_required_no=request.tls_required_no,
+            tls_required_no=request.flags.tls_required_no,
             # RPT-10: MTA-STS is not applied to report mail, like `TLS-Required: No`.
-            report_mail=request.no_tlsrpt,
-            requiretls=request.requiretls,
+            report_mail=request.flags.no_tlsrpt,
+            requiretls=request.flags.requiretls,
         )
 
     async def _try_hosts(
@@ -302,7 +303,7 @@ class Deliverer:
                 last = outcome  # the TLS failure, if any, is what the sender should read
         if last is None:
             return every_rcpt(request, RcptStatus.DEFERRED, "no MX host to try")
-        if request.requiretls:
+        if request.flags.requiretls:
             # A policy that could not be fetched (and none cached) may be had next time.
             sts = dest.sts
             temporary = sts is not None and sts.failure is not None and not dest.policy.is_sts

@@ -5,20 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from relay.message_flags import NO_FLAGS, MessageFlags
+
 
 @dataclass(frozen=True, slots=True)
 class DeliveryRequest:
-    """One message for recipients of one domain. `no_tlsrpt` marks a TLS-RPT report (RPT-10)."""
+    """One message for recipients of one domain. `flags.no_tlsrpt` marks a TLS-RPT report
+    (RPT-10)."""
 
     queue_id: str
     mail_from: str
     rcpts: tuple[str, ...]
     data: bytes
-    tls_required_no: bool = False
-    no_tlsrpt: bool = False
-    smtputf8: bool = False
-    eight_bit: bool = False
-    requiretls: bool = False  # RFC 8689: `relay.decision` REQUIRETLS rules, MAIL ... REQUIRETLS
+    flags: MessageFlags = NO_FLAGS  # e.g. REQUIRETLS (RFC 8689), TLS-Required: No
 
     @property
     def domain(self) -> str:

@@ -127,7 +127,7 @@ class AttemptReporter:
                 self.metrics.delivered.labels(tls="yes" if rcpt.tls else "no").inc()
             elif rcpt.status is RcptStatus.DEFERRED:
                 self.metrics.deferred.labels(reason=rcpt.result_type or "other").inc()
-            if request.requiretls and (label := requiretls_label(rcpt)):
+            if request.flags.requiretls and (label := requiretls_label(rcpt)):
                 self.metrics.requiretls.labels(outcome=label).inc()
 
     def _log_outcome(self, request: DeliveryRequest, outcome: DeliveryOutcome) -> None:
@@ -145,7 +145,7 @@ class AttemptReporter:
             if done:
                 fields[str(status)] = self.recipients(tuple(r.rcpt for r in done))
                 fields[f"{status}_reason"] = "; ".join(sorted({r.reason for r in done}))
-        if request.requiretls:
+        if request.flags.requiretls:
             fields["requiretls"] = True
         level("delivery.outcome", unreachable=outcome.unreachable, **fields)
 

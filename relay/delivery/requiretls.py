@@ -36,7 +36,7 @@ def requiretls_outcome(
 def relaxed_bounce(request: DeliveryRequest, outcome: DeliveryOutcome) -> bool:
     """True for a DSN (null sender) of a REQUIRETLS message that REQUIRETLS alone bounced."""
     return (
-        request.requiretls
+        request.flags.requiretls
         and not request.mail_from
         and bool(outcome.bounced)
         and all(r.requiretls in ("no-support", "no-auth") for r in outcome.bounced)

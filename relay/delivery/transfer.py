@@ -76,7 +76,7 @@ async def transfer(
         return verdict
 
     texts = (request.mail_from, *request.rcpts)
-    utf8 = request.smtputf8 or not all(t.isascii() for t in texts)
+    utf8 = request.flags.smtputf8 or not all(t.isascii() for t in texts)
     options: list[bytes] = []
     if utf8:
         if not mx.supports("smtputf8"):
@@ -84,10 +84,10 @@ async def transfer(
             reason = "554 5.6.7 the next hop does not support SMTPUTF8"
             return every_rcpt(request, RcptStatus.BOUNCED, reason, mx_host, session.tls)
         options.append(b"SMTPUTF8")
-    if request.requiretls:
+    if request.flags.requiretls:
         # RFC 8689 4.2.1: the negotiation let this session through only with REQUIRETLS offered.
         options.append(b"REQUIRETLS")
-    if request.eight_bit and mx.supports("8bitmime"):
+    if request.flags.eight_bit and mx.supports("8bitmime"):
         # Without 8BITMIME at the next hop the body goes as it is, as Postfix does by default.
         options.append(b"BODY=8BITMIME")
     try:

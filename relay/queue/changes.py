@@ -9,17 +9,18 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import replace
 
-from relay.queue.envelope import HISTORY_MAX, Attempt, QueuedMessage, RcptStatus, Recipient
+from relay.queue.envelope import HISTORY_MAX, HistoryEntry, QueuedMessage, Recipient, RecipientState
 
 
-def with_history(message: QueuedMessage, *entries: Attempt) -> tuple[Attempt, ...]:
+def with_history(message: QueuedMessage, *entries: HistoryEntry) -> tuple[HistoryEntry, ...]:
     """`message`'s history with `entries` added, the newest HISTORY_MAX kept."""
     return (*message.history, *entries)[-HISTORY_MAX:]
 
 
 def _each_pending(message: QueuedMessage, new: Mapping[str, Recipient]) -> tuple[Recipient, ...]:
     return tuple(
-        new.get(r.address, r) if r.status is RcptStatus.PENDING else r for r in message.recipients
+        new.get(r.address, r) if r.status is RecipientState.PENDING else r
+        for r in message.recipients
     )
 
 
@@ -30,7 +31,7 @@ def record_pass(
     deferred: Mapping[str, str] | None = None,
     failed: Mapping[str, str] | None = None,
     next_attempt_at: float = 0.0,
-    history: Sequence[Attempt] = (),
+    history: Sequence[HistoryEntry] = (),
     dsn_id: str,
 ) -> QueuedMessage:
     """A pass's outcomes: `delivered` pending recipients done, `deferred` ones (with their
@@ -41,10 +42,13 @@ def record_pass(
     new: dict[str, Recipient] = {}
     for r in message.pending:
         if r.address in done:
-            new[r.address] = replace(r, status=RcptStatus.DELIVERED, attempts=r.attempts + 1)
+            new[r.address] = replace(r, status=RecipientState.DELIVERED, attempts=r.attempts + 1)
         elif r.address in failed:
             new[r.address] = replace(
-                r, status=RcptStatus.FAILED, attempts=r.attempts + 1, last_error=failed[r.address]
+                r,
+                status=RecipientState.FAILED,
+                attempts=r.attempts + 1,
+                last_error=failed[r.address],
             )
         elif r.address in deferred:
             new[r.address] = replace(
@@ -70,23 +74,23 @@ def dsn_queued(message: QueuedMessage, *, sent: bool, now: float) -> QueuedMessa
     return replace(
         message,
         recipients=tuple(
-            replace(r, status=RcptStatus.BOUNCED) if r.status is RcptStatus.FAILED else r
+            replace(r, status=RecipientState.BOUNCED) if r.status is RecipientState.FAILED else r
             for r in message.recipients
         ),
         dsn_id="",
-        history=with_history(message, Attempt(now, "", "bounced", note)),
+        history=with_history(message, HistoryEntry(now, "", "bounced", note)),
     )
 
 
 def warned(message: QueuedMessage, warning_id: str, *, now: float) -> QueuedMessage:
     """A "delayed" DSN, queued as `warning_id`, went out."""
-    entry = Attempt(now, "", "delay-warned", warning_id)
+    entry = HistoryEntry(now, "", "delay-warned", warning_id)
     return replace(message, warned=True, history=with_history(message, entry))
 
 
 def held(message: QueuedMessage, reason: str, *, now: float) -> QueuedMessage:
     """Set aside until released."""
-    entry = Attempt(now, "", "held", reason)
+    entry = HistoryEntry(now, "", "held", reason)
     return replace(message, held=reason or "held", history=with_history(message, entry))
 
 
@@ -98,7 +102,7 @@ def due_now(message: QueuedMessage, now: float) -> QueuedMessage:
 
 def released(message: QueuedMessage, *, now: float) -> QueuedMessage:
     """No longer held, and due now."""
-    entry = Attempt(now, "", "released")
+    entry = HistoryEntry(now, "", "released")
     return replace(due_now(message, now), held="", history=with_history(message, entry))
 
 
@@ -108,11 +112,11 @@ def without_recipients(
     """The named pending recipients taken out (DELETED): they are never delivered."""
     wanted = set(rcpts)
     new = {
-        r.address: replace(r, status=RcptStatus.DELETED)
+        r.address: replace(r, status=RecipientState.DELETED)
         for r in message.pending
         if r.address in wanted
     }
-    entry = Attempt(now, "", "deleted", ", ".join(sorted(wanted)))
+    entry = HistoryEntry(now, "", "deleted", ", ".join(sorted(wanted)))
     return replace(
         message, recipients=_each_pending(message, new), history=with_history(message, entry)
     )

@@ -29,7 +29,7 @@ import structlog
 from relay.errors import SpoolError, UnknownMessage
 from relay.queue.passes import domain_of
 from relay.queue.runner import QueueRunner
-from relay.queue.spool import QueuedMessage, RcptStatus, Spool
+from relay.queue.spool import QueuedMessage, RecipientState, Spool
 
 log = structlog.get_logger(__name__)
 
@@ -98,7 +98,9 @@ def apply(spool: Spool, request: dict[str, Any], *, now: float) -> Change:
             if op == "delete":
                 message = spool.get(queue_id)
                 spool.delete(queue_id)
-                change.recipients += sum(r.status is RcptStatus.PENDING for r in message.recipients)
+                change.recipients += sum(
+                    r.status is RecipientState.PENDING for r in message.recipients
+                )
                 change.gone.append(queue_id)
             elif op == "hold":
                 spool.hold(queue_id, "held by stsguard queue hold", now=now)

@@ -80,11 +80,7 @@ class Dispatcher:
             mail_from=message.mail_from,
             rcpts=job.rcpts,
             data=data,
-            tls_required_no=message.flags.tls_required_no,
-            no_tlsrpt=message.flags.no_tlsrpt,
-            smtputf8=message.flags.smtputf8,
-            eight_bit=message.flags.eight_bit,
-            requiretls=message.flags.requiretls,
+            flags=message.flags,
         )
         outcome = await self.deliverer.deliver(request)
         if self.metrics is not None and outcome.delivered:

@@ -19,7 +19,7 @@ field                        since  must  meaning
 ``id``                       1            the queue id (16 base32 characters)
 ``mail_from``                1            the envelope sender ("" for a bounce)
 ``recipients``               1            [{address, status, attempts, next_attempt_at,
-                                          last_error}], status one of `RcptStatus`
+                                          last_error}], status one of `RecipientState`
 ``received_at``              1            when intake queued it (Unix time)
 ``size``                     1            the message's size in bytes
 ``flags``                    1            {name: bool}, the flags below
@@ -50,11 +50,12 @@ from enum import StrEnum
 from typing import Any
 
 from relay.errors import SpoolError
+from relay.message_flags import MessageFlags
 
 _ID_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
 
 
-class RcptStatus(StrEnum):
+class RecipientState(StrEnum):
     """PENDING: still to deliver. FAILED: failed for good, its DSN not yet queued (the next
     step queues it, see `Spool.queue_dsn`). BOUNCED: failed and reported (or nobody to report
     to). DELETED: taken out by `stsguard queue delete`."""
@@ -71,34 +72,14 @@ class Recipient:
     """One recipient and where its delivery stands."""
 
     address: str
-    status: RcptStatus = RcptStatus.PENDING
+    status: RecipientState = RecipientState.PENDING
     attempts: int = 0
     next_attempt_at: float = 0.0
     last_error: str = ""
 
 
 @dataclass(frozen=True, slots=True)
-class MessageFlags:
-    """What the delivery must know about a message beyond its envelope.
-
-    `tls_required_no`: the message carried ``TLS-Required: No`` (RFC 8689 section 5).
-    `no_tlsrpt`: our own TLS-RPT report mail (RFC 8460 section 3: no MTA-STS, not counted).
-    `is_bounce`: a DSN we generated (never bounced again). `smtputf8` / `eight_bit`: the client
-    sent MAIL FROM with SMTPUTF8 / BODY=8BITMIME, so the next hop must offer the same.
-    `requiretls`: the client sent MAIL FROM with REQUIRETLS (RFC 8689): validated TLS to an
-    authenticated MX that offers REQUIRETLS, or a bounce.
-    """
-
-    tls_required_no: bool = False
-    no_tlsrpt: bool = False
-    is_bounce: bool = False
-    smtputf8: bool = False
-    eight_bit: bool = False
-    requiretls: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
+class HistoryEntry:
     """One line of a message's history: a delivery attempt to one domain, or an event (held,
     released, bounced). `outcome` is a word (delivered, deferred, failed, held, ...)."""
 
@@ -110,16 +91,6 @@ class Attempt:
 
 # A message's history keeps this many lines, the newest.
 HISTORY_MAX = 20
-
-
-def dsn_flags(original: MessageFlags) -> MessageFlags:
-    """The flags of a DSN about a message with `original` flags: a DSN about a REQUIRETLS message
-    is sent with REQUIRETLS too (RFC 8689 section 5: it carries the original headers)."""
-    return MessageFlags(is_bounce=True, requiretls=original.requiretls)
-
-
-# Our own TLS-RPT report mail: delivered without MTA-STS and not counted (RFC 8460 3, 5.3).
-REPORT_MAIL_FLAGS = MessageFlags(tls_required_no=True, no_tlsrpt=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +111,7 @@ class QueuedMessage:
     dsn_id: str = ""
     # A "delayed" DSN ([delivery].delay_warning) went out.
     warned: bool = False
-    history: tuple[Attempt, ...] = ()
+    history: tuple[HistoryEntry, ...] = ()
     # Fields and flags this reader does not know, kept to be written back as they were.
     unknown: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # Must-understand names this reader does not know: the message is held and never written.
@@ -148,12 +119,12 @@ class QueuedMessage:
 
     @property
     def pending(self) -> tuple[Recipient, ...]:
-        return tuple(r for r in self.recipients if r.status is RcptStatus.PENDING)
+        return tuple(r for r in self.recipients if r.status is RecipientState.PENDING)
 
     @property
     def failed(self) -> tuple[Recipient, ...]:
         """Failed for good, DSN not yet queued."""
-        return tuple(r for r in self.recipients if r.status is RcptStatus.FAILED)
+        return tuple(r for r in self.recipients if r.status is RecipientState.FAILED)
 
     @property
     def next_attempt_at(self) -> float | None:
@@ -319,7 +290,7 @@ def decode_envelope(blob: bytes) -> QueuedMessage:
         recipients=tuple(
             Recipient(
                 address=str(r["address"]),
-                status=RcptStatus(r["status"]),
+                status=RecipientState(r["status"]),
                 attempts=int(r["attempts"]),
                 next_attempt_at=float(r["next_attempt_at"]),
                 last_error=str(r["last_error"]),
@@ -334,7 +305,8 @@ def decode_envelope(blob: bytes) -> QueuedMessage:
         dsn_id=str(raw.get("dsn_id", "")),
         warned=bool(raw.get("warned", False)),
         history=tuple(
-            Attempt(float(a[0]), str(a[1]), str(a[2]), str(a[3])) for a in raw.get("history", ())
+            HistoryEntry(float(a[0]), str(a[1]), str(a[2]), str(a[3]))
+            for a in raw.get("history", ())
         ),
         unknown=unknown,
         not_understood=needs,

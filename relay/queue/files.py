@@ -19,7 +19,7 @@ import structlog
 from relay.errors import SpoolError, UnknownMessage
 from relay.queue.envelope import (
     QueuedMessage,
-    RcptStatus,
+    RecipientState,
     ScanEntry,
     decode_envelope,
     encode_envelope,
@@ -280,9 +280,9 @@ class SpoolFiles:
                 pending = [
                     float(r["next_attempt_at"])
                     for r in raw["recipients"]
-                    if r["status"] == RcptStatus.PENDING.value
+                    if r["status"] == RecipientState.PENDING.value
                 ]
-                failed = any(r["status"] == RcptStatus.FAILED.value for r in raw["recipients"])
+                failed = any(r["status"] == RecipientState.FAILED.value for r in raw["recipients"])
                 needs = not_understood(raw)
                 if needs:
                     log_not_understood(name, needs)

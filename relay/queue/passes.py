@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from relay.delivery.deliverer import DeliveryOutcome
 from relay.queue.retry import next_retry
 from relay.queue.scheduler import Job
-from relay.queue.spool import Attempt, QueuedMessage, Spool
+from relay.queue.spool import HistoryEntry, QueuedMessage, Spool
 
 _RECEIVED = re.compile(rb"(?:^|\r\n)received:", re.IGNORECASE)
 
@@ -97,7 +97,7 @@ class Pass:
     failed: dict[str, str] = field(default_factory=dict)
     expiry: dict[str, tuple[bool, str | None]] = field(default_factory=dict)  # domain -> tls
     suspended: set[str] = field(default_factory=set)  # domains found dead
-    history: list[Attempt] = field(default_factory=list)
+    history: list[HistoryEntry] = field(default_factory=list)
     write_failures: int = 0
 
     def suspend(self, job: Job, why: str) -> None:
@@ -116,7 +116,7 @@ class Pass:
         self.failed.update(result.failed)
         self.expiry[job.domain] = (result.tls_failure, result.policy_id)
         reason = result.reason or next(iter(result.failed.values()), "")
-        self.history.append(Attempt(now, job.domain, result.outcome, reason))
+        self.history.append(HistoryEntry(now, job.domain, result.outcome, reason))
 
     def job_ended(self) -> bool:
         """Count one job off; True when it was the last."""

@@ -38,19 +38,17 @@ from pathlib import Path
 import structlog
 
 from relay.errors import SpoolError, UnknownMessage
+from relay.message_flags import REPORT_MAIL_FLAGS, MessageFlags, dsn_flags
 from relay.queue import changes
 from relay.queue.envelope import (
     HISTORY_MAX,
-    REPORT_MAIL_FLAGS,
-    Attempt,
     EnvelopeNotUnderstood,
-    MessageFlags,
+    HistoryEntry,
     QueuedMessage,
-    RcptStatus,
     Recipient,
+    RecipientState,
     ScanEntry,
     check_writable,
-    dsn_flags,
     encode_envelope,
     new_queue_id,
     valid_queue_id,
@@ -60,12 +58,12 @@ from relay.queue.files import SpoolFiles, fsync_dir, log_not_understood
 __all__ = [
     "HISTORY_MAX",
     "REPORT_MAIL_FLAGS",
-    "Attempt",
     "EnvelopeNotUnderstood",
+    "HistoryEntry",
     "MessageFlags",
     "QueuedMessage",
-    "RcptStatus",
     "Recipient",
+    "RecipientState",
     "ScanEntry",
     "Spool",
     "log_not_understood",
@@ -274,7 +272,7 @@ class Spool(SpoolFiles):
         deferred: Mapping[str, str] | None = None,
         failed: Mapping[str, str] | None = None,
         next_attempt_at: float = 0.0,
-        history: Sequence[Attempt] = (),
+        history: Sequence[HistoryEntry] = (),
     ) -> QueuedMessage:
         """One pass's outcomes in one durable write (`changes.record_pass`); failed recipients
         get a `dsn_id` for their DSN (`queue_dsn` queues it)."""

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from relay.cli.queue_shape import BUCKETS, age_column, queue_shape, shape_lines
-from relay.queue.spool import QueuedMessage, RcptStatus, Recipient, Spool
+from relay.queue.spool import QueuedMessage, Recipient, RecipientState, Spool
 from tests.cli import ROOT, run_cli
 
 NOW = 1_800_000_000.0
@@ -23,7 +23,7 @@ def message(queue_id: str, age_minutes: float, *rcpts: str, held: str = "") -> Q
         mail_from="a@example.net",
         recipients=(
             *(Recipient(r) for r in rcpts),
-            Recipient("done@example.org", status=RcptStatus.DELIVERED),
+            Recipient("done@example.org", status=RecipientState.DELIVERED),
         ),
         received_at=NOW - age_minutes * 60,
         size=10,

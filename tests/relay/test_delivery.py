@@ -37,6 +37,7 @@ from relay.config import (
 from relay.decision import Action
 from relay.delivery.deliverer import Deliverer, DeliveryRequest, RcptStatus, normalize_crlf
 from relay.errors import ConfigError
+from relay.message_flags import MessageFlags
 from relay.metrics import Metrics, start_metrics_server
 from relay.resolver import make_resolver
 from relay.tls import client_context, unverified_context
@@ -75,13 +76,14 @@ def make_config(port: int, **domains: str) -> Config:
     )
 
 
-def request(n: int = 1, *, rcpt: str = f"bob@{DOMAIN}", **kwargs: Any) -> DeliveryRequest:
+def request(n: int = 1, *, rcpt: str = f"bob@{DOMAIN}", **flags: bool) -> DeliveryRequest:
+    """Request `n` to `rcpt`; `flags` are the message's (`MessageFlags`)."""
     return DeliveryRequest(
         f"q{n}",
         "alice@sender.test",
         (rcpt,),
         f"Subject: {n}\r\n\r\nhello {n}\r\n".encode(),
-        **kwargs,
+        flags=MessageFlags(**flags),
     )
 
 
@@ -727,7 +729,9 @@ async def test_8bit_body_with_8bitmime_flag_is_delivered_intact(
     deliverer = make_deliverer(mx.port)
     body = "Subject: caf\u00e9\r\n\r\nd\u00e9j\u00e0 vu\r\n".encode()
     outcome = await deliverer.deliver(
-        DeliveryRequest("q8", "alice@sender.test", (f"bob@{DOMAIN}",), body, eight_bit=True)
+        DeliveryRequest(
+            "q8", "alice@sender.test", (f"bob@{DOMAIN}",), body, flags=MessageFlags(eight_bit=True)
+        )
     )
     await deliverer.close()
     assert [r.status for r in outcome.rcpts] == [RcptStatus.DELIVERED]

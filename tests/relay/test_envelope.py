@@ -23,7 +23,7 @@ from relay.queue.envelope import (
     encode_envelope,
 )
 from relay.queue.runner import QueueRunner
-from relay.queue.spool import MessageFlags, RcptStatus, Spool
+from relay.queue.spool import MessageFlags, RecipientState, Spool
 
 QID = "ABCDEFGHIJKLMNOP"
 # An envelope as stsguard wrote it before the schema was versioned (version 1).
@@ -124,7 +124,7 @@ async def test_the_queue_manager_never_delivers_a_message_it_does_not_understand
             await task
     assert runner.index.held == {QID}
     assert [e["event"] for e in logs].count("queue.envelope_not_understood") == 1
-    assert spool.get(QID).recipients[0].status is RcptStatus.PENDING
+    assert spool.get(QID).recipients[0].status is RecipientState.PENDING
 
 
 def test_a_set_must_understand_flag_is_listed_for_older_readers(

@@ -13,7 +13,8 @@ import pytest
 
 from lab.pki import LabCA
 from relay.intake.session import requiretls_refusal, split_requiretls
-from relay.queue.envelope import decode_envelope, dsn_flags, encode_envelope
+from relay.message_flags import dsn_flags
+from relay.queue.envelope import decode_envelope, encode_envelope
 from relay.queue.spool import MessageFlags, Spool
 from tests.relay.intake_client import Raw
 

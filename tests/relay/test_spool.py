@@ -16,8 +16,8 @@ from relay.errors import SpoolError, UnknownMessage
 from relay.queue.spool import (
     MessageFlags,
     QueuedMessage,
-    RcptStatus,
     Recipient,
+    RecipientState,
     Spool,
     valid_queue_id,
 )
@@ -54,7 +54,7 @@ def test_put_get_read_data(spool: Spool, clock: Clock) -> None:
     msg = spool.get(qid)
     assert msg.mail_from == "a@example.net"
     assert [r.address for r in msg.recipients] == ["b@example.org", "c@example.com"]
-    assert all(r.status is RcptStatus.PENDING and r.attempts == 0 for r in msg.recipients)
+    assert all(r.status is RecipientState.PENDING and r.attempts == 0 for r in msg.recipients)
     assert msg.received_at == clock.now
     assert msg.flags == flags
     assert msg.size == len(b"X: y\r\n\r\nhi\r\n")
@@ -93,9 +93,9 @@ def test_due_deferred_delivered_bounced(spool: Spool, clock: Clock) -> None:
     msg = spool.get(qid)
     status = {r.address: r.status for r in msg.recipients}
     assert status == {
-        "b@y": RcptStatus.DELIVERED,
-        "c@y": RcptStatus.BOUNCED,
-        "d@y": RcptStatus.PENDING,
+        "b@y": RecipientState.DELIVERED,
+        "c@y": RecipientState.BOUNCED,
+        "d@y": RecipientState.PENDING,
     }
     assert msg.recipients[1].last_error == "550 no such user"
     assert [r.address for r in msg.pending] == ["d@y"]
@@ -113,7 +113,7 @@ def test_marking_a_finished_recipient_again_changes_nothing(spool: Spool) -> Non
     qid = spool.put("a@x", ["b@y", "c@y"], b"d")
     spool.record(qid, failed={"b@y": "550 gone"})
     msg = spool.record(qid, delivered=["b@y"])
-    assert msg.recipients[0].status is RcptStatus.FAILED
+    assert msg.recipients[0].status is RecipientState.FAILED
 
 
 def test_restart_keeps_everything(tmp_path: Path, clock: Clock) -> None:
@@ -360,7 +360,7 @@ def test_the_envelope_keeps_every_field(spool: Spool, clock: Clock) -> None:
     assert reopened == spool.get(qid)
     assert reopened.flags == flags
     assert reopened.recipients[0] == Recipient(
-        "b@y", RcptStatus.PENDING, 1, clock.now + 5, "451 later"
+        "b@y", RecipientState.PENDING, 1, clock.now + 5, "451 later"
     )
 
 
