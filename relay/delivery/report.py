@@ -106,7 +106,7 @@ class AttemptReporter:
             policy_strings=report.policy_strings,
             when=self.clock(),
             mx_host=plan.host,
-            result_type=result_type_of(decision.result_type),
+            result_type=decision.result_type,
             failure_reason_code=decision.reason_code,
             additional_information=decision.reason,
         )
@@ -176,7 +176,7 @@ class AttemptReporter:
                 receiving_ip=ip,
                 sending_mta_ip=attempt.sending_ip,
                 receiving_mx_helo=attempt.helo_name,
-                result_type=result_type_of(decision.result_type) if decision.result_type else None,
+                result_type=decision.result_type,
                 failure_reason_code=decision.reason_code if decision.result_type else "",
                 additional_information=decision.reason if decision.result_type else "",
             )

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from relay.state.database import Database, Row, Tx
 from relay.state.migrations import Steps, migrate
 from tlsrpt_emit.errors import ReportStoreError
-from tlsrpt_emit.model import FailureKey, PolicyCounts, PolicyKey, PolicyType, ResultType
+from tlsrpt_emit.model import FailureKey, PolicyCounts, PolicyKey, PolicyType, result_type_of
 from tlsrpt_emit.store import Batch, SentReport, Tally, counts_sorted
 
 COMPONENT = "tlsrpt"
@@ -160,7 +160,7 @@ class SqlReportStore:
         for pid, dom, ptype, strings, successes in policies:
             tally = Tally(successes=int(successes))
             for r in failures.get(pid, []):
-                tally.failures[FailureKey(ResultType(r[0]), *r[1:7])] += int(r[7])
+                tally.failures[FailureKey(result_type_of(r[0]), *r[1:7])] += int(r[7])
             tallies.append(
                 (PolicyKey(day, dom, PolicyType(ptype), tuple(json.loads(strings))), tally)
             )
