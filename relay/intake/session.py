@@ -1,14 +1,15 @@
 """One SMTP session of the intake: aiosmtpd's `SMTP` protocol with the limits and checks of
-README "Limits and abuse" (`_IntakeSMTP`), and the rules every session of one intake shares
-(`SessionRules`). The protocol decisions about mail (relaying, spooling) are the handler's, in
-`relay.intake.server`.
+README "Limits and abuse" (`_IntakeSMTP`), under the rules every session of one intake shares
+(`relay.intake.rules.SessionRules`). The protocol decisions about mail (relaying, spooling) are
+the handler's, in `relay.intake.handler`.
 
 What a session does beyond aiosmtpd:
 
 - Admission: counted in `relay.intake.limits.ConnectionLimits` before the greeting; over a cap
   the client hears ``421 4.7.0`` and the connection closes (aiosmtpd never sees it).
 - Timers: the idle timeout counts message bytes as activity (aiosmtpd's counts commands only);
-  a session time limit; neither cuts a message off while it is being queued.
+  a session time limit; a deadline per command line and a minimum DATA rate
+  (`relay.intake.deadlines`); none cuts a message off while it is being queued.
 - Every command goes through `_run_command` (control characters and invalid UTF-8 refused with
   ``501 5.5.2``; the junk-command budget). A path the parser chokes on is a ``553``.
 - REQUIRETLS (RFC 8689 section 4.1): taken out of the MAIL parameters before aiosmtpd sees
@@ -28,7 +29,6 @@ import contextlib
 import ipaddress
 import re
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
@@ -36,17 +36,13 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 
 from relay.config import RelayConfig
 from relay.intake.auth import PasswordAuthenticator
-from relay.intake.deadlines import COMMAND_DEADLINE, MIN_DATA_RATE, RequestClock, RequestTimer
+from relay.intake.commands import CommandTable, table_names
+from relay.intake.deadlines import RequestClock, RequestTimer
 from relay.intake.hygiene import command_problem
-from relay.intake.limits import AuthFailures, ConnectionLimits, RefusalLog, client_key
+from relay.intake.limits import client_key
+from relay.intake.rules import CLOSING_REPLIES, IPNetwork, SessionRules, client_allowed
 
 _log = structlog.get_logger("relay.intake.session")
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def parse_networks(networks: Iterable[str]) -> tuple[IPNetwork, ...]:
-    return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
 
 def requiretls_offered(
@@ -94,32 +90,6 @@ def requiretls_refusal(found: list[str], *, allowed: bool) -> str | None:
     return None
 
 
-def client_allowed(address: str, networks: Iterable[IPNetwork]) -> bool:
-    """True when the client address lies in one of the networks (IPv4-mapped IPv6 as IPv4)."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)
-
-
-# aiosmtpd builds its command, AUTH and hook tables per connection from `dir()` of the protocol
-# and the handler and `inspect.getmembers`, which reads every attribute. Only names with these
-# prefixes matter to it, and they belong to the class: list them once per class.
-_TABLE_PREFIXES = ("smtp_", "auth_", "handle_")
-_TABLE_NAMES: dict[type, list[str]] = {}
-
-
-def _table_names(obj: object) -> list[str]:
-    names = _TABLE_NAMES.get(type(obj))
-    if names is None:
-        everything = object.__dir__(obj)
-        names = _TABLE_NAMES[type(obj)] = [n for n in everything if n.startswith(_TABLE_PREFIXES)]
-    return names
-
-
 # ``<local@domain>`` with a dot-atom local part and a domain of letters, digits and hyphens.
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 _SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>")
@@ -127,93 +97,6 @@ _SIMPLE_PATH = re.compile(rf"<({_ATEXT}(?:\.{_ATEXT})*@[A-Za-z0-9-]+(?:\.[A-Za-z
 
 # Commands that move no mail; a session may send `max_junk_commands` of them between messages.
 _JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "HELO", "EHLO"})
-# The 421 that ends a session at a limit: (status, words). A client too slow is Postfix's 4.4.2.
-_CLOSING = {
-    "idle_timeout": ("4.7.0", "Idle timeout"),
-    "session_timeout": ("4.7.0", "Session time limit reached"),
-    "max_junk_commands": ("4.7.0", "Too many commands without mail"),
-    "auth_failures": ("4.7.0", "Too many failed AUTH attempts"),
-    COMMAND_DEADLINE: ("4.4.2", "Command not complete in time"),
-    MIN_DATA_RATE: ("4.4.2", "Message data arriving too slowly"),
-}
-# Failed AUTHs are answered this many seconds late, so a password guesser gets nowhere fast.
-AUTH_FAILURE_DELAY = 1.0
-
-
-@dataclass
-class SessionRules:
-    """The limits every session of one intake shares (README "Limits and abuse")."""
-
-    hostname: str
-    networks: tuple[IPNetwork, ...]
-    connections: ConnectionLimits
-    auth_failures: AuthFailures
-    idle_timeout: float
-    session_timeout: float
-    max_junk_commands: int
-    auth_failures_per_connection: int
-    command_deadline: float = 60.0
-    min_data_rate: float = 500.0
-    requiretls_loopback: bool = False
-    auth_failure_delay: float = AUTH_FAILURE_DELAY
-    refusals: RefusalLog = field(default_factory=RefusalLog)
-
-    @classmethod
-    def from_config(
-        cls, config: RelayConfig, *, max_connections: int | None = None
-    ) -> SessionRules:
-        networks = parse_networks(config.accept_networks)
-        return cls(
-            hostname=config.hostname,
-            networks=networks,
-            connections=ConnectionLimits.for_relay(
-                max_connections or config.max_connections,
-                config.max_connections_per_ip,
-                has_networks=bool(networks),
-            ),
-            auth_failures=AuthFailures(config.auth_failures_per_ip),
-            idle_timeout=float(config.idle_timeout),
-            session_timeout=float(config.session_timeout),
-            max_junk_commands=config.max_junk_commands,
-            auth_failures_per_connection=config.auth_failures_per_connection,
-            command_deadline=float(config.command_deadline),
-            min_data_rate=float(config.min_data_rate),
-            requiretls_loopback=config.requiretls_loopback,
-        )
-
-
-class _CheckedCommand:
-    """One entry of aiosmtpd's command table: the command, run through
-    `_IntakeSMTP._run_command`. Attributes are the command's own (HELP reads its syntax)."""
-
-    __slots__ = ("method", "name", "server")
-
-    def __init__(
-        self, server: _IntakeSMTP, name: str, method: Callable[[str | None], Awaitable[None]]
-    ) -> None:
-        self.server = server
-        self.name = name
-        self.method = method
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self.method, attr)
-
-    def __call__(self, arg: str | None) -> Awaitable[None]:
-        return self.server._run_command(self.name, self.method, arg)
-
-
-class _CommandTable(dict[str, Any]):
-    """aiosmtpd's command table (``_smtp_methods``): its dispatcher looks each command up with
-    `get`, which hands out the command wrapped in our checks (one small object per command, so a
-    session costs nothing for the commands it never sends)."""
-
-    def __init__(self, server: _IntakeSMTP, methods: dict[str, Any]) -> None:
-        super().__init__(methods)
-        self.server = server
-
-    def get(self, name: str, default: Any = None) -> Any:
-        method = super().get(name)
-        return default if method is None else _CheckedCommand(self.server, name, method)
 
 
 class _IntakeSMTP(SMTP):
@@ -241,7 +124,7 @@ class _IntakeSMTP(SMTP):
         self._auth_failures = 0
         self._auth_failed = False
         self._auth_pending: tuple[str, LoginPassword] | None = None
-        self._smtp_methods = _CommandTable(self, self._smtp_methods)
+        self._smtp_methods = CommandTable(self, self._smtp_methods)
         self._requests = RequestTimer(
             self.loop,
             RequestClock(self.rules.command_deadline, self.rules.min_data_rate),
@@ -249,7 +132,7 @@ class _IntakeSMTP(SMTP):
         )
 
     def __dir__(self) -> list[str]:
-        return _table_names(self)
+        return table_names(self)
 
     # -- connections and timers --
 
@@ -325,7 +208,7 @@ class _IntakeSMTP(SMTP):
         if transport is None or transport.is_closing():
             return
         _log.info("intake.session_closed", client=self._client_ip, limit=limit)
-        status, what = _CLOSING.get(limit, ("4.7.0", "Limit reached"))
+        status, what = CLOSING_REPLIES.get(limit, ("4.7.0", "Limit reached"))
         assert isinstance(transport, asyncio.WriteTransport)
         with contextlib.suppress(OSError, RuntimeError):  # e.g. a TLS handshake still under way
             transport.write(

@@ -13,7 +13,8 @@ from importlib.metadata import version
 import pytest
 from aiosmtpd.smtp import SMTP
 
-from relay.intake.session import _CheckedCommand, _IntakeSMTP
+from relay.intake.commands import CheckedCommand
+from relay.intake.session import _IntakeSMTP
 
 # What each is relied on for:
 # __init__: builds _smtp_methods / _handle_hooks / _auth_methods from dir(), sets _timeout_duration
@@ -63,7 +64,7 @@ def test_the_tables_and_state_we_use_exist() -> None:
         assert isinstance(smtp._handle_hooks, dict)
         # The dispatcher's look-up hands out our checked command, with aiosmtpd's HELP text.
         mail = smtp._smtp_methods.get("MAIL")
-        assert isinstance(mail, _CheckedCommand)
+        assert isinstance(mail, CheckedCommand)
         assert mail.__smtp_syntax__ == "MAIL FROM: <address>"
         assert "self._smtp_methods.get(command)" in inspect.getsource(SMTP._handle_client)
     finally:
