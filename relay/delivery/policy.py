@@ -311,14 +311,16 @@ def plan_host(dest: Destination, facts: HostFacts, *, last_mx: bool, now: float)
         policy, refusal = facts.tlsa.policy_for(policy, domain_tls=dest.domain_tls, last_mx=last_mx)
     refused_by = Refusal.DANE if refusal is not None else None
     if refusal is None:
-        refusal = screen_mx(policy, facts.host)
-        refused_by = Refusal.NOT_IN_POLICY if refusal is not None else None
-    if refusal is None:
+        # REQUIRETLS first: under testing an unlisted MX is unauthenticated (a bounce), not
+        # outside an enforced list (a deferral).
         listed = dest.policy.requirement is Requirement.STS_ENFORCE and bool(
             dest.policy.policy and dest.policy.policy.allows(facts.host)
         )
         refusal = requiretls_screen(policy, facts.host, mx_secure=dest.mx_secure, sts_listed=listed)
         refused_by = Refusal.REQUIRETLS if refusal is not None else None
+    if refusal is None:
+        refusal = screen_mx(policy, facts.host)
+        refused_by = Refusal.NOT_IN_POLICY if refusal is not None else None
     kind = dest.kind
     if policy.is_dane:
         kind = PolicyKind.DANE_ONLY if kind is PolicyKind.DANE_ONLY else PolicyKind.DANE

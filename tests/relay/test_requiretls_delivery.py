@@ -131,6 +131,15 @@ async def test_rt02_testing_or_no_policy_bounces_5_7_10_without_connecting(
     assert results.results == []
 
 
+async def test_rt02_testing_policy_not_listing_the_mx_bounces_too(
+    start_mx: StartMx, lab_dns: LabDns, deliverer_for: MakeDeliverer
+) -> None:
+    mx = await _mx(start_mx, lab_dns)
+    outcome = await _deliver(deliverer_for(mx.port, sts(Mode.TESTING, "other.example.org")))
+    assert "5.7.10" in outcome.bounced[0].reason
+    assert mx.connections == 0
+
+
 async def test_rt02_local_override_does_not_authenticate(
     start_mx: StartMx, lab_dns: LabDns, deliverer_for: MakeDeliverer
 ) -> None:
