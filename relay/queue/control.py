@@ -5,8 +5,10 @@ queue must tell it. The command connects to the socket, sends one JSON line, rea
 back. When nothing listens (no relay runs on this state_dir) the command changes the spool itself
 with the same functions (`apply`), and the relay reads the change when it starts.
 
-Requests: ``{"op": "flush"}``; ``{"op": "delete" | "hold" | "release", "ids": [...]}``;
-``{"op": "delete", "domain": D}``, ``{"op": "delete", "recipient": R}``,
+Requests: ``{"op": "flush"}`` (everything), ``{"op": "flush", "ids": [...]}``,
+``{"op": "flush", "domain": D}`` (the messages pending there, and its destination revived);
+``{"op": "delete" | "hold" | "release", "ids": [...]}``; ``{"op": "delete", "domain": D}``,
+``{"op": "delete", "recipient": R}``, ``{"op": "delete", "sender": S}`` (whole messages from S),
 ``{"op": "delete", "all": true}``. Replies: ``{"ok": true, "messages": N, "recipients": N,
 "unknown": [...]}`` or ``{"ok": false, "error": "..."}``. The socket is created with mode 0600:
 only the relay's user (and root) may steer its queue.
@@ -27,6 +29,7 @@ from typing import Any
 import structlog
 
 from relay.errors import SpoolError, UnknownMessage
+from relay.queue import changes
 from relay.queue.passes import domain_of
 from relay.queue.runner import QueueRunner
 from relay.queue.spool import QueuedMessage, RecipientState, Spool
@@ -76,10 +79,49 @@ def _matching(message: QueuedMessage, request: dict[str, Any]) -> list[str]:
     ]
 
 
+def flush_targets(spool: Spool, request: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """`flush ID...` / `flush --domain D`: the ids of messages to make due (not held, something
+    pending, at D with --domain), and the given ids that name no queued message."""
+    domain = str(request.get("domain") or "").lower().rstrip(".")
+    if domain:
+        return [
+            m.id
+            for m in spool.list()
+            if not m.held and any(domain_of(r.address) == domain for r in m.pending)
+        ], []
+    found, unknown = [], []
+    for queue_id in request["ids"]:
+        try:
+            message = spool.get(queue_id)
+        except UnknownMessage:
+            unknown.append(queue_id)
+            continue
+        if message.pending and not message.held:
+            found.append(queue_id)
+    return found, unknown
+
+
+def _selected_ids(spool: Spool, request: dict[str, Any]) -> list[str]:
+    if request.get("op") == "delete" and request.get("all"):
+        return [m.id for m in spool.list()]
+    if request.get("op") == "delete" and request.get("sender"):
+        sender = str(request["sender"]).lower()
+        return [m.id for m in spool.list() if m.mail_from.lower() == sender]
+    return list(request["ids"])
+
+
 def apply(spool: Spool, request: dict[str, Any], *, now: float) -> Change:
-    """Carry out a delete, hold or release on the spool (blocking: call it in a thread)."""
+    """Carry out a flush of some messages, a delete, hold or release on the spool (blocking:
+    call it in a thread)."""
     op = request.get("op")
     change = Change()
+    if op == "flush":
+        due, change.unknown = flush_targets(spool, request)
+        for queue_id in due:
+            with contextlib.suppress(UnknownMessage):
+                spool.update(queue_id, lambda m: changes.due_now(m, now))
+                change.messages += 1
+        return change
     if op == "delete" and (request.get("domain") or request.get("recipient")):
         for message in spool.list():
             rcpts = _matching(message, request)
@@ -92,8 +134,7 @@ def apply(spool: Spool, request: dict[str, Any], *, now: float) -> Change:
                 if not (updated.pending or updated.failed):
                     change.gone.append(message.id)
         return change
-    ids = [m.id for m in spool.list()] if op == "delete" and request.get("all") else request["ids"]
-    for queue_id in ids:
+    for queue_id in _selected_ids(spool, request):
         try:
             if op == "delete":
                 message = spool.get(queue_id)
@@ -124,6 +165,9 @@ def check_request(request: Any) -> dict[str, Any]:
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise ValueError("ids: expected a list of queue ids")
     request["ids"] = ids
+    for key in ("domain", "recipient", "sender"):
+        if not isinstance(request.get(key, ""), str):
+            raise ValueError(f"{key}: expected a string")
     return request
 
 
@@ -181,6 +225,19 @@ class ControlServer:
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request["op"]
+        if op == "flush" and (request["ids"] or request.get("domain")):
+            due, unknown = await asyncio.to_thread(flush_targets, self.spool, request)
+            domain = str(request.get("domain") or "").lower().rstrip(".")
+            count = self.runner.flush_some(due, domain)
+            log.info(
+                "queue.flushed",
+                messages=count,
+                domain=domain or None,
+                ids=request["ids"][:20] or None,
+                unknown=unknown or None,
+                by="stsguard queue flush",
+            )
+            return {"ok": True, "messages": count, "recipients": 0, "unknown": unknown}
         if op == "flush":
             count = self.runner.flush()
             log.info("queue.flushed", messages=count, by="stsguard queue flush")
@@ -190,7 +247,9 @@ class ControlServer:
         self.runner.forget(change.gone, held=op == "hold")
         for queue_id in change.released:
             self.runner.schedule(queue_id)
-        selector = {k: request[k] for k in ("domain", "recipient", "all") if request.get(k)}
+        selector = {
+            k: request[k] for k in ("domain", "recipient", "sender", "all") if request.get(k)
+        }
         log.info(
             _EVENTS[op],
             ids=request["ids"][:20] or None,

@@ -152,6 +152,23 @@ class QueueRunner:
         self._wake.set()
         return count + len(self._passes)
 
+    def flush_some(self, queue_ids: Iterable[str], domain: str = "") -> int:
+        """`stsguard queue flush ID... | --domain D`: these messages due now (held ones stay
+        held) and, with `domain`, that destination alive again."""
+        now = self.clock()
+        for queue_id in self.dests.revive(domain) if domain else []:
+            self.due.set(queue_id, now)
+        count = 0
+        for queue_id in queue_ids:
+            if queue_id in self.index.held:
+                continue
+            self.dests.unpark([queue_id])
+            if queue_id not in self._passes:
+                self.due.set(queue_id, now)
+            count += 1
+        self._wake.set()
+        return count
+
     def _let_go(self, p: Pass) -> None:
         self.budget.release(p.data)
         p.data = None

@@ -288,11 +288,19 @@ class Destinations:
     def revive_all(self) -> list[str]:
         """`stsguard queue flush`: every dead destination alive again; their parked messages."""
         released: list[str] = []
-        for dest in list(self._by_name.values()):
-            released.extend(dest.parked)
-            dest.parked.clear()
-            dest.failures, dest.dead_until, dest.probing, dest.reason = 0, None, False, ""
-            self._forget_if_idle(dest)
+        for name in list(self._by_name):
+            released.extend(self.revive(name))
+        return released
+
+    def revive(self, domain: str) -> list[str]:
+        """`stsguard queue flush --domain D`: that destination alive again; its parked messages."""
+        dest = self._by_name.get(domain)
+        if dest is None:
+            return []
+        released = list(dest.parked)
+        dest.parked.clear()
+        dest.failures, dest.dead_until, dest.probing, dest.reason = 0, None, False, ""
+        self._forget_if_idle(dest)
         return released
 
     def parked_count(self) -> int:
