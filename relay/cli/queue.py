@@ -28,6 +28,7 @@ from relay.queue.spool import QueuedMessage, Spool
 
 ACTIONS = ("list", "summary", "show", "flush", "hold", "release", "delete")
 _READING = ("list", "summary", "show")
+_DELETE_SELECTORS = "--domain, --recipient, --sender and --all"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -36,14 +37,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "ids",
         nargs="*",
         metavar="ID",
-        help="queue ids (show, hold, release, delete); - reads them from stdin",
+        help="queue ids (show, flush, hold, release, delete); - reads them from stdin",
     )
     p.add_argument("--json", action="store_true", help="print JSON (list, summary, show)")
     p.add_argument(
         "--body", action="store_true", help="show: the whole message, header and body (postcat)"
     )
-    p.add_argument("--domain", help="delete: the pending recipients at this domain")
+    p.add_argument(
+        "--domain",
+        help="delete: the pending recipients at this domain; flush: the messages pending there "
+        "(and try the domain again at once)",
+    )
     p.add_argument("--recipient", help="delete: this pending recipient")
+    p.add_argument("--sender", help="delete: every message from this envelope sender")
     p.add_argument("--all", action="store_true", help="delete: every message")
 
 
@@ -117,33 +123,44 @@ def show_text(message: QueuedMessage, data: bytes) -> list[str]:
     return lines
 
 
+def _flush_request(args: argparse.Namespace) -> dict[str, Any]:
+    if args.recipient or args.all or args.sender:
+        raise UsageError("queue flush: --recipient, --sender and --all are for delete")
+    if args.ids and args.domain:
+        raise UsageError("queue flush: give queue ids or --domain D, not both")
+    request: dict[str, Any] = {"op": "flush", "ids": args.ids}
+    if args.domain:
+        request["domain"] = args.domain
+    return request
+
+
+def _delete_request(args: argparse.Namespace) -> dict[str, Any]:
+    selectors = {"domain": args.domain, "recipient": args.recipient, "sender": args.sender}
+    if sum(map(bool, [*selectors.values(), args.all, args.ids])) != 1:
+        raise UsageError(
+            "queue delete: give queue ids, or one of --domain D, --recipient R, --sender S, --all"
+        )
+    request: dict[str, Any] = {"op": "delete", "ids": args.ids}
+    request.update({key: value for key, value in selectors.items() if value})
+    if args.all:
+        request["all"] = True
+    return request
+
+
 def _request(args: argparse.Namespace) -> dict[str, Any]:
     """The control request for a changing action, after checking its arguments."""
     action: str = args.action
-    ids: list[str] = args.ids
-    selectors = [bool(args.domain), bool(args.recipient), bool(args.all)]
-    if action != "delete" and any(selectors):
-        raise UsageError(f"queue {action}: --domain, --recipient and --all are for delete")
     if action == "flush":
-        if ids:
-            raise UsageError("queue flush: takes no queue id")
-        return {"op": "flush"}
+        return _flush_request(args)
     if action == "delete":
-        if sum(selectors) + bool(ids) != 1:
-            raise UsageError(
-                "queue delete: give queue ids, or one of --domain D, --recipient R, --all"
-            )
-        request: dict[str, Any] = {"op": "delete", "ids": ids}
-        if args.domain:
-            request["domain"] = args.domain
-        if args.recipient:
-            request["recipient"] = args.recipient
-        if args.all:
-            request["all"] = True
-        return request
-    if not ids:
+        return _delete_request(args)
+    if args.domain or args.recipient or args.sender or args.all:
+        raise UsageError(
+            f"queue {action}: --domain, --recipient, --sender and --all are for delete"
+        )
+    if not args.ids:
         raise UsageError(f"queue {action}: give the queue id of at least one message")
-    return {"op": action, "ids": ids}
+    return {"op": action, "ids": args.ids}
 
 
 def _ids_from_stdin(args: argparse.Namespace) -> None:
@@ -158,8 +175,10 @@ def _ids_from_stdin(args: argparse.Namespace) -> None:
 
 def _check_reading(args: argparse.Namespace) -> None:
     action: str = args.action
-    if args.domain or args.recipient or args.all:
-        raise UsageError(f"queue {action}: --domain, --recipient and --all are for delete")
+    if args.domain or args.recipient or args.sender or args.all:
+        raise UsageError(
+            f"queue {action}: --domain, --recipient, --sender and --all are for delete"
+        )
     if args.body and action != "show":
         raise UsageError(f"queue {action}: --body is for show")
     if action in ("list", "summary") and args.ids:
@@ -242,7 +261,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
 def _without_relay(spool: Spool | None, request: dict[str, Any]) -> int:
     """No relay listens on the control socket: change the spool directly."""
     if request["op"] == "flush":
-        touched = spool.flush() if spool else 0
+        if spool and (request["ids"] or request.get("domain")):
+            touched = apply(spool, request, now=time.time()).messages
+        else:
+            touched = spool.flush() if spool else 0
         print(
             f"stsguard: no relay is running on this state directory; {touched} message(s) "
             "marked due, they go out when the relay starts",

@@ -4,8 +4,12 @@
 from __future__ import annotations
 
 import json
+import signal
+import smtplib
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,8 @@ import pytest
 from relay.cli.queue_shape import BUCKETS, age_column, queue_shape, shape_lines
 from relay.queue.spool import QueuedMessage, Recipient, RecipientState, Spool
 from tests.cli import ROOT, run_cli
+from tests.relay.test_cli_main import free_port
+from tests.relay_process import start_relay
 
 NOW = 1_800_000_000.0
 
@@ -115,3 +121,78 @@ def test_summary_show_body_and_delete_from_stdin(config_file: Path, tmp_path: Pa
     mixed = run_cli("queue", "delete", "-", second, "--config", str(config_file))
     assert mixed.returncode == 2
     assert "- (ids from stdin) must be the only id" in mixed.stderr
+
+
+def relay_config(tmp_path: Path) -> tuple[Path, int]:
+    port = free_port()
+    path = tmp_path / "relay.toml"
+    path.write_text(
+        f'[relay]\nlisten = "127.0.0.1:{port}"\nstate_dir = "{tmp_path / "state"}"\n'
+        'hostname = "relay.example.net"\nlog_format = "json"\n'
+        '[delivery]\nretry_initial = "1h"\nretry_max = "2h"\n'
+        '[tlsrpt]\nenabled = false\n[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = "1s"\n'
+    )
+    return path, port
+
+
+def attempts(spool: Spool) -> dict[str, int]:
+    return {m.id: max(r.attempts for r in m.recipients) for m in spool.list()}
+
+
+def wait_for(predicate: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 60
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.2)
+
+
+def test_flush_some_and_delete_by_sender_on_a_running_relay(tmp_path: Path) -> None:
+    """`queue flush ID` / `flush --domain D` try only those now (postqueue -i / -s);
+    `delete --sender S` drops that sender's mail. Every destination fails here (no DNS)."""
+    config, port = relay_config(tmp_path)
+    relay = start_relay(config)
+    try:
+        wait_for(lambda: (tmp_path / "state" / "control.sock").exists(), "relay started")
+        with smtplib.SMTP("127.0.0.1", port, timeout=10) as client:
+            client.sendmail("a@example.net", ["x@example.org"], b"Subject: 1\r\n\r\none\r\n")
+            client.sendmail("a@example.net", ["y@example.com"], b"Subject: 2\r\n\r\ntwo\r\n")
+            client.sendmail("spam@bad.example", ["z@example.com"], b"Subject: 3\r\n\r\nx\r\n")
+        spool = Spool(tmp_path / "state" / "queue")
+        wait_for(lambda: set(attempts(spool).values()) == {1}, "first attempts")
+        first, second, third = (m.id for m in spool.list())
+
+        run = run_cli("queue", "flush", first, "--config", str(config))
+        assert (run.returncode, run.stdout) == (0, "flushed: 1 message(s) (the running relay)\n")
+        wait_for(lambda: attempts(spool)[first] == 2, "flushed message tried again")
+        assert attempts(spool)[second] == attempts(spool)[third] == 1
+
+        run = run_cli("queue", "flush", "--domain", "example.com", "--config", str(config))
+        assert run.stdout.startswith("flushed: 2 message(s)"), run.stderr
+        wait_for(lambda: attempts(spool)[third] == 2, "the domain's messages tried again")
+        assert attempts(spool)[first] == 2
+
+        run = run_cli("queue", "delete", "--sender", "SPAM@bad.example", "--config", str(config))
+        assert run.stdout == "deleted: 1 message(s) (the running relay)\n"
+        assert [m.id for m in spool.list()] == [first, second]
+        unknown = run_cli("queue", "flush", "ABCDEFGHIJKLMNOP", "--config", str(config))
+        assert unknown.returncode == 1
+        assert "no queued message 'ABCDEFGHIJKLMNOP'" in unknown.stderr
+    finally:
+        relay.send_signal(signal.SIGTERM)
+        relay.wait(timeout=60)
+    log = (tmp_path / "relay.log").read_text()
+    assert '"domain": "example.com"' in log
+    assert '"sender": "SPAM@bad.example"' in log
+
+    # No relay: the spool is changed directly, only the named message made due.
+    run = run_cli("queue", "flush", second, "--config", str(config))
+    assert run.returncode == 1  # nothing goes out until a relay starts
+    assert "1 message(s) marked due" in run.stderr
+    due = {m.id for m in spool.due(time.time() + 1)}
+    assert second in due
+    assert first not in due  # tried again by the flush above: next try in an hour
+    usage = run_cli("queue", "flush", first, "--domain", "x.example", "--config", str(config))
+    assert (usage.returncode, usage.stderr) == (
+        2,
+        "stsguard: error: queue flush: give queue ids or --domain D, not both\n",
+    )
