@@ -11,6 +11,7 @@ import structlog
 
 from relay.config import Config
 from relay.decision import Decision
+from relay.delivery.best_effort import BestEffort, Step
 from relay.delivery.deliverer import DeliveryOutcome, DeliveryRequest
 from relay.metrics import Metrics
 from relay.queue.index import MemoryBudget
@@ -50,6 +51,7 @@ class Dispatcher:
         self.budget = budget
         self.metrics = metrics
         self.clock = clock
+        self.best_effort = BestEffort(metrics)
 
     async def run(self, p: Pass, job: Job) -> JobResult:
         """The job's result; an exception from the delivery is a deferral of every recipient."""
@@ -84,7 +86,8 @@ class Dispatcher:
         )
         outcome = await self.deliverer.deliver(request)
         if self.metrics is not None and outcome.delivered:
-            self.metrics.observe_delivered(
-                message.received_at, self.clock(), len(outcome.delivered)
-            )
+            # The MX has these: a failing metric must not turn them into a deferral (sent twice).
+            observe = self.metrics.observe_delivered
+            count = len(outcome.delivered)
+            self.best_effort.run(Step.METRICS, observe, message.received_at, self.clock(), count)
         return JobResult.of(outcome)

@@ -1,13 +1,14 @@
 """The outcome is final once the MX has answered the final dot: a failure of what follows
 (remembered TLS, TLS-RPT counting, metrics, logging, parking the session) is contained, counted and
 logged once, and a failure inside the relay before the dot is a deferral, never an exception.
-Real lab MX hosts on loopback; the failures are injected into the parts around them."""
+Real lab MX hosts on loopback (a fake deliverer for the queue's side); the failures are injected
+into the parts around them."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import structlog
@@ -16,8 +17,15 @@ from structlog.testing import LogCapture
 from detect.errors import HistoryStoreError
 from detect.history import MemoryTlsHistoryStore
 from lab.dns import LabDns
-from relay.delivery.deliverer import Deliverer, RcptStatus
+from relay.delivery.deliverer import Deliverer, DeliveryOutcome, DeliveryRequest, RcptStatus
+from relay.delivery.model import every_rcpt
 from relay.metrics import Metrics
+from relay.queue.dispatch import Dispatcher
+from relay.queue.envelope import QueuedMessage, Recipient
+from relay.queue.index import MemoryBudget
+from relay.queue.passes import Pass
+from relay.queue.scheduler import Job
+from relay.queue.spool import Spool
 from tests.relay.test_delivery import StartMx, make_config, mx_records, request
 from tlsrpt_emit.model import MemorySink, SessionResult
 
@@ -168,3 +176,38 @@ async def test_failure_before_the_final_dot_is_a_deferral_not_an_exception(
     assert mx.messages == []
     assert metrics.value("stsguard_delivery_errors_total", {"kind": "RuntimeError"}) == 1
     assert [e["event"] for e in entries if e["log_level"] == "error"] == ["delivery.internal_error"]
+
+
+class _BrokenHistogram:
+    def observe(self, _value: float) -> None:
+        raise RuntimeError("injected")
+
+
+class _Delivered:
+    """A deliverer whose MX took every message."""
+
+    async def deliver(self, request: DeliveryRequest) -> DeliveryOutcome:
+        return every_rcpt(request, RcptStatus.DELIVERED, "250 2.0.0 ok")
+
+    async def expiry_decision(self, domain: str, **_kwargs: Any) -> Any:
+        raise AssertionError("not asked")
+
+
+async def test_the_queue_keeps_a_delivery_whose_metric_fails() -> None:
+    metrics = Metrics()
+    metrics.delivery_delay = cast(Any, _BrokenHistogram())
+    dispatcher = Dispatcher(
+        make_config(25),
+        cast(Spool, None),  # the data is in the pass: the spool is not read
+        _Delivered(),
+        MemoryBudget(),
+        metrics=metrics,
+        clock=lambda: 0.0,
+    )
+    message = QueuedMessage("q1", "alice@sender.test", (Recipient("bob@example.org"),), 0.0, 10)
+    job = Job("q1", "example.org", ("bob@example.org",))
+    result = await dispatcher.run(Pass(message, b"Subject: x\r\n\r\nx\r\n", jobs_left=1), job)
+    assert result.delivered == ["bob@example.org"]
+    assert not result.deferred
+    labels = {"step": "metrics", "error": "RuntimeError"}
+    assert metrics.value("stsguard_best_effort_errors_total", labels) == 1
