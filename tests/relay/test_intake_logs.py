@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import smtplib
 import subprocess
 from collections import Counter
@@ -103,3 +104,43 @@ async def test_one_queued_line_per_message_and_no_aiosmtpd_chatter(tmp_path: Pat
 )
 def test_message_trace(data: bytes, trace: MessageTrace) -> None:
     assert message_trace(data) == trace
+
+
+# What a Python repr looks like in a key=value line: a tuple, bytes, None.
+PYTHON_REPR = re.compile(r"""=\(|=b'|=b"|=None\b|\('|"\('|\[\(""")
+
+
+@pytest.mark.slow
+async def test_journal_lines_of_a_real_run_carry_no_python_reprs(tmp_path: Path) -> None:
+    async with LabWorld(tmp_path / "world").running() as world:
+        mx = await enforced_example_org(world)
+        config_file, port = write_config(
+            world, tmp_path, tlsrpt={"enabled": False}, relay={"log_format": "journal"}
+        )
+        log = config_file.parent / "relay.log"
+        proc = start_relay(config_file)
+        try:
+            await wait_until(lambda: log.exists() and "relay.started" in log.read_text(), 30)
+
+            def send() -> None:
+                with smtplib.SMTP("127.0.0.1", port, timeout=30) as client:
+                    client.sendmail(
+                        "app@upstream.test", ["bob@example.org", "x@nowhere.test"], message(1)
+                    )
+                    client.sendmail("app@upstream.test", ["bob@example.org"], message(2))
+
+            await asyncio.to_thread(send)
+            await wait_until(lambda: len(mx.messages) == 2, 60)
+            await wait_until(lambda: "queue.bounced" in log.read_text(), 30)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+    lines = log.read_text().splitlines()
+    assert lines
+    for line in lines:
+        assert re.match(r"<[0-7]>[a-z_]+\.[a-z_.]+( |$)", line), line
+        assert not PYTHON_REPR.search(line), line
+    assert f" listen=127.0.0.1:{port} " in next(x for x in lines if "relay.started" in x)
