@@ -363,7 +363,7 @@ async def stsguard_policy_rate(
     from relay.config import Config, DnsConfig
     from relay.resolver import make_resolver
     from relay.state.stores import open_state
-    from relay.state.url import parse_state_url
+    from relay.state_url import parse_state_url
     from relay.tls import client_context
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))

@@ -16,7 +16,7 @@ from lab.postgres import PgCluster
 from mtasts.model import Mode, Policy
 from mtasts.state import CacheEntry
 from relay.state.stores import State, open_state
-from relay.state.url import parse_state_url
+from relay.state_url import parse_state_url
 from tlsrpt_emit.model import FailureKey, PolicyKey, PolicyType, ResultType
 from tlsrpt_emit.store import SentReport, Tally
 

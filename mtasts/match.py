@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from mtasts.names import a_label
 
-if TYPE_CHECKING:
-    from mtasts.model import Policy
+
+class HasMxPatterns(Protocol):
+    """A policy as matching needs it (`mtasts.model.Policy`): its ``mx`` patterns. A protocol,
+    so this module does not import the model that imports it."""
+
+    @property
+    def mx(self) -> tuple[str, ...]: ...
 
 
 def normalize_host(host: str) -> str:
@@ -34,6 +39,6 @@ def mx_matches(pattern: str, host: str) -> bool:
     return host == pattern
 
 
-def policy_allows(policy: Policy, host: str) -> bool:
+def policy_allows(policy: HasMxPatterns, host: str) -> bool:
     """True when `host` matches one of the policy's `mx` patterns."""
     return any(mx_matches(pattern, host) for pattern in policy.mx)

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 
 from mtasts.match import normalize_host
 from relay.errors import ConfigError
-from relay.state.url import StateUrl, StateUrlError, parse_state_url
+from relay.state_url import StateUrl, StateUrlError, parse_state_url
 from tlsrpt_emit.aggregate import contact_address, submitter_for
 
 _DURATION = re.compile(r"\s*([0-9]+)\s*([smhdw]?)\s*", re.ASCII)  # used with fullmatch

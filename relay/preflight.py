@@ -12,9 +12,7 @@ import ipaddress
 import os
 import re
 import socket
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
 
 import dns.asyncresolver
 import dns.exception
@@ -24,24 +22,12 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from relay.config import Config, parse_hostport
 from relay.errors import StsguardError
+from relay.problems import Problem
 from relay.reports import report_settings
-
-Level = Literal["warning", "error"]
 
 _OPEN_NETWORKS = (ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0"))
 _NOT_REAL_SUFFIXES = (".localhost", ".localdomain", ".local", ".invalid", ".internal", ".lan")
 _LDH_LABEL = re.compile(r"(?!-)[a-z0-9-]{1,63}(?<!-)")
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """One thing wrong with the set-up; `message` starts with the key it is about."""
-
-    level: Level
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.level}: {self.message}"
 
 
 def is_real_domain(name: str) -> bool:

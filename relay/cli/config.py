@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from relay.config import Config, config_keys, duration_keys
-from relay.state.url import parse_state_url
+from relay.state_url import parse_state_url
 
 _UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60))
 

@@ -13,7 +13,7 @@ from relay.config import Config
 from relay.errors import StsguardError, UsageError
 from relay.state.database import StateError
 from relay.state.migrate import migrate_state
-from relay.state.url import StateUrlError, parse_state_url
+from relay.state_url import StateUrlError, parse_state_url
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -5,60 +5,13 @@ Each accepted message needs an ``fsync`` of its file and of the queue directory 
 `Spool.commit` in one trip to a worker thread, which syncs every file and then the directory
 once. While that batch is on its way to the disk the next one gathers, so under load a directory
 sync and a thread hand-off serve many sessions, and a lone message still goes at once.
-`ThreadBatch` is that mechanism for any blocking function of a list; the queue runner uses it to
-remove delivered messages (`Spool.finish`).
+The mechanism is `relay.thread_batch.ThreadBatch`, which the queue manager also uses.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
-
-from relay.errors import SpoolError
 from relay.queue.spool import QueuedMessage, Spool
-
-T = TypeVar("T")
-
-
-class ThreadBatch(Generic[T]):
-    """Calls ``work(items) -> errors`` in a worker thread for every item asked for meanwhile.
-
-    `work` returns one ``SpoolError | None`` per item, in order."""
-
-    def __init__(self, work: Callable[[Sequence[T]], Sequence[SpoolError | None]]) -> None:
-        self.work = work
-        self._waiting: list[tuple[T, asyncio.Future[None]]] = []
-        self._runner: asyncio.Task[None] | None = None
-        self.batches = 0  # how many calls of `work` were made (for tests and the benchmark)
-
-    async def __call__(self, item: T) -> None:
-        """Return once `work` has done `item`; raises the error it reported for it."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiting.append((item, future))
-        if self._runner is None or self._runner.done():
-            self._runner = asyncio.create_task(self._run())
-        await future
-
-    async def _run(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting, []
-            self.batches += 1
-            try:
-                errors = await asyncio.to_thread(self.work, [item for item, _ in batch])
-            except asyncio.CancelledError:
-                for _, future in batch:
-                    future.cancel()
-                raise
-            except Exception as exc:  # a bug rather than the disk: `work` reports OSError itself
-                errors = [SpoolError(f"spool: {exc!r}")] * len(batch)
-            for (_, future), error in zip(batch, errors, strict=True):
-                if future.done():
-                    continue  # its caller went away; the work is done all the same
-                if error is None:
-                    future.set_result(None)
-                else:
-                    future.set_exception(error)
+from relay.thread_batch import ThreadBatch
 
 
 class GroupCommit:

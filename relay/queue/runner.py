@@ -23,7 +23,6 @@ import structlog
 
 from relay.config import Config
 from relay.errors import SpoolError, UnknownMessage
-from relay.intake.group_commit import ThreadBatch
 from relay.metrics import Metrics
 from relay.queue.bouncer import Bouncer
 from relay.queue.dispatch import Delivers, Dispatcher
@@ -39,6 +38,7 @@ from relay.queue.recovery import read_envelopes, recover
 from relay.queue.retry import next_retry
 from relay.queue.scheduler import Destinations, DueTimes, Job
 from relay.queue.spool import QueuedMessage, Spool, log_not_understood
+from relay.thread_batch import ThreadBatch
 
 log = structlog.get_logger(__name__)
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from relay.preflight import Problem
+from relay.problems import Problem
 from relay.state.database import StateError, open_database
 from relay.state.migrations import status
 from relay.state.stores import SCHEMAS
-from relay.state.url import StateUrl
+from relay.state_url import StateUrl
 
 
 def state_check(url: StateUrl) -> tuple[list[Problem], str]:

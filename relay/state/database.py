@@ -17,7 +17,7 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from relay.state.url import StateUrl
+from relay.state_url import StateUrl
 
 log = structlog.get_logger(__name__)
 

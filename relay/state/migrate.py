@@ -18,7 +18,7 @@ from relay.state.history_store import SqlTlsHistoryStore
 from relay.state.policy_store import SqlPolicyStore
 from relay.state.report_store import SqlReportStore
 from relay.state.stores import migrate_all
-from relay.state.url import StateUrl
+from relay.state_url import StateUrl
 from tlsrpt_emit.model import PolicyKey
 from tlsrpt_emit.store import Tally
 

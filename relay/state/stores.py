@@ -30,7 +30,7 @@ from relay.state.shared import (
     SharedReportStore,
     SharedTlsHistoryStore,
 )
-from relay.state.url import StateUrl
+from relay.state_url import StateUrl
 from tlsrpt_emit.store import ReportStore
 
 # component -> its schema steps, in the order they are migrated

@@ -25,7 +25,7 @@ from lab.mx import CertKind
 from lab.postgres import PgCluster
 from lab.world import LabWorld, wait_until
 from relay.state.stores import open_state
-from relay.state.url import parse_state_url
+from relay.state_url import parse_state_url
 from tests.relay_process import enforced_example_org, start_relay, write_config
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ import pytest
 from detect.history import MemoryTlsHistoryStore, TlsHistoryStore
 from mtasts.cache import MemoryPolicyStore, PolicyStore
 from relay.state.stores import State, open_state
-from relay.state.url import parse_state_url
+from relay.state_url import parse_state_url
 from tlsrpt_emit.store import MemoryReportStore, ReportStore
 
 KINDS = ["memory", "sqlite", "postgresql", "postgresql-front"]

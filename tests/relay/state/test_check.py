@@ -7,7 +7,7 @@ from pathlib import Path
 
 from relay.state.check import state_check
 from relay.state.stores import open_state
-from relay.state.url import parse_state_url
+from relay.state_url import parse_state_url
 
 
 def test_postgresql_schema_behind_then_current(pg_url: str) -> None:

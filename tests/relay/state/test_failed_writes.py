@@ -16,7 +16,7 @@ from mtasts.state import CacheEntry
 from relay.state.failed_writes import FailedWrites, WriteFailure, classify
 from relay.state.stores import State, open_state
 from relay.state.unsaved import Unsaved, UnsavedCounts
-from relay.state.url import parse_state_url
+from relay.state_url import parse_state_url
 from tests.tlsrpt_emit.sessions import DAY, sts
 from tlsrpt_emit.model import PolicyKey, PolicyType
 from tlsrpt_emit.sink import CountingSink

@@ -7,7 +7,7 @@ from pathlib import Path
 from mtasts.model import Mode, Policy
 from mtasts.state import CacheEntry, FetchFailure
 from relay.state.stores import open_state
-from relay.state.url import parse_state_url
+from relay.state_url import parse_state_url
 from tests.cli import run_cli
 from tests.tlsrpt_emit.sessions import DAY, day_results
 from tlsrpt_emit.sink import CountingSink

@@ -15,7 +15,7 @@ from lab.postgres import PgCluster
 from mtasts.model import Mode, Policy
 from mtasts.state import CacheEntry
 from relay.state.stores import open_state
-from relay.state.url import parse_state_url
+from relay.state_url import parse_state_url
 from tests.tlsrpt_emit.sessions import DAY, sts
 from tlsrpt_emit.errors import ReportStoreError
 from tlsrpt_emit.sink import CountingSink

@@ -17,7 +17,7 @@ from mtasts.state import CacheEntry
 from relay.state.database import SqliteDatabase, StateError
 from relay.state.migrations import status
 from relay.state.stores import SCHEMAS, open_state
-from relay.state.url import parse_state_url
+from relay.state_url import parse_state_url
 from tests.tlsrpt_emit.sessions import DAY, NOON, sts
 from tlsrpt_emit.errors import ReportStoreError
 from tlsrpt_emit.model import ResultType
