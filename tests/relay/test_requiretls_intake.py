@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +17,7 @@ from relay.intake.session import requiretls_refusal, split_requiretls
 from relay.message_flags import dsn_flags
 from relay.queue.envelope import decode_envelope, encode_envelope
 from relay.queue.spool import MessageFlags, Spool
+from tests.cli import run_cli
 from tests.relay.intake_client import Raw
 
 MESSAGE = b"Subject: secret\r\n\r\nbody\r\n"
@@ -176,3 +178,15 @@ def test_spool_flag_is_must_understand_and_written_only_when_set(spool: Spool) -
     assert "requiretls" not in json.loads(encode_envelope(plain))["flags"]
     assert decode_envelope(encode_envelope(marked)).flags.requiretls
     assert dsn_flags(marked.flags) == MessageFlags(is_bounce=True, requiretls=True)
+
+
+def test_queue_show_says_requiretls(tmp_path: Path) -> None:
+    config = tmp_path / "stsguard.toml"
+    config.write_text(f'[relay]\nstate_dir = "{tmp_path / "state"}"\n')
+    spool = Spool(tmp_path / "state" / "queue")
+    queue_id = spool.put("a@x.test", ["b@y.test"], MESSAGE, flags=MessageFlags(requiretls=True))
+    shown = run_cli("queue", "show", queue_id, "--config", str(config))
+    assert shown.returncode == 0, shown.stderr
+    assert "requiretls" in shown.stdout
+    listed = run_cli("queue", "list", "--json", "--config", str(config))
+    assert json.loads(listed.stdout)[0]["flags"] == ["requiretls"]
