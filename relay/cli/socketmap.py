@@ -4,7 +4,8 @@ engine and policy cache, without the smarthost."""
 from __future__ import annotations
 
 import argparse
-import asyncio
+
+import uvloop
 
 from relay.config import Config
 from relay.errors import UsageError
@@ -27,5 +28,6 @@ def run(args: argparse.Namespace, config: Config) -> int:
             'socketmap: no address: set [socketmap].listen (e.g. "127.0.0.1:8461") or --listen'
         )
     configure_logging(config.relay.log_format, config.relay.log_level)
-    asyncio.run(serve(config, listen, args.config_path))
+    # uvloop: a third less CPU per query than asyncio's own loop (bench/README.md).
+    uvloop.run(serve(config, listen, args.config_path))
     return 0

@@ -25,7 +25,7 @@ from mtasts.state import fallback
 from relay.config import Config
 from relay.decision import DANE_OVERRIDES
 from relay.delivery.mx import MxResult, MxStatus
-from relay.delivery.policy import DestinationView, lookup_destination
+from relay.delivery.policy import DestinationView, lookup_destination, needs_sts
 from relay.resolver import DnssecResolver
 from relay.socketmap.answer import DaneState, MapFacts
 
@@ -110,6 +110,11 @@ class MapLookup:
         log.warning("socketmap.lookup_slow", domain=domain, budget=self.budget)
         return await self._fallback(domain)
 
+    def fresh_until(self, domain: str) -> float:
+        """When (on `clock`) the facts known for `domain` stop being fresh; 0 when none are."""
+        known = self._known.get(domain)
+        return known[1] + self.fresh_for if known is not None else 0.0
+
     def _refresh(self, domain: str) -> asyncio.Task[MapFacts]:
         task = self._inflight.get(domain)
         if task is None:
@@ -129,15 +134,24 @@ class MapLookup:
 
     async def _look_up(self, domain: str) -> MapFacts:
         dnssec = isinstance(self.resolver, DnssecResolver) and self.resolver.trust_ad
-        view = await lookup_destination(
-            domain,
-            self.config(),
-            resolver=self.resolver,
-            sts=self.policies.get,
-            now=self.policies.clock(),
-            # Without a trusted AD bit DANE cannot apply: no MX and TLSA look-ups.
-            mx=None if dnssec else MxResult(domain, MxStatus.OK),
-        )
+        config = self.config()
+        sts: asyncio.Task[PolicyResult] | None = None
+        if needs_sts(config.domain_tls(domain), literal=False):
+            # The MTA-STS look-up runs beside the MX and TLSA look-ups, not after them.
+            sts = asyncio.get_running_loop().create_task(self.policies.get(domain))
+        try:
+            view = await lookup_destination(
+                domain,
+                config,
+                resolver=self.resolver,
+                sts=lambda _: sts if sts is not None else self.policies.get(domain),
+                now=self.policies.clock(),
+                # Without a trusted AD bit DANE cannot apply: no MX and TLSA look-ups.
+                mx=None if dnssec else MxResult(domain, MxStatus.OK),
+            )
+        finally:
+            if sts is not None and not sts.done():
+                sts.cancel()
         facts = map_facts(view, dnssec=dnssec)
         self._remember(domain, facts)
         return facts

@@ -36,6 +36,10 @@ class NetstringDecoder:
 
     def feed(self, data: bytes) -> list[bytes]:
         """The payloads completed by `data`, in order."""
+        if not self._buffer:
+            whole = _single(data, self.max_length)
+            if whole is not None:
+                return [whole]  # the usual case: one whole request per read
         self._buffer += data
         payloads: list[bytes] = []
         while self._buffer:
@@ -65,3 +69,15 @@ class NetstringDecoder:
         if length > self.max_length:
             raise SocketmapProtocolError(f"netstring of {length} bytes (at most {self.max_length})")
         return length
+
+
+def _single(data: bytes, max_length: int) -> bytes | None:
+    """The payload when `data` is exactly one well-formed netstring, else None (the general
+    path then decides)."""
+    colon = data.find(b":", 0, _MAX_DIGITS + 1)
+    if colon < 1 or data[-1:] != b"," or not data[:colon].isdigit():
+        return None
+    length = int(data[:colon])
+    if length > max_length or colon + length + 2 != len(data):
+        return None
+    return data[colon + 1 : -1]

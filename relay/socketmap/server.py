@@ -1,6 +1,8 @@
 """The socketmap server: netstring requests in, replies out, on TCP or a Unix socket.
 
-Connections are persistent and carry any number of requests, answered in order. Bounded: at
+Connections are persistent and carry any number of requests, answered in order. A request
+answered recently is replied to inside `data_received` (`SocketmapService.reply_now`); any other
+goes to the connection's one worker task, and requests behind it wait their turn. Bounded: at
 most `max_connections` at once (more are closed at once), an idle connection is closed after
 `idle_timeout`, a query over Postfix's 10,000 bytes or a malformed netstring closes the
 connection with one log line.
@@ -9,16 +11,17 @@ connection with one log line.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import stat
+from typing import cast
 
 import structlog
 
 from relay.config import parse_hostport
 from relay.socketmap.errors import SocketmapProtocolError
-from relay.socketmap.netstring import MAX_QUERY, NetstringDecoder, encode
-from relay.socketmap.protocol import parse_request
+from relay.socketmap.netstring import MAX_QUERY, NetstringDecoder
 from relay.socketmap.service import SocketmapService
 
 log = structlog.get_logger(__name__)
@@ -31,6 +34,91 @@ STOP_TIMEOUT = 5.0  # seconds a stop waits for queries being answered
 def is_unix_path(listen: str) -> bool:
     """`[socketmap].listen` names a Unix socket when it is a path (it has a ``/``)."""
     return "/" in listen
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection."""
+
+    def __init__(self, server: SocketmapServer) -> None:
+        self.server = server
+        self.decoder = NetstringDecoder(MAX_QUERY)
+        self.transport: asyncio.Transport | None = None
+        self.waiting: collections.deque[bytes] = collections.deque()
+        self.worker: asyncio.Task[None] | None = None
+        self.reads = 0  # data_received calls, for the idle check
+        self.idle_check: asyncio.TimerHandle | None = None
+        self.reads_at_check = -1
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
+        if len(self.server.connections) >= self.server.max_connections:
+            log.warning("socketmap.too_many_connections", limit=self.server.max_connections)
+            self.transport.close()
+            return
+        self.server.connections.add(self)
+        self._arm_idle_check()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.connections.discard(self)
+        if self.idle_check is not None:
+            self.idle_check.cancel()
+        if self.worker is not None:
+            self.worker.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        self.reads += 1
+        try:
+            payloads = self.decoder.feed(data)
+        except SocketmapProtocolError as exc:
+            self.fail(exc)
+            return
+        assert self.transport is not None
+        for payload in payloads:
+            if not self.waiting:
+                framed = self.server.service.reply_now(payload)
+                if framed is not None:
+                    self.transport.write(framed)
+                    continue
+            self.waiting.append(payload)
+        if self.waiting and self.worker is None:
+            self.worker = asyncio.get_running_loop().create_task(self._work())
+
+    def fail(self, exc: SocketmapProtocolError) -> None:
+        peer = self.transport.get_extra_info("peername") if self.transport else None
+        log.warning("socketmap.protocol_error", peer=str(peer) if peer else "unix", error=str(exc))
+        self.waiting.clear()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def _work(self) -> None:
+        """Answer the waiting requests in order (those that need a look-up, and those behind)."""
+        try:
+            while self.waiting and self.transport is not None and not self.transport.is_closing():
+                payload = self.waiting[0]
+                try:
+                    framed = self.server.service.reply_now(payload)
+                    if framed is None:
+                        framed = await self.server.service.reply(payload)
+                except SocketmapProtocolError as exc:
+                    self.fail(exc)
+                    return
+                self.waiting.popleft()
+                self.transport.write(framed)
+                self.reads += 1
+        finally:
+            self.worker = None
+
+    def _arm_idle_check(self) -> None:
+        """Close the connection when nothing was read or answered since the last check (every
+        `idle_timeout`; an idle connection lives between one and two of them)."""
+        if self.reads == self.reads_at_check and self.worker is None:
+            assert self.transport is not None
+            self.transport.close()
+            return
+        self.reads_at_check = self.reads
+        self.idle_check = asyncio.get_running_loop().call_later(
+            self.server.idle_timeout, self._arm_idle_check
+        )
 
 
 class SocketmapServer:
@@ -48,10 +136,8 @@ class SocketmapServer:
         self.service = service
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
-        self.connections = 0
+        self.connections: set[_Connection] = set()
         self._server: asyncio.Server | None = None
-        self._handlers: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
 
     @property
     def address(self) -> str:
@@ -62,16 +148,19 @@ class SocketmapServer:
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     async def start(self) -> None:
+        loop = asyncio.get_running_loop()
         if is_unix_path(self.listen):
             await asyncio.to_thread(_clear_stale_socket, self.listen)
-            self._server = await asyncio.start_unix_server(self._serve, path=self.listen)
+            self._server = await loop.create_unix_server(
+                lambda: _Connection(self), path=self.listen
+            )
             os.chmod(self.listen, 0o666)  # Postfix's smtp processes run as another user
         else:
             if self.listen.endswith(":0"):  # any free port (tests, benchmarks)
                 host, port = parse_hostport(self.listen[:-2], "[socketmap].listen", 0)
             else:
                 host, port = parse_hostport(self.listen, "[socketmap].listen")
-            self._server = await asyncio.start_server(self._serve, host, port)
+            self._server = await loop.create_server(lambda: _Connection(self), host, port)
         log.info("socketmap.listening", listen=self.address)
 
     async def stop(self) -> None:
@@ -79,54 +168,18 @@ class SocketmapServer:
         if self._server is None:
             return
         self._server.close()
-        for writer in list(self._writers):
-            writer.close()  # the handler reads end-of-file and returns
-        if self._handlers:
-            _, late = await asyncio.wait(set(self._handlers), timeout=STOP_TIMEOUT)
-            for task in late:
-                task.cancel()
-            await asyncio.gather(*late, return_exceptions=True)
+        workers = [c.worker for c in self.connections if c.worker is not None]
+        if workers:
+            await asyncio.wait(workers, timeout=STOP_TIMEOUT)
+        for connection in list(self.connections):
+            if connection.transport is not None:
+                connection.transport.close()
+        await asyncio.sleep(0)  # let connection_lost run
         await self._server.wait_closed()
         self._server = None
         if is_unix_path(self.listen):
             with contextlib.suppress(OSError):
                 os.unlink(self.listen)
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._handlers.add(task)
-        self._writers.add(writer)
-        self.connections += 1
-        try:
-            if self.connections > self.max_connections:
-                log.warning("socketmap.too_many_connections", limit=self.max_connections)
-                return
-            await self._converse(reader, writer)
-        except (ConnectionError, TimeoutError):
-            pass  # the client went away, or was idle too long
-        except SocketmapProtocolError as exc:
-            log.warning("socketmap.protocol_error", peer=_peer(writer), error=str(exc))
-        finally:
-            self.connections -= 1
-            self._writers.discard(writer)
-            if task is not None:
-                self._handlers.discard(task)
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = NetstringDecoder(MAX_QUERY)
-        while True:
-            async with asyncio.timeout(self.idle_timeout):
-                data = await reader.read(16384)
-            if not data:
-                return
-            for payload in decoder.feed(data):
-                reply = await self.service.reply(parse_request(payload))
-                writer.write(encode(reply.encode()))
-            await writer.drain()
 
 
 def _clear_stale_socket(path: str) -> None:
@@ -134,8 +187,3 @@ def _clear_stale_socket(path: str) -> None:
     with contextlib.suppress(FileNotFoundError):
         if stat.S_ISSOCK(os.lstat(path).st_mode):
             os.unlink(path)
-
-
-def _peer(writer: asyncio.StreamWriter) -> str:
-    peer = writer.get_extra_info("peername")
-    return str(peer) if peer else "unix"
