@@ -104,6 +104,11 @@ class RequestTimer:
         self.clock.data_ended()
         self.clock.line_started = None
 
+    def line_discarded(self) -> None:
+        """The bytes of the unfinished command line were thrown away (plaintext behind
+        STARTTLS): the next line's deadline starts with its own first byte."""
+        self.clock.line_started = None
+
     def cancel(self) -> None:
         if self._handle is not None:
             self._handle.cancel()

@@ -320,6 +320,8 @@ class _IntakeSMTP(SMTP):
             await self.push("503 5.5.1 Error: TLS already active")  # RFC 3207 section 4.2
             return
         await super().smtp_STARTTLS(arg)
+        # Plaintext sent behind STARTTLS is thrown away (TLS-04); so is its unfinished line.
+        self._requests.line_discarded()
 
     @syntax("AUTH <mechanism>")
     async def smtp_AUTH(self, arg: str) -> None:

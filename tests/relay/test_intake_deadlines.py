@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from lab.world import LabWorld, wait_until
-from relay.intake.deadlines import COMMAND_DEADLINE, MIN_DATA_RATE, RequestClock
+from relay.intake.deadlines import COMMAND_DEADLINE, MIN_DATA_RATE, RequestClock, RequestTimer
 from tests.relay import intake_client
 from tests.relay_process import enforced_example_org, start_relay, write_config
 
@@ -171,3 +171,18 @@ async def test_trickling_clients_are_cut_and_their_slots_freed(tmp_path: Path) -
     log = (config_file.parent / "relay.log").read_text()
     assert log.count('"limit": "command_deadline"') == SLOW_COMMAND
     assert log.count('"limit": "min_data_rate"') == SLOW_DATA
+
+
+def test_a_line_thrown_away_behind_starttls_has_no_deadline() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        cut: list[str] = []
+        timer = RequestTimer(loop, RequestClock(deadline=10, min_data_rate=500), cut.append)
+        timer.received(b"STARTTLS\r\n\x16\x03\x01")  # a ClientHello sent without waiting
+        assert timer.clock.due(loop.time())[1] is not None
+        timer.line_discarded()
+        assert timer.clock.due(loop.time() + 100) == ("", None)
+        timer.cancel()
+        assert cut == []
+    finally:
+        loop.close()
