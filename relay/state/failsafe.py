@@ -80,6 +80,11 @@ class FailsafePolicyStore:
         except PolicyStoreError as exc:
             self.failed.failed(StateStore.POLICY, exc)
 
+    def close(self) -> None:
+        """One last try at writing what is held (the disk may have room again)."""
+        if len(self._unsaved):
+            self._replay()
+
     def _replay(self) -> None:
         if not len(self._unsaved):
             self.failed.resumed(StateStore.POLICY)
@@ -127,6 +132,11 @@ class FailsafeTlsHistoryStore:
     def all(self) -> list[HostHistory]:
         return self.backend.all()
 
+    def close(self) -> None:
+        """One last try at writing what is held (the disk may have room again)."""
+        if len(self._unsaved):
+            self._replay()
+
     def _replay(self) -> None:
         if not len(self._unsaved):
             self.failed.resumed(StateStore.HISTORY)
@@ -173,7 +183,9 @@ class FailsafeReportStore:
         self.failed.resumed(StateStore.TLSRPT, replayed=replayed)
 
     def close(self) -> None:
-        """Log the counts still held (they are lost with this process)."""
+        """One last try at writing the counts held; log those that are lost with this process."""
+        if self._pending:
+            self.add_counts({})
         if self._pending:
             log.error("state.counts_lost", sessions=self._pending.buffered, reason="not writable")
 

@@ -92,15 +92,12 @@ def open_state(
             reports = SqlReportStore(db, migrate_schema=False)
             if not front:
                 return State(url, db, policies, history, reports)
-            counts = FailsafeReportStore(reports, failed)
-            return State(
-                url,
-                db,
+            kept = (
                 FailsafePolicyStore(policies, failed),
                 FailsafeTlsHistoryStore(history, failed),
-                counts,
-                _closers=[counts.close],
+                FailsafeReportStore(reports, failed),
             )
+            return State(url, db, *kept, _closers=[store.close for store in kept])
         return _shared(url, db, clock, retry_interval, failed)
     except BaseException:
         db.close()

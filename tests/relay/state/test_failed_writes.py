@@ -172,3 +172,23 @@ def test_what_is_kept_is_bounded() -> None:
     assert counts.buffered == 10
     assert counts.lost == 5
     assert sorted(k.policy_domain for k in counts.take()) == ["d0.example", "d1.example"]
+
+
+def test_what_is_held_is_written_at_close_when_it_can_be(tmp_path: Path) -> None:
+    url = parse_state_url("", tmp_path / "state.sqlite3")
+    state = open_state(url)
+    sink = CountingSink(state.reports, clock=lambda: NOW)
+    _read_only(state, True)
+    state.history.record("mx.example.org", offered_starttls=True, valid_cert=True, now=NOW)
+    state.policies.put(CacheEntry.fetched("example.org", POLICY, "1", NOW))
+    sink.record(sts())
+    sink.flush()
+    _read_only(state, False)  # room again, and no write after it before the relay stops
+    state.close()
+    again = open_state(url, front=False)
+    try:
+        assert again.history.get("mx.example.org") is not None
+        assert again.policies.get("example.org") is not None
+        assert again.reports.counts(DAY)[0].successes == 1
+    finally:
+        again.close()
