@@ -48,7 +48,7 @@ from relay.delivery.model import (
     every_rcpt,
 )
 from relay.delivery.mx import MxHost, MxResult, MxStatus, lookup_mx
-from relay.delivery.negotiate import Attempt, Established, Negotiator
+from relay.delivery.negotiate import Attempt, Established, Negotiator, SessionFactory
 from relay.delivery.policy import (
     Destination,
     MxPlan,
@@ -128,6 +128,7 @@ class Deliverer:
         metrics: Metrics | None = None,
         rng: random.Random | None = None,
         idle_timeout: float = 5.0,
+        session_factory: SessionFactory | None = None,
     ) -> None:
         self.config = config
         self.resolver = resolver
@@ -135,7 +136,11 @@ class Deliverer:
         self.clock = clock
         self.rng = rng or random.Random()
         self.negotiator = Negotiator(
-            config, ssl_context=ssl_context, history=history_store, clock=clock
+            config,
+            ssl_context=ssl_context,
+            history=history_store,
+            clock=clock,
+            session_factory=session_factory,
         )
         self.pool = SessionPool(
             concurrency=config.delivery.concurrency_per_destination,

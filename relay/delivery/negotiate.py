@@ -1,10 +1,11 @@
-"""Setting up a session to one MX address under the domain's TLS policy, for delivery.
+"""Setting up a session to one MX address under its plan, for delivery.
 
-`Negotiator.attempt` drives an `MxSession` (banner, EHLO, STARTTLS, handshake, EHLO again) and asks
-`relay.decision` after each step what to do. When a certificate fails and the policy allows
+`Negotiator.attempt` drives an `MxConnection` (banner, EHLO, STARTTLS, handshake, EHLO again) and
+asks `relay.decision` after each step what to do. When a certificate fails and the policy allows
 delivery anyway, a second connection is made with an unverified context; after a failed STARTTLS
-that the policy lets go on in plaintext, a plaintext one. The failure seen first is what the
-attempt reports.
+that the policy lets go on in plaintext, a plaintext one (`decision.next_connection`). The failure
+seen first is what the attempt reports. Connections come from a session factory: `MxSession` on
+the wire, a scripted fake in the table tests (`tests/relay/fake_mx.py`).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from relay.decision import (
 )
 from relay.delivery.dane_tls import dane_context
 from relay.delivery.policy import MxPlan, remembering
-from relay.delivery.session import MxSession, TlsStep
+from relay.delivery.session import MxConnection, MxSession, TlsStep
 from relay.errors import SessionError
 from relay.tls import unverified_context
 
@@ -47,7 +48,7 @@ from relay.tls import unverified_context
 class Established:
     """A session ready for MAIL FROM, and what was learned setting it up."""
 
-    mx: MxSession
+    mx: MxConnection
     decision: Decision
     obs: Observation
     findings: tuple[Finding, ...]
@@ -56,6 +57,25 @@ class Established:
     tls_version: str | None = None
     cipher: str | None = None
     idle_since: float = 0.0
+
+
+SessionFactory = Callable[[str, str], MxConnection]  # (address, MX host name) -> a connection
+
+
+@dataclass(slots=True)
+class Dial:
+    """One connection to one MX address while it is negotiated: the plan, which connection of
+    the attempt this is, and what was seen so far (one value instead of seven threaded ones)."""
+
+    plan: MxPlan
+    mx: MxConnection
+    connection: Connection
+    obs: Observation
+    findings: tuple[Finding, ...] = ()
+    helo_name: str = ""
+
+    def see(self, **changes: object) -> None:
+        self.obs = replace(self.obs, **changes)  # type: ignore[arg-type]
 
 
 @dataclass(slots=True)
@@ -93,13 +113,18 @@ class Negotiator:
         ssl_context: ssl.SSLContext,
         history: TlsHistoryStore,
         clock: Callable[[], float],
+        session_factory: SessionFactory | None = None,
     ) -> None:
         self.config = config
         self.ssl_context = ssl_context
         self.history = history
         self.clock = clock
+        self.session_factory = session_factory or self._mx_session
         self._unverified = unverified_context()
         self._dane = dane_context()
+
+    def _mx_session(self, ip: str, host: str) -> MxConnection:
+        return MxSession(self.config, ip, host)
 
     async def attempt(self, plan: MxPlan, ip: str) -> Attempt:
         """A new session ready for the message, or the decision why there is none.
@@ -133,107 +158,119 @@ class Negotiator:
         connection: Connection,
     ) -> Attempt:
         """One TCP connection: banner, EHLO, STARTTLS unless it is plain, EHLO again."""
-        mx = MxSession(self.config, ip, plan.host)
+        mx = self.session_factory(ip, plan.host)
         _banner, judged = await mx.open()
-        findings += judged
+        dial = Dial(plan, mx, connection, obs, findings + judged)
         try:
-            attempt = await self._negotiate(mx, plan, obs, findings, connection)
+            attempt = await self._negotiate(dial)
         except SessionError:
             mx.close()
             raise
         attempt.sending_ip = mx.sending_ip
         return attempt
 
-    async def _negotiate(
-        self,
-        mx: MxSession,
-        plan: MxPlan,
-        obs: Observation,
-        findings: tuple[Finding, ...],
-        connection: Connection,
-    ) -> Attempt:
-        policy, history, last_mx = plan.policy, plan.history, plan.last_mx
-        hello = await mx.hello(
-            expect_starttls=hello_expects_starttls(plan.expect_starttls, connection)
+    async def _negotiate(self, dial: Dial) -> Attempt:
+        await self._hello(dial)
+        policy = dial.plan.policy
+        if not dial.obs.ehlo_ok or dial.connection is Connection.PLAIN:
+            return await self._plaintext(dial, self._conclude(dial))
+        if not wants_starttls(policy, dial.obs):
+            return await self._plaintext(dial, self._conclude(dial))
+        stopped = await self._starttls(dial)
+        if stopped is not None:
+            return stopped
+        tls = await dial.mx.handshake(
+            self._context(policy, dial.connection), sni=policy.dane_base or None
         )
-        helo_name = hello.judgement.server_name
-        findings += tuple(f for f in hello.judgement.findings if f not in findings)
-        obs = replace(
-            obs,
-            ehlo_ok=hello.ok,
-            offered_starttls=hello.ok and hello.judgement.offers_starttls,
-        )
-
-        def conclude(obs: Observation, found: tuple[Finding, ...]) -> Attempt:
-            found = self._with_downgrade(history, obs, found)
-            return Attempt(decide(policy, obs, found, last_mx=last_mx), obs, found, helo_name)
-
-        if not obs.ehlo_ok or connection is Connection.PLAIN or not wants_starttls(policy, obs):
-            return await self._plaintext(mx, conclude(obs, findings), helo_name)
-
-        # STARTTLS, sent by us so the receive buffer can be checked before the handshake.
-        step = await mx.starttls()
-        if step.refusal is not None:
-            findings += (step.refusal,)
-        if step.reply.code != 220:
-            # RFC 3207: after a refused STARTTLS the plaintext session goes on.
-            obs = replace(obs, starttls_ok=False)
-            return await self._plaintext(mx, conclude(obs, findings), helo_name, helo=False)
-        if step.injection is not None:
-            # TLS-04: plaintext after the 220 was injected on the path; abort this attempt.
-            mx.close()
-            return conclude(replace(obs, starttls_ok=False), (*findings, step.injection))
-        obs = replace(obs, starttls_ok=True)
-
-        tls = await mx.handshake(self._context(policy, connection), sni=policy.dane_base or None)
         if tls.finding is None and policy.requirement is Requirement.DANE:
             tls = self._dane_check(policy, tls)
             if tls.finding is not None:
-                mx.close()
+                dial.mx.close()
         if tls.finding is not None:
-            obs = replace(
-                obs,
-                handshake_ok=False,
-                cert_valid=False if tls.cert_failure else obs.cert_valid,
-                tls_result_type=result_type(tls.finding.result_type),
-                reason_code=tls.finding.reason_code,
-            )
-            findings += (tls.finding,)
-            attempt = conclude(obs, findings)
-            if tls.cert_failure and may_retry_unverified(policy):
-                retry = conclude(replace(obs, handshake_ok=True), findings)
-                if retry.decision.action is Action.DELIVER_TLS:
-                    # Let the caller connect again without verification; report what was seen.
-                    return Attempt(retry.decision, obs, retry.findings, helo_name)
-            return attempt
+            return self._tls_failed(dial, tls)
+        return await self._over_tls(dial, tls)
+
+    async def _hello(self, dial: Dial) -> None:
+        expect = hello_expects_starttls(dial.plan.expect_starttls, dial.connection)
+        hello = await dial.mx.hello(expect_starttls=expect)
+        dial.helo_name = hello.judgement.server_name
+        dial.findings += tuple(f for f in hello.judgement.findings if f not in dial.findings)
+        dial.see(ehlo_ok=hello.ok, offered_starttls=hello.ok and hello.judgement.offers_starttls)
+
+    async def _starttls(self, dial: Dial) -> Attempt | None:
+        """STARTTLS, sent by us so the receive buffer can be checked before the handshake; the
+        attempt when it goes no further, None when the handshake is next."""
+        step = await dial.mx.starttls()
+        if step.refusal is not None:
+            dial.findings += (step.refusal,)
+        if step.reply.code != 220:
+            # RFC 3207: after a refused STARTTLS the plaintext session goes on.
+            dial.see(starttls_ok=False)
+            return await self._plaintext(dial, self._conclude(dial), helo=False)
+        if step.injection is not None:
+            # TLS-04: plaintext after the 220 was injected on the path; abort this attempt.
+            dial.mx.close()
+            dial.see(starttls_ok=False)
+            dial.findings += (step.injection,)
+            return self._conclude(dial)
+        dial.see(starttls_ok=True)
+        return None
+
+    def _tls_failed(self, dial: Dial, tls: TlsStep) -> Attempt:
+        """The handshake or the certificate failed (the connection is closed)."""
+        assert tls.finding is not None
+        dial.see(
+            handshake_ok=False,
+            cert_valid=False if tls.cert_failure else dial.obs.cert_valid,
+            tls_result_type=result_type(tls.finding.result_type),
+            reason_code=tls.finding.reason_code,
+        )
+        dial.findings += (tls.finding,)
+        if tls.cert_failure and may_retry_unverified(dial.plan.policy):
+            retry = self._conclude(dial, replace(dial.obs, handshake_ok=True))
+            if retry.decision.action is Action.DELIVER_TLS:
+                # Let the caller connect again without verification; report what was seen.
+                return Attempt(retry.decision, dial.obs, retry.findings, dial.helo_name)
+        return self._conclude(dial)
+
+    async def _over_tls(self, dial: Dial, tls: TlsStep) -> Attempt:
+        """After the handshake: EHLO again (TLS-03) and the session, if the decision allows."""
+        policy = dial.plan.policy
         # Under DANE with no usable record the session is encrypted, not authenticated.
         verified = (
-            connection is Connection.VERIFY and policy.requirement is not Requirement.DANE_UNUSABLE
+            dial.connection is Connection.VERIFY
+            and policy.requirement is not Requirement.DANE_UNUSABLE
         )
-        obs = replace(obs, handshake_ok=True, cert_valid=True if verified else obs.cert_valid)
+        dial.see(handshake_ok=True, cert_valid=True if verified else dial.obs.cert_valid)
         # TLS-03: forget what was learned before the handshake and say EHLO again.
-        again = await mx.hello_again()
+        again = await dial.mx.hello_again()
         if not again.ok:
-            mx.close()
+            dial.mx.close()
             raise SessionError(f"EHLO after STARTTLS refused: {again.code} {again.text}")
-        helo_name = again.judgement.server_name
-        obs = replace(obs, offered_requiretls=mx.supports("requiretls"))
-        attempt = conclude(obs, findings)
-        attempt.helo_name = helo_name
+        dial.helo_name = again.judgement.server_name
+        dial.see(offered_requiretls=dial.mx.supports("requiretls"))
+        attempt = self._conclude(dial)
         if attempt.decision.action is not Action.DELIVER_TLS:
-            mx.close()
+            dial.mx.close()
             return attempt
         attempt.session = Established(
-            mx,
+            dial.mx,
             attempt.decision,
-            obs,
+            dial.obs,
             attempt.findings,
-            helo_name,
+            dial.helo_name,
             tls=True,
             tls_version=tls.version,
             cipher=tls.cipher,
         )
         return attempt
+
+    def _conclude(self, dial: Dial, obs: Observation | None = None) -> Attempt:
+        """`relay.decision.decide` on what the connection showed (`obs`, or the dial's)."""
+        obs = obs or dial.obs
+        found = self._with_downgrade(dial.plan.history, obs, dial.findings)
+        decision = decide(dial.plan.policy, obs, found, last_mx=dial.plan.last_mx)
+        return Attempt(decision, obs, found, dial.helo_name)
 
     def _context(self, policy: EffectivePolicy, connection: Connection) -> ssl.SSLContext:
         if policy.is_dane:
@@ -250,18 +287,16 @@ class Negotiator:
             return tls
         return replace(tls, finding=finding, cert_failure=True)
 
-    async def _plaintext(
-        self, mx: MxSession, attempt: Attempt, helo_name: str, *, helo: bool = True
-    ) -> Attempt:
+    async def _plaintext(self, dial: Dial, attempt: Attempt, *, helo: bool = True) -> Attempt:
         """Keep the session for plaintext delivery when the decision allows it, else close it."""
         if attempt.decision.action is not Action.DELIVER_PLAINTEXT:
-            mx.close()
+            dial.mx.close()
             return attempt
         if helo and not attempt.obs.ehlo_ok:
             # HELO only when the decision allowed plaintext (never under enforce: TLS-07).
-            await mx.helo()
+            await dial.mx.helo()
         attempt.session = Established(
-            mx, attempt.decision, attempt.obs, attempt.findings, helo_name, tls=False
+            dial.mx, attempt.decision, attempt.obs, attempt.findings, dial.helo_name, tls=False
         )
         return attempt
 

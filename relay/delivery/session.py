@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import aiosmtplib
 
@@ -101,6 +101,42 @@ class BannerRefused(SessionError):
         self.banner = banner
 
 
+def judged_hello(code: int, text: str, *, expect_starttls: bool) -> Hello:
+    """An EHLO reply and its judgement (stripped, garbled, masked STARTTLS)."""
+    judgement = judge_ehlo(code, text.split("\n"), expect_starttls=expect_starttls)
+    return Hello(code, text, judgement)
+
+
+def judged_starttls(code: int, text: str, buffered: bytes) -> StartTlsStep:
+    """The reply to our STARTTLS and what was buffered after a 220 (TLS-04), judged."""
+    refusal = judge_starttls_reply(code, text)
+    injection = judge_pre_handshake_bytes(buffered) if code == 220 else None
+    return StartTlsStep(Reply(code, text), refusal, injection)
+
+
+class MxConnection(Protocol):
+    """What negotiation, transfer and the pool drive: `MxSession` on the wire, a scripted
+    fake in tests (`tests/relay/fake_mx.py`)."""
+
+    server_name: str
+
+    async def open(self) -> tuple[Reply, tuple[Finding, ...]]: ...
+    async def hello(self, *, expect_starttls: bool) -> Hello: ...
+    async def helo(self) -> None: ...
+    async def starttls(self) -> StartTlsStep: ...
+    async def handshake(self, context: ssl.SSLContext, *, sni: str | None = None) -> TlsStep: ...
+    async def hello_again(self) -> Hello: ...
+    async def command(self, *args: bytes) -> Reply: ...
+    async def message_body(self, body: bytes) -> Reply: ...
+    def supports(self, extension: str) -> bool: ...
+    @property
+    def sending_ip(self) -> str: ...
+    @property
+    def is_connected(self) -> bool: ...
+    def close(self) -> None: ...
+    async def quit(self, *, grace: float = 1.0) -> None: ...
+
+
 class MxSession:
     """An aiosmtplib client to one MX address, driven one judged step at a time."""
 
@@ -131,10 +167,9 @@ class MxSession:
     async def hello(self, *, expect_starttls: bool) -> Hello:
         """EHLO, judged; on 250 aiosmtplib learns the extensions from it."""
         ehlo = await self._command(b"EHLO", self._name)
-        judgement = judge_ehlo(ehlo.code, ehlo.message.split("\n"), expect_starttls=expect_starttls)
         if ehlo.code == 250:
             self.client.last_ehlo_response = ehlo
-        return Hello(ehlo.code, ehlo.message, judgement)
+        return judged_hello(ehlo.code, ehlo.message, expect_starttls=expect_starttls)
 
     async def helo(self) -> None:
         """HELO (RFC 5321 4.1.1.1 fallback after a refused EHLO)."""
@@ -146,11 +181,8 @@ class MxSession:
     async def starttls(self) -> StartTlsStep:
         """Send STARTTLS ourselves and look at the receive buffer after a 220 (TLS-04)."""
         reply = await self._command(b"STARTTLS")
-        refusal = judge_starttls_reply(reply.code, reply.message)
-        injection = None
-        if reply.code == 220:
-            injection = judge_pre_handshake_bytes(buffered_after_reply(self.client))
-        return StartTlsStep(Reply(reply.code, reply.message), refusal, injection)
+        buffered = buffered_after_reply(self.client) if reply.code == 220 else b""
+        return judged_starttls(reply.code, reply.message, buffered)
 
     async def handshake(self, context: ssl.SSLContext, *, sni: str | None = None) -> TlsStep:
         """The TLS handshake with SNI = the MX host name (under DANE `sni`, the TLSA base
