@@ -24,6 +24,7 @@ import httpx
 from relay.config import Config
 from relay.errors import UsageError
 from relay.log import configure_logging
+from relay.queue.control import tell_queued
 from relay.queue.spool import REPORT_MAIL_FLAGS, Spool
 from relay.reports import report_settings
 from relay.resolver import make_resolver
@@ -141,6 +142,7 @@ class _Heard:
 
     accepted: dict[str, tuple[str, ...]] = field(default_factory=dict)
     errors: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    queued: list[str] = field(default_factory=list)  # queue ids of the mailto: report mail
 
     def __call__(self, report: Report, outcome: DeliveryOutcome) -> None:
         self.accepted[report.policy_domain] = outcome.accepted
@@ -161,13 +163,14 @@ async def _send(
         timeout=float(config.mtasts.fetch_timeout),
     ) as http:
         # mailto: reports go into the relay's queue, flagged so MTA-STS is not applied and the
-        # session is not counted (RPT-10); a running relay picks them up within a second.
+        # session is not counted (RPT-10); a running relay is told of them afterwards.
         spool = Spool(config.relay.state_dir / "queue")
 
         async def submit_mail(mail_from: str, rcpts: list[str], data: bytes) -> None:
-            await asyncio.to_thread(
+            queue_id = await asyncio.to_thread(
                 spool.put, mail_from, rcpts, data, flags=REPORT_MAIL_FLAGS, client="tlsrpt"
             )
+            heard.queued.append(queue_id)
 
         clients = Clients(
             resolver=make_resolver(config.dns),
@@ -184,6 +187,13 @@ async def _send(
         return await send_day(
             day, store, settings=settings, clients=clients, now=now, on_outcome=heard
         )
+
+
+def only_queued(sent: SentReport, heard: _Heard) -> bool:
+    """True when this run only queued the report as mail (every destination that took it is a
+    mailto:): the relay has yet to deliver it."""
+    accepted = heard.accepted.get(sent.domain)
+    return bool(accepted) and all(uri[:7].lower() == "mailto:" for uri in accepted or ())
 
 
 def destination_lines(
@@ -209,14 +219,17 @@ def destination_lines(
     return lines
 
 
-def report_line(sent: SentReport) -> str:
-    """``DOMAIN: STATUS report REPORT-ID`` with what is still to come."""
+def report_line(sent: SentReport, *, queued: bool = False) -> str:
+    """``DOMAIN: STATUS report REPORT-ID`` with what is still to come (`queued`: taken only as
+    mail the relay has yet to deliver)."""
     what = {
         "delivered": "delivered",
         "pending": "not delivered, will be retried",
         "failed": "failed, given up",
         "no-record": "not sent",
     }.get(sent.status, sent.status)
+    if queued and sent.status == "delivered":
+        what = "queued"
     line = f"{sent.domain}: {what}"
     if sent.report_id:
         line += f", report {sent.report_id}"
@@ -265,10 +278,12 @@ def _send_command(
     results = asyncio.run(_send(config, store, day, settings, domain, heard))
     if not results:
         print(f"no sessions recorded on {day}")
-    relay_up = relay_running(config.relay.state_dir)
+    relay_up = tell_queued(config.relay.state_dir, heard.queued) or relay_running(
+        config.relay.state_dir
+    )
     status = 0
     for sent in results:
-        print(report_line(sent))
+        print(report_line(sent, queued=only_queued(sent, heard)))
         for line in destination_lines(
             sent, heard, relay_up=relay_up, state_dir=str(config.relay.state_dir)
         ):

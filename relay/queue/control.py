@@ -9,9 +9,10 @@ Requests: ``{"op": "flush"}`` (everything), ``{"op": "flush", "ids": [...]}``,
 ``{"op": "flush", "domain": D}`` (the messages pending there, and its destination revived);
 ``{"op": "delete" | "hold" | "release", "ids": [...]}``; ``{"op": "delete", "domain": D}``,
 ``{"op": "delete", "recipient": R}``, ``{"op": "delete", "sender": S}`` (whole messages from S),
-``{"op": "delete", "all": true}``. Replies: ``{"ok": true, "messages": N, "recipients": N,
-"unknown": [...]}`` or ``{"ok": false, "error": "..."}``. The socket is created with mode 0600:
-only the relay's user (and root) may steer its queue.
+``{"op": "delete", "all": true}``; ``{"op": "queued", "ids": [...]}`` (messages another process,
+e.g. ``stsguard tlsrpt send``, just put in the spool: delivered now). Replies: ``{"ok": true,
+"messages": N, "recipients": N, "unknown": [...]}`` or ``{"ok": false, "error": "..."}``. The
+socket is created with mode 0600: only the relay's user (and root) may steer its queue.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from relay.queue.spool import QueuedMessage, RecipientState, Spool
 log = structlog.get_logger(__name__)
 
 SOCKET_NAME = "control.sock"
-OPS = ("flush", "delete", "hold", "release")
+OPS = ("flush", "delete", "hold", "release", "queued")
 _EVENTS = {"delete": "queue.deleted", "hold": "queue.held", "release": "queue.released"}
 
 
@@ -225,6 +226,11 @@ class ControlServer:
 
     async def handle(self, request: dict[str, Any]) -> dict[str, Any]:
         op = request["op"]
+        if op == "queued":
+            for queue_id in request["ids"]:
+                self.runner.wake(queue_id)
+            log.info("queue.told", ids=request["ids"][:20], messages=len(request["ids"]))
+            return {"ok": True, "messages": len(request["ids"]), "recipients": 0, "unknown": []}
         if op == "flush" and (request["ids"] or request.get("domain")):
             due, unknown = await asyncio.to_thread(flush_targets, self.spool, request)
             domain = str(request.get("domain") or "").lower().rstrip(".")
@@ -260,6 +266,18 @@ class ControlServer:
             by=f"stsguard queue {op}",
         )
         return change.as_json()
+
+
+def tell_queued(state_dir: Path, ids: list[str]) -> bool:
+    """Tell the relay running on `state_dir` that this process queued `ids`, so it delivers them
+    now (it never rescans the spool). False when no relay listens (it reads them at start)."""
+    if not ids:
+        return False
+    try:
+        reply = ask(socket_path(state_dir), {"op": "queued", "ids": ids}, timeout=10)
+    except (OSError, ValueError):
+        return False
+    return bool(reply and reply.get("ok"))
 
 
 def ask(path: Path, request: dict[str, Any], *, timeout: float = 60) -> dict[str, Any] | None:

@@ -14,7 +14,7 @@ import structlog
 from lab.collector import ReportCollector
 from lab.dns import LabDns
 from lab.pki import LabCA
-from lab.world import free_port
+from lab.world import LabWorld, free_port, to_toml, wait_until
 from relay.app import Relay
 from relay.cli import main
 from relay.cli.tlsrpt import check_day_ended, parse_day
@@ -122,7 +122,7 @@ async def test_send_posts_to_https_rua(
     (ex_id,) = [line for line in out if line.startswith("example.org: delivered, report ")]
     assert f"  {collector.url('/in')}: sent" in out
     assert any(
-        line.startswith("plain.example: delivered, report 2026-11-28T00:00:00Z_plain.example_")
+        line.startswith("plain.example: queued, report 2026-11-28T00:00:00Z_plain.example_")
         for line in out
     )
     (queued_line,) = [line for line in out if line.startswith("  mailto:r@plain.example: ")]
@@ -224,3 +224,44 @@ async def test_relay_holds_the_running_marker(tmp_path: Path) -> None:
     async with Relay(config).running():
         assert relay_running(config.relay.state_dir)
     assert not relay_running(config.relay.state_dir)
+
+
+def seed_sessions(state: Path) -> None:
+    """The day's sessions (DAY) in the state database under `state`."""
+    store = SqlReportStore(SqliteDatabase(state / "state.sqlite3"))
+    sink = CountingSink(store, clock=lambda: 0.0)
+    for result in day_results():
+        sink.record(result)
+    sink.flush()
+    store.close()
+
+
+async def test_a_mailto_report_sent_while_the_relay_runs_is_delivered_at_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The command queues the report mail in the spool and tells the running relay through its
+    control socket; the relay never rescans the spool, so without that it waited for a
+    restart. The first line says `queued`: the relay has yet to deliver it."""
+    async with LabWorld(tmp_path / "world").running() as world:
+        mx = await world.add_mx("mx.reports.test", "127.0.0.31")
+        world.publish_mx("reports.test", [(10, "mx.reports.test")])
+        world.publish_tlsrpt("plain.example", "mailto:r@reports.test")
+        seed_sessions(tmp_path / "state")
+        settings = world.relay_settings(tmp_path / "state", relay={"stop_timeout": "2s"})
+        settings["tlsrpt"]["enabled"] = False  # the relay's own sender stays out of the way
+        path = tmp_path / "stsguard.toml"
+        path.write_text(to_toml(settings))
+        relay = Relay(config_from_dict(settings))
+        async with relay.running():
+            await asyncio.wait_for(relay.runner.loaded.wait(), 30)
+            argv = ["tlsrpt", "send", "--date", DAY.isoformat(), "--domain", "plain.example"]
+            status = await asyncio.to_thread(main, [*argv, "--config", str(path)])
+            await wait_until(lambda: len(mx.messages) == 1, 30)
+    # The in-process relay logs to the same stdout: the command's lines are these two.
+    out = capsys.readouterr().out.splitlines()
+    first = out.index(next(line for line in out if line.startswith("plain.example: ")))
+    assert status == 0
+    assert out[first].startswith("plain.example: queued, report 2026-11-28T00:00:00Z_plain.example")
+    assert out[first + 1] == "  mailto:r@reports.test: queued (the relay delivers it)"
+    (mail,) = mx.messages
+    assert b"application/tlsrpt+gzip" in mail.data
