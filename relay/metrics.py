@@ -31,7 +31,6 @@ from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
 from relay.config import parse_hostport
-from relay.state.failed_writes import StateStore, WriteFailure
 from relay.version import stsguard_version
 
 # One series per counter: `*_created` would double the series for nothing.
@@ -171,9 +170,6 @@ class Metrics:
             ["store", "kind"],
             registry=r,
         )
-        for store in StateStore:  # a bounded set, shown at 0 from the start
-            for kind in WriteFailure:
-                self.state_errors.labels(store=str(store), kind=str(kind))
         self.best_effort_errors = Counter(
             "stsguard_best_effort_errors",
             "Failures of reporting, metrics, logging or session reuse around a delivery"
@@ -182,9 +178,10 @@ class Metrics:
             registry=r,
         )
 
-    def count_state_error(self, store: str, kind: str) -> None:
-        """One state write to `store` failed (`relay.state.failed_writes.FailedWrites`)."""
-        self.state_errors.labels(store=store, kind=kind).inc()
+    def count_state_error(self, store: str, kind: str, writes: float = 1) -> None:
+        """`writes` state writes to `store` failed (`relay.state.failed_writes.FailedWrites`,
+        which declares every (store, kind) with 0 at start)."""
+        self.state_errors.labels(store=store, kind=kind).inc(writes)
 
     def follow_policy_cache(self, hits: Callable[[], float], misses: Callable[[], float]) -> None:
         """Read the cache counters from the policy service at scrape time."""

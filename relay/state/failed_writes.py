@@ -92,10 +92,16 @@ class FailedWrites:
     """Counts failed state writes by store and kind (`count`), logging each pair once until
     that store's writes succeed again; thread-safe (stores write from worker threads)."""
 
-    def __init__(self, count: Callable[[str, str], None] | None = None) -> None:
+    def __init__(self, count: Callable[[str, str, float], None] | None = None) -> None:
+        """`count(store, kind, writes)`; called with 0 for each pair first (a bounded set of
+        series, each shown from the start)."""
         self._count = count
         self._told: set[tuple[StateStore, WriteFailure]] = set()
         self._lock = threading.Lock()
+        if count is not None:
+            for store in StateStore:
+                for kind in WriteFailure:
+                    count(str(store), str(kind), 0)
 
     def failed(
         self, store: StateStore, exc: BaseException | None, *, kind: WriteFailure | None = None
@@ -103,7 +109,7 @@ class FailedWrites:
         """One write to `store` failed with `exc` (or for the known reason `kind`)."""
         found = kind or (classify(exc) if exc is not None else WriteFailure.OTHER)
         if self._count is not None:
-            self._count(str(store), str(found))
+            self._count(str(store), str(found), 1)
         with self._lock:
             first = (store, found) not in self._told
             self._told.add((store, found))

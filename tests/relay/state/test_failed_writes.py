@@ -86,8 +86,9 @@ class Counted:
     def __init__(self) -> None:
         self.counts: dict[tuple[str, str], int] = {}
 
-    def __call__(self, store: str, kind: str) -> None:
-        self.counts[store, kind] = self.counts.get((store, kind), 0) + 1
+    def __call__(self, store: str, kind: str, writes: float) -> None:
+        if writes:
+            self.counts[store, kind] = self.counts.get((store, kind), 0) + int(writes)
 
 
 def _read_only(state: State, on: bool) -> None:
