@@ -23,7 +23,13 @@ import structlog
 
 from mtasts.service import PolicyService
 from relay import sd_notify
-from relay.config import Config, host_port, load_config
+from relay.config import (
+    Config,
+    host_port,
+    intake_process_count,
+    load_config,
+    usable_cores,
+)
 from relay.delivery.deliverer import Deliverer
 from relay.errors import ConfigError, StsguardError
 from relay.intake.limits import raise_descriptor_limit
@@ -114,14 +120,18 @@ class Relay:
         self.control = ControlServer(socket_path(state_dir), self.spool, self.runner, clock=clock)
         self.intake = Intake(config, self.spool, on_queued=self._queued)
         self.pool: IntakePool | None = None
-        if config.relay.intake_processes:
-            if config_path is None:
+        self.intake_processes = intake_process_count(config.relay.intake_processes, usable_cores())
+        if self.intake_processes and config_path is None:
+            if config.relay.intake_processes != "auto":
                 raise StsguardError(
                     "[relay].intake_processes: the intake processes read the config file; "
                     "start the relay with --config FILE"
                 )
+            self.intake_processes = 0  # "auto" without a file to hand them: one process
+        if self.intake_processes:
+            assert config_path is not None
             self.pool = IntakePool(
-                config.relay.intake_processes,
+                self.intake_processes,
                 config_path,
                 config.relay.listen_address,
                 on_queued=self._queued_elsewhere,
@@ -294,7 +304,7 @@ class Relay:
                     config=str(self.config_path) if self.config_path else None,
                     listen=host_port(*self.listen_address),
                     hostname=self.config.relay.hostname,
-                    intake_processes=self.config.relay.intake_processes,
+                    intake_processes=self.intake_processes,
                     state_dir=str(self.config.relay.state_dir),
                     state=self.state.url.redacted(),
                 )

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+import os
 import re
 import socket
 import tomllib
@@ -143,7 +144,7 @@ class RelayConfig:
     auth_file: str = ""
     log_format: str = "auto"
     log_level: str = "info"
-    intake_processes: int = 0
+    intake_processes: int | str = "auto"  # a count, or "auto" (`intake_process_count`)
     open_relay: bool = False
     log_recipients: bool | str = True  # true | false | "hash": envelope recipients in log lines
     # Intake limits (README "Limits and abuse"); per intake process when intake_processes > 0.
@@ -346,6 +347,28 @@ def _int_range(low: int, high: int) -> Callable[[Any, str], int]:
     return check
 
 
+def _intake_processes(value: Any, key: str) -> int | str:
+    if value == "auto":
+        return "auto"
+    return _int_range(0, 64)(value, key)
+
+
+def intake_process_count(setting: int | str, cores: int) -> int:
+    """`[relay].intake_processes` as a count: ``auto`` is one intake process per core beyond the
+    first (at most 4), so the delivering process keeps a core; 0 on one core."""
+    if setting == "auto":
+        return max(0, min(4, cores - 1))
+    return int(setting)
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity; cgroup quotas are not read)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
 def _port(value: Any, key: str) -> int:
     return _int_range(1, 65535)(value, key)
 
@@ -462,7 +485,7 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "auth_file": _line,
             "log_format": _choice(LOG_FORMATS),
             "log_level": _log_level,
-            "intake_processes": _int_range(0, 64),
+            "intake_processes": _intake_processes,
             "open_relay": _bool,
             "log_recipients": _log_recipients,
             "max_connections": _int_range(1, 1_000_000),

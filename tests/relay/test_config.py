@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import Config, load_config, parse_duration, parse_hostport
+from relay.config import (
+    Config,
+    intake_process_count,
+    load_config,
+    parse_duration,
+    parse_hostport,
+)
 from relay.errors import ConfigError
 
 
@@ -69,6 +75,7 @@ tls = "verify"
         ('[domains."x.example"]\ntls = "maybe"\n', '[domains."x.example"].tls'),
         ('[domains."x.example"]\nmode = "verify"\n', '[domains."x.example"].mode'),
         ("[tlsrpt]\nenabled = 'yes'\n", "[tlsrpt].enabled"),
+        ("[relay]\nintake_processes = 'many'\n", "[relay].intake_processes"),
     ],
 )
 def test_bad_key_or_value_names_the_key(tmp_path: Path, text: str, names: str) -> None:
@@ -104,3 +111,27 @@ def test_durations(text: str | int, seconds: int) -> None:
 )
 def test_hostport(text: str, expected: tuple[str, int]) -> None:
     assert parse_hostport(text, "k", default_port=53) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "cores", "count"),
+    [
+        ('"auto"', 1, 0),
+        ('"auto"', 2, 1),
+        ('"auto"', 3, 2),
+        ('"auto"', 64, 4),
+        ("0", 8, 0),
+        ("3", 1, 3),
+    ],
+)
+def test_intake_processes_auto_follows_the_cores(
+    tmp_path: Path, text: str, cores: int, count: int
+) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text(f"[relay]\nintake_processes = {text}\n")
+    setting = load_config(path).relay.intake_processes
+    assert intake_process_count(setting, cores) == count
+
+
+def test_intake_processes_default_is_auto() -> None:
+    assert Config().relay.intake_processes == "auto"
