@@ -25,13 +25,16 @@ from mtasts.errors import (
     StsRecordError,
 )
 from mtasts.fetch import fetch_policy, policy_host, policy_url, record_name
-from mtasts.model import Mode, Policy, StsRecord
+from mtasts.model import Mode, Policy, PolicyFailure, PolicyResult, PolicySource, StsRecord
 from mtasts.parse import policy_domain, select_sts_record
 from relay.config import Config
 from relay.diagnostics.dane_view import DaneView, dane_view
 from relay.errors import UsageError
 from relay.log import configure_logging
 from relay.resolver import make_resolver
+from relay.socketmap.answer import answer
+from relay.socketmap.lookup import live_facts
+from relay.socketmap.protocol import Dialect
 from relay.tls import client_context
 from tlsrpt_emit.errors import TlsRptLookupError, TlsRptRecordError
 from tlsrpt_emit.record import TlsRptRecord, lookup_tlsrpt_record
@@ -51,6 +54,7 @@ class PolicyReport:
     mx_hosts: list[tuple[str, bool | None]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     dane: DaneView | None = None
+    socketmap: dict[str, str] = field(default_factory=dict)  # map name -> reply
 
     def as_json(self) -> dict[str, Any]:
         policy = self.policy
@@ -75,6 +79,7 @@ class PolicyReport:
             "tlsrpt": {"rua": list(self.tlsrpt.rua)} if self.tlsrpt else None,
             "mx_hosts": [{"host": h, "matches_policy": m} for h, m in self.mx_hosts],
             "dane": self.dane.as_json() if self.dane else None,
+            "socketmap": self.socketmap,
             "problems": self.problems,
         }
 
@@ -101,6 +106,8 @@ class PolicyReport:
             lines.append(f"MX host:      {host}{note}")
         if self.dane:
             lines += self.dane.as_text()
+        if self.socketmap:
+            lines.append(f"socketmap:    {self.socketmap['postfix']!r} (what Postfix is told)")
         if self.tlsrpt:
             lines.append(f"TLS-RPT rua:  {', '.join(self.tlsrpt.rua)}")
         else:
@@ -227,6 +234,18 @@ async def _tlsrpt(domain: str, resolver: dns.asyncresolver.Resolver, rep: Policy
         rep.problems.append(f"no TLS-RPT record (_smtp._tls.{domain}): failures are not reported")
 
 
+async def _socketmap(
+    domain: str, resolver: dns.asyncresolver.Resolver, config: Config, rep: PolicyReport
+) -> dict[str, str]:
+    """The `stsguard socketmap` answer for `domain` from these live look-ups, per map name."""
+    error = rep.policy_error
+    failure = PolicyFailure(error.result_type, error.message) if error else None
+    source = PolicySource.FRESH if rep.policy else PolicySource.NONE
+    sts = PolicyResult(domain, rep.policy, source, rep.record, failure)
+    facts = await live_facts(domain, config, resolver, sts)
+    return {str(d): answer(facts, d).reply for d in Dialect}
+
+
 async def inspect(
     domain: str, resolver: dns.asyncresolver.Resolver, ctx: ssl.SSLContext, config: Config
 ) -> PolicyReport:
@@ -237,6 +256,7 @@ async def inspect(
     await _mx_hosts(domain, resolver, rep)
     rep.dane = await dane_view(domain, config, resolver, rep.policy)
     rep.problems += rep.dane.problems
+    rep.socketmap = await _socketmap(domain, resolver, config, rep)
     await _tlsrpt(domain, resolver, rep)
     return rep
 

@@ -184,3 +184,24 @@ def _usable(facts: MapFacts, policies: PolicyService) -> bool:
     """True while an answer from memory may still be given: its policy has not expired."""
     sts = facts.sts
     return sts is None or sts.expires_at is None or sts.expires_at > policies.clock()
+
+
+async def live_facts(
+    domain: str, config: Config, resolver: dns.asyncresolver.Resolver, sts: PolicyResult
+) -> MapFacts:
+    """The facts from live look-ups and a given MTA-STS result, without a cache (for
+    `stsguard policy`, which shows what the map would answer)."""
+    dnssec = isinstance(resolver, DnssecResolver) and resolver.trust_ad
+
+    async def given(_domain: str) -> PolicyResult:
+        return sts
+
+    view = await lookup_destination(
+        domain,
+        config,
+        resolver=resolver,
+        sts=given,
+        now=time.time(),
+        mx=None if dnssec else MxResult(domain, MxStatus.OK),
+    )
+    return map_facts(view, dnssec=dnssec)

@@ -77,6 +77,11 @@ async def test_policy_json_full_setup(
     assert "rogue.example.net does not match" in problems
     assert "no TLS-RPT record" not in problems
     assert policy_host.requests["example.org"] == 1
+    # What `stsguard socketmap` would tell Postfix, from the same look-ups.
+    assert result["socketmap"]["postfix"] == "OK secure match=mx.example.org servername=hostname"
+    assert result["socketmap"]["tlsrpt"].startswith(
+        "OK secure match=mx.example.org servername=hostname policy_type=sts"
+    )
 
 
 async def test_policy_clean_setup_exits_0_and_failed_lookups_exit_1(
@@ -89,6 +94,7 @@ async def test_policy_clean_setup_exits_0_and_failed_lookups_exit_1(
     code, out, err = await stsguard("policy", "clean.example", "--config", str(config_file))
     assert (code, err) == (0, "")
     assert "problems:     none found" in out
+    assert "socketmap:    'OK secure match=mx.clean.example servername=hostname'" in out
     # Nothing answers DNS: every look-up fails, and a monitoring check must see it.
     dead = tmp_path / "dead.toml"
     dead.write_text('[dns]\nnameservers = ["127.0.0.1:9"]\ntimeout = "1s"\n')
@@ -104,6 +110,7 @@ async def test_policy_domain_without_policy_exits_1_with_nulls(config_file: Path
     assert result["policy_error"] is None
     assert result["tlsrpt"] is None
     assert any("no TLS-RPT record" in p for p in result["problems"])
+    assert result["socketmap"] == {"postfix": "NOTFOUND ", "tlsrpt": "NOTFOUND "}
 
 
 async def test_policy_bad_certificate_and_fetch_failure(
