@@ -11,7 +11,8 @@ directly, so its writes fail loudly.
 from __future__ import annotations
 
 import datetime
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import structlog
 
@@ -29,6 +30,8 @@ from tlsrpt_emit.model import PolicyCounts
 from tlsrpt_emit.store import Batch, SentReport, Tally
 
 log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
 
 
 def _newer(_old: CacheEntry | None, new: CacheEntry) -> CacheEntry:
@@ -199,13 +202,21 @@ class FailsafeReportStore:
         return self.backend.get_sent(day, domain)
 
     def put_sent(self, sent: SentReport) -> None:
-        self.backend.put_sent(sent)
+        self._counted(lambda: self.backend.put_sent(sent))
 
     def pending_sent(self) -> list[SentReport]:
         return self.backend.pending_sent()
 
     def claim(self, day: datetime.date, domain: str, *, now: float, lease: float) -> bool:
-        return self.backend.claim(day, domain, now=now, lease=lease)
+        return self._counted(lambda: self.backend.claim(day, domain, now=now, lease=lease))
 
     def release(self, day: datetime.date, domain: str) -> None:
-        self.backend.release(day, domain)
+        self._counted(lambda: self.backend.release(day, domain))
+
+    def _counted(self, write: Callable[[], T]) -> T:
+        """A write the daily sender needs done (it retries): counted when it fails, and raised."""
+        try:
+            return write()
+        except ReportStoreError as exc:
+            self.failed.failed(StateStore.TLSRPT, exc)
+            raise

@@ -351,12 +351,19 @@ class SharedReportStore:
         sessions = sum(t.successes + t.failures.total() for t in pending.values())
         log.info("state.counts_written", sessions=sessions)
 
-    def _need(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    def _need(self, fn: Callable[..., T], *args: Any, write: bool = False, **kwargs: Any) -> T:
+        """`fn` on the database, raising at once while it is down; a `write` that could not be
+        made is counted."""
+        failed_writes = self.availability.failed_writes
         if not self.availability.up:
+            if write:
+                failed_writes.failed(StateStore.TLSRPT, None, kind=WriteFailure.UNAVAILABLE)
             raise ReportStoreError(f"{self.availability.db.describe()}: database unavailable")
         try:
             return fn(*args, **kwargs)
         except ReportStoreError as exc:
+            if write:
+                failed_writes.failed(StateStore.TLSRPT, exc)
             self.availability.failed(exc)
             raise
 
@@ -370,16 +377,16 @@ class SharedReportStore:
         return self._need(self.backend.get_sent, day, domain)
 
     def put_sent(self, sent: SentReport) -> None:
-        self._need(self.backend.put_sent, sent)
+        self._need(self.backend.put_sent, sent, write=True)
 
     def pending_sent(self) -> list[SentReport]:
         return self._need(self.backend.pending_sent)
 
     def claim(self, day: datetime.date, domain: str, *, now: float, lease: float) -> bool:
-        return self._need(self.backend.claim, day, domain, now=now, lease=lease)
+        return self._need(self.backend.claim, day, domain, now=now, lease=lease, write=True)
 
     def release(self, day: datetime.date, domain: str) -> None:
-        self._need(self.backend.release, day, domain)
+        self._need(self.backend.release, day, domain, write=True)
 
     def close(self) -> None:
         """Log what an outage still holds (those counts are lost with this process)."""

@@ -18,9 +18,10 @@ from relay.state.stores import State, open_state
 from relay.state.unsaved import Unsaved, UnsavedCounts
 from relay.state_url import parse_state_url
 from tests.tlsrpt_emit.sessions import DAY, sts
+from tlsrpt_emit.errors import ReportStoreError
 from tlsrpt_emit.model import PolicyKey, PolicyType
 from tlsrpt_emit.sink import CountingSink
-from tlsrpt_emit.store import Tally
+from tlsrpt_emit.store import SentReport, Tally
 
 POLICY = Policy(Mode.ENFORCE, 86400, ("mx.example.org",), "version: STSv1\n")
 NOW = 1_800_000_000.0
@@ -193,3 +194,22 @@ def test_what_is_held_is_written_at_close_when_it_can_be(tmp_path: Path) -> None
         assert again.reports.counts(DAY)[0].successes == 1
     finally:
         again.close()
+
+
+def test_the_daily_senders_writes_still_fail_and_are_counted(tmp_path: Path) -> None:
+    """Claiming a report or recording its sending must not pretend: the sender retries."""
+    counted = Counted()
+    state = open_state(
+        parse_state_url("", tmp_path / "state.sqlite3"), failed_writes=FailedWrites(counted)
+    )
+    try:
+        _read_only(state, True)
+        with pytest.raises(ReportStoreError):
+            state.reports.claim(DAY, "example.org", now=NOW, lease=60)
+        with pytest.raises(ReportStoreError):
+            state.reports.put_sent(SentReport(day=DAY, domain="example.org", report_id="r1"))
+        assert counted.counts == {("tlsrpt", "readonly"): 2}
+        _read_only(state, False)
+        assert state.reports.claim(DAY, "example.org", now=NOW, lease=60)
+    finally:
+        state.close()
