@@ -44,6 +44,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--body", action="store_true", help="show: the whole message, header and body (postcat)"
     )
     p.add_argument(
+        "--by-sender",
+        action="store_true",
+        help="summary: rows per sender domain, not per destination (qshape -s)",
+    )
+    p.add_argument(
         "--domain",
         help="delete: the pending recipients at this domain; flush: the messages pending there "
         "(and try the domain again at once)",
@@ -181,6 +186,8 @@ def _check_reading(args: argparse.Namespace) -> None:
         )
     if args.body and action != "show":
         raise UsageError(f"queue {action}: --body is for show")
+    if args.by_sender and action != "summary":
+        raise UsageError(f"queue {action}: --by-sender is for summary")
     if action in ("list", "summary") and args.ids:
         raise UsageError(f"queue {action}: takes no queue id")
     if action == "show" and len(args.ids) != 1:
@@ -220,7 +227,7 @@ def _read(args: argparse.Namespace, spool: Spool | None) -> int:
     if args.action == "show":
         return _show(spool, args.ids[0], as_json=args.json, body=args.body)
     if args.action == "summary":
-        shape = queue_shape(messages, time.time())
+        shape = queue_shape(messages, time.time(), by_sender=args.by_sender)
         if args.json:
             print(json.dumps(shape_json(shape), indent=2))
         else:
@@ -242,8 +249,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if args.action in _READING:
         _check_reading(args)
     else:
-        if args.body:
-            raise UsageError(f"queue {args.action}: --body is for show")
+        if args.body or args.by_sender:
+            raise UsageError(f"queue {args.action}: --body and --by-sender are for show, summary")
         request = _request(args)
     # Reading an absent queue must not create one.
     spool = Spool(directory) if directory.is_dir() else None

@@ -1,4 +1,5 @@
-"""`stsguard queue summary`: the queue by destination domain and age, like Postfix's `qshape`.
+"""`stsguard queue summary [--by-sender]`: the queue by destination (or sender) domain and age,
+like Postfix's `qshape` (`qshape -s`).
 
 Pure: messages and `now` in, a table out. A message counts once in each domain where it has a
 pending recipient (so the TOTAL row sums the rows, as qshape's does); held messages are counted
@@ -46,15 +47,28 @@ def age_column(age_seconds: float) -> int:
     return len(BUCKETS)
 
 
-def queue_shape(messages: Iterable[QueuedMessage], now: float) -> QueueShape:
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower().rstrip(".") if address else "<> (bounces)"
+
+
+def queue_shape(
+    messages: Iterable[QueuedMessage], now: float, *, by_sender: bool = False
+) -> QueueShape:
+    """Rows per recipient domain (per sender domain with `by_sender`, like `qshape -s`)."""
     counts: dict[str, list[int]] = {}
     held = 0
     for message in messages:
         if message.held:
             held += 1
             continue
+        if not message.pending:
+            continue
         column = age_column(now - message.received_at)
-        domains = {r.address.rpartition("@")[2].lower().rstrip(".") for r in message.pending}
+        domains = (
+            {_domain(message.mail_from)}
+            if by_sender
+            else {_domain(r.address) for r in message.pending}
+        )
         for domain in domains:
             counts.setdefault(domain, [0] * (len(BUCKETS) + 1))[column] += 1
     rows = sorted(
@@ -64,6 +78,7 @@ def queue_shape(messages: Iterable[QueuedMessage], now: float) -> QueueShape:
 
 
 def shape_lines(shape: QueueShape) -> list[str]:
+    """qshape's table: a header of age columns, TOTAL, then a row per domain."""
     width = max([len("TOTAL"), *(len(r.domain) for r in shape.rows)])
     header = ["T", *(str(b) for b in BUCKETS), f"{BUCKETS[-1]}+"]
     lines = [" " * width + " " + "".join(f"{h:>6}" for h in header)]

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,10 @@ def test_shape_counts_a_message_once_per_pending_domain() -> None:
     assert lines[0].split() == ["T", *map(str, BUCKETS), "1280+"]
     assert lines[1].split() == ["TOTAL", "4", "2", "0", "0", "1", "0", "0", "0", "0", "0", "1"]
     assert lines[-1].startswith("held: 1 message(s)")
+    senders = queue_shape([message("A", 1, "x@example.com"), message("E", 1)], NOW, by_sender=True)
+    assert [(r.domain, r.total) for r in senders.rows] == [("example.net", 1)]  # E: nothing pending
+    bounce = replace(message("F", 1, "x@example.com"), mail_from="")
+    assert queue_shape([bounce], NOW, by_sender=True).rows[0].domain == "<> (bounces)"
     empty = shape_lines(queue_shape([], NOW))
     assert empty[1].split() == ["TOTAL", *["0"] * 11]
 
