@@ -15,6 +15,7 @@ from lab.mx import CertKind, LabMx
 from lab.pki import LabCA
 from mtasts.model import Mode, PolicyFailure, PolicyResult, PolicySource
 from relay.decision import (
+    REQUIRETLS_TEMPORARY,
     Action,
     EffectivePolicy,
     Observation,
@@ -27,6 +28,7 @@ from relay.decision import (
 from relay.delivery.deliverer import Deliverer
 from relay.delivery.model import DeliveryOutcome
 from relay.metrics import Metrics
+from relay.queue.bounce import status_of
 from relay.tls import client_context
 from tests.relay.test_delivery import StubPolicies, make_config, mx_records, request, sts
 from tlsrpt_emit.model import MemorySink
@@ -302,3 +304,9 @@ def test_rt02_decide_needs_requiretls_after_starttls_and_never_plaintext() -> No
     assert not decide(policy, unverified, last_mx=True).delivers
     encrypt = replace(policy, requirement=Requirement.ENCRYPT)
     assert not decide(encrypt, clean, last_mx=True).delivers
+
+
+def test_rt03_a_deferral_that_expires_bounces_as_5_7_10() -> None:
+    """A REQUIRETLS deferral says 4.7.10; at queue_lifetime its DSN reports 5.7.10."""
+    deferred = REQUIRETLS_TEMPORARY.format(reason="certificate did not validate")
+    assert status_of(f"{deferred} (queue lifetime expired)") == "5.7.10"
