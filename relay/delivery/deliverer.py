@@ -25,7 +25,6 @@ import random
 import ssl
 import time
 from collections.abc import Callable
-from contextvars import ContextVar
 from dataclasses import dataclass, replace
 from typing import Protocol
 
@@ -38,7 +37,7 @@ from mtasts.fetch import lookup_sts_record
 from mtasts.model import PolicyResult
 from relay.config import Config
 from relay.decision import Decision, RequireTlsFailure, decide_expiry
-from relay.delivery.best_effort import Step
+from relay.delivery.best_effort import Step, answered, final_answer_scope
 from relay.delivery.loops import LOOP_REASON, SelfAddresses, discard_self
 from relay.delivery.model import (
     DeliveryOutcome,
@@ -78,10 +77,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
-
-# The MX's answer to the message (set once `transfer` returns, within one `deliver` call): from
-# then on it is the outcome, whatever fails in the relay around it.
-_final_answer: ContextVar[DeliveryOutcome | None] = ContextVar("final_answer", default=None)
 
 
 class PolicyLookup(Protocol):
@@ -168,20 +163,19 @@ class Deliverer:
     async def deliver(self, request: DeliveryRequest) -> DeliveryOutcome:
         """Try each MX of the recipient domain until one takes the message or none is left.
         Never raises but for cancellation (see the module docstring)."""
-        token = _final_answer.set(None)
-        try:
-            with structlog.contextvars.bound_contextvars(
+        with (
+            final_answer_scope(),
+            structlog.contextvars.bound_contextvars(
                 queue_id=request.queue_id,
                 recipient_domain=request.domain,
                 rcpts=self.reporter.recipients(request.rcpts),
-            ):
-                try:
-                    outcome = await self._deliver(request)
-                except Exception as exc:
-                    outcome = self._unexpected(request, exc)
-                return self.reporter.finished(request, outcome)
-        finally:
-            _final_answer.reset(token)
+            ),
+        ):
+            try:
+                outcome = await self._deliver(request)
+            except Exception as exc:
+                outcome = self.reporter.best_effort.outcome_after(request, exc)
+            return self.reporter.finished(request, outcome)
 
     async def _deliver(self, request: DeliveryRequest) -> DeliveryOutcome:
         await self.pool.prune()
@@ -198,24 +192,6 @@ class Deliverer:
             relaxed = replace(request.flags, requiretls=False)
             return await self._deliver(replace(request, flags=relaxed))
         return outcome
-
-    def _unexpected(self, request: DeliveryRequest, exc: Exception) -> DeliveryOutcome:
-        """The outcome after an exception no layer below handled: the MX's answer if it had
-        answered the message (never deliver it twice), otherwise a deferral."""
-        error = f"{type(exc).__name__}: {exc}"
-        final = _final_answer.get()
-        if final is not None:
-            self.reporter.best_effort.failed(Step.DELIVERY, exc)
-            return final
-        if isinstance(exc, WIRE_ERRORS):
-            # The session layer translates these; one that slipped through is still only a
-            # temporary failure of this attempt, never a crash of the queue's delivery.
-            log.error("delivery.session_error", error=error)
-            return every_rcpt(request, RcptStatus.DEFERRED, f"session error: {error}")
-        if self.reporter.metrics is not None:
-            self.reporter.metrics.delivery_errors.labels(kind=type(exc).__name__).inc()
-        log.exception("delivery.internal_error", error=error)
-        return every_rcpt(request, RcptStatus.DEFERRED, f"4.3.0 internal error: {error}"[:300])
 
     async def expiry_decision(
         self, domain: str, *, tls_failure: bool, failed_policy_id: str | None
@@ -384,7 +360,7 @@ class Deliverer:
                 session.mx.close()
             else:
                 if isinstance(outcome, DeliveryOutcome):
-                    _final_answer.set(outcome)  # from here on, best effort only
+                    answered(outcome)  # from here on, best effort only
                 park = self._park
                 self.reporter.best_effort.run(Step.POOL, park, host.name, ip, plan, session)
         await self.reporter.attempt(request, plan, ip, attempt, outcome)
