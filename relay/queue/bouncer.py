@@ -9,13 +9,15 @@ failed recipients get one DSN per message (`Spool.queue_dsn`); a message waiting
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections import defaultdict
+from collections.abc import Callable, Collection
 from typing import Protocol
 
 import structlog
 
 from relay.config import Config
 from relay.decision import Action, Decision, decide_expiry
+from relay.delivery.report import log_recipients
 from relay.errors import SpoolError
 from relay.metrics import Metrics
 from relay.queue.bounce import build_dsn, should_bounce
@@ -82,11 +84,15 @@ class Bouncer:
             if verdict.action is Action.BOUNCE:
                 for rcpt in rcpts:
                     p.failed[rcpt] = f"{p.deferred.pop(rcpt)} ({verdict.reason})"
+                    p.expired.add(rcpt)
             else:
                 log.info("queue.expiry_retry", queue_id=p.message.id, reason=verdict.reason)
 
-    async def bounce(self, message: QueuedMessage, data: bytes | None) -> QueuedMessage | None:
-        """One DSN for every FAILED recipient of `message`; None when the message is done."""
+    async def bounce(
+        self, message: QueuedMessage, data: bytes | None, expired: Collection[str] = ()
+    ) -> QueuedMessage | None:
+        """One DSN for every FAILED recipient of `message` (`expired`: those that outlived
+        queue_lifetime); None when the message is done."""
         failed = [(r.address, r.last_error) for r in message.failed]
         now = self.clock()
         dsn: bytes | None = None
@@ -101,16 +107,38 @@ class Bouncer:
                 raise
             except Exception as exc:
                 return await self._hold(message, exc, now)
-        else:
-            log.info("queue.bounce_suppressed", queue_id=message.id, sender=message.mail_from)
         dsn_id = message.dsn_id
         updated = await asyncio.to_thread(self.spool.queue_dsn, message.id, dsn, now=now)
         if self.metrics is not None:
             self.metrics.bounced.inc(len(failed))
+        self._log_failed(message, failed, expired, dsn_id if dsn is not None else "")
         if dsn is not None:
-            log.info("queue.bounced", queue_id=message.id, dsn_id=dsn_id, failed=len(failed))
             self.wake(dsn_id)
         return updated if updated.pending else None
+
+    def _log_failed(
+        self,
+        message: QueuedMessage,
+        failed: list[tuple[str, str]],
+        expired: Collection[str],
+        dsn_id: str,
+    ) -> None:
+        """One `warning` line per reason, Postfix's way: ``status=bounced`` or ``status=expired``
+        (outlived queue_lifetime), the recipients (as `[relay].log_recipients` says), and where
+        the DSN went (``dsn_id``; none for a null sender or our own report mail)."""
+        groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+        for rcpt, reason in failed:
+            groups["expired" if rcpt in expired else "bounced", reason].append(rcpt)
+        for (status, reason), rcpts in groups.items():
+            log.warning(
+                "queue.bounced",
+                queue_id=message.id,
+                status=status,
+                sender=message.mail_from,
+                rcpts=log_recipients(tuple(rcpts), self.config.relay.log_recipients),
+                reason=reason,
+                dsn_id=dsn_id or "none",
+            )
 
     async def _hold(self, message: QueuedMessage, exc: Exception, now: float) -> QueuedMessage:
         """Hold a message whose DSN cannot be built (an administrator looks at it)."""

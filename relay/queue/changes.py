@@ -33,10 +33,12 @@ def record_pass(
     next_attempt_at: float = 0.0,
     history: Sequence[HistoryEntry] = (),
     dsn_id: str,
+    started: float = 0.0,
 ) -> QueuedMessage:
     """A pass's outcomes: `delivered` pending recipients done, `deferred` ones (with their
     reasons) due again at `next_attempt_at`, `failed` ones FAILED, their DSN to be queued as
-    `dsn_id` (unless the message already has one)."""
+    `dsn_id` (unless the message already has one); `started` is when the pass began (kept as
+    the first attempt's time when it is the first)."""
     deferred, failed = deferred or {}, failed or {}
     done = set(delivered)
     new: dict[str, Recipient] = {}
@@ -60,6 +62,8 @@ def record_pass(
     updated = replace(
         message, recipients=_each_pending(message, new), history=with_history(message, *history)
     )
+    if started and not updated.first_attempt_at:
+        updated = replace(updated, first_attempt_at=started)
     if updated.failed and not updated.dsn_id:
         updated = replace(updated, dsn_id=dsn_id)
     return updated

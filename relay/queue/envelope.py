@@ -28,6 +28,7 @@ field                        since  must  meaning
 ``dsn_id``                   1            the queue id its DSN gets (set until it is queued)
 ``warned``                   1            a "delayed" DSN went out
 ``history``                  1            [[at, domain, outcome, reason], ...], the newest 20
+``first_attempt_at``         4            when its first delivery attempt began (0: none yet)
 ``flags.tls_required_no``    1            ``TLS-Required: No`` (RFC 8689 section 5)
 ``flags.no_tlsrpt``          1            our own TLS-RPT report mail (RFC 8460 section 3)
 ``flags.is_bounce``          1            a DSN we generated
@@ -112,6 +113,8 @@ class QueuedMessage:
     # A "delayed" DSN ([delivery].delay_warning) went out.
     warned: bool = False
     history: tuple[HistoryEntry, ...] = ()
+    # When its first delivery attempt began (0.0: none yet), for the delays of `queue.removed`.
+    first_attempt_at: float = 0.0
     # Fields and flags this reader does not know, kept to be written back as they were.
     unknown: Mapping[str, Any] = field(default_factory=dict, hash=False)
     # Must-understand names this reader does not know: the message is held and never written.
@@ -158,7 +161,7 @@ def valid_queue_id(text: str) -> bool:
     return len(text) == 16 and set(text) <= _ID_CHARS
 
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,6 +192,7 @@ ENVELOPE_FIELDS: dict[str, FieldSpec] = {
             "history",
         )
     },
+    "first_attempt_at": FieldSpec(4),
 }
 FLAG_FIELDS: dict[str, FieldSpec] = {
     "tls_required_no": FieldSpec(1),
@@ -256,6 +260,7 @@ def encode_envelope(message: QueuedMessage) -> bytes:
         "dsn_id": message.dsn_id,
         "warned": message.warned,
         "history": [[a.at, a.domain, a.outcome, a.reason] for a in message.history],
+        "first_attempt_at": message.first_attempt_at,
     }
     for key, value in message.unknown.items():
         if key == "flags":
@@ -308,6 +313,7 @@ def decode_envelope(blob: bytes) -> QueuedMessage:
             HistoryEntry(float(a[0]), str(a[1]), str(a[2]), str(a[3]))
             for a in raw.get("history", ())
         ),
+        first_attempt_at=float(raw.get("first_attempt_at", 0.0)),
         unknown=unknown,
         not_understood=needs,
     )

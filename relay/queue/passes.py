@@ -97,8 +97,17 @@ class Pass:
     failed: dict[str, str] = field(default_factory=dict)
     expiry: dict[str, tuple[bool, str | None]] = field(default_factory=dict)  # domain -> tls
     suspended: set[str] = field(default_factory=set)  # domains found dead
+    expired: set[str] = field(default_factory=set)  # recipients failed by queue_lifetime
     history: list[HistoryEntry] = field(default_factory=list)
     write_failures: int = 0
+    started: float = 0.0  # when the pass began
+
+    def delays(self, now: float) -> tuple[float, float, float]:
+        """Postfix's ``delays=a/b/c`` for a message leaving the queue now: before its first
+        delivery attempt, waiting in the queue between attempts, and this last pass."""
+        first = self.message.first_attempt_at or self.started
+        received = self.message.received_at
+        return (max(0.0, first - received), max(0.0, self.started - first), now - self.started)
 
     def suspend(self, job: Job, why: str) -> None:
         """A job for a dead destination ended without a connection."""
@@ -152,6 +161,7 @@ async def write_pass(
         failed=p.failed,
         next_attempt_at=now + delay,
         history=p.history,
+        started=p.started,
     )
     p.history = []
     return updated

@@ -169,6 +169,10 @@ class QueueRunner:
         self._wake.set()
         return count
 
+    def poke(self) -> None:
+        """Look at the clock again now (after a jump of the clock the runner was given)."""
+        self._wake.set()
+
     def _let_go(self, p: Pass) -> None:
         self.budget.release(p.data)
         p.data = None
@@ -298,7 +302,7 @@ class QueueRunner:
                 self._spawn(self.bouncer.bounce(message, None))
             return
         groups = split_by_domain(r.address for r in message.pending)
-        p = Pass(message, data, jobs_left=len(groups))
+        p = Pass(message, data, jobs_left=len(groups), started=now)
         self._passes[message.id] = p
         self.index.changed = True
         for domain, rcpts in groups.items():
@@ -377,10 +381,12 @@ class QueueRunner:
             )
             self._write_failures = 0
             if updated is not None and updated.failed:
-                updated = await self.bouncer.bounce(updated, p.data)
+                updated = await self.bouncer.bounce(updated, p.data, p.expired)
             if updated is not None and not updated.held and updated.pending:
                 updated = await self.bouncer.warn(updated, p.data, now)
             self._end_pass(p)
+            if updated is None or not (updated.pending or updated.failed or updated.held):
+                self._removed(p, now)
             if updated is None or not updated.pending or updated.held:
                 self.index.gone(message.id, held=updated is not None and bool(updated.held))
             else:
@@ -390,6 +396,17 @@ class QueueRunner:
             self.index.gone(message.id)
         except (SpoolError, OSError) as exc:
             self._write_failed(p, exc, now)
+
+    def _removed(self, p: Pass, now: float) -> None:
+        """Postfix's ``removed`` line: the message left the queue, with its delays."""
+        before, waiting, last = p.delays(now)
+        log.info(
+            "queue.removed",
+            queue_id=p.message.id,
+            nrcpt=len(p.message.recipients),
+            delay=round(now - p.message.received_at, 3),
+            delays=f"{before:.2f}/{waiting:.2f}/{last:.2f}",
+        )
 
     def _end_pass(self, p: Pass) -> None:
         self._passes.pop(p.message.id, None)

@@ -273,6 +273,7 @@ class Spool(SpoolFiles):
         failed: Mapping[str, str] | None = None,
         next_attempt_at: float = 0.0,
         history: Sequence[HistoryEntry] = (),
+        started: float = 0.0,
     ) -> QueuedMessage:
         """One pass's outcomes in one durable write (`changes.record_pass`); failed recipients
         get a `dsn_id` for their DSN (`queue_dsn` queues it)."""
@@ -286,6 +287,7 @@ class Spool(SpoolFiles):
                 next_attempt_at=next_attempt_at,
                 history=history,
                 dsn_id=new_queue_id(),
+                started=started,
             ),
         )
 

@@ -1,13 +1,12 @@
-"""The queue manager in a whole relay on a lab world: per-destination scheduling, one outcome path
-for failures, one DSN per message, holds, loops, and no second DSN after a crash."""
+"""The queue manager in a whole relay on a lab world: per-destination scheduling, dead
+destinations, delay warnings and no second DSN after a crash. Its own rules (back-off, expiry, one
+DSN per message, loops, holds, failed writes) are tested with a fake clock in test_queue_parts."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import smtplib
-import time
 from collections.abc import AsyncIterator, Iterator
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -21,7 +20,6 @@ from lab.world import LabWorld, wait_until
 from relay.app import Relay
 from relay.config import Config
 from relay.errors import SpoolError
-from relay.queue import bouncer as queue_bouncer
 from relay.queue.spool import Spool
 
 SENDER = "alice@upstream.test"
@@ -123,123 +121,6 @@ async def test_a_tarpit_destination_does_not_delay_a_healthy_one(
         # The tarpit still holds its two slots and no more: its other eight wait unopened.
         assert tarpit.connections == 2
         assert relay.runner.dests.running == 2
-
-
-async def test_an_exception_in_delivery_backs_off_then_expires_with_one_dsn(
-    world: LabWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    dsns = await sender_mx(world)
-    await world.add_mx("mx.broken.test", "127.0.0.42")
-    world.publish_mx("broken.test", [(10, "mx.broken.test")])
-    cfg = config(world, tmp_path, queue_lifetime="6s")
-    relay = Relay(cfg)
-    calls: list[float] = []
-    real = relay.deliverer.deliver
-
-    async def deliver(request: Any) -> Any:
-        if request.domain == "broken.test":
-            calls.append(asyncio.get_running_loop().time())
-            raise UnicodeEncodeError("ascii", "bö", 1, 2, "ordinal not in range(128)")
-        return await real(request)
-
-    monkeypatch.setattr(relay.deliverer, "deliver", deliver)
-    async with relay.running():
-        await asyncio.to_thread(send, cfg, ["bob@broken.test"])
-        await wait_until(lambda: len(dsns.messages) == 1, 30)
-        await asyncio.sleep(1)
-        assert relay.spool.list() == []
-    # 1 s, 2 s, 2 s ... back-off over 6 s: a handful of attempts, not a hot loop.
-    assert 2 <= len(calls) <= 6
-    assert relay.metrics.value("stsguard_delivery_errors_total", {"kind": "UnicodeEncodeError"})
-    (dsn,) = dsns.messages
-    assert dsn_recipients(dsn.data) == ["bob@broken.test"]
-    unfolded = dsn.data.replace(b"\r\n ", b" ")
-    assert b"UnicodeEncodeError" in unfolded
-    assert b"queue lifetime expired" in unfolded
-
-
-async def test_one_dsn_for_a_message_to_many_failing_domains(
-    world: LabWorld, tmp_path: Path
-) -> None:
-    dsns = await sender_mx(world)
-    rejecting = await world.add_mx("mx.reject.test", "127.0.0.43")
-    rejecting.rcpt_reply = "550 5.1.1 no such user"
-    domains = [f"d{n}.test" for n in range(30)]
-    for domain in domains:
-        world.publish_mx(domain, [(10, "mx.reject.test")])
-    cfg = config(world, tmp_path)
-    relay = Relay(cfg)
-    async with relay.running():
-        await asyncio.to_thread(send, cfg, [f"bob@{d}" for d in domains])
-        await wait_until(lambda: len(dsns.messages) >= 1, 60)
-        await wait_until(lambda: not relay.spool.list(), 30)
-        await asyncio.sleep(1)
-    assert len(dsns.messages) == 1
-    assert sorted(dsn_recipients(dsns.messages[0].data)) == sorted(f"bob@{d}" for d in domains)
-
-
-async def test_more_than_max_hops_bounces_with_5_4_6(world: LabWorld, tmp_path: Path) -> None:
-    dsns = await sender_mx(world)
-    target = await world.add_mx("mx.loop.test", "127.0.0.44")
-    world.publish_mx("loop.test", [(10, "mx.loop.test")])
-    cfg = config(world, tmp_path, max_hops=5)
-    relay = Relay(cfg)
-    async with relay.running():
-        await asyncio.to_thread(send, cfg, ["bob@loop.test"], received=4)  # + ours = 5: fine
-        await wait_until(lambda: len(target.messages) == 1, 30)
-        await asyncio.to_thread(send, cfg, ["bob@loop.test"], received=5)  # + ours = 6
-        await wait_until(lambda: len(dsns.messages) == 1, 30)
-    assert len(target.messages) == 1
-    assert b"Status: 5.4.6" in dsns.messages[0].data
-
-
-async def test_a_message_whose_dsn_cannot_be_built_is_held(
-    world: LabWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    rejecting = await world.add_mx("mx.reject.test", "127.0.0.43")
-    rejecting.rcpt_reply = "550 5.1.1 no such user"
-    world.publish_mx("reject.test", [(10, "mx.reject.test")])
-
-    def broken_dsn(*args: Any, **kwargs: Any) -> bytes:
-        raise ValueError("a header that cannot be parsed")
-
-    monkeypatch.setattr(queue_bouncer, "build_dsn", broken_dsn)
-    cfg = config(world, tmp_path)
-    relay = Relay(cfg)
-    async with relay.running():
-        await asyncio.to_thread(send, cfg, ["bob@reject.test"])
-        await wait_until(lambda: any(m.held for m in relay.spool.list()), 30)
-        connections = rejecting.connections
-        await asyncio.sleep(3)  # retry_initial is 1 s: a held message is not tried again
-        assert rejecting.connections == connections
-    (held,) = Spool(tmp_path / "state" / "queue").list()  # survives a restart
-    assert "its DSN cannot be built" in held.held
-    assert held.failed
-
-
-async def test_a_failed_state_write_backs_off_and_does_not_deliver_again(
-    world: LabWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    deferring = await world.add_mx("mx.later.test", "127.0.0.45")
-    deferring.rcpt_reply = "451 4.3.0 try later"
-    world.publish_mx("later.test", [(10, "mx.later.test")])
-    writes: list[float] = []
-
-    def disk_full(self: Spool, *args: Any, **kwargs: Any) -> Any:
-        writes.append(time.monotonic())
-        raise SpoolError(f"cannot update: {OSError(errno.ENOSPC, 'No space left on device')}")
-
-    monkeypatch.setattr(Spool, "record", disk_full)
-    cfg = config(world, tmp_path, retry_max="1h")
-    relay = Relay(cfg)
-    async with relay.running():
-        await asyncio.to_thread(send, cfg, ["bob@later.test"])
-        await wait_until(lambda: len(writes) >= 1, 30)
-        await asyncio.sleep(6)
-    # Written again after 1, 2, 4 s: at most four tries in ~6 s, and the MX was asked once.
-    assert 2 <= len(writes) <= 4
-    assert deferring.connections == 1
-    assert relay.metrics.value("stsguard_delivery_errors_total", {"kind": "spool_write"}) >= 2
 
 
 @contextlib.contextmanager
