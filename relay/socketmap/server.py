@@ -29,6 +29,7 @@ log = structlog.get_logger(__name__)
 MAX_CONNECTIONS = 1000
 IDLE_TIMEOUT = 60.0
 STOP_TIMEOUT = 5.0  # seconds a stop waits for queries being answered
+MAX_WAITING = 64  # requests queued on one connection before it is read no further
 
 
 def is_unix_path(listen: str) -> bool:
@@ -48,6 +49,8 @@ class _Connection(asyncio.Protocol):
         self.reads = 0  # data_received calls, for the idle check
         self.idle_check: asyncio.TimerHandle | None = None
         self.reads_at_check = -1
+        self.paused = False  # reading stopped: replies not taken, or too many requests queued
+        self.writing_paused = False  # the transport's buffer is over its high-water mark
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
@@ -82,6 +85,28 @@ class _Connection(asyncio.Protocol):
             self.waiting.append(payload)
         if self.waiting and self.worker is None:
             self.worker = asyncio.get_running_loop().create_task(self._work())
+        if len(self.waiting) > MAX_WAITING:
+            self._pause()
+
+    def pause_writing(self) -> None:
+        """The client does not read its replies: read no more requests until it does."""
+        self.writing_paused = True
+        self._pause()
+
+    def resume_writing(self) -> None:
+        self.writing_paused = False
+        if len(self.waiting) <= MAX_WAITING:
+            self._resume()
+
+    def _pause(self) -> None:
+        if not self.paused and self.transport is not None:
+            self.paused = True
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if self.paused and self.transport is not None and not self.transport.is_closing():
+            self.paused = False
+            self.transport.resume_reading()
 
     def fail(self, exc: SocketmapProtocolError) -> None:
         peer = self.transport.get_extra_info("peername") if self.transport else None
@@ -105,6 +130,11 @@ class _Connection(asyncio.Protocol):
                 self.waiting.popleft()
                 self.transport.write(framed)
                 self.reads += 1
+                if (
+                    len(self.waiting) < MAX_WAITING // 2
+                    and self.transport.get_write_buffer_size() == 0
+                ):
+                    self._resume()
         finally:
             self.worker = None
 

@@ -13,13 +13,14 @@ from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from lab.policy_host import Failure
-from lab.world import LabWorld
+from lab.world import LabWorld, wait_until
 from mtasts.cache import MemoryPolicyStore
 from mtasts.service import PolicyService
 from relay.config import Config, DnsConfig
 from relay.resolver import make_resolver
 from relay.socketmap.lookup import MapLookup
 from relay.socketmap.metrics import SocketmapMetrics
+from relay.socketmap.netstring import encode
 from relay.socketmap.server import SocketmapServer
 from relay.socketmap.service import SocketmapService
 from relay.tls import client_context
@@ -157,3 +158,28 @@ async def test_sm01_connection_cap(world: LabWorld) -> None:
         second = await connect(server)
         assert await second.closed()
         assert await first.ask("postfix", "example.org") == SECURE
+
+
+async def test_sm01_pipelined_requests_in_order_and_bounded(world: LabWorld) -> None:
+    world.publish_policy("stall.example", "enforce", ["mx.stall.example"])
+    world.policy_host.set_failure("stall.example", Failure.STALL)
+    async with serving(world, budget=1.0, fetch_timeout=30) as (server, _, _):
+        client = await connect(server)
+        keys = ["example.org", "nothing.example", "[mx]:25", "testing.example"] * 1500
+        keys.insert(0, "stall.example")  # a slow look-up first: everything behind it waits
+        client.writer.write(b"".join(encode(f"postfix {k}".encode()) for k in keys))
+        await client.writer.drain()
+        # More requests wait than a connection may queue: the server stops reading it.
+        await wait_until(lambda: any(c.paused for c in server.connections), 5)
+        replies: list[bytes] = []
+        async with asyncio.timeout(20):
+            while len(replies) < len(keys):
+                replies += client.decoder.feed(await client.reader.read(65536))
+    expected = {
+        "stall.example": "NOTFOUND ",  # the budget ran out, nothing cached (RFC 8461 5)
+        "example.org": SECURE,
+        "nothing.example": "NOTFOUND ",
+        "[mx]:25": "NOTFOUND ",
+        "testing.example": "NOTFOUND ",
+    }
+    assert [r.decode() for r in replies] == [expected[k] for k in keys]
