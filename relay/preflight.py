@@ -244,6 +244,21 @@ def _dnssec_problems(config: Config) -> list[Problem]:
     return []
 
 
+def _requiretls_problems(config: Config) -> list[Problem]:
+    """`[relay].requiretls_loopback` does nothing unless accept_networks holds a loopback one."""
+    relay = config.relay
+    nets = [ipaddress.ip_network(n, strict=False) for n in relay.accept_networks]
+    if not relay.requiretls_loopback or any(n.is_loopback for n in nets):
+        return []
+    return [
+        Problem(
+            "warning",
+            "[relay].requiretls_loopback = true has no effect: accept_networks has no loopback "
+            "network (127.0.0.0/8 or ::1)",
+        )
+    ]
+
+
 def config_problems(config: Config) -> list[Problem]:
     """Every check that needs no network: names, open relay, files, the state directory,
     retry and expiry, overrides, DNSSEC."""
@@ -255,6 +270,7 @@ def config_problems(config: Config) -> list[Problem]:
         *_delivery_problems(config),
         *_domain_problems(config),
         *_dnssec_problems(config),
+        *_requiretls_problems(config),
     ]
     identity = tlsrpt_identity_problem(config)
     if identity:

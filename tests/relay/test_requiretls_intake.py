@@ -15,10 +15,11 @@ import pytest
 from lab.pki import LabCA
 from relay.intake.session import requiretls_refusal, split_requiretls
 from relay.message_flags import dsn_flags
+from relay.preflight import config_problems
 from relay.queue.envelope import decode_envelope, encode_envelope
 from relay.queue.spool import MessageFlags, Spool
 from tests.cli import run_cli
-from tests.relay.intake_client import Raw
+from tests.relay.intake_client import Raw, make_config
 
 MESSAGE = b"Subject: secret\r\n\r\nbody\r\n"
 
@@ -190,3 +191,10 @@ def test_queue_show_says_requiretls(tmp_path: Path) -> None:
     assert "requiretls" in shown.stdout
     listed = run_cli("queue", "list", "--json", "--config", str(config))
     assert json.loads(listed.stdout)[0]["flags"] == ["requiretls"]
+
+
+def test_check_warns_when_the_loopback_exemption_cannot_apply(tmp_path: Path) -> None:
+    useless = make_config(tmp_path, requiretls_loopback=True, accept_networks=["192.0.2.0/24"])
+    assert any("requiretls_loopback" in p.message for p in config_problems(useless))
+    useful = make_config(tmp_path, requiretls_loopback=True)
+    assert not any("requiretls_loopback" in p.message for p in config_problems(useful))
