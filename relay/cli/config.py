@@ -1,5 +1,6 @@
-"""`stsguard config [--non-default]`: the effective config as TOML, like Postfix's `postconf`
-(every key) and `postconf -n` (only the keys that differ from the defaults).
+"""`stsguard config [--non-default | --defaults]`: the effective config as TOML, like Postfix's
+`postconf` (every key), `postconf -n` (only the keys that differ from the defaults) and
+`postconf -d` (the defaults).
 
 Durations are shown in their largest whole unit ("5d"); the password of a `[state].url` is not
 shown. The output is a config file the relay accepts.
@@ -19,11 +20,18 @@ _UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60))
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
+    which = p.add_mutually_exclusive_group()
+    which.add_argument(
         "--non-default",
         "-n",
         action="store_true",
         help="only the keys whose value differs from the default (like postconf -n)",
+    )
+    which.add_argument(
+        "--defaults",
+        "-d",
+        action="store_true",
+        help="the built-in default of every key, whatever the file says (like postconf -d)",
     )
 
 
@@ -76,6 +84,8 @@ def config_lines(config: Config, *, non_default: bool) -> list[str]:
 def run(args: argparse.Namespace, config: Config) -> int:
     source = args.config_path or "built-in defaults"
     which = "keys that differ from the defaults" if args.non_default else "every key"
+    if args.defaults:
+        config, source, which = Config(), "built-in defaults", "every key"
     print(f"# stsguard config: {source}, {which}")
     print("\n".join(config_lines(config, non_default=args.non_default)).rstrip("\n"))
     return 0

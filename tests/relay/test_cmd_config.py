@@ -53,3 +53,13 @@ def test_every_key_is_shown_and_reads_back_as_the_same_config(tmp_path: Path) ->
     again.write_text(run.stdout)
     assert load_config(again) == load_config(path)
     assert "max_recipients = 1000\n" in run.stdout  # defaults too
+
+
+def test_defaults_ignore_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "stsguard.toml"
+    path.write_text(CONFIG)
+    run = run_cli("config", "--defaults", "--config", str(path))
+    assert run.returncode == 0
+    assert run.stdout.startswith("# stsguard config: built-in defaults, every key\n")
+    assert 'queue_lifetime = "5d"\n' in run.stdout
+    assert "[domains." not in run.stdout
