@@ -102,10 +102,18 @@ class EffectivePolicy:
     dane_names: tuple[str, ...] = ()  # DANE-TA reference identifiers (RFC 7672 3.2.2)
     dane_base: str = ""  # the TLSA base domain: SNI under DANE (RFC 7672 8.1)
     requiretls: bool = False  # RFC 8689: authenticated MX, validated TLS, REQUIRETLS offered
+    # The MTA-STS policy (enforce or testing) the domain publishes when a local override is
+    # applied instead: not enforced, but sessions are reported under it (RFC 8460 4.3).
+    published: Policy | None = None
 
     @property
     def is_sts(self) -> bool:
         return self.requirement in (Requirement.STS_ENFORCE, Requirement.STS_TESTING)
+
+    @property
+    def reports_sts(self) -> bool:
+        """True when sessions are counted under an MTA-STS policy, applied or only published."""
+        return (self.is_sts and self.policy is not None) or self.published is not None
 
     @property
     def is_dane(self) -> bool:
@@ -162,9 +170,12 @@ def effective_policy(
     if domain_tls == "dane-only":
         # No MX host without DANE is used (`dane_for_mx`); this only stands for "verify".
         return EffectivePolicy(Requirement.VERIFY, None, tls_required_no, on_downgrade)
-    if domain_tls not in ("mta-sts", "dane"):
-        return EffectivePolicy(Requirement(domain_tls), None, tls_required_no, on_downgrade)
     policy = result.policy if result is not None else None
+    if domain_tls not in ("mta-sts", "dane"):
+        published = policy if policy is not None and policy.mode is not Mode.NONE else None
+        return EffectivePolicy(
+            Requirement(domain_tls), None, tls_required_no, on_downgrade, published=published
+        )
     if policy is not None and policy.mode is Mode.ENFORCE:
         return EffectivePolicy(Requirement.STS_ENFORCE, policy, tls_required_no, on_downgrade)
     if policy is not None and policy.mode is Mode.TESTING:
@@ -355,13 +366,15 @@ def wants_starttls(policy: EffectivePolicy, obs: Observation) -> bool:
     return obs.ehlo_ok and obs.offered_starttls and policy.requirement is not Requirement.NONE
 
 
+# A downgrade finding explains why we care, and a masked reply is only evidence of an
+# inspecting middlebox: neither says how TLS failed, so neither names the result type.
+_EVIDENCE_ONLY = (FindingKind.DOWNGRADE, FindingKind.MASKED_REPLY)
+
+
 def _tls_failure(obs: Observation, findings: tuple[Finding, ...]) -> tuple[ResultType, str, str]:
     """(result type, reason, reason code) of the way TLS was not had in this session."""
-    # A downgrade finding explains why we care, and a masked reply is only evidence of an
-    # inspecting middlebox: neither says how TLS failed, so neither names the result type.
-    evidence_only = (FindingKind.DOWNGRADE, FindingKind.MASKED_REPLY)
     for finding in findings:
-        if finding.kind not in evidence_only:
+        if finding.kind not in _EVIDENCE_ONLY:
             evidence = f"{finding.kind}: {finding.evidence}"
             return result_type(finding.result_type), evidence, finding.reason_code
     if not obs.ehlo_ok:
@@ -408,12 +421,16 @@ def decide(
 
     result_type, reason, code = _tls_failure(obs, findings)
     if policy.requirement is Requirement.NONE:
-        return Decision(Action.DELIVER_PLAINTEXT, None, "TLS disabled for this domain")
+        return _tls_disabled(policy, obs, findings)
 
     if policy.strict:
         # TLS-07: no plaintext and no HELO fallback; STS-11: no invalid certificate.
         if tls_up and not policy.needs_valid_cert:
-            return Decision(Action.DELIVER_TLS, None, "TLS without certificate check (encrypt)")
+            why = "TLS without certificate check (encrypt)"
+            if policy.published is None:
+                return Decision(Action.DELIVER_TLS, None, why)
+            # The domain publishes MTA-STS (an override applied): the session failed it.
+            return Decision(Action.DELIVER_TLS, result_type, why, code)
         return _give_up(result_type, reason, last_mx=last_mx, code=code)
 
     if (
@@ -429,12 +446,31 @@ def decide(
         )
 
     # testing, opportunistic, or enforce with `TLS-Required: No`: deliver anyway; report only
-    # under an MTA-STS policy (RPT-06), a no-policy session is counted as it is.
-    reported = result_type if policy.is_sts else None
-    reported_code = code if policy.is_sts else ""
+    # under an MTA-STS policy (RPT-06; applied, or published under an override), a no-policy
+    # session is counted as it is.
+    reported = result_type if policy.reports_sts else None
+    reported_code = code if policy.reports_sts else ""
     if tls_up:
         return Decision(Action.DELIVER_TLS, reported, f"TLS, {reason}", reported_code)
     return Decision(Action.DELIVER_PLAINTEXT, reported, f"plaintext, {reason}", reported_code)
+
+
+def _tls_disabled(
+    policy: EffectivePolicy, obs: Observation, findings: tuple[Finding, ...]
+) -> Decision:
+    """`tls = "none"`: plaintext. When the domain publishes an MTA-STS policy the session
+    failed it and is reported so (RFC 8460 4.3), never as a no-policy success that would hide
+    an attack from the domain's owner: as what the path did when a finding or a missing
+    STARTTLS says it, else as our own choice (validation-failure, the catch-all)."""
+    if policy.published is None:
+        return Decision(Action.DELIVER_PLAINTEXT, None, "TLS disabled for this domain")
+    seen = any(f.kind not in _EVIDENCE_ONLY for f in findings)
+    if seen or not obs.ehlo_ok or not obs.offered_starttls:
+        failed, reason, code = _tls_failure(obs, findings)
+    else:
+        failed, reason, code = VALIDATION_FAILURE, "not tried", "tls-disabled-locally"
+    why = f"TLS disabled for this domain (it publishes MTA-STS); {reason}"
+    return Decision(Action.DELIVER_PLAINTEXT, failed, why, code)
 
 
 def _decide_requiretls(

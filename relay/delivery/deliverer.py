@@ -35,7 +35,7 @@ from detect.history import TlsHistoryStore
 from mtasts.errors import PolicyError
 from mtasts.fetch import lookup_sts_record
 from mtasts.model import PolicyResult
-from relay.config import Config
+from relay.config import Config, DomainTls
 from relay.decision import Decision, RequireTlsFailure, decide_expiry
 from relay.delivery.best_effort import Step, answered, final_answer_scope
 from relay.delivery.loops import LOOP_REASON, SelfAddresses, discard_self
@@ -221,9 +221,7 @@ class Deliverer:
         domain_tls = self.config.domain_tls(request.domain)
         if needs_sts(domain_tls, literal=mx.literal, requiretls=request.flags.requiretls):
             result = await self.policy_service.get(request.domain)
-            if result.failure is not None and not request.flags.no_tlsrpt:
-                self.reporter.policy_failure(request, result)
-        return destination(
+        dest = destination(
             request.domain,
             self.config,
             sts=result,
@@ -233,6 +231,11 @@ class Deliverer:
             report_mail=request.flags.no_tlsrpt,
             requiretls=request.flags.requiretls,
         )
+        # Only where the policy applies: under an override it is looked up to report under.
+        applied = dest.domain_tls == DomainTls.MTA_STS
+        if result is not None and result.failure is not None and applied and dest.tlsrpt:
+            self.reporter.policy_failure(request, result)
+        return dest
 
     async def _try_hosts(
         self, request: DeliveryRequest, mx: MxResult, dest: Destination

@@ -160,11 +160,17 @@ class Destination:
         )
 
 
+# Overrides under which the MTA-STS policy is still looked up, only to report sessions under it
+# when the domain publishes one (RFC 8460 4.3); `dane`/`dane-only` report under TLSA.
+STS_REPORTED = (DomainTls.NONE, DomainTls.OPPORTUNISTIC, DomainTls.ENCRYPT, DomainTls.VERIFY)
+
+
 def needs_sts(domain_tls: DomainTls | str, *, literal: bool, requiretls: bool = False) -> bool:
     """True when the domain's MTA-STS policy must be looked up (STS-08: not for an address
-    literal; not under a local override, which REQUIRETLS does not take)."""
+    literal): to apply it, or, under an override of `STS_REPORTED`, to report under it.
+    REQUIRETLS takes no local override."""
     applied = requiretls_domain_tls(DomainTls(domain_tls), requiretls=requiretls)
-    return not literal and applied == DomainTls.MTA_STS
+    return not literal and (applied == DomainTls.MTA_STS or applied in STS_REPORTED)
 
 
 def destination(
@@ -272,9 +278,9 @@ def expects_starttls(
     policy: EffectivePolicy, history: HostHistory | None, *, now: float, history_days: int
 ) -> bool:
     """True when STARTTLS missing from the EHLO reply is a finding (stripped), not a fact of life:
-    a policy that asks for TLS (MTA-STS testing included), or a host that offered STARTTLS within
-    `history_days` (remembered TLS)."""
-    if policy.strict or policy.is_sts:
+    a policy that asks for TLS (MTA-STS testing included, or published under an override), or a
+    host that offered STARTTLS within `history_days` (remembered TLS)."""
+    if policy.strict or policy.is_sts or policy.published is not None:
         return True
     if history is None or history.last_starttls_at is None:
         return False
@@ -301,6 +307,8 @@ def report_as(
         return ReportAs(PolicyType.TLSA, dest.domain)
     if policy.is_sts and policy.policy is not None:
         return ReportAs(PolicyType.STS, dest.domain, policy.policy.policy_strings)
+    if policy.published is not None:  # a local override applied instead (RFC 8460 4.3)
+        return ReportAs(PolicyType.STS, dest.domain, policy.published.policy_strings)
     return ReportAs(PolicyType.NO_POLICY_FOUND, dest.domain)
 
 

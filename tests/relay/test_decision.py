@@ -68,6 +68,7 @@ HANDSHAKE_FAILED = Observation(offered_starttls=True, starttls_ok=True, handshak
 
 STRIPPED = Finding(FindingKind.STARTTLS_STRIPPED, "250 8BITMIME", "starttls-not-supported")
 INJECTED = Finding(FindingKind.PLAINTEXT_INJECTION, "250 evil", "validation-failure")
+GARBLED = Finding(FindingKind.STARTTLS_GARBLED, "250 STARTTLX", "starttls-not-supported")
 DOWNGRADE = Finding(FindingKind.DOWNGRADE, "offered STARTTLS 2 days ago", "starttls-not-supported")
 
 
@@ -80,6 +81,10 @@ def test_effective_policy_sources() -> None:
     assert VERIFY.requirement is Requirement.VERIFY
     assert VERIFY.policy is None
     assert NO_TLS.requirement is Requirement.NONE
+    # ... which keeps the published policy only to report under it (RFC 8460 4.3)
+    assert NO_TLS.policy is None
+    assert NO_TLS.published is not None
+    assert effective_policy(sts(Mode.NONE), domain_tls="none").published is None
     # mode none is no policy (RFC 8461 section 5)
     assert effective_policy(sts(Mode.NONE)).requirement is Requirement.OPPORTUNISTIC
     assert effective_policy(None, no_policy_tls="verify").requirement is Requirement.VERIFY
@@ -274,7 +279,8 @@ TABLE: list[
         Action.DEFER,
         "certificate-host-mismatch",
     ),
-    # local none: plaintext even when TLS is offered
+    # local none: plaintext even when TLS is offered; the domain publishes an enforce policy,
+    # so the session failed it and is reported so (RFC 8460 4.3), never as a success
     (
         "none-offered",
         NO_TLS,
@@ -282,7 +288,45 @@ TABLE: list[
         (),
         True,
         Action.DELIVER_PLAINTEXT,
+        "validation-failure",
+    ),
+    (
+        "none-garbled",
+        NO_TLS,
+        Observation(offered_starttls=False),
+        (GARBLED,),
+        True,
+        Action.DELIVER_PLAINTEXT,
+        "starttls-not-supported",
+    ),
+    (
+        "none-stripped",
+        NO_TLS,
+        Observation(offered_starttls=False),
+        (STRIPPED,),
+        True,
+        Action.DELIVER_PLAINTEXT,
+        "starttls-not-supported",
+    ),
+    # ... and without a published policy there is nothing to report
+    (
+        "none-no-policy",
+        effective_policy(NO_POLICY, domain_tls="none"),
+        Observation(offered_starttls=True),
+        (),
+        True,
+        Action.DELIVER_PLAINTEXT,
         None,
+    ),
+    # encrypt under a published policy: delivered over unverified TLS, reported as failed
+    (
+        "encrypt-over-published-policy",
+        effective_policy(sts(Mode.ENFORCE), domain_tls="encrypt"),
+        UNVERIFIED_TLS,
+        (),
+        True,
+        Action.DELIVER_TLS,
+        "certificate-host-mismatch",
     ),
 ]
 

@@ -85,7 +85,11 @@ def plan(
         ("mta-sts", None, SECURE, "dane", "dane", "tlsa", "next-mx"),
         ("dane", None, SECURE, "dane", "dane", "tlsa", "next-mx"),
         ("dane-only", None, SECURE, "dane-only", "dane", "tlsa", "next-mx"),
-        ("none", Mode.ENFORCE, None, "override", "none", "no-policy-found", "deliver"),
+        # an override applies, but a published policy is what sessions are reported under
+        ("none", Mode.ENFORCE, None, "override", "none", "sts", "deliver"),
+        ("verify", Mode.TESTING, None, "override", "verify", "sts", "next-mx"),
+        ("none", Mode.NONE, None, "override", "none", "no-policy-found", "deliver"),
+        ("none", None, None, "override", "none", "no-policy-found", "deliver"),
         ("encrypt", None, None, "override", "encrypt", "no-policy-found", "next-mx"),
         ("verify", None, None, "override", "verify", "no-policy-found", "next-mx"),
         ("opportunistic", None, None, "override", "opportunistic", "no-policy-found", "deliver"),
@@ -193,6 +197,7 @@ def test_wants_tlsa_only_where_dane_can_apply() -> None:
     assert needs_sts("mta-sts", literal=False)
     assert not needs_sts("mta-sts", literal=True)  # STS-08
     assert not needs_sts(DomainTls.DANE, literal=False)
+    assert needs_sts(DomainTls.NONE, literal=False)  # only to report under it
 
 
 @pytest.mark.parametrize(

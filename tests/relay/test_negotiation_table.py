@@ -24,7 +24,7 @@ from relay.errors import SessionError
 from relay.message_flags import MessageFlags
 from relay.tls import client_context
 from tests.relay.fake_mx import EXPIRED, HANDSHAKE_FAILED, UNTRUSTED, FakeMx, Script
-from tlsrpt_emit.model import MemorySink
+from tlsrpt_emit.model import MemorySink, PolicyType
 
 DOMAIN = "example.org"
 HOST = "mx.example.org"
@@ -228,3 +228,45 @@ async def test_reuse_only_under_the_same_policy(
     assert len(mx.sessions) == 2
     await deliverer.close()
     assert all("quit" in steps for steps in mx.steps)
+
+
+@pytest.mark.parametrize(
+    ("script", "result_type", "code"),
+    [
+        (GARBLED, "starttls-not-supported", ""),  # the attack the domain owner must see
+        (Script(), "validation-failure", "tls-disabled-locally"),  # only our own choice
+    ],
+)
+async def test_override_none_reports_under_the_published_policy(
+    lab_dns: LabDns,
+    lab_resolver: dns.asyncresolver.Resolver,
+    script: Script,
+    result_type: str,
+    code: str,
+) -> None:
+    """Issue 20 item 9: `tls = "none"` for an enforce domain delivers in plaintext as told, and
+    reports the session under the domain's MTA-STS policy with its failure (RFC 8460 4.3),
+    not as a no-policy-found success."""
+    lab_dns.add(DOMAIN, "MX", f"10 {HOST}.")
+    lab_dns.add(HOST, "A", "127.0.0.99")  # never dialled: the scripted MX answers
+    sink = MemorySink()
+    mx = FakeMx(script)
+    deliverer = Deliverer(
+        Config(domains={DOMAIN: DomainConfig(tls=DomainTls.NONE)}),
+        resolver=lab_resolver,
+        policy_service=OnePolicy(),
+        history_store=MemoryTlsHistoryStore(),
+        sink=sink,
+        ssl_context=client_context(""),
+        session_factory=mx,
+    )
+    outcome = await deliverer.deliver(_request(1))
+    await deliverer.close()
+    [rcpt] = outcome.delivered
+    assert not rcpt.tls
+    assert "starttls" not in mx.steps[0]  # the override is obeyed
+    [result] = sink.results
+    assert result.policy_type is PolicyType.STS
+    assert result.policy_strings[1] == "mode: enforce"
+    assert result.result_type == result_type
+    assert result.failure_reason_code == code
