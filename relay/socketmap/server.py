@@ -120,13 +120,9 @@ class _Connection(asyncio.Protocol):
         try:
             while self.waiting and self.transport is not None and not self.transport.is_closing():
                 payload = self.waiting[0]
-                try:
-                    framed = self.server.service.reply_now(payload)
-                    if framed is None:
-                        framed = await self.server.service.reply(payload)
-                except SocketmapProtocolError as exc:
-                    self.fail(exc)
-                    return
+                framed = self.server.service.reply_now(payload)
+                if framed is None:
+                    framed = await self.server.service.reply(payload)
                 self.waiting.popleft()
                 self.transport.write(framed)
                 self.reads += 1

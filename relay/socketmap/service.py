@@ -13,6 +13,7 @@ from collections.abc import Callable
 import structlog
 
 from relay.socketmap.answer import MapAnswer, answer, map_domain
+from relay.socketmap.errors import SocketmapProtocolError
 from relay.socketmap.lookup import MapLookup
 from relay.socketmap.metrics import SocketmapMetrics
 from relay.socketmap.netstring import encode
@@ -54,11 +55,16 @@ class SocketmapService:
         return found[0]
 
     async def reply(self, payload: bytes) -> bytes:
-        """The framed reply to one request payload (raises `SocketmapProtocolError` when the
-        payload is not ``name key``)."""
+        """The framed reply to one request payload (``PERM`` when it is not ``name key``)."""
         started = time.perf_counter()
-        request = parse_request(payload)
         config = self.lookup.config()
+        try:
+            request = parse_request(payload)
+        except SocketmapProtocolError as exc:
+            # A whole netstring that is no `name key`: answered, the connection stays usable.
+            found: MapAnswer = MapAnswer(perm(str(exc)), "malformed")
+            self.metrics.observe(found.kind, time.perf_counter() - started)
+            return encode(found.reply.encode())
         found, domain = await self._answer(request.name, request.key)
         framed = encode(found.reply.encode())
         if domain is not None and found.kind != "temp":
