@@ -36,7 +36,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "detect": ("relay.cli.detect", "list remembered TLS per MX host, or forget one host"),
     "config": (
         "relay.cli.config",
-        "print the effective config as TOML (--non-default: only what differs, like postconf -n)",
+        "print the effective config as TOML (-n: only what differs, like postconf -n; "
+        "-d: the defaults)",
     ),
     "state": ("relay.cli.state", "move the SQLite state into PostgreSQL (migrate --to URL)"),
     "socketmap": (

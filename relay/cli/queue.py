@@ -32,7 +32,13 @@ _DELETE_SELECTORS = "--domain, --recipient, --sender and --all"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=ACTIONS)
+    p.add_argument(
+        "action",
+        choices=ACTIONS,
+        help="list: every message; summary: counts by domain and age (qshape); show ID: one "
+        "message (postcat); flush [ID...]: try now; hold / release ID...: set aside, let go; "
+        "delete: drop",
+    )
     p.add_argument(
         "ids",
         nargs="*",
