@@ -105,7 +105,7 @@ def message_text(message: QueuedMessage) -> list[str]:
         line = f"    {r.status.value:<9} <{r.address}>  attempts={r.attempts}"
         if r.status.value == "pending":
             line += f"  next={_iso(r.next_attempt_at)}"
-        if r.last_error:
+        if r.last_error and r.status.value != "delivered":  # delivered: an old error is moot
             line += f"  ({r.last_error})"
         lines.append(line)
     return lines
@@ -296,7 +296,12 @@ def _report(request: dict[str, Any], reply: dict[str, Any], where: str) -> int:
     done = {"flush": "flushed", "delete": "deleted", "hold": "held", "release": "released"}[op]
     line = f"{done}: {reply.get('messages', 0)} message(s)"
     if op == "delete" and (request.get("domain") or request.get("recipient")):
-        line += f", {reply.get('recipients', 0)} recipient(s)"
+        # Recipients are taken out; a message leaves the queue only when none is left pending.
+        messages, removed = reply.get("messages", 0), reply.get("removed", 0)
+        line = f"deleted: {reply.get('recipients', 0)} recipient(s) in {messages} message(s)"
+        line += f"; {removed} message(s) left the queue"
+        if messages > removed:
+            line += f", {messages - removed} still queued for their other recipients"
     print(f"{line} ({where})")
     unknown = reply.get("unknown") or []
     for queue_id in unknown:

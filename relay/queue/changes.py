@@ -44,7 +44,10 @@ def record_pass(
     new: dict[str, Recipient] = {}
     for r in message.pending:
         if r.address in done:
-            new[r.address] = replace(r, status=RecipientState.DELIVERED, attempts=r.attempts + 1)
+            # The error of an earlier attempt stays in the history, not on a delivered recipient.
+            new[r.address] = replace(
+                r, status=RecipientState.DELIVERED, attempts=r.attempts + 1, last_error=""
+            )
         elif r.address in failed:
             new[r.address] = replace(
                 r,

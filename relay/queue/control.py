@@ -11,7 +11,8 @@ Requests: ``{"op": "flush"}`` (everything), ``{"op": "flush", "ids": [...]}``,
 ``{"op": "delete", "recipient": R}``, ``{"op": "delete", "sender": S}`` (whole messages from S),
 ``{"op": "delete", "all": true}``; ``{"op": "queued", "ids": [...]}`` (messages another process,
 e.g. ``stsguard tlsrpt send``, just put in the spool: delivered now). Replies: ``{"ok": true,
-"messages": N, "recipients": N, "unknown": [...]}`` or ``{"ok": false, "error": "..."}``. The
+"messages": N, "recipients": N, "unknown": [...], "removed": N}`` (``removed``: messages that
+left the queue) or ``{"ok": false, "error": "..."}``. The
 socket is created with mode 0600: only the relay's user (and root) may steer its queue.
 """
 
@@ -63,6 +64,7 @@ class Change:
             "messages": self.messages,
             "recipients": self.recipients,
             "unknown": self.unknown,
+            "removed": len(self.gone),  # messages that left the queue (or were held)
         }
 
 

@@ -75,6 +75,37 @@ def test_list_flush_delete(config_file: Path, tmp_path: Path) -> None:
     assert [m.id for m in spool.list()] == [second]
 
 
+def test_delete_by_domain_says_what_happened_and_list_shows_the_current_status(
+    config_file: Path, tmp_path: Path
+) -> None:
+    spool = Spool(tmp_path / "state" / "queue")
+    rcpts = ["b@x.example", "c@y.example", "d@z.example"]
+    qid = spool.put("a@example.net", rcpts, b"one\r\n")
+    later = time.time() + 3600
+    spool.record(qid, deferred=dict.fromkeys(rcpts, "451 4.3.0 try later"), next_attempt_at=later)
+    spool.record(qid, delivered=["c@y.example"])
+    listed = stsguard(config_file, "list").stdout.splitlines()
+    # The delivered recipient shows where it stands now, not the previous attempt's 451.
+    (delivered,) = [line for line in listed if "<c@y.example>" in line]
+    assert delivered.split() == ["delivered", "<c@y.example>", "attempts=2"]
+    assert "451 4.3.0 try later" in next(line for line in listed if "<b@x.example>" in line)
+
+    deleted = stsguard(config_file, "delete", "--domain", "x.example")
+    assert deleted.returncode == 0
+    assert deleted.stdout == (
+        "deleted: 1 recipient(s) in 1 message(s); 0 message(s) left the queue, "
+        "1 still queued for their other recipients (the spool (no relay is running))\n"
+    )
+    assert [r.status.value for r in spool.get(qid).recipients] == [
+        "deleted",
+        "delivered",
+        "pending",
+    ]
+    last = stsguard(config_file, "delete", "--domain", "z.example")
+    assert last.stdout.startswith("deleted: 1 recipient(s) in 1 message(s); 1 message(s) left")
+    assert spool.list() == []
+
+
 def test_delete_unknown_or_missing_id(config_file: Path, tmp_path: Path) -> None:
     Spool(tmp_path / "state" / "queue")
     unknown = stsguard(config_file, "delete", "ABCDEFGHIJKLMNOP")

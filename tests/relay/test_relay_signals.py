@@ -202,7 +202,7 @@ async def test_queue_commands_steer_a_running_relay(world: LabWorld, tmp_path: P
             "queue", "delete", "--recipient", "b@later.test", *conf
         )
         assert status == 0
-        assert "deleted: 1 message(s), 1 recipient(s)" in out
+        assert "deleted: 1 recipient(s) in 1 message(s); 1 message(s) left the queue" in out
         status, out, _ = await run_cli_async("queue", "delete", third.id, *conf)
         assert status == 0
         assert {m.id for m in spool.list()} == {first.id}
