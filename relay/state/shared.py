@@ -121,10 +121,7 @@ class Availability:
             except Exception:  # any failure of the probe means: still down
                 continue
             self._up = True  # writes from now on go to the database ...
-            try:
-                for resync in self._resyncs:  # ... and what was kept follows them
-                    resync()
-            except STORE_ERRORS:
+            if not self._resync_all():  # ... and what was kept follows them
                 self._up = False
                 continue
             log.warning(
@@ -136,6 +133,17 @@ class Availability:
                 self.failed_writes.resumed(store)
             self.settled.set()
             return
+
+    def _resync_all(self) -> bool:
+        """Write what each store kept; one whose writes still fail (a table that answers with
+        errors) keeps its own and does not hold back the others'."""
+        done = True
+        for resync in self._resyncs:
+            try:
+                resync()
+            except STORE_ERRORS:
+                done = False
+        return done
 
     def close(self) -> None:
         self._stop.set()

@@ -169,6 +169,7 @@ async def test_postgresql_stopped_or_erroring(tmp_path: Path, failure: str) -> N
                 relay={"metrics_listen": f"127.0.0.1:{metrics_port}"},
                 state={"url": url},
                 delivery={"retry_initial": "1s"},
+                tlsrpt={"flush_interval": "1s"},
             )
             relay = start_relay(config_file)
             try:
@@ -184,6 +185,9 @@ async def test_postgresql_stopped_or_erroring(tmp_path: Path, failure: str) -> N
                 kind = "unavailable" if failure == "stopped" else "other"
                 await wait_until(lambda: state_errors(metrics_port)[("history", kind)] >= 1, 30)
                 assert relay.poll() is None
+                if failure == "erroring":
+                    # The other stores catch up although remembered TLS still cannot.
+                    await wait_until(lambda: _sessions_counted(url) == 3, 60)
             finally:
                 stop(relay)
     finally:
@@ -207,3 +211,12 @@ def _refuse_history_writes(url: str) -> None:
             "CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON detect_tls_history"
             " FOR EACH ROW EXECUTE FUNCTION refuse()"
         )
+
+
+def _sessions_counted(url: str) -> int:
+    """TLS-RPT sessions (successes) in the shared database, all days."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute("SELECT COALESCE(SUM(successes), 0) FROM tlsrpt_policy").fetchone()
+    return int(row[0]) if row else 0
