@@ -96,11 +96,13 @@ class BestEffort:
         if isinstance(exc, WIRE_ERRORS):
             # The session layer translates these; one that slipped through is still only a
             # temporary failure of this attempt, never a crash of the queue's delivery.
-            log.error("delivery.session_error", error=error)
+            with contextlib.suppress(Exception):  # nor may a broken log pipeline make it one
+                log.error("delivery.session_error", error=error)
             return every_rcpt(request, RcptStatus.DEFERRED, f"session error: {error}")
-        if self.metrics is not None:
-            self.metrics.delivery_errors.labels(kind=type(exc).__name__).inc()
-        log.exception("delivery.internal_error", error=error)
+        with contextlib.suppress(Exception):
+            if self.metrics is not None:
+                self.metrics.delivery_errors.labels(kind=type(exc).__name__).inc()
+            log.exception("delivery.internal_error", error=error)
         return every_rcpt(request, RcptStatus.DEFERRED, f"4.3.0 internal error: {error}"[:300])
 
     def failed(self, step: Step, exc: Exception) -> None:

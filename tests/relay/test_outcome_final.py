@@ -211,3 +211,23 @@ async def test_the_queue_keeps_a_delivery_whose_metric_fails() -> None:
     assert not result.deferred
     labels = {"step": "metrics", "error": "RuntimeError"}
     assert metrics.value("stsguard_best_effort_errors_total", labels) == 1
+
+
+async def test_failure_before_the_dot_with_a_broken_log_pipeline_is_still_a_deferral(
+    start_mx: StartMx,
+    lab_dns: LabDns,
+    deliverer_with: Callable[..., tuple[Deliverer, Metrics]],
+) -> None:
+    mx = await start_mx(MX1, "127.0.9.3")
+    mx_records(lab_dns, (10, MX1))
+    deliverer, _metrics = deliverer_with(mx.port)
+    deliverer.policy_service = _NoPolicy(fail=True)
+
+    def broken(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
+        raise KeyError("formatter")
+
+    with logs(broken):
+        outcome = await deliverer.deliver(request())
+    [rcpt] = outcome.rcpts
+    assert rcpt.status is RcptStatus.DEFERRED
+    assert mx.messages == []
