@@ -31,6 +31,7 @@ from detect.starttls import judge_pre_handshake_bytes, judge_starttls_reply
 from detect.tls import judge_tls_failure
 from mtasts.errors import PolicyInvalidError, StsRecordError
 from mtasts.match import mx_matches, normalize_host, policy_allows
+from mtasts.model import PolicyResult, PolicySource
 from mtasts.parse import parse_policy, parse_sts_record, policy_domain, select_sts_record
 from relay.config import config_from_dict
 from relay.errors import ConfigError
@@ -38,6 +39,10 @@ from relay.intake import hygiene
 from relay.intake import server as intake
 from relay.queue.bounce import build_dsn, status_of
 from relay.queue.spool import QueuedMessage
+from relay.socketmap.answer import MapFacts, answer, map_domain
+from relay.socketmap.errors import SocketmapProtocolError
+from relay.socketmap.netstring import MAX_QUERY, NetstringDecoder
+from relay.socketmap.protocol import Dialect, parse_request
 from tlsrpt_emit.deliver import https_target, report_mailbox
 from tlsrpt_emit.errors import ReportDeliveryError, TlsRptRecordError
 from tlsrpt_emit.model import Report
@@ -373,6 +378,66 @@ def config_text(data: bytes) -> None:
         config.domain_tls(domain)
 
 
+def _postfix_pairs(reply: str) -> list[tuple[str, str]]:
+    """The name=value pairs Postfix's `tls_policy_lookup_one` reads from an ``OK`` reply:
+    tokens split at commas and white space outside balanced braces; ``{ name = value }`` or
+    ``name=value``. A token Postfix could not read is an AssertionError."""
+    tokens, level, current = [], 0, ""
+    for ch in reply[3:]:
+        level += (ch == "{") - (ch == "}" and level > 0)
+        if level == 0 and ch in ", \t\r\n":
+            tokens, current = ([*tokens, current] if current else tokens), ""
+        else:
+            current += ch
+    tokens += [current] if current else []
+    pairs = []
+    for token in tokens[1:]:
+        inner = token[1:-1] if token.startswith("{") else token
+        if token.startswith("{") and (not token.endswith("}") or "{" in inner or "}" in inner):
+            raise AssertionError(f"unreadable attribute {token!r} in {reply!r}")
+        name, eq, value = inner.partition("=")
+        if not eq or not name.strip() or not value.strip():
+            raise AssertionError(f"not name=value: {token!r} in {reply!r}")
+        pairs.append((name.strip(), value.strip()))
+    return pairs
+
+
+def socketmap(data: bytes) -> None:
+    """The socketmap: a client's byte stream (netstrings, `name key` requests) and a policy
+    text whose lines become Postfix TLSRPT attributes; no policy text may add an attribute."""
+    stream, _, policy_text = data.partition(b"\xff")
+    decoder = NetstringDecoder()
+    try:
+        half = len(stream) // 2
+        payloads = decoder.feed(stream[:half]) + decoder.feed(stream[half:])
+    except SocketmapProtocolError:
+        payloads = []
+    for payload in payloads:
+        if len(payload) > MAX_QUERY:
+            raise AssertionError(f"a query of {len(payload)} bytes got through")
+        try:
+            key = parse_request(payload).key
+        except SocketmapProtocolError:
+            continue
+        domain = map_domain(key)
+        if domain is not None:
+            clean(domain, "socketmap domain")
+    try:
+        policy = parse_policy(_text(policy_text))
+    except PolicyInvalidError:
+        return
+    sts = PolicyResult("example.org", policy, PolicySource.CACHED)
+    for dialect in Dialect:
+        reply = answer(MapFacts("example.org", sts), dialect).reply
+        clean(reply, "socketmap reply")
+        if not reply.startswith("OK "):
+            continue
+        names = [name for name, _ in _postfix_pairs(reply)]
+        allowed = {"match", "servername", "policy_type", "policy_domain", "mx_host_pattern"}
+        if set(names) - allowed - {"policy_string"} or names.count("policy_type") > 1:
+            raise AssertionError(f"policy text added attributes: {reply!r}")
+
+
 TARGETS = {
     "sts_record": sts_record,
     "policy": policy_file,
@@ -381,6 +446,7 @@ TARGETS = {
     "intake": intake_command,
     "dsn": dsn,
     "config": config_text,
+    "socketmap": socketmap,
 }
 
 # Starting inputs for each target (the runner writes them into a fresh corpus directory).
@@ -425,5 +491,13 @@ SEEDS: dict[str, list[bytes]] = {
         b'organization_name = "Org"\n[domains."example.org"]\ntls = "verify"\n',
         b'[relay]\nlisten = "h:\xc2\xb2"\n',
         b'[mtasts]\nfetch_timeout = 5\n[detect]\non_downgrade = "log"\nhistory_days = 3\n',
+    ],
+    "socketmap": [
+        b"19:postfix example.org,22:tlsrpt [mx.example]:25,\xffversion: STSv1\r\nmode: enforce\r\n"
+        b"mx: mx1.example.org\r\nmx: *.example.net\r\nmax_age: 86400\r\n",
+        b"7:postfix,0:,99999:\xffversion: STSv1\nmode: testing\nmx: a.b\nmax_age: 1\n"
+        b"ext: } policy_type=no-policy-found {\n",
+        b"12:postfix .b\xc3\xbc.de,\xffversion: STSv1\nmode: enforce\nmx: a.b\nmax_age: 1\n"
+        b"x: {a}\n",
     ],
 }

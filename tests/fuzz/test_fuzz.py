@@ -84,6 +84,10 @@ def test_config() -> None:
     _property("config")()
 
 
+def test_socketmap() -> None:
+    _property("socketmap")()
+
+
 @FEW
 @given(
     reason=st.text(max_size=300),
