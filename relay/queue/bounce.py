@@ -134,7 +134,6 @@ def build_dsn(
     `delayed`: a warning that the recipients are still being tried (``Action: delayed``, status
     class 4, [delivery].delay_warning), not a failure."""
     when = dt.datetime.fromtimestamp(now, dt.UTC)
-    arrival = dt.datetime.fromtimestamp(message.received_at, dt.UTC)
     digest = hashlib.sha256(f"{message.id}{now}{failed!r}".encode()).hexdigest()[:16]
 
     report = MIMEMultipart("report", report_type="delivery-status", policy=_WIRE)
@@ -146,7 +145,16 @@ def build_dsn(
     report["Date"] = format_datetime(when)
     report["Message-ID"] = f"<{message.id}.{digest}@{reporting_mta}>"
     report["Auto-Submitted"] = "auto-replied"  # RFC 3834: no auto-replies to this
+    report.attach(_human_part(failed, reporting_mta, delayed=delayed))
+    report.attach(_status_part(message, failed, reporting_mta, when, delayed=delayed))
+    report.attach(MIMEText(original_headers(data), "rfc822-headers", "utf-8", policy=_WIRE))
+    return report.as_bytes(policy=_WIRE)
 
+
+def _human_part(
+    failed: Sequence[tuple[str, str]], reporting_mta: str, *, delayed: bool
+) -> MIMEText:
+    """The first part: what happened, for a person."""
     summary = (
         [
             "Your message could not be delivered to one or more recipients yet.",
@@ -166,8 +174,19 @@ def build_dsn(
         *(f"<{_one_line(rcpt)}>: {_one_line(reason)}" for rcpt, reason in failed),
         "",
     ]
-    report.attach(MIMEText("\r\n".join(lines), "plain", "utf-8", policy=_WIRE))
+    return MIMEText("\r\n".join(lines), "plain", "utf-8", policy=_WIRE)
 
+
+def _status_part(
+    message: QueuedMessage,
+    failed: Sequence[tuple[str, str]],
+    reporting_mta: str,
+    when: dt.datetime,
+    *,
+    delayed: bool,
+) -> Message[str, str]:
+    """The message/delivery-status part (RFC 3464): per-message fields, then per recipient."""
+    arrival = dt.datetime.fromtimestamp(message.received_at, dt.UTC)
     status = Message(policy=_WIRE)
     status["Content-Type"] = "message/delivery-status"
     blocks: list[Message[str, str] | str] = [
@@ -192,8 +211,4 @@ def build_dsn(
             )
         )
     status.set_payload(blocks)
-    report.attach(status)
-
-    headers = MIMEText(original_headers(data), "rfc822-headers", "utf-8", policy=_WIRE)
-    report.attach(headers)
-    return report.as_bytes(policy=_WIRE)
+    return status

@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -26,7 +26,8 @@ from relay.errors import SpoolError, UnknownMessage
 from relay.metrics import Metrics
 from relay.queue.bouncer import Bouncer
 from relay.queue.dispatch import Delivers, Dispatcher
-from relay.queue.index import HELD_BYTES_MAX, MemoryBudget, QueueIndex
+from relay.queue.index import HELD_BYTES_MAX, MemoryBudget
+from relay.queue.memory import QueueMemory
 from relay.queue.passes import (
     JobResult,
     Pass,
@@ -36,7 +37,7 @@ from relay.queue.passes import (
 )
 from relay.queue.recovery import read_envelopes, recover
 from relay.queue.retry import next_retry
-from relay.queue.scheduler import Destinations, DueTimes, Job
+from relay.queue.scheduler import Job
 from relay.queue.spool import QueuedMessage, Spool, log_not_understood
 from relay.thread_batch import ThreadBatch
 
@@ -51,8 +52,9 @@ ACTIVE_MAX = 2_000
 PARKED_CHECK_SECONDS = 60.0
 
 
-class QueueRunner:
-    """Drives the queue: due messages in, delivery outcomes out."""
+class QueueRunner(QueueMemory):
+    """Drives the queue: due messages in, delivery outcomes out. What others tell it (submit,
+    wake, schedule, forget, flush) is `QueueMemory`'s."""
 
     def __init__(
         self,
@@ -63,18 +65,10 @@ class QueueRunner:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.config = config
+        super().__init__(config, clock, MemoryBudget(HELD_BYTES_MAX))
         self.spool = spool
         self.deliverer = deliverer
         self.metrics = metrics
-        self.clock = clock
-        self.due = DueTimes()
-        self.dests = Destinations(
-            workers=config.delivery.workers,
-            per_destination=config.delivery.concurrency_per_destination,
-        )
-        self.index = QueueIndex()
-        self.budget = MemoryBudget(HELD_BYTES_MAX)
         self.dispatcher = Dispatcher(
             config, spool, deliverer, self.budget, metrics=metrics, clock=clock
         )
@@ -82,12 +76,7 @@ class QueueRunner:
             config, spool, deliverer, metrics=metrics, clock=clock, wake=self.wake
         )
         self.loaded = asyncio.Event()
-        self._passes: dict[str, Pass] = {}
-        self._unwritten: dict[str, Pass] = {}  # outcomes a failed write still owes the disk
-        self._fresh: list[tuple[QueuedMessage, bytes | None]] = []
         self._opening: set[str] = set()
-        self._woken: set[str] = set()  # just queued elsewhere: read with its bytes
-        self._wake = asyncio.Event()
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._busy = 0  # job and conclusion tasks alive
@@ -97,11 +86,7 @@ class QueueRunner:
         self._write_failures = 0
         self._next_parked_check = 0.0
 
-    # --- what others tell the runner (the control API) -------------------------------------
-
-    def size(self) -> int:
-        """Messages in the queue that are not held."""
-        return len(self.index)
+    # --- what others tell the runner (the rest is `QueueMemory`'s) ----------------------------
 
     def reconfigure(self, config: Config) -> None:
         """A reloaded config: applies to passes and jobs from now on."""
@@ -110,67 +95,6 @@ class QueueRunner:
         self.dispatcher.config = config
         self.dests.workers = config.delivery.workers
         self.dests.per_destination = config.delivery.concurrency_per_destination
-        self._wake.set()
-
-    def submit(self, message: QueuedMessage, data: bytes) -> None:
-        """A message this process just queued: deliver it now, from memory when it fits."""
-        self._fresh.append((message, self.budget.hold(data)))
-        self.index.known(message.id, message.received_at)
-        self._wake.set()
-
-    def wake(self, queue_id: str) -> None:
-        """Message `queue_id` was queued or changed by another process: look at it now."""
-        if queue_id not in self._passes:
-            self.due.set(queue_id, 0.0)
-            self._woken.add(queue_id)
-        self._wake.set()
-
-    def schedule(self, queue_id: str, when: float | None = None) -> None:
-        """(Re)consider `queue_id` at `when` (default now), e.g. after `queue release`."""
-        self.dests.unpark([queue_id])
-        self.index.held.discard(queue_id)
-        if queue_id not in self._passes:
-            self.due.set(queue_id, self.clock() if when is None else when)
-        self._wake.set()
-
-    def forget(self, queue_ids: Iterable[str], *, held: bool = False) -> None:
-        """Messages deleted or (`held`) held: no further pass (one in flight ends without
-        rescheduling: its write finds the message gone or held)."""
-        ids = list(queue_ids)
-        for queue_id in ids:
-            self.due.discard(queue_id)
-            self._unwritten.pop(queue_id, None)
-            self.index.gone(queue_id, held=held)
-        self.dests.unpark(ids)
-
-    def flush(self) -> int:
-        """Everything due now and every dead destination alive (`stsguard queue flush`)."""
-        now = self.clock()
-        for queue_id in self.dests.revive_all():
-            self.due.set(queue_id, now)
-        count = self.due.all_now(now)
-        self._wake.set()
-        return count + len(self._passes)
-
-    def flush_some(self, queue_ids: Iterable[str], domain: str = "") -> int:
-        """`stsguard queue flush ID... | --domain D`: these messages due now (held ones stay
-        held) and, with `domain`, that destination alive again."""
-        now = self.clock()
-        for queue_id in self.dests.revive(domain) if domain else []:
-            self.due.set(queue_id, now)
-        count = 0
-        for queue_id in queue_ids:
-            if queue_id in self.index.held:
-                continue
-            self.dests.unpark([queue_id])
-            if queue_id not in self._passes:
-                self.due.set(queue_id, now)
-            count += 1
-        self._wake.set()
-        return count
-
-    def poke(self) -> None:
-        """Look at the clock again now (after a jump of the clock the runner was given)."""
         self._wake.set()
 
     def _let_go(self, p: Pass) -> None:

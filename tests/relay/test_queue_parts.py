@@ -82,7 +82,9 @@ class Queue:
 
     async def settle(self, done: Callable[[], bool] = lambda: True) -> None:
         """Let the runner work until it is idle (and `done`); the spool's threads are real."""
-        for _ in range(2000):
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + 30  # a bound for a loaded machine, not a measure of speed
+        while loop.time() < give_up:
             await asyncio.sleep(0.001)
             if not self.runner._busy and done():
                 return
