@@ -24,6 +24,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """No options beyond --config."""
 
 
+def dns_line(config: Config) -> str:
+    """Which resolver the relay asks and whether DANE can apply (it needs believed DNSSEC)."""
+    dns = config.dns
+    servers = ", ".join(dns.nameservers) or "the system resolver (/etc/resolv.conf)"
+    if dns.dnssec_mode == "ad":
+        return f"dns: {servers}; DNSSEC answers believed, DANE on"
+    why = (
+        '[dns].dnssec = "off"'
+        if dns.dnssec == "off"
+        else "no validating resolver on loopback named"
+    )
+    return f"dns: {servers}; DANE off ({why})"
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     problems = config_problems(config)
     if relay_running(config.relay.state_dir):
@@ -37,6 +51,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
     state_problems, state_line = state_check(config.state_url)
     problems += state_problems
     print(state_line)
+    print(dns_line(config))
     source = args.config_path or "built-in defaults"
     for problem in problems:
         print(f"{problem.level}: {problem.message}", file=sys.stderr)

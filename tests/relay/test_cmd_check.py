@@ -95,9 +95,11 @@ def test_check_rejects_settings_that_cannot_mean_what_they_say(tmp_path: Path) -
     assert "warning: [dns]: DANE is off: [dns].nameservers 192.0.2.53 is not all on loopback" in (
         run.stderr
     )
+    assert "dns: 192.0.2.53; DANE off (no validating resolver on loopback named)\n" in run.stdout
     fine = good_config(tmp_path, extra='[domains."bücher.example"]\ntls = "dane"\n')
     run = run_cli("check", "--config", str(fine))
     assert (run.returncode, run.stderr) == (0, "")
+    assert "dns: 127.0.0.1:9; DNSSEC answers believed, DANE on\n" in run.stdout
 
 
 @pytest.fixture
