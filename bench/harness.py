@@ -431,10 +431,11 @@ async def dane_decision_rate(seconds: float, workers: int, nameserver: str) -> t
     """DANE decisions for one MX host with its TLSA in the resolver's cache, as delivery makes
     them (`lookup_tlsa` + `decision.dane_for_mx`): per wall second and per CPU second."""
     from relay.config import DnsConfig
-    from relay.decision import dane_for_mx, effective_policy
+    from relay.decision import dane_for_mx
     from relay.delivery.dane_lookup import TlsaStatus, lookup_tlsa
     from relay.delivery.mx import lookup_mx
     from relay.resolver import make_resolver
+    from relay.tls_rules import effective_policy
 
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
     resolver = make_resolver(DnsConfig(nameservers=(nameserver,)))

@@ -23,8 +23,16 @@ from enum import StrEnum
 from detect.dane import TlsaRecord
 from detect.history import HostHistory, judge_downgrade
 from detect.model import Finding, FindingKind
-from mtasts.model import Mode, Policy, PolicyResult
 from relay.config import DomainTls
+from relay.tls_rules import (
+    DANE_OVERRIDES,
+    STARTTLS_NOT_SUPPORTED,
+    VALIDATION_FAILURE,
+    EffectivePolicy,
+    Requirement,
+    TlsaStatus,
+    result_type,
+)
 from tlsrpt_emit.model import ResultType
 
 
@@ -36,28 +44,6 @@ class Action(StrEnum):
     NEXT_MX = "next-mx"
     DEFER = "defer"
     BOUNCE = "bounce"
-
-
-class Requirement(StrEnum):
-    """What TLS the recipient domain requires, after overrides and MTA-STS are combined."""
-
-    NONE = "none"  # local override: never STARTTLS
-    OPPORTUNISTIC = "opportunistic"  # TLS when offered, any certificate, plaintext otherwise
-    ENCRYPT = "encrypt"  # TLS required, certificate not checked
-    VERIFY = "verify"  # TLS required with a valid certificate (local override)
-    STS_ENFORCE = "sts-enforce"  # MTA-STS enforce (RFC 8461 section 5)
-    STS_TESTING = "sts-testing"  # MTA-STS testing: deliver anyway, report
-    DANE = "dane"  # secure usable TLSA records: TLS authenticated by them (RFC 7672)
-    DANE_UNUSABLE = "dane-unusable"  # secure TLSA, none usable: TLS required, unauthenticated
-
-
-class TlsaStatus(StrEnum):
-    """What the TLSA look-up of one MX host found (`relay.delivery.dane_lookup`)."""
-
-    SECURE = "secure"  # signed TLSA records: DANE decides for this host
-    NONE = "none"  # no TLSA, or not signed: DANE does not apply
-    BOGUS = "bogus"  # validation failed or the look-up failed: temporary failure
-    OFF = "off"  # DNSSEC is not trusted here (`[dns].dnssec = "off"`)
 
 
 class RequireTlsFailure(StrEnum):
@@ -76,115 +62,6 @@ REQUIRETLS_NO_AUTH = (
 )
 # Deferrals say 4.7.10, which a bounce at queue_lifetime reports as 5.7.10.
 REQUIRETLS_TEMPORARY = "451 4.7.10 REQUIRETLS: {reason}"
-
-VALIDATION_FAILURE = ResultType.VALIDATION_FAILURE
-STARTTLS_NOT_SUPPORTED = ResultType.STARTTLS_NOT_SUPPORTED
-
-
-def result_type(text: str) -> ResultType:
-    """The RFC 8460 result type a `detect` finding names (its strings are `ResultType` values,
-    which a test holds); an unknown one counts as validation-failure rather than raising."""
-    try:
-        return ResultType(text)
-    except ValueError:
-        return ResultType.VALIDATION_FAILURE
-
-
-@dataclass(frozen=True, slots=True)
-class EffectivePolicy:
-    """The TLS rules for one recipient domain. `policy` is the MTA-STS policy when one applies."""
-
-    requirement: Requirement
-    policy: Policy | None = None
-    tls_required_no: bool = False  # RFC 8689 `TLS-Required: No`: MTA-STS failures are ignored
-    on_downgrade: str = "defer"  # defer | log: a remembered-TLS downgrade without a policy
-    tlsa: tuple[TlsaRecord, ...] = ()  # DANE: the MX host's secure TLSA RRset
-    dane_names: tuple[str, ...] = ()  # DANE-TA reference identifiers (RFC 7672 3.2.2)
-    dane_base: str = ""  # the TLSA base domain: SNI under DANE (RFC 7672 8.1)
-    requiretls: bool = False  # RFC 8689: authenticated MX, validated TLS, REQUIRETLS offered
-    # The MTA-STS policy (enforce or testing) the domain publishes when a local override is
-    # applied instead: not enforced, but sessions are reported under it (RFC 8460 4.3).
-    published: Policy | None = None
-
-    @property
-    def is_sts(self) -> bool:
-        return self.requirement in (Requirement.STS_ENFORCE, Requirement.STS_TESTING)
-
-    @property
-    def reports_sts(self) -> bool:
-        """True when sessions are counted under an MTA-STS policy, applied or only published."""
-        return (self.is_sts and self.policy is not None) or self.published is not None
-
-    @property
-    def is_dane(self) -> bool:
-        return self.requirement in (Requirement.DANE, Requirement.DANE_UNUSABLE)
-
-    @property
-    def strict(self) -> bool:
-        """True when a TLS failure stops delivery to this MX (never plaintext, never HELO)."""
-        if self.requiretls:
-            return True
-        if self.requirement in (
-            Requirement.STS_ENFORCE,
-            Requirement.DANE,
-            Requirement.DANE_UNUSABLE,
-        ):
-            return not self.tls_required_no
-        return self.requirement in (Requirement.ENCRYPT, Requirement.VERIFY)
-
-    @property
-    def needs_valid_cert(self) -> bool:
-        """True when the certificate must validate: PKIX, or under DANE the TLSA records."""
-        if self.requiretls:
-            return True
-        unauthenticated = (Requirement.ENCRYPT, Requirement.DANE_UNUSABLE)
-        return self.strict and self.requirement not in unauthenticated
-
-    @property
-    def mode(self) -> str:
-        """The policy mode for logs: enforce | testing | none, or the local requirement."""
-        if self.policy is not None and self.is_sts:
-            return str(self.policy.mode)
-        return str(self.requirement)
-
-
-def effective_policy(
-    result: PolicyResult | None,
-    *,
-    domain_tls: DomainTls | str = DomainTls.MTA_STS,
-    no_policy_tls: str = "opportunistic",
-    tls_required_no: bool = False,
-    on_downgrade: str = "defer",
-    requiretls: bool = False,
-) -> EffectivePolicy:
-    """Combine a local override (`[domains."x"].tls`), the MTA-STS result and the no-policy default.
-
-    A policy in mode none counts as no policy (RFC 8461 section 5). Under REQUIRETLS the caller
-    passes `requiretls_domain_tls(...)` as `domain_tls` and `TLS-Required: No` is ignored.
-    """
-    if requiretls:
-        plain = effective_policy(
-            result, domain_tls=domain_tls, no_policy_tls=no_policy_tls, on_downgrade=on_downgrade
-        )
-        return replace(plain, requiretls=True)
-    if domain_tls == "dane-only":
-        # No MX host without DANE is used (`dane_for_mx`); this only stands for "verify".
-        return EffectivePolicy(Requirement.VERIFY, None, tls_required_no, on_downgrade)
-    policy = result.policy if result is not None else None
-    if domain_tls not in ("mta-sts", "dane"):
-        published = policy if policy is not None and policy.mode is not Mode.NONE else None
-        return EffectivePolicy(
-            Requirement(domain_tls), None, tls_required_no, on_downgrade, published=published
-        )
-    if policy is not None and policy.mode is Mode.ENFORCE:
-        return EffectivePolicy(Requirement.STS_ENFORCE, policy, tls_required_no, on_downgrade)
-    if policy is not None and policy.mode is Mode.TESTING:
-        return EffectivePolicy(Requirement.STS_TESTING, policy, tls_required_no, on_downgrade)
-    return EffectivePolicy(Requirement(no_policy_tls), None, tls_required_no, on_downgrade)
-
-
-# `[domains."x"].tls` values that let DANE in
-DANE_OVERRIDES = (DomainTls.MTA_STS, DomainTls.DANE, DomainTls.DANE_ONLY)
 
 
 def requiretls_domain_tls(domain_tls: DomainTls, *, requiretls: bool) -> DomainTls:
@@ -402,10 +279,7 @@ def decide(
     none. With an unverified session (`cert_valid` False and `handshake_ok` True) the caller has
     already connected again without verification, which only happens when this function allowed it.
     """
-    tls_up = obs.handshake_ok is True
-    clean = tls_up and obs.cert_valid is True
-    downgrade = next((f for f in findings if f.kind is FindingKind.DOWNGRADE), None)
-
+    clean = obs.handshake_ok is True and obs.cert_valid is True
     if policy.requiretls:
         return _decide_requiretls(policy, obs, findings, last_mx=last_mx)
     if clean and obs.mx_matches:
@@ -419,10 +293,18 @@ def decide(
             Action.DELIVER_TLS, VALIDATION_FAILURE, "MX not in the policy", "mx-not-in-policy"
         )
 
-    result_type, reason, code = _tls_failure(obs, findings)
     if policy.requirement is Requirement.NONE:
         return _tls_disabled(policy, obs, findings)
+    return _without_valid_tls(policy, obs, findings, last_mx=last_mx)
 
+
+def _without_valid_tls(
+    policy: EffectivePolicy, obs: Observation, findings: tuple[Finding, ...], *, last_mx: bool
+) -> Decision:
+    """`decide` for a session that did not reach TLS with a valid certificate."""
+    tls_up = obs.handshake_ok is True
+    result_type, reason, code = _tls_failure(obs, findings)
+    downgrade = next((f for f in findings if f.kind is FindingKind.DOWNGRADE), None)
     if policy.strict:
         # TLS-07: no plaintext and no HELO fallback; STS-11: no invalid certificate.
         if tls_up and not policy.needs_valid_cert:
@@ -494,46 +376,6 @@ def _decide_requiretls(
         failure, reason, code = _tls_failure(obs, findings)
         failed = _give_up(failure, reason, last_mx=last_mx, code=code)
     return replace(failed, requiretls=RequireTlsFailure.TEMPORARY)
-
-
-class Connection(StrEnum):
-    """What one connection to an MX address tries: verified TLS, unverified TLS (after a
-    certificate failure), or plaintext (after a failed STARTTLS the policy lets go on)."""
-
-    VERIFY = "verify"
-    UNVERIFIED = "unverified"
-    PLAIN = "plain"
-
-
-def next_connection(decision: Decision) -> Connection | None:
-    """After a connection that set up no session for the message, the one to make next (None:
-    give up on this address). Only when `decide` let the message go anyway: unverified TLS when
-    it allowed TLS, plaintext when it allowed plaintext."""
-    if not decision.delivers:
-        return None
-    return Connection.UNVERIFIED if decision.action is Action.DELIVER_TLS else Connection.PLAIN
-
-
-def retry_failed(
-    decision: Decision, connection: Connection, error: str, *, last_mx: bool
-) -> Decision:
-    """The decision when the connection `next_connection` asked for broke: the TLS failure
-    already seen stays the session's result for TLS-RPT; the MX is given up."""
-    action = Action.DEFER if last_mx else Action.NEXT_MX
-    reason = f"{decision.reason}; {connection} retry failed: {error}"
-    return Decision(action, decision.result_type, reason, decision.reason_code)
-
-
-def hello_expects_starttls(expect_starttls: bool, connection: Connection) -> bool:
-    """True when a missing STARTTLS in this connection's EHLO reply is a finding (stripped):
-    as the plan says (`relay.delivery.policy.expects_starttls`), except on the plaintext
-    connection, which does not ask for TLS."""
-    return expect_starttls and connection is not Connection.PLAIN
-
-
-def may_retry_unverified(policy: EffectivePolicy) -> bool:
-    """True when a certificate failure may be followed by an unverified TLS session."""
-    return policy.requirement is not Requirement.NONE and not policy.needs_valid_cert
 
 
 def decide_expiry(

@@ -38,7 +38,6 @@ from relay.decision import (
     mx_matches,
     remembered_downgrade,
     requiretls_verdict,
-    result_type,
 )
 from relay.delivery.policy import MxPlan, Refusal
 from relay.diagnostics.probe import MxProbe, ProbeReport, probe_domain
@@ -48,6 +47,7 @@ from relay.resolver import make_resolver
 from relay.state.database import StateError
 from relay.state.stores import State, open_state, state_exists
 from relay.tls import client_context
+from relay.tls_rules import result_type
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

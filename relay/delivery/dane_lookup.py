@@ -19,9 +19,10 @@ import dns.asyncresolver
 
 from detect.dane import TlsaRecord, usable_records
 from relay.config import DomainTls
-from relay.decision import Decision, EffectivePolicy, TlsaStatus, dane_for_mx
+from relay.decision import Decision, dane_for_mx
 from relay.delivery.mx import MxHost
 from relay.resolver import DnssecResolver, DnsTempFail, query
+from relay.tls_rules import EffectivePolicy, TlsaStatus
 
 __all__ = ["TlsaLookup", "TlsaStatus", "candidate_bases", "lookup_tlsa", "tlsa_name"]
 

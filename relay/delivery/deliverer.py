@@ -48,15 +48,8 @@ from relay.delivery.model import (
 )
 from relay.delivery.mx import MxHost, MxResult, MxStatus, lookup_mx
 from relay.delivery.negotiate import Attempt, Established, Negotiator, SessionFactory
-from relay.delivery.policy import (
-    Destination,
-    MxPlan,
-    Refusal,
-    destination,
-    lookup_host,
-    needs_sts,
-    plan_host,
-)
+from relay.delivery.policy import Destination, MxPlan, Refusal, destination, needs_sts, plan_host
+from relay.delivery.policy_lookup import lookup_host
 from relay.delivery.pool import SessionPool
 from relay.delivery.report import AttemptReporter
 from relay.delivery.requiretls import relaxed_bounce, requiretls_outcome

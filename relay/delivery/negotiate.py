@@ -20,21 +20,20 @@ from detect.dane import check_chain
 from detect.history import HostHistory, TlsHistoryStore
 from detect.model import Finding, FindingKind
 from relay.config import Config
-from relay.decision import (
-    Action,
+from relay.connection_plan import (
     Connection,
-    Decision,
-    EffectivePolicy,
-    Observation,
-    Requirement,
-    decide,
     hello_expects_starttls,
     may_retry_unverified,
-    mx_matches,
     next_connection,
-    remembered_downgrade,
-    result_type,
     retry_failed,
+)
+from relay.decision import (
+    Action,
+    Decision,
+    Observation,
+    decide,
+    mx_matches,
+    remembered_downgrade,
     wants_starttls,
 )
 from relay.delivery.dane_tls import dane_context
@@ -42,6 +41,7 @@ from relay.delivery.policy import MxPlan, remembering
 from relay.delivery.session import MxConnection, MxSession, TlsStep
 from relay.errors import SessionError
 from relay.tls import unverified_context
+from relay.tls_rules import EffectivePolicy, Requirement, result_type
 
 
 @dataclass(eq=False, slots=True)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from relay.decision import EffectivePolicy
 from relay.delivery.negotiate import Established
 from relay.errors import SessionError
+from relay.tls_rules import EffectivePolicy
 
 _Key = tuple[str, str, EffectivePolicy]
 

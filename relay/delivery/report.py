@@ -29,12 +29,13 @@ import structlog
 
 from detect.history import TlsHistoryStore
 from mtasts.model import PolicyResult
-from relay.decision import Action, EffectivePolicy, Observation
+from relay.decision import Action, Observation
 from relay.delivery.best_effort import BestEffort, Step
 from relay.delivery.model import DeliveryOutcome, DeliveryRequest, RcptOutcome, RcptStatus
 from relay.delivery.negotiate import Attempt
 from relay.delivery.policy import MxPlan, ReportAs
 from relay.metrics import Metrics
+from relay.tls_rules import EffectivePolicy
 from tlsrpt_emit.model import PolicyType, ResultSink, SessionResult, result_type_of
 
 log = structlog.get_logger(__name__)

@@ -17,11 +17,12 @@ import dns.asyncresolver
 from detect.dane import DaneVerdict, check_chain
 from mtasts.model import Policy, PolicyResult, PolicySource
 from relay.config import Config
-from relay.decision import Requirement
 from relay.delivery.dane_lookup import TlsaLookup, TlsaStatus, lookup_tlsa
 from relay.delivery.mx import MxStatus, lookup_mx
-from relay.delivery.policy import MxPlan, PolicyKind, Refusal, lookup_destination
+from relay.delivery.policy import MxPlan, PolicyKind, Refusal
+from relay.delivery.policy_lookup import lookup_destination
 from relay.resolver import DnssecResolver
+from relay.tls_rules import Requirement
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,8 @@ from mtasts.model import Policy, PolicyResult, PolicySource
 from relay.config import Config
 from relay.delivery.dane_lookup import TlsaLookup, TlsaStatus
 from relay.delivery.mx import MxHost, MxStatus, lookup_mx
-from relay.delivery.policy import HistoryLookup, MxPlan, lookup_destination
+from relay.delivery.policy import MxPlan
+from relay.delivery.policy_lookup import HistoryLookup, lookup_destination
 from relay.delivery.session import BannerRefused, Hello, MxSession
 from relay.diagnostics.dane_view import check_presented
 from relay.diagnostics.probe_report import (

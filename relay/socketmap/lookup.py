@@ -23,11 +23,12 @@ from mtasts.model import PolicyResult, PolicySource
 from mtasts.service import PolicyService
 from mtasts.state import fallback
 from relay.config import Config
-from relay.decision import DANE_OVERRIDES
 from relay.delivery.mx import MxResult, MxStatus
-from relay.delivery.policy import DestinationView, lookup_destination, needs_sts
+from relay.delivery.policy import DestinationView, needs_sts
+from relay.delivery.policy_lookup import lookup_destination
 from relay.resolver import DnssecResolver
 from relay.socketmap.answer import DaneState, MapFacts
+from relay.tls_rules import DANE_OVERRIDES
 
 log = structlog.get_logger(__name__)
 

@@ -16,13 +16,13 @@ from lab.mx import CertKind
 from lab.world import LabWorld
 from relay.cli.probe import verdict
 from relay.config import Config
-from relay.decision import TlsaStatus
 from relay.delivery.dane_lookup import TlsaLookup
 from relay.delivery.policy import HostFacts, destination, plan_host
 from relay.delivery.session import Reply
 from relay.diagnostics.probe import EhloInfo, MxProbe, TlsInfo
 from relay.state.database import SqliteDatabase
 from relay.state.history_store import SqlTlsHistoryStore
+from relay.tls_rules import TlsaStatus
 from tests.cli import run_cli_async
 
 MX = "mx1.example.org"

@@ -7,17 +7,8 @@ import pytest
 from detect.dane import TlsaRecord
 from detect.model import Finding, FindingKind
 from mtasts.model import Mode, Policy, PolicyResult, PolicySource
-from relay.decision import (
-    Action,
-    EffectivePolicy,
-    Observation,
-    Requirement,
-    dane_for_mx,
-    decide,
-    effective_policy,
-    screen_mx,
-    wants_starttls,
-)
+from relay.decision import Action, Observation, dane_for_mx, decide, screen_mx, wants_starttls
+from relay.tls_rules import EffectivePolicy, Requirement, effective_policy
 
 USABLE = TlsaRecord(3, 1, 1, b"\x01" * 32)
 UNUSABLE = TlsaRecord(1, 1, 1, b"\x01" * 32)

@@ -10,20 +10,18 @@ from hypothesis import strategies as st
 
 from detect.model import Finding, FindingKind
 from mtasts.model import Mode, Policy, PolicyFailure, PolicyResult, PolicySource
+from relay.connection_plan import may_retry_unverified
 from relay.decision import (
     Action,
     Decision,
-    EffectivePolicy,
     Observation,
-    Requirement,
     decide,
     decide_expiry,
-    effective_policy,
-    may_retry_unverified,
     mx_matches,
     screen_mx,
     wants_starttls,
 )
+from relay.tls_rules import EffectivePolicy, Requirement, effective_policy
 
 MX = ("mx1.example.org", "*.backup.example.org")
 

@@ -12,7 +12,7 @@ from detect.history import HostHistory
 from lab.dns import LabDns
 from mtasts.model import Mode, Policy, PolicyResult, PolicySource
 from relay.config import Config, DnsConfig, DomainConfig, DomainTls
-from relay.decision import Action, TlsaStatus
+from relay.decision import Action
 from relay.delivery.dane_lookup import TlsaLookup
 from relay.delivery.mx import MxHost, MxResult, MxStatus
 from relay.delivery.policy import (
@@ -25,11 +25,12 @@ from relay.delivery.policy import (
     Refusal,
     TlsLevel,
     destination,
-    lookup_destination,
     needs_sts,
     plan_host,
 )
+from relay.delivery.policy_lookup import lookup_destination
 from relay.resolver import make_resolver
+from relay.tls_rules import TlsaStatus
 from tests.unbound_world import validating
 from tlsrpt_emit.model import PolicyType, ResultType
 

@@ -15,7 +15,6 @@ from detect.history import MemoryTlsHistoryStore
 from lab.dns import LabDns
 from mtasts.model import Mode, Policy, PolicyResult, PolicySource
 from relay.config import Config, DetectConfig, DomainConfig, DomainTls
-from relay.decision import TlsaStatus
 from relay.delivery.dane_lookup import TlsaLookup
 from relay.delivery.deliverer import Deliverer, DeliveryRequest
 from relay.delivery.negotiate import Attempt, Negotiator
@@ -23,6 +22,7 @@ from relay.delivery.policy import HostFacts, MxPlan, destination, plan_host
 from relay.errors import SessionError
 from relay.message_flags import MessageFlags
 from relay.tls import client_context
+from relay.tls_rules import TlsaStatus
 from tests.relay.fake_mx import EXPIRED, HANDSHAKE_FAILED, UNTRUSTED, FakeMx, Script
 from tlsrpt_emit.model import MemorySink, PolicyType
 

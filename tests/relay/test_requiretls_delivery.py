@@ -17,9 +17,7 @@ from mtasts.model import Mode, PolicyFailure, PolicyResult, PolicySource
 from relay.decision import (
     REQUIRETLS_TEMPORARY,
     Action,
-    EffectivePolicy,
     Observation,
-    Requirement,
     RequireTlsFailure,
     decide,
     requiretls_screen,
@@ -30,6 +28,7 @@ from relay.delivery.model import DeliveryOutcome
 from relay.metrics import Metrics
 from relay.queue.bounce import status_of
 from relay.tls import client_context
+from relay.tls_rules import EffectivePolicy, Requirement
 from tests.relay.test_delivery import StubPolicies, make_config, mx_records, request, sts
 from tlsrpt_emit.model import MemorySink
 

@@ -12,7 +12,7 @@ import pytest
 
 import detect
 import mtasts
-from relay.decision import result_type
+from relay.tls_rules import result_type
 from tlsrpt_emit.model import ResultType
 
 MEMBERS = {str(member) for member in ResultType}
