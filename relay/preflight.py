@@ -294,11 +294,21 @@ def _bind_problem(listen: str, key: str) -> Problem | None:
 
 
 def listen_problems(config: Config) -> list[Problem]:
-    """Whether `[relay].listen` and `metrics_listen` can be bound now (for `stsguard check`)."""
+    """Whether `[relay].listen`, `metrics_listen` and `[socketmap].listen` can be bound now (for
+    `stsguard check`); a socketmap Unix socket needs its directory."""
     checks = [(config.relay.listen, "[relay].listen")]
     if config.relay.metrics_listen:
         checks.append((config.relay.metrics_listen, "[relay].metrics_listen"))
-    return [p for listen, key in checks if (p := _bind_problem(listen, key)) is not None]
+    found = []
+    socketmap = config.socketmap.listen
+    if socketmap.startswith("/"):
+        if not Path(socketmap).parent.is_dir():
+            found.append(
+                Problem("error", f"[socketmap].listen: no directory {Path(socketmap).parent}")
+            )
+    elif socketmap:
+        checks.append((socketmap, "[socketmap].listen"))
+    return found + [p for listen, key in checks if (p := _bind_problem(listen, key)) is not None]
 
 
 def _public_key_b64(private_pem: bytes) -> str:

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 from lab.world import LabWorld, free_port, to_toml, wait_until
 from relay.app import Relay
+from relay.config import config_from_dict
+from relay.preflight import listen_problems
 from tests.cli import run_cli
 from tests.relay.socketmap.client import connect_to
 
@@ -85,3 +88,17 @@ def test_socketmap_command_without_an_address_is_one_line_and_exit_2(tmp_path: P
     bad = run_cli("socketmap", "--config", str(config), "--listen", "127.0.0.1:99999")
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
+
+
+def test_check_binds_the_socketmap_address(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        config = config_from_dict({"socketmap": {"listen": f"127.0.0.1:{port}"}})
+        problems = [p.message for p in listen_problems(config)]
+    assert any(
+        m.startswith(f"[socketmap].listen: cannot listen on 127.0.0.1:{port}") for m in problems
+    )
+    unix = config_from_dict({"socketmap": {"listen": str(tmp_path / "no" / "map.sock")}})
+    assert any("[socketmap].listen: no directory" in p.message for p in listen_problems(unix))

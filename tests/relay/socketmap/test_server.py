@@ -94,9 +94,14 @@ async def test_sm02_warm_answer_costs_no_dns_and_is_logged_once(world: LabWorld)
         with capture_logs() as logs:
             assert await client.ask("postfix", "example.org") == SECURE
             asked = sum(world.dns.queries.values())
+            store_reads: list[str] = []
+            store = lookup.policies.store
+            read = store.get
+            store.get = lambda d: store_reads.append(d) or read(d)  # type: ignore[method-assign]
             for _ in range(20):
                 assert await client.ask("postfix", "example.org") == SECURE
-        assert sum(world.dns.queries.values()) == asked
+        assert sum(world.dns.queries.values()) == asked  # no DNS
+        assert store_reads == []  # and no state-store read
         assert lookup.lookups == 1
         assert [e["domain"] for e in logs if e["event"] == "socketmap.answer"] == ["example.org"]
 
