@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -115,6 +116,9 @@ def config_path(given: str | None) -> Path | None:
     return DEFAULT_CONFIG if DEFAULT_CONFIG.exists() else None
 
 
+# Commands that print what the package ships: no config is read (it may not be readable).
+_NO_CONFIG = ("man", "example-config", "example-unit")
+
 # Commands that read the relay's state directory rather than the network.
 _STATE_COMMANDS = ("queue", "detect", "tlsrpt")
 
@@ -152,7 +156,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser(_named_command(words)).parse_args(words)
         path = config_path(args.config)
-        config = load_config(path)
+        if args.command in _NO_CONFIG:
+            config = Config()
+        elif path is not None and path.exists() and not os.access(path, os.R_OK):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        else:
+            config = load_config(path)
         args.config_path = path
         # Checked before the command runs (it may create the directory), said after its output.
         reads_state = args.command in _STATE_COMMANDS and not getattr(args, "input", None)

@@ -44,7 +44,8 @@ def permission_line(exc: PermissionError, command: str) -> str:
     mode = stat.S_IMODE(st.st_mode)
     me = _name("user", os.geteuid())
     who = user if user == "root" else f"{user} or root"
+    readers = f" (members of group {group} may read it)" if mode & 0o040 else ""
     return (
         f"permission denied: {where} (owner {user}:{group}, mode {mode:04o}) is not open to "
-        f"user {me}; run it as {who}: sudo -u {user} stsguard {command}"
+        f"user {me}; run it as {who}{readers}: sudo -u {user} stsguard {command}"
     )

@@ -140,7 +140,8 @@ def test_a_user_without_access_gets_one_line_naming_path_and_user(
     assert run.stderr.count("\n") == 1, run.stderr
     assert run.stderr.startswith(
         f"stsguard: error: permission denied: {state} (owner root:root, mode 0750) is not open "
-        "to user nobody; run it as root: sudo -u root stsguard "
+        "to user nobody; run it as root (members of group root may read it): "
+        "sudo -u root stsguard "
     ), run.stderr
 
 
@@ -180,3 +181,14 @@ def test_a_bad_dkim_key_file_is_named_once(tmp_path: Path) -> None:
     assert run.returncode == 1
     assert run.stderr.count("[tlsrpt].dkim_key_file") == 1, run.stderr
     assert f"error: [tlsrpt].dkim_key_file: {missing}: cannot read DKIM key" in run.stderr
+
+
+def test_an_unreadable_config_names_its_owner(private_state: Path) -> None:
+    private_state.chmod(0o640)
+    run = run_cli_as("nobody", "queue", "list", "--config", str(private_state))
+    assert run.returncode == 2
+    assert run.stderr.startswith(
+        f"stsguard: error: permission denied: {private_state} (owner root:root, mode 0640)"
+    ), run.stderr
+    shipped = run_cli_as("nobody", "man", "queue", "--config", str(private_state))
+    assert (shipped.returncode, shipped.stderr) == (0, "")  # reads no config
