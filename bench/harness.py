@@ -447,7 +447,7 @@ async def dane_decision_rate(seconds: float, workers: int, nameserver: str) -> t
 
     async def one(_: int) -> None:
         tlsa = await lookup_tlsa(resolver, host)
-        dane_for_mx(base, str(tlsa.status), tlsa.records, tlsa.names, last_mx=True)
+        dane_for_mx(base, tlsa.status, tlsa.records, tlsa.names, last_mx=True)
 
     cpu0, wall0 = time.process_time(), time.monotonic()
     rate = await rate_for(seconds, workers, one)

@@ -74,11 +74,11 @@ def requiretls_domain_tls(domain_tls: DomainTls, *, requiretls: bool) -> DomainT
 
 def dane_for_mx(
     policy: EffectivePolicy,
-    tlsa_status: TlsaStatus | str,
+    tlsa_status: TlsaStatus,
     records: tuple[TlsaRecord, ...] = (),
     names: tuple[str, ...] = (),
     *,
-    domain_tls: DomainTls | str = DomainTls.MTA_STS,
+    domain_tls: DomainTls = DomainTls.MTA_STS,
     reason: str = "",
     base: str = "",
     last_mx: bool,
@@ -97,7 +97,7 @@ def dane_for_mx(
     """
     if domain_tls not in DANE_OVERRIDES or policy.tls_required_no:
         return policy, None
-    if tlsa_status == "secure":
+    if tlsa_status is TlsaStatus.SECURE:
         usable = any(r.usable for r in records)
         requirement = Requirement.DANE if usable else Requirement.DANE_UNUSABLE
         dane = EffectivePolicy(
@@ -111,14 +111,14 @@ def dane_for_mx(
             requiretls=policy.requiretls,
         )
         return dane, None
-    if tlsa_status == "bogus":
+    if tlsa_status is TlsaStatus.BOGUS:
         return policy, _give_up(
             ResultType.DNSSEC_INVALID,
             f"TLSA look-up failed: {reason}",
             last_mx=last_mx,
             code="dnssec-bogus",
         )
-    if domain_tls == "dane-only":
+    if domain_tls == DomainTls.DANE_ONLY:
         why = reason or "no DNSSEC-signed TLSA records"
         return policy, _give_up(
             ResultType.DANE_REQUIRED, f"dane-only: {why}", last_mx=last_mx, code="dane-required"

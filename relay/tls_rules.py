@@ -112,7 +112,7 @@ class EffectivePolicy:
 def effective_policy(
     result: PolicyResult | None,
     *,
-    domain_tls: DomainTls | str = DomainTls.MTA_STS,
+    domain_tls: DomainTls = DomainTls.MTA_STS,
     no_policy_tls: str = "opportunistic",
     tls_required_no: bool = False,
     on_downgrade: str = "defer",
@@ -128,11 +128,11 @@ def effective_policy(
             result, domain_tls=domain_tls, no_policy_tls=no_policy_tls, on_downgrade=on_downgrade
         )
         return replace(plain, requiretls=True)
-    if domain_tls == "dane-only":
+    if domain_tls == DomainTls.DANE_ONLY:
         # No MX host without DANE is used (`dane_for_mx`); this only stands for "verify".
         return EffectivePolicy(Requirement.VERIFY, None, tls_required_no, on_downgrade)
     policy = result.policy if result is not None else None
-    if domain_tls not in ("mta-sts", "dane"):
+    if domain_tls not in (DomainTls.MTA_STS, DomainTls.DANE):
         published = policy if policy is not None and policy.mode is not Mode.NONE else None
         return EffectivePolicy(
             Requirement(domain_tls), None, tls_required_no, on_downgrade, published=published

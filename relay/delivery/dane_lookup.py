@@ -38,7 +38,7 @@ class TlsaLookup:
     reason: str = ""
 
     def policy_for(
-        self, policy: EffectivePolicy, *, domain_tls: DomainTls | str, last_mx: bool
+        self, policy: EffectivePolicy, *, domain_tls: DomainTls, last_mx: bool
     ) -> tuple[EffectivePolicy, Decision | None]:
         """`relay.decision.dane_for_mx` with what this look-up found."""
         return dane_for_mx(

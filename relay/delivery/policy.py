@@ -155,7 +155,7 @@ class Destination:
 STS_REPORTED = (DomainTls.NONE, DomainTls.OPPORTUNISTIC, DomainTls.ENCRYPT, DomainTls.VERIFY)
 
 
-def needs_sts(domain_tls: DomainTls | str, *, literal: bool, requiretls: bool = False) -> bool:
+def needs_sts(domain_tls: DomainTls, *, literal: bool, requiretls: bool = False) -> bool:
     """True when the domain's MTA-STS policy must be looked up (STS-08: not for an address
     literal): to apply it, or, under an override of `STS_REPORTED`, to report under it.
     REQUIRETLS takes no local override."""

@@ -7,8 +7,9 @@ import pytest
 from detect.dane import TlsaRecord
 from detect.model import Finding, FindingKind
 from mtasts.model import Mode, Policy, PolicyResult, PolicySource
+from relay.config import DomainTls
 from relay.decision import Action, Observation, dane_for_mx, decide, screen_mx, wants_starttls
-from relay.tls_rules import EffectivePolicy, Requirement, effective_policy
+from relay.tls_rules import EffectivePolicy, Requirement, TlsaStatus, effective_policy
 
 USABLE = TlsaRecord(3, 1, 1, b"\x01" * 32)
 UNUSABLE = TlsaRecord(1, 1, 1, b"\x01" * 32)
@@ -45,8 +46,9 @@ def test_dane_precedence_table(
     domain_tls: str, status: str, records: tuple[TlsaRecord, ...], want: object
 ) -> None:
     base = _sts(Mode.ENFORCE)
+    tlsa, override = TlsaStatus(status), DomainTls(domain_tls)
     policy, refusal = dane_for_mx(
-        base, status, records, ("mx.dane.test",), domain_tls=domain_tls, last_mx=False
+        base, tlsa, records, ("mx.dane.test",), domain_tls=override, last_mx=False
     )
     if isinstance(want, Requirement):
         assert refusal is None
@@ -55,7 +57,7 @@ def test_dane_precedence_table(
         assert refusal is not None
         assert refusal.result_type == want
         assert refusal.action is Action.NEXT_MX  # try the next MX
-    last = dane_for_mx(base, status, records, domain_tls=domain_tls, last_mx=True)[1]
+    last = dane_for_mx(base, tlsa, records, domain_tls=override, last_mx=True)[1]
     assert (last is None) is isinstance(want, Requirement)
     if last is not None:
         assert last.action is Action.DEFER  # never a bounce, never a fall-back
@@ -63,7 +65,7 @@ def test_dane_precedence_table(
 
 def test_sts14_dane_replaces_mtasts_for_that_mx() -> None:
     # The MTA-STS policy lists another MX; under DANE it is not consulted (RFC 8461 section 2).
-    policy, _ = dane_for_mx(_sts(Mode.ENFORCE), "secure", (USABLE,), last_mx=True)
+    policy, _ = dane_for_mx(_sts(Mode.ENFORCE), TlsaStatus.SECURE, (USABLE,), last_mx=True)
     assert policy.policy is None
     assert screen_mx(policy, "mx.dane.test") is None
     assert policy.mode == "dane"
@@ -71,7 +73,7 @@ def test_sts14_dane_replaces_mtasts_for_that_mx() -> None:
 
 def test_sts14_mtasts_never_overrides_a_failed_dane_check() -> None:
     # A testing policy would deliver despite a bad certificate; DANE must not.
-    policy, _ = dane_for_mx(_sts(Mode.TESTING), "secure", (USABLE,), last_mx=True)
+    policy, _ = dane_for_mx(_sts(Mode.TESTING), TlsaStatus.SECURE, (USABLE,), last_mx=True)
     obs = Observation(offered_starttls=True, starttls_ok=True, handshake_ok=True, cert_valid=False)
     decision = decide(policy, obs, (TLSA_FINDING,), last_mx=True)
     assert decision.action is Action.DEFER
@@ -79,7 +81,7 @@ def test_sts14_mtasts_never_overrides_a_failed_dane_check() -> None:
 
 
 def test_dane_valid_chain_delivers_over_tls() -> None:
-    policy, _ = dane_for_mx(_sts(Mode.TESTING), "secure", (USABLE,), last_mx=True)
+    policy, _ = dane_for_mx(_sts(Mode.TESTING), TlsaStatus.SECURE, (USABLE,), last_mx=True)
     obs = Observation(offered_starttls=True, starttls_ok=True, handshake_ok=True, cert_valid=True)
     decision = decide(policy, obs, last_mx=True)
     assert decision.action is Action.DELIVER_TLS
@@ -87,7 +89,7 @@ def test_dane_valid_chain_delivers_over_tls() -> None:
 
 
 def test_dane_no_match_tries_the_next_mx() -> None:
-    policy, _ = dane_for_mx(_sts(Mode.TESTING), "secure", (USABLE,), last_mx=False)
+    policy, _ = dane_for_mx(_sts(Mode.TESTING), TlsaStatus.SECURE, (USABLE,), last_mx=False)
     obs = Observation(offered_starttls=True, starttls_ok=True, handshake_ok=True, cert_valid=False)
     assert decide(policy, obs, (TLSA_FINDING,), last_mx=False).action is Action.NEXT_MX
 
@@ -102,7 +104,7 @@ def test_dane_no_match_tries_the_next_mx() -> None:
 )
 def test_dane_findings_apply_unchanged(finding: Finding) -> None:
     policy, _ = dane_for_mx(
-        EffectivePolicy(Requirement.OPPORTUNISTIC), "secure", (USABLE,), last_mx=True
+        EffectivePolicy(Requirement.OPPORTUNISTIC), TlsaStatus.SECURE, (USABLE,), last_mx=True
     )
     assert policy.strict
     obs = Observation(offered_starttls=False)
@@ -113,7 +115,7 @@ def test_dane_findings_apply_unchanged(finding: Finding) -> None:
 
 def test_dane_all_records_unusable_still_requires_tls() -> None:
     policy, _ = dane_for_mx(
-        EffectivePolicy(Requirement.OPPORTUNISTIC), "secure", (UNUSABLE,), last_mx=True
+        EffectivePolicy(Requirement.OPPORTUNISTIC), TlsaStatus.SECURE, (UNUSABLE,), last_mx=True
     )
     no_tls = decide(policy, Observation(offered_starttls=False), last_mx=True)
     assert no_tls.action is Action.DEFER
@@ -127,7 +129,9 @@ def test_dane_all_records_unusable_still_requires_tls() -> None:
 def test_dane_tls_required_no_ignores_dane() -> None:
     # RFC 8689: `TLS-Required: No` (and our own report mail, RPT-10) ignore DANE too.
     base = effective_policy(None, tls_required_no=True)
-    policy, refusal = dane_for_mx(base, "bogus", domain_tls="dane-only", last_mx=True)
+    policy, refusal = dane_for_mx(
+        base, TlsaStatus.BOGUS, domain_tls=DomainTls.DANE_ONLY, last_mx=True
+    )
     assert refusal is None
     assert policy == base
 
