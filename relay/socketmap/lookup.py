@@ -93,9 +93,14 @@ class MapLookup:
         self.lookups = 0  # look-ups started (for tests and the benchmark)
         self._known: dict[str, tuple[MapFacts, float]] = {}
         self._inflight: dict[str, asyncio.Task[MapFacts]] = {}
+        self._config_seen: Config | None = None
 
     async def facts(self, domain: str) -> MapFacts:
         """The facts for `domain` (a plain domain, lower-case A-labels)."""
+        config = self.config()
+        if config is not self._config_seen:  # reloaded: the overrides may differ
+            self._known.clear()
+            self._config_seen = config
         known = self._known.get(domain)
         if known is not None:
             facts, looked_at = known
@@ -154,7 +159,8 @@ class MapLookup:
             if sts is not None and not sts.done():
                 sts.cancel()
         facts = map_facts(view, dnssec=dnssec)
-        self._remember(domain, facts)
+        if self.config() is config:  # not kept when a reload came in meanwhile
+            self._remember(domain, facts)
         return facts
 
     def _remember(self, domain: str, facts: MapFacts) -> None:

@@ -102,3 +102,23 @@ def test_check_binds_the_socketmap_address(tmp_path: Path) -> None:
     )
     unix = config_from_dict({"socketmap": {"listen": str(tmp_path / "no" / "map.sock")}})
     assert any("[socketmap].listen: no directory" in p.message for p in listen_problems(unix))
+
+
+async def test_relay_reload_changes_the_socketmap_answer_at_once(tmp_path: Path) -> None:
+    listen = f"127.0.0.1:{free_port()}"
+    async with LabWorld(tmp_path / "world").running() as world:
+        publish(world)
+        settings = world.relay_settings(tmp_path / "state", socketmap={"listen": listen})
+        path = tmp_path / "stsguard.toml"
+        path.write_text(to_toml(settings))
+        relay = Relay(
+            world.relay_config(tmp_path / "state", socketmap={"listen": listen}), config_path=path
+        )
+        async with relay.running():
+            client = await connect_to(listen)
+            assert await client.ask("postfix", "example.org") == SECURE
+            assert await client.ask("postfix", "example.org") == SECURE  # from memory now
+            path.write_text(to_toml(settings) + '\n[domains."example.org"]\ntls = "encrypt"\n')
+            assert relay.reload()
+            assert await client.ask("postfix", "example.org") == "OK encrypt"
+        relay.close()
