@@ -248,22 +248,10 @@ class Deliverer:
             failures.append(RequireTlsFailure.TEMPORARY)  # until this MX says otherwise
             facts = await lookup_host(dest, host, resolver=self.resolver)
             plan = plan_host(dest, facts, last_mx=last_mx, now=self.clock())
-            refusal = plan.refusal
-            if refusal is not None and plan.refused_by is Refusal.DANE:
-                log.warning("delivery.dane_refused", mx_host=host.name, reason=refusal.reason)
-                self.reporter.refused(request, plan)
-                last = RcptOutcome(
-                    "", RcptStatus.DEFERRED, refusal.reason, refusal.result_type, host.name
-                )
-                continue
-            if refusal is not None and plan.refused_by is Refusal.REQUIRETLS:
-                log.warning("delivery.requiretls_refused", mx_host=host.name, reason=refusal.reason)
-                failures[-1] = RequireTlsFailure.NO_AUTH
-                last = RcptOutcome("", RcptStatus.DEFERRED, refusal.reason, None, host.name)
-                continue
-            if refusal is not None:
-                log.warning("delivery.mx_skipped", mx_host=host.name, reason=refusal.reason)
-                last = RcptOutcome("", RcptStatus.DEFERRED, refusal.reason, None, host.name)
+            if plan.refusal is not None:
+                last = self._refused(request, plan, plan.refusal)
+                if plan.refused_by is Refusal.REQUIRETLS:
+                    failures[-1] = RequireTlsFailure.NO_AUTH
                 continue
             if not host.addresses:
                 log.info("delivery.mx_no_address", mx_host=host.name)
@@ -291,6 +279,18 @@ class Deliverer:
             policy_id,
             unreachable=not tries.connected,
         )
+
+    def _refused(self, request: DeliveryRequest, plan: MxPlan, refusal: Decision) -> RcptOutcome:
+        """An MX host its plan refuses: logged; under DANE also reported (RFC 8460 4.3)."""
+        if plan.refused_by is Refusal.DANE:
+            log.warning("delivery.dane_refused", mx_host=plan.host, reason=refusal.reason)
+            self.reporter.refused(request, plan)
+            return RcptOutcome(
+                "", RcptStatus.DEFERRED, refusal.reason, refusal.result_type, plan.host
+            )
+        event = "delivery.requiretls_refused" if plan.refused_by is Refusal.REQUIRETLS else ""
+        log.warning(event or "delivery.mx_skipped", mx_host=plan.host, reason=refusal.reason)
+        return RcptOutcome("", RcptStatus.DEFERRED, refusal.reason, None, plan.host)
 
     async def _try_host(
         self,
