@@ -17,11 +17,12 @@ import json
 import sys
 import time
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from relay.cli.queue_shape import queue_shape, shape_json, shape_lines
 from relay.config import Config
-from relay.errors import UnknownMessage, UsageError
+from relay.errors import SpoolError, UnknownMessage, UsageError
 from relay.queue.bounce import original_headers
 from relay.queue.control import apply, ask, socket_path
 from relay.queue.spool import QueuedMessage, Spool
@@ -249,6 +250,17 @@ def _read(args: argparse.Namespace, spool: Spool | None) -> int:
     return 0
 
 
+def _open_spool(directory: Path) -> Spool:
+    """The spool; opening it recovers from a crash, which writes: a user who may only read
+    gets the one-line permission error naming the file, not the spool's wrapped one."""
+    try:
+        return Spool(directory)
+    except SpoolError as exc:
+        if isinstance(exc.__cause__, PermissionError):
+            raise exc.__cause__ from None
+        raise
+
+
 def run(args: argparse.Namespace, config: Config) -> int:
     directory = config.relay.state_dir / "queue"
     _ids_from_stdin(args)
@@ -259,10 +271,14 @@ def run(args: argparse.Namespace, config: Config) -> int:
             raise UsageError(f"queue {args.action}: --body and --by-sender are for show, summary")
         request = _request(args)
     # Reading an absent queue must not create one.
-    spool = Spool(directory) if directory.is_dir() else None
+    spool = _open_spool(directory) if directory.is_dir() else None
     if args.action in _READING:
         return _read(args, spool)
-    reply = ask(socket_path(config.relay.state_dir), request)
+    control = socket_path(config.relay.state_dir)
+    try:
+        reply = ask(control, request)
+    except PermissionError as exc:  # connect() names no path: say which socket refused
+        raise PermissionError(exc.errno, exc.strerror, str(control)) from None
     if reply is None:
         return _without_relay(spool, request)
     if not reply.get("ok"):

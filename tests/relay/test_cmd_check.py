@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from lab.pki import LabCA
+from relay.queue.spool import Spool
 from tests.cli import run_cli, run_cli_as
 from tests.relay.test_cli_main import free_port, good_config
 
@@ -114,7 +115,8 @@ def private_state(tmp_path: Path) -> Iterator[Path]:
         good_config(tmp_path).read_text().replace(str(tmp_path / "state"), str(state))
     )
     config.chmod(0o644)
-    (state / "queue").mkdir(parents=True)
+    state.mkdir()
+    Spool(state / "queue")  # as the relay leaves it
     (state / "state.sqlite3").write_bytes(b"")
     state.chmod(0o750)
     yield config
@@ -192,3 +194,24 @@ def test_an_unreadable_config_names_its_owner(private_state: Path) -> None:
     ), run.stderr
     shipped = run_cli_as("nobody", "man", "queue", "--config", str(private_state))
     assert (shipped.returncode, shipped.stderr) == (0, "")  # reads no config
+
+
+def test_the_control_socket_refusing_names_itself(private_state: Path) -> None:
+    """A group member may read the queue but not steer the relay (its socket is 0600)."""
+    state = private_state.parent / "state"
+    state.chmod(0o755)
+    run = run_cli_as("nobody", "queue", "list", "--config", str(private_state))
+    assert run.returncode == 2
+    assert run.stderr.startswith(  # opening the spool recovers from a crash: it writes
+        f"stsguard: error: permission denied: {state / 'queue' / 'lock'} (owner root:root"
+    ), run.stderr
+    (state / "queue" / "lock").chmod(0o666)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as control:
+        control.bind(str(state / "control.sock"))
+        control.listen()
+        (state / "control.sock").chmod(0o600)
+        run = run_cli_as("nobody", "queue", "flush", "--config", str(private_state))
+    assert run.returncode == 2
+    assert run.stderr.startswith(
+        f"stsguard: error: permission denied: {state / 'control.sock'} (owner root:root, mode "
+    ), run.stderr
