@@ -73,15 +73,22 @@ def test_unknown_fields_and_flags_are_kept_when_the_envelope_is_rewritten(spool:
     assert not spool.get(QID).held
 
 
-def test_a_must_understand_flag_this_version_does_not_know_holds_the_message(
-    spool: Spool,
+@pytest.mark.parametrize(
+    ("extra", "name"),
+    [
+        ({"flags": {"future": True}}, "flags.future"),
+        ({"route": {"via": "mx.example"}}, "route"),  # a top-level field works the same way
+    ],
+)
+def test_a_must_understand_name_this_version_does_not_know_holds_the_message(
+    spool: Spool, extra: dict[str, object], name: str
 ) -> None:
-    raw = {**VERSION_1, "schema": 9, "flags": {"future": True}}
-    write_message(spool, {**raw, "must_understand": ["flags.future"]})
+    raw = {**VERSION_1, "schema": 9, **extra}
+    write_message(spool, {**raw, "must_understand": [name]})
     before = (spool.directory / "msg" / QID).read_bytes()
     message = spool.get(QID)
-    assert message.not_understood == ("flags.future",)
-    assert message.held == "needs a newer stsguard: it must understand flags.future"
+    assert message.not_understood == (name,)
+    assert message.held == f"needs a newer stsguard: it must understand {name}"
     assert [m.id for m in spool.list()] == [QID]  # `queue list` shows it, held
     with capture_logs() as logs:
         (entry,) = spool.scan()
@@ -91,7 +98,7 @@ def test_a_must_understand_flag_this_version_does_not_know_holds_the_message(
         lambda: spool.release(QID, now=1.0),
         lambda: spool.record(QID, delivered=["b@example.org"]),
     ):
-        with pytest.raises(SpoolError, match=r"does not know flags\.future"):
+        with pytest.raises(SpoolError, match=f"does not know {re.escape(name)}"):
             change()
     assert spool.flush() == 0
     assert (spool.directory / "msg" / QID).read_bytes() == before  # not lost, not changed
