@@ -21,9 +21,9 @@ host at once) or, where MX hosts are looked at one by one (delivery), `lookup_ho
         plan.refusal, plan.refused_by   # not to be connected to, and why (a `Decision`)
         plan.on_failure                 # OnFailure when TLS cannot be had on this host
         plan.expect_starttls            # a missing STARTTLS is a finding (stripped)
-        plan.policy                     # the `relay.decision.EffectivePolicy` the wire rules take
+        plan.policy                     # the `relay.tls_rules.EffectivePolicy` the wire rules take
 
-Piecewise, without I/O (delivery looks an MX host up only when it gets to it):
+Piecewise (delivery looks an MX host up only when it gets to it; only `lookup_host` does I/O):
 
     dest = destination(domain, config, sts=policy_result, mx=mx_result)
     facts = await lookup_host(dest, host, resolver=r, history=store.get)
