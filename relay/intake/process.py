@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import signal
 import socket
 import sys
@@ -80,9 +79,14 @@ async def serve(
     loop.add_signal_handler(signal.SIGHUP, reload)
 
     def main_gone() -> None:
-        with contextlib.suppress(BlockingIOError):
-            if notify.recv(16) == b"":
-                stop.set()
+        try:
+            gone = notify.recv(16) == b""
+        except BlockingIOError:
+            return
+        except OSError:  # reset: the main process died with our notices unread (SIGKILL)
+            gone = True
+        if gone:
+            stop.set()
 
     loop.add_reader(notify.fileno(), main_gone)
     async with intake.running():
