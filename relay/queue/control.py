@@ -39,6 +39,9 @@ from relay.queue.spool import QueuedMessage, RecipientState, Spool
 log = structlog.get_logger(__name__)
 
 SOCKET_NAME = "control.sock"
+# A request line, at most: `queue delete -` may name every message of a large queue (about 19
+# bytes an id), far past asyncio's 64 KiB default.
+REQUEST_MAX = 32 * 1024 * 1024
 OPS = ("flush", "delete", "hold", "release", "queued")
 _EVENTS = {"delete": "queue.deleted", "hold": "queue.held", "release": "queue.released"}
 
@@ -194,7 +197,9 @@ class ControlServer:
             self.path.unlink()
         old = os.umask(0o177)
         try:
-            self._server = await asyncio.start_unix_server(self._serve, path=str(self.path))
+            self._server = await asyncio.start_unix_server(
+                self._serve, path=str(self.path), limit=REQUEST_MAX
+            )
         except OSError as exc:
             # E.g. a state_dir path longer than a socket address holds (about 100 bytes): the
             # relay runs, but `stsguard queue` cannot reach it and works on the spool alone.
@@ -212,8 +217,8 @@ class ControlServer:
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             async with asyncio.timeout(30):
-                line = await reader.readline()
                 try:
+                    line = await reader.readline()
                     reply = await self.handle(check_request(json.loads(line)))
                 except (ValueError, KeyError) as exc:
                     reply = {"ok": False, "error": f"bad request: {exc}"}
