@@ -10,10 +10,10 @@ from typing import Protocol
 import structlog
 
 from relay.config import Config
-from relay.decision import Decision
 from relay.delivery.best_effort import BestEffort, Step
 from relay.delivery.deliverer import DeliveryOutcome, DeliveryRequest
 from relay.metrics import Metrics
+from relay.queue.bouncer import DecidesExpiry
 from relay.queue.index import MemoryBudget
 from relay.queue.passes import JobResult, Pass, count_hops
 from relay.queue.scheduler import Job
@@ -22,14 +22,11 @@ from relay.queue.spool import Spool
 log = structlog.get_logger(__name__)
 
 
-class Delivers(Protocol):
-    """What the queue needs of `relay.delivery.deliverer.Deliverer`."""
+class Delivers(DecidesExpiry, Protocol):
+    """What the queue needs of `relay.delivery.deliverer.Deliverer`: delivery, and the STS-12
+    check at expiry (`DecidesExpiry`)."""
 
     async def deliver(self, request: DeliveryRequest) -> DeliveryOutcome: ...
-
-    async def expiry_decision(
-        self, domain: str, *, tls_failure: bool, failed_policy_id: str | None
-    ) -> Decision: ...
 
 
 class Dispatcher:
