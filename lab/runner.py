@@ -31,6 +31,9 @@ import aiosmtplib
 import structlog
 import structlog.testing
 
+from detect.prevalence import PrevalenceRow
+from detect.prevalence_view import by_host
+from detect.prevalence_view import format_table as format_prevalence
 from lab.attacker import Attacker
 from lab.mx import CertKind, LabMx
 from lab.scenarios import Attack, PolicySetup, Scenario, build_scenarios
@@ -46,6 +49,7 @@ from tlsrpt_emit.schedule import build_day_reports
 
 SETTLE_SECONDS = 20.0
 _STATUS = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
+ALL_DAYS = "0001-01-01"
 PARALLEL = 8  # scenarios in flight at once: enough to be quick, few enough for 2 cores
 
 
@@ -155,6 +159,7 @@ class LabRun:
         self.scenarios = list(scenarios)
         self.state_dir = state_dir
         self.stages: list[_Stage] = []
+        self.prevalence: list[PrevalenceRow] = []  # the relay's prevalence counts after the run
         self._stack = contextlib.AsyncExitStack()
         self._next_ip = 10
 
@@ -268,6 +273,8 @@ class LabRun:
             relay.sink.flush()
             outcomes = [self._observe(stage, capture.entries, tee) for stage in self.stages]
             reports = self._reports(relay)
+            if relay.state.prevalence is not None:
+                self.prevalence = relay.state.prevalence.rows(ALL_DAYS)
         return outcomes, reports
 
     async def _prepare(self, relay: Relay) -> None:
@@ -450,8 +457,11 @@ async def _world(validating: bool) -> AsyncIterator[tuple[LabWorld, Path]]:
             yield world, Path(tmp) / "relay-state"
 
 
-async def run_lab(names: Sequence[str] | None = None) -> tuple[list[Outcome], list[dict[str, Any]]]:
-    """Run the named scenarios (all when None) and return their outcomes and the day's reports."""
+async def run_lab(
+    names: Sequence[str] | None = None, prevalence: list[PrevalenceRow] | None = None
+) -> tuple[list[Outcome], list[dict[str, Any]]]:
+    """Run the named scenarios (all when None) and return their outcomes and the day's reports;
+    the relay's downgrade-prevalence counts are added to `prevalence` when given."""
     # aiosmtpd logs every session a client aborts (our relay refusing a bad certificate) with a
     # traceback; in the lab that is the expected outcome, not news.
     logging.getLogger("mail.log").setLevel(logging.CRITICAL)
@@ -469,7 +479,11 @@ async def run_lab(names: Sequence[str] | None = None) -> tuple[list[Outcome], li
         scenarios = [s for s in scenarios if not s.policy.dane]
         validating = False
     async with _world(validating) as (world, state_dir):
-        return await LabRun(world, scenarios, state_dir).run()
+        run = LabRun(world, scenarios, state_dir)
+        result = await run.run()
+    if prevalence is not None:
+        prevalence.extend(run.prevalence)
+    return result
 
 
 def _cell(value: object) -> str:
@@ -529,7 +543,8 @@ def format_verdict(outcomes: Sequence[Outcome]) -> str:
 def run(args: argparse.Namespace, config: Config) -> int:
     """`stsguard lab [--json] [--scenario NAME]`: exit 0 only if every scenario came out right."""
     names = [args.scenario] if args.scenario else None
-    outcomes, reports = asyncio.run(run_lab(names))
+    prevalence: list[PrevalenceRow] = []
+    outcomes, reports = asyncio.run(run_lab(names, prevalence))
     if args.json:
         for outcome in outcomes:
             print(json.dumps(outcome.as_json()))
@@ -538,5 +553,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print("\nTLS-RPT reports this lab day produced (as they would be sent):")
         for report in reports:
             print(json.dumps(report, indent=2))
+        print("\nDowngrade prevalence the relay measured (`stsguard detect stats`), worst first:")
+        print(format_prevalence("mx host", by_host(prevalence)))
     sys.stdout.flush()
     return 0 if all(o.ok for o in outcomes) else 1

@@ -21,6 +21,8 @@ from typing import cast
 import httpx
 import structlog
 
+from detect.errors import PrevalenceStoreError
+from detect.prevalence import MemoryPrevalenceStore
 from mtasts.service import PolicyService
 from relay import sd_notify
 from relay.config import (
@@ -37,6 +39,7 @@ from relay.intake.pool import IntakePool
 from relay.intake.server import Intake
 from relay.metrics import Metrics, start_metrics_server
 from relay.preflight import config_problems, dkim_problems, tlsrpt_identity_problem
+from relay.prevalence import PrevalenceRecorder
 from relay.queue.control import ControlServer, socket_path
 from relay.queue.runner import QueueRunner
 from relay.queue.spool import REPORT_MAIL_FLAGS, QueuedMessage, Spool
@@ -104,6 +107,12 @@ class Relay:
         self.sink = CountingSink(
             self.report_store, clock=clock, flush_interval=float(config.tlsrpt.flush_interval)
         )
+        self.prevalence = PrevalenceRecorder(
+            self.state.prevalence or MemoryPrevalenceStore(),
+            clock=clock,
+            flush_interval=float(config.tlsrpt.flush_interval),
+            keep_days=config.detect.prevalence_days,
+        )
         self.deliverer = Deliverer(
             config,
             resolver=self.resolver,
@@ -113,6 +122,7 @@ class Relay:
             ssl_context=self.ssl_context,
             clock=clock,
             metrics=self.metrics,
+            prevalence=self.prevalence,
         )
         self.runner = QueueRunner(
             config, self.spool, self.deliverer, metrics=self.metrics, clock=clock
@@ -206,6 +216,7 @@ class Relay:
         self.runner.reconfigure(new)
         self.deliverer.config = new
         self.deliverer.negotiator.config = new  # port, timeouts, history_days per session
+        self.prevalence.keep_days = new.detect.prevalence_days
         if self.pool is None:
             self.intake.reconfigure(new)  # limits, accept_networks, tls_required_no, ...
         else:
@@ -280,6 +291,7 @@ class Relay:
                 children = [
                     tasks.create_task(self.runner.run(), name="queue-runner"),
                     tasks.create_task(self.sink.run(), name="tlsrpt-sink"),
+                    tasks.create_task(self.prevalence.run(), name="prevalence"),
                 ]
                 if settings is not None:
                     sender = ReportSender(
@@ -333,6 +345,8 @@ class Relay:
             await self.deliverer.close()
             await http.aclose()
             self.sink.flush()
+            with contextlib.suppress(PrevalenceStoreError):
+                self.prevalence.flush()  # best effort: counts, never mail
             if metrics_server is not None:
                 metrics_server.shutdown()
                 metrics_server.server_close()

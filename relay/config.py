@@ -232,6 +232,7 @@ class MtastsConfig:
 class DetectConfig:
     on_downgrade: str = "defer"
     history_days: int = 30
+    prevalence_days: int = 90  # downgrade prevalence counts kept this many UTC days; 0 = forever
 
 
 @dataclass(frozen=True, slots=True)
@@ -536,7 +537,11 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
     ),
     "detect": (
         DetectConfig,
-        {"on_downgrade": _choice(ON_DOWNGRADE), "history_days": _int_range(0, 3650)},
+        {
+            "on_downgrade": _choice(ON_DOWNGRADE),
+            "history_days": _int_range(0, 3650),
+            "prevalence_days": _int_range(0, 3650),
+        },
     ),
     "tlsrpt": (
         TlsrptConfig,

@@ -104,6 +104,7 @@ class Metrics:
     deferred: Counter = field(init=False)
     bounced: Counter = field(init=False)
     findings: Counter = field(init=False)
+    mx_sessions: Counter = field(init=False)
     delivery_delay: Histogram = field(init=False)
     tlsrpt_sent: Counter = field(init=False)
     tlsrpt_failed: Counter = field(init=False)
@@ -133,6 +134,14 @@ class Metrics:
         )
         self.findings = Counter(
             "stsguard_findings", "Downgrade and tampering findings", ["kind"], registry=r
+        )
+        # Bounded labels only (detect.prevalence.SessionKind x tls|plaintext|none): hosts are
+        # in `stsguard detect stats`, never in a label.
+        self.mx_sessions = Counter(
+            "stsguard_mx_sessions",
+            "Sessions opened to MX hosts, by the worst thing each showed and how mail went",
+            ["kind", "outcome"],
+            registry=r,
         )
         self.delivery_delay = Histogram(
             "stsguard_delivery_delay_seconds",

@@ -1,4 +1,5 @@
-"""`stsguard detect list [--json] | forget HOST`: the remembered TLS of MX hosts.
+"""`stsguard detect list [--json] | forget HOST | stats`: the remembered TLS of MX hosts, and
+downgrade prevalence (`relay.cli.detect_stats`).
 
 The relay remembers, per MX host, when it last offered STARTTLS and last showed a valid
 certificate (`detect.history`). A host that did within `[detect].history_days` and no longer does
@@ -16,6 +17,7 @@ from typing import Any
 
 from detect.errors import HistoryStoreError
 from detect.history import DAY, HostHistory, host_key
+from relay.cli.detect_stats import run_stats
 from relay.config import Config
 from relay.errors import StsguardError, UsageError
 from relay.preflight import is_domain_name
@@ -25,9 +27,13 @@ from tlsrpt_emit.names import a_label
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["list", "forget"])
+    p.add_argument("action", choices=["list", "forget", "stats"])
     p.add_argument("host", nargs="?", help="MX host name (for forget)")
     p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument(
+        "--days", type=int, default=7, metavar="N", help="stats: the last N UTC days (default 7)"
+    )
+    p.add_argument("--mx", default="", metavar="HOST", help="stats: only this MX host")
 
 
 def _iso(when: float | None) -> str | None:
@@ -84,8 +90,12 @@ def run(args: argparse.Namespace, config: Config) -> int:
         raise UsageError("detect forget: give the MX host name to forget")
     if action == "forget" and host and not is_domain_name(a_label(host)):
         raise UsageError(f"detect forget: {host!r} is not a host name")
-    if action == "list" and host:
-        raise UsageError("detect list: takes no host name")
+    if action in ("list", "stats") and host:
+        raise UsageError(f"detect {action}: takes no host name")
+    if action == "stats":
+        if not 1 <= args.days <= 3650:
+            raise UsageError("detect stats: --days must be 1 to 3650")
+        return run_stats(config, days=args.days, mx=args.mx, as_json=args.json)
     if not state_exists(config.state_url):
         # Looking must not create the state dir (the relay's user owns it, not whoever ran list).
         if action == "list":

@@ -56,6 +56,7 @@ class Step(StrEnum):
 
     HISTORY = "history"  # remembered TLS (detect.history)
     TLSRPT = "tlsrpt"  # counting the session for TLS-RPT
+    PREVALENCE = "prevalence"  # counting the session for downgrade prevalence
     METRICS = "metrics"
     LOG = "log"
     POOL = "pool"  # parking the session for the next message

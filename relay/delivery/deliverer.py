@@ -51,7 +51,7 @@ from relay.delivery.negotiate import Attempt, Established, Negotiator, SessionFa
 from relay.delivery.policy import Destination, MxPlan, Refusal, destination, needs_sts, plan_host
 from relay.delivery.policy_lookup import lookup_host
 from relay.delivery.pool import SessionPool
-from relay.delivery.report import AttemptReporter
+from relay.delivery.report import AttemptReporter, PrevalenceSink
 from relay.delivery.requiretls import relaxed_bounce, requiretls_outcome
 from relay.delivery.session import WIRE_ERRORS, ConnectFailed
 from relay.delivery.transfer import normalize_crlf, transfer
@@ -117,6 +117,7 @@ class Deliverer:
         rng: random.Random | None = None,
         idle_timeout: float = 5.0,
         session_factory: SessionFactory | None = None,
+        prevalence: PrevalenceSink | None = None,
     ) -> None:
         self.config = config
         self.resolver = resolver
@@ -142,6 +143,7 @@ class Deliverer:
             clock=clock,
             metrics=metrics,
             log_recipients_mode=config.relay.log_recipients,
+            prevalence=prevalence,
         )
 
     @property

@@ -1,11 +1,14 @@
-"""The reporting of each delivery attempt: TLS-RPT session results, remembered TLS, metrics, logs.
+"""The reporting of each delivery attempt: TLS-RPT session results, remembered TLS, downgrade
+prevalence, metrics, logs.
 
 Every attempt of a message on an MX (a new or a reused session) emits exactly one `SessionResult`
 (unless the message is a TLS-RPT report itself: RPT-10) and one `delivery.attempt` log line with
 the TLS facts, the policy mode, the outcome and findings; each message ends with one
 `delivery.outcome` line. An MX skipped before connecting (STS-11) or not reachable at all emits no
 session result: no TLS session happened. `sending-mta-ip` is our end of the connection, kept for
-sessions we refused ourselves too (enforce failures, remembered-TLS downgrades).
+sessions we refused ourselves too (enforce failures, remembered-TLS downgrades). Each new session
+(not a pooled one reused) is counted once for downgrade prevalence (`detect.prevalence`) and in
+``stsguard_mx_sessions_total``.
 
 All of it is best effort (`relay.delivery.best_effort`): a failure of any part is counted and
 logged once, and never changes the delivery's outcome nor reaches the queue.
@@ -24,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
 from detect.history import TlsHistoryStore
+from detect.prevalence import SessionSeen, session_seen
 from mtasts.model import PolicyResult
 from relay.decision import Action, Observation
 from relay.delivery.best_effort import BestEffort, Step
@@ -52,8 +57,10 @@ class AttemptReporter:
         clock: Callable[[], float],
         metrics: Metrics | None = None,
         log_recipients_mode: bool | str = True,
+        prevalence: PrevalenceSink | None = None,
     ) -> None:
         self.log_recipients = log_recipients_mode
+        self.prevalence = prevalence
         self.history = history
         self.sink = sink
         self.clock = clock
@@ -77,6 +84,8 @@ class AttemptReporter:
         if plan.report is not None:
             run(Step.TLSRPT, self._emit_session, plan.report, plan.host, ip, attempt)
         run(Step.METRICS, self._count_findings, attempt)
+        if not attempt.reused and attempt.sending_ip:
+            run(Step.PREVALENCE, self._count_session, plan.host, ip, attempt, outcome)
         run(Step.LOG, self._log_attempt, request.rcpts, plan.policy, attempt, outcome)
 
     def policy_failure(self, request: DeliveryRequest, result: PolicyResult) -> None:
@@ -183,6 +192,16 @@ class AttemptReporter:
             )
         )
 
+    def _count_session(
+        self, host: str, ip: str, attempt: Attempt, outcome: DeliveryOutcome | RcptOutcome
+    ) -> None:
+        seen = seen_in(host, ip, attempt, outcome, now=self.clock())
+        if self.metrics is not None:
+            went = "plaintext" if seen.plaintext else "tls" if _delivered_tls(outcome) else "none"
+            self.metrics.mx_sessions.labels(kind=str(seen.kind), outcome=went).inc()
+        if self.prevalence is not None:
+            self.prevalence.record(seen)
+
     def _count_findings(self, attempt: Attempt) -> None:
         if self.metrics is not None:
             for finding in attempt.findings:
@@ -219,6 +238,40 @@ class AttemptReporter:
             mx_helo=attempt.helo_name,
             findings=[f.as_log() for f in attempt.findings],
         )
+
+
+class PrevalenceSink(Protocol):
+    """Where sessions are counted for prevalence (`relay.prevalence.PrevalenceRecorder`)."""
+
+    def record(self, seen: SessionSeen) -> None: ...
+
+
+def seen_in(
+    host: str, ip: str, attempt: Attempt, outcome: DeliveryOutcome | RcptOutcome, *, now: float
+) -> SessionSeen:
+    """One new session's prevalence facts: what EHLO offered, the findings, how mail went."""
+    obs = attempt.obs
+    failed_tls = obs.handshake_ok is False or obs.cert_valid is False
+    plaintext = attempt.decision.action is Action.DELIVER_PLAINTEXT and _delivered(outcome)
+    return session_seen(
+        host,
+        ip,
+        when=now,
+        offered_starttls=obs.offered_starttls,
+        findings=attempt.findings,
+        handshake_failure=str(obs.tls_result_type or "") if failed_tls else "",
+        plaintext=plaintext,
+    )
+
+
+def _delivered(outcome: DeliveryOutcome | RcptOutcome) -> bool:
+    rcpts = outcome.rcpts if isinstance(outcome, DeliveryOutcome) else (outcome,)
+    return any(r.status is RcptStatus.DELIVERED for r in rcpts)
+
+
+def _delivered_tls(outcome: DeliveryOutcome | RcptOutcome) -> bool:
+    rcpts = outcome.rcpts if isinstance(outcome, DeliveryOutcome) else (outcome,)
+    return any(r.status is RcptStatus.DELIVERED and r.tls for r in rcpts)
 
 
 def requiretls_label(rcpt: RcptOutcome) -> str:

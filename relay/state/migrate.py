@@ -1,9 +1,10 @@
 """`stsguard state migrate --to URL`: move an SQLite state into another database (PostgreSQL).
 
 Everything goes in one transaction on the target, merged as the relays themselves write: a policy
-replaces an older fetch only, remembered TLS keeps the later time of each fact, TLS-RPT counts are
-added, sent-report progress is copied. The source is marked with an id and the target records
-which ids it took, so running the command twice never counts the same sessions twice.
+replaces an older fetch only, remembered TLS keeps the later time of each fact, TLS-RPT and
+downgrade-prevalence counts are added, sent-report progress is copied. The source is marked with
+an id and the target records which ids it took, so running the command twice never counts the
+same sessions twice.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 from relay.state.database import SqliteDatabase, StateError, Tx, open_database
 from relay.state.history_store import SqlTlsHistoryStore
 from relay.state.policy_store import SqlPolicyStore
+from relay.state.prevalence_store import SqlPrevalenceStore
 from relay.state.report_store import SqlReportStore
 from relay.state.stores import migrate_all
 from relay.state_url import StateUrl
@@ -26,6 +28,7 @@ _IMPORTS = (
     "CREATE TABLE IF NOT EXISTS stsguard_imports ("
     " source_id TEXT PRIMARY KEY, source TEXT NOT NULL, imported_at DOUBLE PRECISION NOT NULL)"
 )
+ALL_DAYS = "0001-01-01"
 _INSTANCE = "CREATE TABLE IF NOT EXISTS stsguard_instance (id TEXT NOT NULL)"
 
 
@@ -39,6 +42,7 @@ class Moved:
     counter_rows: int
     sessions: int
     sent_reports: int
+    prevalence_rows: int = 0
 
 
 def _source_id(tx: Tx) -> str:
@@ -67,6 +71,7 @@ def migrate_state(source: StateUrl, target: StateUrl) -> Moved:
         policies = SqlPolicyStore(src_db, migrate_schema=False)
         history = SqlTlsHistoryStore(src_db, migrate_schema=False)
         reports = SqlReportStore(src_db, migrate_schema=False)
+        prevalence = SqlPrevalenceStore(src_db, migrate_schema=False).rows(ALL_DAYS)
         entries, failures = policies.list(), policies.all_failures()
         hosts, sent = history.all(), reports.all_sent()
         batch: dict[PolicyKey, Tally] = {}
@@ -94,6 +99,7 @@ def migrate_state(source: StateUrl, target: StateUrl) -> Moved:
             SqlReportStore.add_counts_in(tx, batch)
             for report in sent:
                 SqlReportStore.put_sent_in(tx, report)
+            SqlPrevalenceStore.add_rows_in(tx, prevalence)
             tx.execute(
                 "INSERT INTO stsguard_imports (source_id, source, imported_at) VALUES (?, ?, ?)",
                 (source_id, str(source.path), time.time()),
@@ -107,4 +113,5 @@ def migrate_state(source: StateUrl, target: StateUrl) -> Moved:
         counter_rows=sum(1 + len(t.failures) for t in batch.values()),
         sessions=sum(t.successes + t.failures.total() for t in batch.values()),
         sent_reports=len(sent),
+        prevalence_rows=len(prevalence),
     )

@@ -1,9 +1,10 @@
-"""`open_state`: the three stores from `[state].url`, sharing one database.
+"""`open_state`: the stores from `[state].url`, sharing one database.
 
 SQLite (one relay): the SQL stores behind `relay.state.failsafe`, so a file that cannot be written
 never stops mail. PostgreSQL (a fleet): the same SQL stores behind the in-memory front of
 `relay.state.shared`, so an outage of the database never stops mail. Either way the writes that
 could not be made are counted in `FailedWrites`. The CLI (`front=False`) gets the SQL stores.
+The prevalence store has no front: its writer (`relay.prevalence`) buffers and retries itself.
 """
 
 from __future__ import annotations
@@ -13,14 +14,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from detect.history import TlsHistoryStore
+from detect.prevalence import PrevalenceStore
 from mtasts.cache import PolicyStore
-from relay.state import history_store, policy_store, report_store
+from relay.state import history_store, policy_store, prevalence_store, report_store
 from relay.state.database import Database, PostgresDatabase, SqliteDatabase, open_database
 from relay.state.failed_writes import FailedWrites
 from relay.state.failsafe import FailsafePolicyStore, FailsafeReportStore, FailsafeTlsHistoryStore
 from relay.state.history_store import SqlTlsHistoryStore
 from relay.state.migrations import Steps, migrate
 from relay.state.policy_store import SqlPolicyStore
+from relay.state.prevalence_store import SqlPrevalenceStore
 from relay.state.report_store import SqlReportStore
 from relay.state.shared import (
     RETRY_INTERVAL,
@@ -38,6 +41,7 @@ SCHEMAS: dict[str, Steps] = {
     policy_store.COMPONENT: policy_store.STEPS,
     history_store.COMPONENT: history_store.STEPS,
     report_store.COMPONENT: report_store.STEPS,
+    prevalence_store.COMPONENT: prevalence_store.STEPS,
 }
 
 
@@ -58,6 +62,7 @@ class State:
     reports: ReportStore
     availability: Availability | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
+    prevalence: PrevalenceStore | None = None
 
     def close(self) -> None:
         for closer in self._closers:
@@ -90,14 +95,21 @@ def open_state(
             policies = SqlPolicyStore(db, migrate_schema=False)
             history = SqlTlsHistoryStore(db, migrate_schema=False)
             reports = SqlReportStore(db, migrate_schema=False)
+            prevalence = SqlPrevalenceStore(db, migrate_schema=False)
             if not front:
-                return State(url, db, policies, history, reports)
+                return State(url, db, policies, history, reports, prevalence=prevalence)
             kept = (
                 FailsafePolicyStore(policies, failed),
                 FailsafeTlsHistoryStore(history, failed),
                 FailsafeReportStore(reports, failed),
             )
-            return State(url, db, *kept, _closers=[store.close for store in kept])
+            return State(
+                url,
+                db,
+                *kept,
+                _closers=[store.close for store in kept],
+                prevalence=prevalence,
+            )
         return _shared(url, db, clock, retry_interval, failed)
     except BaseException:
         db.close()
@@ -122,7 +134,10 @@ def _shared(
         migrate_all(db)
     except STORE_ERRORS as exc:
         availability.failed(exc)
-    return State(url, db, policies, history, reports, availability, [reports.close])
+    prevalence = SqlPrevalenceStore(db, migrate_schema=False)
+    return State(
+        url, db, policies, history, reports, availability, [reports.close], prevalence=prevalence
+    )
 
 
 def state_exists(url: StateUrl) -> bool:

@@ -16,6 +16,7 @@ from structlog.testing import LogCapture
 
 from detect.errors import HistoryStoreError
 from detect.history import MemoryTlsHistoryStore
+from detect.prevalence import SessionSeen
 from lab.dns import LabDns
 from relay.delivery.deliverer import Deliverer, DeliveryOutcome, DeliveryRequest, RcptStatus
 from relay.delivery.model import every_rcpt
@@ -42,6 +43,11 @@ class FullHistory(MemoryTlsHistoryStore):
 class BrokenSink(MemorySink):
     def record(self, result: SessionResult) -> None:
         raise ValueError("'starttls-not-suported' is not a valid ResultType")
+
+
+class BrokenPrevalence:
+    def record(self, seen: SessionSeen) -> None:
+        raise RuntimeError("prevalence counter broke")
 
 
 def _raise(*_args: Any, **_kwargs: Any) -> Any:
@@ -86,7 +92,9 @@ def logs(*processors: Any) -> Iterator[list[dict[str, Any]]]:
 def deliverer_with(lab_ca: Any, lab_resolver: Any) -> Callable[..., tuple[Deliverer, Metrics]]:
     from relay.tls import client_context
 
-    def make(port: int, *, history: Any = None, sink: Any = None) -> tuple[Deliverer, Metrics]:
+    def make(
+        port: int, *, history: Any = None, sink: Any = None, prevalence: Any = None
+    ) -> tuple[Deliverer, Metrics]:
         metrics = Metrics()
         deliverer = Deliverer(
             make_config(port),
@@ -96,6 +104,7 @@ def deliverer_with(lab_ca: Any, lab_resolver: Any) -> Callable[..., tuple[Delive
             sink=sink or MemorySink(),
             ssl_context=client_context(str(lab_ca.ca_file)),
             metrics=metrics,
+            prevalence=prevalence,
         )
         return deliverer, metrics
 
@@ -119,6 +128,7 @@ class _NoPolicy:
     [
         ("history", "history"),  # the issue's disk full: HistoryStoreError after the 250
         ("sink", "tlsrpt"),  # ValueError from a result type, or any sink failure
+        ("prevalence", "prevalence"),  # counting the session for `detect stats`
         ("metrics", "metrics"),
         ("pool", "pool"),
         ("reporting", "delivery"),  # caught by the guard in `deliver`
@@ -138,6 +148,7 @@ async def test_failure_after_the_final_dot_leaves_the_message_delivered_once(
         mx.port,
         history=FullHistory() if case == "history" else None,
         sink=BrokenSink() if case == "sink" else None,
+        prevalence=BrokenPrevalence() if case == "prevalence" else None,
     )
     {"metrics": _break_metrics, "pool": _break_pool, "reporting": _break_reporting}.get(
         case, lambda _d: None
@@ -231,3 +242,28 @@ async def test_failure_before_the_dot_with_a_broken_log_pipeline_is_still_a_defe
     [rcpt] = outcome.rcpts
     assert rcpt.status is RcptStatus.DEFERRED
     assert mx.messages == []
+
+
+async def test_each_new_session_is_counted_for_prevalence_once(
+    start_mx: StartMx,
+    lab_dns: LabDns,
+    deliverer_with: Callable[..., tuple[Deliverer, Metrics]],
+) -> None:
+    """Two messages over one (pooled) session: one session counted, bounded metric labels."""
+    mx = await start_mx(MX1, "127.0.9.4")
+    mx_records(lab_dns, (10, MX1))
+    seen: list[SessionSeen] = []
+
+    class Recorder:
+        def record(self, one: SessionSeen) -> None:
+            seen.append(one)
+
+    deliverer, metrics = deliverer_with(mx.port, prevalence=Recorder())
+    for n in (1, 2):
+        await deliverer.deliver(request(n))
+    await deliverer.close()
+    assert len(mx.messages) == 2
+    assert [(s.host, s.address, s.offered_starttls, s.downgraded) for s in seen] == [
+        (MX1, "127.0.9.4", True, False)
+    ]
+    assert metrics.value("stsguard_mx_sessions_total", {"kind": "clean", "outcome": "tls"}) == 1

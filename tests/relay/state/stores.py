@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from detect.history import MemoryTlsHistoryStore, TlsHistoryStore
+from detect.prevalence import MemoryPrevalenceStore, PrevalenceStore
 from mtasts.cache import MemoryPolicyStore, PolicyStore
 from relay.state.stores import State, open_state
 from relay.state_url import parse_state_url
@@ -41,3 +42,11 @@ def history_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> 
 def report_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> ReportStore:
     state = open_kind(kind, request, tmp_path)
     return MemoryReportStore() if state is None else state.reports
+
+
+def prevalence_store(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> PrevalenceStore:
+    state = open_kind(kind, request, tmp_path)
+    if state is None:
+        return MemoryPrevalenceStore()
+    assert state.prevalence is not None
+    return state.prevalence

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from detect.prevalence import Batch, SessionSeen, count_session
 from mtasts.model import Mode, Policy
 from mtasts.state import CacheEntry, FetchFailure
 from relay.state.stores import open_state
@@ -29,6 +30,10 @@ def relay_with_state(tmp_path: Path) -> Path:
         sink.record(result)
     sink.flush()
     state.reports.put_sent(SentReport(day=DAY, domain="example.org", report_id="r1", attempts=1))
+    assert state.prevalence is not None
+    batch: Batch = {}
+    count_session(batch, SessionSeen("mx.example.org", "192.0.2.1", NOW, False, garbled_token="X"))
+    state.prevalence.add(batch)
     state.close()
     config = tmp_path / "stsguard.toml"
     config.write_text(f'[relay]\nstate_dir = "{state_dir}"\n')
@@ -43,6 +48,7 @@ def test_migrate_moves_everything_once(tmp_path: Path, pg_url: str) -> None:
         source.history.all(),
         source.reports.counts(DAY),
         source.reports.get_sent(DAY, "example.org"),
+        source.prevalence.rows("2000-01-01"),  # type: ignore[union-attr]
     )
     source.close()
 
@@ -58,8 +64,10 @@ def test_migrate_moves_everything_once(tmp_path: Path, pg_url: str) -> None:
             target.history.all(),
             target.reports.counts(DAY),
             target.reports.get_sent(DAY, "example.org"),
+            target.prevalence.rows("2000-01-01"),  # type: ignore[union-attr]
         )
         assert got == expected
+        assert len(got[-1]) == 3  # sessions, garbled, downgraded
         assert target.policies.last_failure("bad.example", "9") is not None
     finally:
         target.close()

@@ -1,0 +1,113 @@
+"""Downgrade prevalence from the relay's own sessions, written behind (`detect.prevalence`).
+
+`record` counts a session in memory; `run` adds the counts to the state store every
+`flush_interval` seconds in a worker thread (so the store never blocks the event loop) and, once per
+UTC day, deletes the days older than `[detect].prevalence_days`. A store that fails keeps the counts
+for the next try, at most `MAX_KEYS` (day, host, address) keys of them: past that, new keys are
+dropped and counted. Nothing here can change a delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import structlog
+
+from detect.errors import PrevalenceStoreError
+from detect.prevalence import (
+    Batch,
+    PrevalenceKey,
+    PrevalenceStore,
+    SessionSeen,
+    count_session,
+    first_day,
+    merge_batch,
+    utc_day,
+)
+
+log = structlog.get_logger(__name__)
+
+MAX_KEYS = 20_000
+
+
+class PrevalenceRecorder:
+    """Buffers prevalence counts and adds them to a `PrevalenceStore` in batches."""
+
+    def __init__(
+        self,
+        store: PrevalenceStore,
+        *,
+        clock: Callable[[], float],
+        flush_interval: float = 5.0,
+        keep_days: int = 90,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.flush_interval = flush_interval
+        self.keep_days = keep_days
+        self.dropped = 0
+        self._batch: Batch = {}
+        self._pruned_on = ""
+
+    @property
+    def buffered(self) -> int:
+        return len(self._batch)
+
+    def record(self, seen: SessionSeen) -> None:
+        """Count one session; never does I/O."""
+        if len(self._batch) >= MAX_KEYS:
+            key = PrevalenceKey(utc_day(seen.when), seen.host, seen.address)
+            if key not in self._batch:
+                self.dropped += 1
+                return
+        count_session(self._batch, seen)
+
+    def _keep(self, batch: Batch) -> None:
+        merge_batch(batch, self._batch)  # what came meanwhile on top of what failed
+        self._batch = batch
+
+    def flush(self) -> None:
+        """Add the buffered counts in one transaction; on failure they stay buffered."""
+        batch, self._batch = self._batch, {}
+        try:
+            self.store.add(batch)
+        except PrevalenceStoreError:
+            self._keep(batch)
+            raise
+
+    def _prune(self) -> None:
+        today = utc_day(self.clock())
+        if self.keep_days <= 0 or today == self._pruned_on:
+            return
+        gone = self.store.prune(first_day(today, self.keep_days))
+        self._pruned_on = today
+        if gone:
+            log.info("prevalence.pruned", rows=gone, kept_days=self.keep_days)
+
+    async def _flush_in_thread(self) -> None:
+        batch, self._batch = self._batch, {}
+        try:
+            await asyncio.to_thread(self.store.add, batch)
+        except PrevalenceStoreError as exc:
+            log.warning("prevalence.flush_failed", error=str(exc), buffered=len(batch))
+            self._keep(batch)
+        try:
+            await asyncio.to_thread(self._prune)
+        except PrevalenceStoreError as exc:
+            log.warning("prevalence.prune_failed", error=str(exc))
+        if self.dropped:
+            log.warning("prevalence.dropped", sessions=self.dropped, max_keys=MAX_KEYS)
+            self.dropped = 0
+
+    async def run(self) -> None:
+        """Flush every `flush_interval` seconds until cancelled; flush once more on the way out."""
+        try:
+            while True:
+                await asyncio.sleep(self.flush_interval)
+                await self._flush_in_thread()
+        finally:
+            try:
+                self.flush()
+            except PrevalenceStoreError as exc:
+                log.error("prevalence.final_flush_failed", error=str(exc), lost=self.buffered)
