@@ -30,6 +30,8 @@ from relay.queue.spool import QueuedMessage, Spool
 ACTIONS = ("list", "summary", "show", "flush", "hold", "release", "delete")
 _READING = ("list", "summary", "show")
 _DELETE_SELECTORS = "--domain, --recipient, --sender and --all"
+# Ids per control request: 17 bytes each as JSON, well inside the relay's 64 KiB request line.
+IDS_PER_REQUEST = 1000
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -276,7 +278,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         return _read(args, spool)
     control = socket_path(config.relay.state_dir)
     try:
-        reply = ask(control, request)
+        reply = _ask_in_chunks(control, request)
     except PermissionError as exc:  # connect() names no path: say which socket refused
         raise PermissionError(exc.errno, exc.strerror, str(control)) from None
     if reply is None:
@@ -285,6 +287,35 @@ def run(args: argparse.Namespace, config: Config) -> int:
         print(f"stsguard: the relay refused: {reply.get('error')}", file=sys.stderr)
         return 1
     return _report(request, reply, "the running relay")
+
+
+def _ask_in_chunks(control: Path, request: dict[str, Any]) -> dict[str, Any] | None:
+    """`ask`, with a long id list (`queue delete -` fed a whole queue) sent `IDS_PER_REQUEST` at
+    a time, so each request line stays within what the relay reads; the replies added up."""
+    ids: list[str] = request.get("ids") or []
+    parts = [ids[i : i + IDS_PER_REQUEST] for i in range(0, len(ids), IDS_PER_REQUEST)]
+    total: dict[str, Any] | None = None
+    for part in parts or [ids]:
+        reply = ask(control, {**request, "ids": part})
+        if reply is None or not reply.get("ok"):
+            return reply if total is None else {"ok": False, "error": _stopped(total, reply)}
+        total = reply if total is None else _added(total, reply)
+    return total
+
+
+def _added(total: dict[str, Any], reply: dict[str, Any]) -> dict[str, Any]:
+    summed = dict(total)
+    for key, value in reply.items():
+        if isinstance(value, bool) or key not in total:
+            continue
+        if isinstance(value, (int, list)):
+            summed[key] = total[key] + value
+    return summed
+
+
+def _stopped(total: dict[str, Any], reply: dict[str, Any] | None) -> str:
+    why = "the relay went away" if reply is None else reply.get("error")
+    return f"{why} after {total.get('messages', 0)} message(s) were done"
 
 
 def _without_relay(spool: Spool | None, request: dict[str, Any]) -> int:
