@@ -252,8 +252,11 @@ class ControlServer:
             )
             return {"ok": True, "messages": count, "recipients": 0, "unknown": unknown}
         if op == "flush":
+            # Also what another program put in the spool without telling the relay.
+            entries = await asyncio.to_thread(lambda: list(self.spool.scan()))
+            found = self.runner.adopt(entries)
             count = self.runner.flush()
-            log.info("queue.flushed", messages=count, by="stsguard queue flush")
+            log.info("queue.flushed", messages=count, found=found, by="stsguard queue flush")
             return {"ok": True, "messages": count, "recipients": 0, "unknown": []}
         async with self._lock:
             change = await asyncio.to_thread(apply, self.spool, request, now=self.clock())

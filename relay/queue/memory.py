@@ -16,7 +16,7 @@ from relay.config import Config
 from relay.queue.index import MemoryBudget, QueueIndex
 from relay.queue.passes import Pass
 from relay.queue.scheduler import Destinations, DueTimes
-from relay.queue.spool import QueuedMessage
+from relay.queue.spool import QueuedMessage, ScanEntry
 
 
 class QueueMemory:
@@ -72,6 +72,22 @@ class QueueMemory:
             self._unwritten.pop(queue_id, None)
             self.index.gone(queue_id, held=held)
         self.dests.unpark(ids)
+
+    def adopt(self, entries: Iterable[ScanEntry]) -> int:
+        """Messages in the spool this process was never told of (queued by a program that did
+        not say so): due now. Returns how many; `stsguard queue flush` finds them this way."""
+        now = self.clock()
+        found = 0
+        for e in entries:
+            known = e.id in self.index.received or e.id in self.due or e.id in self._passes
+            if e.held or e.due is None or known:
+                continue
+            self.index.known(e.id, e.received_at)
+            self.due.set(e.id, now)
+            found += 1
+        if found:
+            self._wake.set()
+        return found
 
     def flush(self) -> int:
         """Everything due now and every dead destination alive (`stsguard queue flush`)."""

@@ -19,6 +19,7 @@ from relay.decision import Action, Decision
 from relay.delivery.model import DeliveryOutcome, DeliveryRequest, RcptOutcome, RcptStatus
 from relay.errors import SpoolError
 from relay.queue import bouncer as queue_bouncer
+from relay.queue.control import ControlServer
 from relay.queue.runner import QueueRunner
 from relay.queue.spool import QueuedMessage, Spool
 
@@ -249,3 +250,18 @@ async def test_a_delivered_message_logs_removed_with_its_delays(
     (removed,) = events(logs, "queue.removed")
     assert (removed["delay"], removed["delays"]) == (602.0, "2.00/600.00/0.00")
     assert not events(logs, "queue.bounced")
+
+
+async def test_flush_finds_mail_another_program_queued_without_telling_the_relay(
+    queue_for: Callable[..., Any], tmp_path: Path
+) -> None:
+    deliverer = ScriptedDeliverer({})
+    queue = await queue_for(deliverer)
+    qid = queue.put(["bob@quiet.test"])  # the relay was not told (no wake)
+    await queue.at(3600)
+    assert deliverer.requests == []  # it never rescans the spool by itself
+    server = ControlServer(tmp_path / "c.sock", queue.spool, queue.runner, clock=queue.clock)
+    reply = await server.handle({"op": "flush", "ids": []})
+    assert reply["messages"] >= 1
+    await queue.settle(lambda: not queue.spool.list())
+    assert [r.queue_id for r in deliverer.requests] == [qid]
