@@ -41,8 +41,9 @@ class DnssecResolver(dns.asyncresolver.Resolver):
 
 class AnswerCache(dns.resolver.LRUCache):
     """dnspython's TTL-honouring cache, plus `query`'s finished `DnsAnswer` per (name, type)
-    until the same expiry: a cached MX, A and AAAA for every message cost 85 us of dnspython's
-    resolution machinery; a hit here costs a dict look-up. `flush` empties both."""
+    until the same expiry (no-data answers included): a cached MX, A and AAAA for every message
+    cost 85 us of dnspython's resolution machinery; a hit here costs a dict look-up. `flush`
+    empties both."""
 
     ANSWERS_MAX = 10_000
 
@@ -165,6 +166,7 @@ async def query(resolver: dns.asyncresolver.Resolver, name: str, rdtype: str) ->
         _text(answer.canonical_name),
         rrset.ttl if rrset is not None else 0,
     )
-    if cache is not None and rrset is not None and rrset.ttl > 0:
-        cache.keep(result, answer.expiration)  # the expiry dnspython's cache gives it too
+    if cache is not None and answer.expiration > time.time():
+        # The expiry dnspython's cache gives it too (a no-data answer: the SOA's negative TTL).
+        cache.keep(result, answer.expiration)
     return result

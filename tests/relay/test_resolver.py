@@ -44,6 +44,15 @@ async def test_query_keeps_finished_answers_until_their_expiry(lab_dns: LabDns) 
     assert lab_dns.count("example.org", "MX") == 2
 
 
+async def test_query_keeps_a_no_data_answer_for_its_negative_ttl(lab_dns: LabDns) -> None:
+    lab_dns.ttl = 300
+    lab_dns.add("mx.example.org", "A", "127.0.0.1")
+    resolver = make_resolver(DnsConfig(nameservers=(lab_dns.address,), timeout=2))
+    for _ in range(3):
+        assert (await query(resolver, "mx.example.org", "AAAA")).texts == ()
+    assert lab_dns.count("mx.example.org", "AAAA") == 1
+
+
 async def test_query_keeps_no_ttl_zero_answer(lab_dns: LabDns) -> None:
     lab_dns.add("example.org", "MX", "10 mx.example.org.")
     resolver = make_resolver(DnsConfig(nameservers=(lab_dns.address,), timeout=2))
