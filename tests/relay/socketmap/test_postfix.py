@@ -136,7 +136,7 @@ async def test_postfix_37_delivers_under_the_socketmap_policies(
         stdout=log,
         stderr=log,
     )
-    postfix = PostfixInstance(tmp_path / "postfix", f"127.0.0.1:{free_port()}")
+    postfix = PostfixInstance(tmp_path / "postfix", "127.0.0.1:0")
     try:
         async with asyncio.timeout(30):
             while True:
@@ -145,11 +145,20 @@ async def test_postfix_37_delivers_under_the_socketmap_policies(
                     break
                 except OSError:
                     await asyncio.sleep(0.1)
-        postfix.write(
-            MAIN_CF.format(mx_port=world.mx_port, ca_file=world.ca.ca_file, socketmap=listen)
-        )
-        chroot_smtp(postfix)
-        postfix.start()
+        for attempt in range(3):
+            # A port picked just before the start; another process may still take it first.
+            postfix.listen = f"127.0.0.1:{free_port()}"
+            postfix.write(
+                MAIN_CF.format(mx_port=world.mx_port, ca_file=world.ca.ca_file, socketmap=listen)
+            )
+            chroot_smtp(postfix)
+            try:
+                postfix.start()
+                break
+            except RuntimeError as exc:
+                postfix.stop()
+                if attempt == 2:
+                    pytest.fail(f"{exc}; Postfix's log:\n{postfix.log_tail(30)}")
         rcpts = [f"bob@{d}" for d in ("enforce", "testing", "nopolicy", "wrongcert", "strip")]
         await asyncio.to_thread(
             send, int(postfix.listen.rpartition(":")[2]), [f"{r}.test" for r in rcpts]
