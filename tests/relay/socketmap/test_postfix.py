@@ -15,6 +15,7 @@ import signal
 import smtplib
 import subprocess
 import sys
+import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -136,7 +137,10 @@ async def test_postfix_37_delivers_under_the_socketmap_policies(
         stdout=log,
         stderr=log,
     )
-    postfix = PostfixInstance(tmp_path / "postfix", "127.0.0.1:0")
+    # Not under tmp_path: pytest makes /tmp/pytest-of-root 0700 again whenever a session starts,
+    # and the postfix user must reach its queue and data directories all along.
+    base = Path(tempfile.mkdtemp(prefix="stsguard-postfix-"))
+    postfix = PostfixInstance(base, "127.0.0.1:0")
     try:
         async with asyncio.timeout(30):
             while True:
@@ -175,6 +179,7 @@ async def test_postfix_37_delivers_under_the_socketmap_policies(
         text = postfix.log_tail(400)
     finally:
         postfix.stop()
+        shutil.rmtree(base, ignore_errors=True)
         socketmap.send_signal(signal.SIGTERM)
         await asyncio.to_thread(socketmap.wait, 20)
 
