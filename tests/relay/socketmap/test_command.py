@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 from lab.world import LabWorld, free_port, to_toml, wait_until
@@ -39,11 +40,12 @@ async def ask_when_up(address: str, key: str) -> str:
 async def test_socketmap_command_serves_tcp_and_stops_on_sigterm(tmp_path: Path) -> None:
     async with LabWorld(tmp_path / "world").running() as world:
         publish(world)
-        listen = f"127.0.0.1:{free_port()}"
-        config = tmp_path / "stsguard.toml"
-        config.write_text(
-            to_toml(world.relay_settings(tmp_path / "state", socketmap={"listen": listen}))
+        listen, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+        settings = world.relay_settings(
+            tmp_path / "state", socketmap={"listen": listen}, relay={"metrics_listen": metrics}
         )
+        config = tmp_path / "stsguard.toml"
+        config.write_text(to_toml(settings))
         log = (tmp_path / "socketmap.log").open("wb")
         proc = subprocess.Popen(  # noqa: ASYNC220  (a long-running server, waited for below)
             [sys.executable, "-m", "relay.cli", "socketmap", "--config", str(config)],
@@ -53,6 +55,11 @@ async def test_socketmap_command_serves_tcp_and_stops_on_sigterm(tmp_path: Path)
         try:
             assert await ask_when_up(listen, "example.org") == SECURE
             assert await ask_when_up(listen, "other.example") == "NOTFOUND "
+            scrape = await asyncio.to_thread(
+                lambda: urllib.request.urlopen(f"http://{metrics}/metrics", timeout=5).read()
+            )
+            assert b'stsguard_socketmap_queries_total{answer="secure"} 1.0' in scrape
+            assert b"stsguard_socketmap_query_seconds_count 2.0" in scrape
         finally:
             proc.send_signal(signal.SIGTERM)
             code = await asyncio.to_thread(proc.wait, 20)
