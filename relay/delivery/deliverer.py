@@ -35,7 +35,7 @@ from detect.history import TlsHistoryStore
 from mtasts.errors import PolicyError
 from mtasts.fetch import lookup_sts_record
 from mtasts.model import PolicyResult
-from relay.config import Config, DomainTls
+from relay.config import Config
 from relay.decision import Decision, RequireTlsFailure, decide_expiry
 from relay.delivery.best_effort import Step, answered, final_answer_scope
 from relay.delivery.loops import LOOP_REASON, SelfAddresses, discard_self
@@ -48,7 +48,15 @@ from relay.delivery.model import (
 )
 from relay.delivery.mx import MxHost, MxResult, MxStatus, lookup_mx
 from relay.delivery.negotiate import Attempt, Established, Negotiator, SessionFactory
-from relay.delivery.policy import Destination, MxPlan, Refusal, destination, needs_sts, plan_host
+from relay.delivery.policy import (
+    STS_APPLIED,
+    Destination,
+    MxPlan,
+    Refusal,
+    destination,
+    needs_sts,
+    plan_host,
+)
 from relay.delivery.policy_lookup import lookup_host
 from relay.delivery.pool import SessionPool
 from relay.delivery.report import AttemptReporter, PrevalenceSink
@@ -227,7 +235,7 @@ class Deliverer:
             requiretls=request.flags.requiretls,
         )
         # Only where the policy applies: under an override it is looked up to report under.
-        applied = dest.domain_tls == DomainTls.MTA_STS
+        applied = dest.domain_tls in STS_APPLIED
         if result is not None and result.failure is not None and applied and dest.tlsrpt:
             self.reporter.policy_failure(request, result)
         return dest

@@ -150,6 +150,9 @@ class Destination:
         )
 
 
+# `[domains."x"].tls` values under which MTA-STS applies: `dane` falls back to it where an MX
+# host has no DANE, as without an override.
+STS_APPLIED = (DomainTls.MTA_STS, DomainTls.DANE)
 # Overrides under which the MTA-STS policy is still looked up, only to report sessions under it
 # when the domain publishes one (RFC 8460 4.3); `dane`/`dane-only` report under TLSA.
 STS_REPORTED = (DomainTls.NONE, DomainTls.OPPORTUNISTIC, DomainTls.ENCRYPT, DomainTls.VERIFY)
@@ -157,10 +160,11 @@ STS_REPORTED = (DomainTls.NONE, DomainTls.OPPORTUNISTIC, DomainTls.ENCRYPT, Doma
 
 def needs_sts(domain_tls: DomainTls, *, literal: bool, requiretls: bool = False) -> bool:
     """True when the domain's MTA-STS policy must be looked up (STS-08: not for an address
-    literal): to apply it, or, under an override of `STS_REPORTED`, to report under it.
+    literal): to apply it (`STS_APPLIED`), or, under an override of `STS_REPORTED`, to report
+    under it.
     REQUIRETLS takes no local override."""
     applied = requiretls_domain_tls(DomainTls(domain_tls), requiretls=requiretls)
-    return not literal and (applied == DomainTls.MTA_STS or applied in STS_REPORTED)
+    return not literal and (applied in STS_APPLIED or applied in STS_REPORTED)
 
 
 def destination(

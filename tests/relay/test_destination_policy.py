@@ -85,6 +85,7 @@ def plan(
         ("mta-sts", Mode.ENFORCE, NO_TLSA, "mta-sts-enforce", "verify", "sts", "next-mx"),
         ("mta-sts", None, SECURE, "dane", "dane", "tlsa", "next-mx"),
         ("dane", None, SECURE, "dane", "dane", "tlsa", "next-mx"),
+        ("dane", Mode.ENFORCE, NO_TLSA, "mta-sts-enforce", "verify", "sts", "next-mx"),
         ("dane-only", None, SECURE, "dane-only", "dane", "tlsa", "next-mx"),
         # an override applies, but a published policy is what sessions are reported under
         ("none", Mode.ENFORCE, None, "override", "none", "sts", "deliver"),
@@ -197,7 +198,8 @@ def test_wants_tlsa_only_where_dane_can_apply() -> None:
     assert not dest().wants_tlsa(MxHost("mx1.example.org", 10, ()))  # RFC 7672 2.2.2
     assert needs_sts("mta-sts", literal=False)
     assert not needs_sts("mta-sts", literal=True)  # STS-08
-    assert not needs_sts(DomainTls.DANE, literal=False)
+    assert needs_sts(DomainTls.DANE, literal=False)  # MTA-STS where a host has no DANE
+    assert not needs_sts(DomainTls.DANE_ONLY, literal=False)
     assert needs_sts(DomainTls.NONE, literal=False)  # only to report under it
 
 
