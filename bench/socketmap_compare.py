@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -53,9 +54,17 @@ def cold_domains(who: str, clients: int, count: int) -> list[str]:
     return [f"c{i}.{who}{clients}.test" for i in range(count)]
 
 
-async def warm_run(port: int, clients: int, seconds: float) -> tuple[int, bytes]:
+async def open_to(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to ``host:port`` or a Unix socket path."""
+    if address.startswith("/"):
+        return await asyncio.open_unix_connection(address)
+    host, _, port = address.rpartition(":")
+    return await asyncio.open_connection(host, int(port))
+
+
+async def warm_run(address: str, clients: int, seconds: float) -> tuple[int, bytes]:
     """Queries answered by `clients` connections asking for WARM back to back."""
-    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(clients)]
+    conns = [await open_to(address) for _ in range(clients)]
     reply = await socketmap_query(*conns[0], WARM)
     done = 0
     stop_at = time.monotonic() + seconds
@@ -74,9 +83,9 @@ async def warm_run(port: int, clients: int, seconds: float) -> tuple[int, bytes]
     return done, reply
 
 
-async def cold_run(port: int, clients: int, domains: list[str]) -> list[bytes]:
+async def cold_run(address: str, clients: int, domains: list[str]) -> list[bytes]:
     """Every domain asked once, by `clients` connections taking them in turn."""
-    conns = [await asyncio.open_connection("127.0.0.1", port) for _ in range(clients)]
+    conns = [await open_to(address) for _ in range(clients)]
     queue = list(reversed(domains))
     replies: list[bytes] = []
 
@@ -92,12 +101,12 @@ async def cold_run(port: int, clients: int, domains: list[str]) -> list[bytes]:
     return replies
 
 
-def measure(pid: int, port: int, who: str, args: argparse.Namespace) -> dict[str, Any]:
-    asyncio.run(warm_run(port, 1, 0.2))  # the warm domain in the cache
+def measure(pid: int, address: str, who: str, args: argparse.Namespace) -> dict[str, Any]:
+    asyncio.run(warm_run(address, 1, 0.2))  # the warm domain in the cache
     result: dict[str, Any] = {}
     for clients in CLIENTS:
         cpu0, t0 = procstat.tree_cpu(pid), time.monotonic()
-        done, reply = asyncio.run(warm_run(port, clients, args.seconds))
+        done, reply = asyncio.run(warm_run(address, clients, args.seconds))
         wall, cpu = time.monotonic() - t0, procstat.tree_cpu(pid) - cpu0
         result[f"warm_{clients}"] = {
             "queries": done,
@@ -107,7 +116,7 @@ def measure(pid: int, port: int, who: str, args: argparse.Namespace) -> dict[str
         }
         domains = cold_domains(who, clients, args.cold)
         cpu0, t0 = procstat.tree_cpu(pid), time.monotonic()
-        replies = asyncio.run(cold_run(port, clients, domains))
+        replies = asyncio.run(cold_run(address, clients, domains))
         wall, cpu = time.monotonic() - t0, procstat.tree_cpu(pid) - cpu0
         txt = sum(int(ask(DNS_IP, LAB_CONTROL, f"TXT {d}")) for d in domains)
         https = sum(int(ask(DNS_IP, LAB_CONTROL, f"HTTPS {d}")) for d in domains)
@@ -123,12 +132,14 @@ def measure(pid: int, port: int, who: str, args: argparse.Namespace) -> dict[str
     return result
 
 
-def start_stsguard(procs: Processes, workdir: Path, ca_file: Path) -> subprocess.Popen[bytes]:
+def start_stsguard(
+    procs: Processes, workdir: Path, ca_file: Path, address: str
+) -> subprocess.Popen[bytes]:
     config = workdir / "stsguard.toml"
     config.write_text(
         f'[relay]\nstate_dir = "{workdir / "state"}"\nlog_format = "json"\n'
         f'[dns]\nnameservers = ["{DNS_IP}:53"]\n[tls]\nca_file = "{ca_file}"\n'
-        f'[socketmap]\nlisten = "127.0.0.1:{STSGUARD_PORT}"\n'
+        f'[socketmap]\nlisten = "{address}"\n'
     )
     return procs.start(
         [PY, "-m", "relay.cli", "socketmap", "--config", str(config)],
@@ -138,10 +149,17 @@ def start_stsguard(procs: Processes, workdir: Path, ca_file: Path) -> subprocess
     )
 
 
-def start_resolver(procs: Processes, workdir: Path, ca_file: Path) -> subprocess.Popen[bytes]:
+def start_resolver(
+    procs: Processes, workdir: Path, ca_file: Path, address: str
+) -> subprocess.Popen[bytes]:
     config = workdir / "mta-sts-daemon.yml"
+    listen = (
+        f"path: {address}\n"
+        if address.startswith("/")
+        else (f"host: 127.0.0.1\nport: {RESOLVER_PORT}\nreuse_port: true\n")
+    )
     config.write_text(
-        f"host: 127.0.0.1\nport: {RESOLVER_PORT}\nreuse_port: true\nshutdown_timeout: 1\n"
+        f"{listen}shutdown_timeout: 1\n"
         "cache:\n  type: internal\n  options:\n    cache_size: 10000\n"
         "default_zone:\n  strict_testing: false\n  timeout: 4\n"
     )
@@ -178,19 +196,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise SystemExit("bench: lab services did not start")
         ca_file = Path(ready[1])
         results: dict[str, Any] = {}
-        for who, start, port in (
-            ("stsguard", start_stsguard, STSGUARD_PORT),
-            ("resolver", start_resolver, RESOLVER_PORT),
+        for who, start, tcp in (
+            ("stsguard", start_stsguard, f"127.0.0.1:{STSGUARD_PORT}"),
+            ("resolver", start_resolver, f"127.0.0.1:{RESOLVER_PORT}"),
         ):
-            proc = start(procs, workdir, ca_file)
-            if not wait_port("127.0.0.1", port, 30, proc):
+            address = str(workdir / f"{who}.sock") if args.unix else tcp
+            proc = start(procs, workdir, ca_file, address)
+            if not wait_listening(address, proc):
                 raise SystemExit(f"bench: {who} did not listen")
-            results[who] = measure(proc.pid, port, who, args)
+            results[who] = measure(proc.pid, address, who, args)
             proc.terminate()
             proc.wait(20)
         return results
     finally:
         procs.stop_all()
+
+
+def wait_listening(address: str, proc: subprocess.Popen[bytes]) -> bool:
+    if not address.startswith("/"):
+        host, _, port = address.rpartition(":")
+        return wait_port(host, int(port), 30, proc)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            with socket.socket(socket.AF_UNIX) as sock:
+                sock.connect(address)
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
 
 
 def table(results: dict[str, Any]) -> str:
@@ -221,6 +255,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each warm run")
     parser.add_argument("--cold", type=int, default=200, help="domains per cold run")
     parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--unix", action="store_true", help="both on Unix sockets, not TCP")
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if os.geteuid() != 0:
