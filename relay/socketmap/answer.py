@@ -69,6 +69,7 @@ class MapAnswer:
 
 
 OVERRIDE_LEVELS = {"none": "none", "opportunistic": "may", "encrypt": "encrypt", "verify": "verify"}
+ANSWERED_BY_OVERRIDE = (*OVERRIDE_LEVELS, "dane-only")  # answers no look-up can change
 
 # A policy line Postfix reads back as it was: printable ASCII without braces, not starting or
 # ending in a space (Postfix strips those).

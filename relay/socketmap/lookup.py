@@ -27,7 +27,7 @@ from relay.delivery.mx import MxResult, MxStatus
 from relay.delivery.policy import DestinationView, needs_sts
 from relay.delivery.policy_lookup import lookup_destination
 from relay.resolver import DnssecResolver
-from relay.socketmap.answer import DaneState, MapFacts
+from relay.socketmap.answer import ANSWERED_BY_OVERRIDE, DaneState, MapFacts
 from relay.tls_rules import DANE_OVERRIDES
 
 log = structlog.get_logger(__name__)
@@ -101,6 +101,9 @@ class MapLookup:
         if config is not self._config_seen:  # reloaded: the overrides may differ
             self._known.clear()
             self._config_seen = config
+        override = config.domain_tls(domain)
+        if override in ANSWERED_BY_OVERRIDE:
+            return MapFacts(domain, None, DaneState.OFF, "", override)  # nothing to look up
         known = self._known.get(domain)
         if known is not None:
             facts, looked_at = known

@@ -16,7 +16,7 @@ from lab.policy_host import Failure
 from lab.world import LabWorld, wait_until
 from mtasts.cache import MemoryPolicyStore
 from mtasts.service import PolicyService
-from relay.config import Config, DnsConfig
+from relay.config import DnsConfig, config_from_dict
 from relay.resolver import make_resolver
 from relay.socketmap.lookup import MapLookup
 from relay.socketmap.metrics import SocketmapMetrics
@@ -41,7 +41,7 @@ async def serving(
         https_port=world.policy_host.port,
         fetch_timeout=kw.pop("fetch_timeout", 5.0),
     )
-    config = Config()
+    config = config_from_dict({"domains": kw.pop("domains", {})})
     lookup = MapLookup(policies, resolver, lambda: config, budget=kw.pop("budget", 5.0))
     registry = CollectorRegistry()
     server = SocketmapServer(
@@ -151,6 +151,17 @@ async def test_sm01_a_netstring_that_is_no_request_is_perm(world: LabWorld) -> N
         assert await client.ask("postfix", "example.org") == SECURE  # still usable
         got = registry.get_sample_value("stsguard_socketmap_queries_total", {"answer": "malformed"})
         assert got == 1
+
+
+async def test_sm02_override_is_answered_without_a_look_up(world: LabWorld) -> None:
+    domains = {"example.org": {"tls": "encrypt"}, "other.example": {"tls": "dane-only"}}
+    async with serving(world, domains=domains) as (server, lookup, _):  # type: ignore[arg-type]
+        client = await connect(server)
+        asked = sum(world.dns.queries.values())
+        assert await client.ask("postfix", "example.org") == "OK encrypt"
+        assert await client.ask("tlsrpt", "other.example") == "OK dane-only"
+    assert sum(world.dns.queries.values()) == asked
+    assert lookup.lookups == 0
 
 
 async def test_sm01_unix_socket(world: LabWorld, tmp_path: Path) -> None:
