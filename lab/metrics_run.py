@@ -53,7 +53,10 @@ def yesterdays_sessions(relay: Relay) -> None:
     """Sessions of the day before, so the daily sender has two reports to send at start: one to
     a collector that takes it, one to a collector that answers 500 (a failed attempt)."""
     when = time.time() - 86400
-    for domain, failed in (("good.example", None), ("expired.example", "certificate-expired")):
+    for domain, failed in (
+        ("good.example", None),
+        ("expired.example", ResultType.CERTIFICATE_EXPIRED),
+    ):
         strings = ("version: STSv1", "mode: enforce", f"mx: mx.{domain}", "max_age: 86400")
         for _ in range(20):
             relay.sink.record(
@@ -63,7 +66,7 @@ def yesterdays_sessions(relay: Relay) -> None:
                     strings,
                     when=when,
                     mx_host=f"mx.{domain}",
-                    result_type=ResultType(failed) if failed else None,
+                    result_type=failed,
                 )
             )
     relay.sink.flush()

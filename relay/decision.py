@@ -31,9 +31,8 @@ from relay.tls_rules import (
     EffectivePolicy,
     Requirement,
     TlsaStatus,
-    result_type,
 )
-from tlsrpt_emit.model import ResultType
+from tlsrpt_emit.model import ResultType, result_type_of
 
 
 class Action(StrEnum):
@@ -253,7 +252,7 @@ def _tls_failure(obs: Observation, findings: tuple[Finding, ...]) -> tuple[Resul
     for finding in findings:
         if finding.kind not in _EVIDENCE_ONLY:
             evidence = f"{finding.kind}: {finding.evidence}"
-            return result_type(finding.result_type), evidence, finding.reason_code
+            return result_type_of(finding.result_type), evidence, finding.reason_code
     if not obs.ehlo_ok:
         return STARTTLS_NOT_SUPPORTED, "EHLO refused (no HELO fallback)", ""
     if not obs.offered_starttls:

@@ -42,15 +42,6 @@ VALIDATION_FAILURE = ResultType.VALIDATION_FAILURE
 STARTTLS_NOT_SUPPORTED = ResultType.STARTTLS_NOT_SUPPORTED
 
 
-def result_type(text: str) -> ResultType:
-    """The RFC 8460 result type a `detect` finding names (its strings are `ResultType` values,
-    which a test holds); an unknown one counts as validation-failure rather than raising."""
-    try:
-        return ResultType(text)
-    except ValueError:
-        return ResultType.VALIDATION_FAILURE
-
-
 @dataclass(frozen=True, slots=True)
 class EffectivePolicy:
     """The TLS rules for one recipient domain. `policy` is the MTA-STS policy when one applies."""

@@ -47,7 +47,7 @@ from relay.resolver import make_resolver
 from relay.state.database import StateError
 from relay.state.stores import State, open_state, state_exists
 from relay.tls import client_context
-from relay.tls_rules import result_type
+from tlsrpt_emit.model import result_type_of
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -82,7 +82,7 @@ def observation(probe: MxProbe, plan: MxPlan) -> Observation:
         starttls_ok=starttls_ok,
         handshake_ok=handshake_ok,
         cert_valid=cert_valid,
-        tls_result_type=result_type(tls.result_type) if tls and tls.result_type else None,
+        tls_result_type=result_type_of(tls.result_type) if tls and tls.result_type else None,
         mx_matches=mx_matches(plan.policy, probe.host),
         offered_requiretls=bool(
             probe.ehlo_after_tls and "REQUIRETLS" in probe.ehlo_after_tls.keywords

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from relay.message_flags import NO_FLAGS, MessageFlags
+from tlsrpt_emit.model import ResultType
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,7 +38,7 @@ class RcptOutcome:
     rcpt: str
     status: RcptStatus
     reason: str = ""
-    result_type: str | None = None
+    result_type: ResultType | None = None
     mx_host: str = ""
     tls: bool = False
     requiretls: str = ""  # a REQUIRETLS message: why it could not go (`RequireTlsFailure`)

@@ -41,7 +41,8 @@ from relay.delivery.policy import MxPlan, remembering
 from relay.delivery.session import MxConnection, MxSession, TlsStep
 from relay.errors import SessionError
 from relay.tls import unverified_context
-from relay.tls_rules import EffectivePolicy, Requirement, result_type
+from relay.tls_rules import EffectivePolicy, Requirement
+from tlsrpt_emit.model import result_type_of
 
 
 @dataclass(eq=False, slots=True)
@@ -222,7 +223,7 @@ class Negotiator:
         dial.see(
             handshake_ok=False,
             cert_valid=False if tls.cert_failure else dial.obs.cert_valid,
-            tls_result_type=result_type(tls.finding.result_type),
+            tls_result_type=result_type_of(tls.finding.result_type),
             reason_code=tls.finding.reason_code,
         )
         dial.findings += (tls.finding,)

@@ -163,7 +163,7 @@ def needs_sts(domain_tls: DomainTls, *, literal: bool, requiretls: bool = False)
     literal): to apply it (`STS_APPLIED`), or, under an override of `STS_REPORTED`, to report
     under it.
     REQUIRETLS takes no local override."""
-    applied = requiretls_domain_tls(DomainTls(domain_tls), requiretls=requiretls)
+    applied = requiretls_domain_tls(domain_tls, requiretls=requiretls)
     return not literal and (applied in STS_APPLIED or applied in STS_REPORTED)
 
 
@@ -183,7 +183,7 @@ def destination(
     `report_mail` a TLS-RPT report in transit, treated alike and never reported (RPT-10);
     `requiretls` RFC 8689's REQUIRETLS, which takes no local override and no `TLS-Required: No`.
     """
-    domain_tls = requiretls_domain_tls(DomainTls(config.domain_tls(domain)), requiretls=requiretls)
+    domain_tls = requiretls_domain_tls(config.domain_tls(domain), requiretls=requiretls)
     literal = domain.startswith("[") or (mx is not None and mx.literal)
     policy = effective_policy(
         sts if not literal else None,

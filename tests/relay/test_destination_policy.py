@@ -196,8 +196,8 @@ def test_wants_tlsa_only_where_dane_can_apply() -> None:
     assert dest("dane-only").wants_tlsa(host)
     assert not dest("verify").wants_tlsa(host)
     assert not dest().wants_tlsa(MxHost("mx1.example.org", 10, ()))  # RFC 7672 2.2.2
-    assert needs_sts("mta-sts", literal=False)
-    assert not needs_sts("mta-sts", literal=True)  # STS-08
+    assert needs_sts(DomainTls.MTA_STS, literal=False)
+    assert not needs_sts(DomainTls.MTA_STS, literal=True)  # STS-08
     assert needs_sts(DomainTls.DANE, literal=False)  # MTA-STS where a host has no DANE
     assert not needs_sts(DomainTls.DANE_ONLY, literal=False)
     assert needs_sts(DomainTls.NONE, literal=False)  # only to report under it

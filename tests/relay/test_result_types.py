@@ -1,7 +1,7 @@
 """Every RFC 8460 result type the libraries spell on their own is a `ResultType` member.
 
 `detect` and `mtasts` may not import `tlsrpt_emit` (package boundaries), so they keep strings; the
-relay turns them into `ResultType` where they meet (`relay.decision.result_type`)."""
+relay turns them into `ResultType` where they meet (`tlsrpt_emit.model.result_type_of`)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ import pytest
 
 import detect
 import mtasts
-from relay.tls_rules import result_type
-from tlsrpt_emit.model import ResultType
+from tlsrpt_emit.model import ResultType, result_type_of
 
 MEMBERS = {str(member) for member in ResultType}
 
@@ -49,5 +48,5 @@ def test_library_constant_is_a_result_type(file: str, name: str, value: str) -> 
 
 
 def test_an_unknown_string_never_raises() -> None:
-    assert result_type("certificate-expired") is ResultType.CERTIFICATE_EXPIRED
-    assert result_type("no-such-type") is ResultType.VALIDATION_FAILURE
+    assert result_type_of("certificate-expired") is ResultType.CERTIFICATE_EXPIRED
+    assert result_type_of("no-such-type") is ResultType.VALIDATION_FAILURE
