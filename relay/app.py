@@ -34,6 +34,7 @@ from relay.config import (
 )
 from relay.delivery.deliverer import Deliverer
 from relay.errors import ConfigError, StsguardError
+from relay.inbound.service import InboundReports
 from relay.intake.limits import raise_descriptor_limit
 from relay.intake.pool import IntakePool
 from relay.intake.server import Intake
@@ -112,6 +113,10 @@ class Relay:
             clock=clock,
             flush_interval=float(config.tlsrpt.flush_interval),
             keep_days=config.detect.prevalence_days,
+        )
+        assert self.state.received is not None
+        self.inbound = InboundReports(
+            config.tlsrpt_inbound, self.state.received, metrics=self.metrics, clock=clock
         )
         self.deliverer = Deliverer(
             config,
@@ -292,6 +297,7 @@ class Relay:
                     tasks.create_task(self.runner.run(), name="queue-runner"),
                     tasks.create_task(self.sink.run(), name="tlsrpt-sink"),
                     tasks.create_task(self.prevalence.run(), name="prevalence"),
+                    tasks.create_task(self.inbound.run(), name="tlsrpt-inbound-maildir"),
                 ]
                 if settings is not None:
                     sender = ReportSender(
@@ -326,7 +332,7 @@ class Relay:
                 sd_notify.ready(f"listening on {self.listen_address[0]}:{self.listen_address[1]}")
                 try:
                     await self.control.start()
-                    async with self._socketmap():
+                    async with self._socketmap(), self.inbound.running():
                         yield self
                 finally:
                     sd_notify.stopping()

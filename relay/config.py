@@ -18,6 +18,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
+import idna
+
 from mtasts.match import normalize_host
 from relay.errors import ConfigError
 from relay.state_url import StateUrl, StateUrlError, parse_state_url
@@ -260,6 +262,18 @@ class SocketmapConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsrptInboundConfig:
+    """TLS reports others send about our own domains (RFC 8460 5.3): https POSTs and a Maildir."""
+
+    listen: str = ""  # host:port of the https endpoint; empty: none
+    tls_cert_file: str = ""
+    tls_key_file: str = ""
+    domains: tuple[str, ...] = ()  # our own policy domains; a report about another is refused
+    maildir: str = ""  # the report mailbox an MTA delivers to; empty: none
+    notify: str = ""  # an address for alert mails; empty: alerts only in the log and metrics
+
+
+@dataclass(frozen=True, slots=True)
 class DomainConfig:
     tls: DomainTls = DomainTls.MTA_STS
 
@@ -276,6 +290,7 @@ class Config:
     domains: Mapping[str, DomainConfig] = field(default_factory=dict)
     state: StateConfig = field(default_factory=StateConfig)
     socketmap: SocketmapConfig = field(default_factory=SocketmapConfig)
+    tlsrpt_inbound: TlsrptInboundConfig = field(default_factory=TlsrptInboundConfig)
 
     @property
     def state_db(self) -> Path:
@@ -462,6 +477,24 @@ def _contact_info(value: Any, key: str) -> str:
         raise ConfigError(f"{key}: {exc}") from None
 
 
+def _domain_names(value: Any, key: str) -> tuple[str, ...]:
+    """Domain names, compared as A-labels in lower case without a trailing dot."""
+    names = []
+    for name in _strings(value, key):
+        try:
+            names.append(idna.encode(name.strip().rstrip("."), uts46=True).decode().lower())
+        except idna.IDNAError:
+            raise ConfigError(f"{key}: {name!r} is not a domain name") from None
+    return tuple(names)
+
+
+def _notify_address(value: Any, key: str) -> str:
+    text = _line(value, key)
+    if text and (text.count("@") != 1 or text.startswith("@") or text.endswith("@")):
+        raise ConfigError(f"{key}: expected an e-mail address, got {text!r}")
+    return text
+
+
 def _state_url(value: Any, key: str) -> str:
     text = _line(value, key)
     try:
@@ -560,6 +593,17 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
     ),
     "state": (StateConfig, {"url": _state_url}),
     "socketmap": (SocketmapConfig, {"listen": _socketmap_listen}),
+    "tlsrpt_inbound": (
+        TlsrptInboundConfig,
+        {
+            "listen": _optional_listen,
+            "tls_cert_file": _line,
+            "tls_key_file": _line,
+            "domains": _domain_names,
+            "maildir": _line,
+            "notify": _notify_address,
+        },
+    ),
 }
 
 
@@ -598,7 +642,21 @@ def config_from_dict(raw: Mapping[str, Any]) -> Config:
             raise ConfigError(f"[{_shown(name)}]: unknown section (known sections: {known})")
     config = Config(**parts)
     _check_submitter(config)
+    _check_tlsrpt_inbound(config.tlsrpt_inbound)
     return config
+
+
+def _check_tlsrpt_inbound(cfg: TlsrptInboundConfig) -> None:
+    """The https endpoint needs its certificate, and a report source needs our domains."""
+    if cfg.listen and not (cfg.tls_cert_file and cfg.tls_key_file):
+        raise ConfigError(
+            "[tlsrpt_inbound].listen: set tls_cert_file and tls_key_file too (RFC 8460 5.3: "
+            "reports are POSTed over https)"
+        )
+    if (cfg.listen or cfg.maildir) and not cfg.domains:
+        raise ConfigError(
+            "[tlsrpt_inbound].domains: name our own policy domains, whose reports are taken"
+        )
 
 
 def _check_submitter(config: Config) -> None:

@@ -105,6 +105,8 @@ class Metrics:
     bounced: Counter = field(init=False)
     findings: Counter = field(init=False)
     mx_sessions: Counter = field(init=False)
+    tlsrpt_received: Counter = field(init=False)
+    tlsrpt_alerts: Counter = field(init=False)
     delivery_delay: Histogram = field(init=False)
     tlsrpt_sent: Counter = field(init=False)
     tlsrpt_failed: Counter = field(init=False)
@@ -137,6 +139,18 @@ class Metrics:
         )
         # Bounded labels only (detect.prevalence.SessionKind x tls|plaintext|none): hosts are
         # in `stsguard detect stats`, never in a label.
+        self.tlsrpt_received = Counter(
+            "stsguard_tlsrpt_received",
+            "TLS reports about our domains that arrived: new, duplicate, or refused (why)",
+            ["via", "outcome"],
+            registry=r,
+        )
+        self.tlsrpt_alerts = Counter(
+            "stsguard_tlsrpt_alerts",
+            "Alerts raised for our own domains: a new result type, or a failure share too high",
+            ["kind"],
+            registry=r,
+        )
         self.mx_sessions = Counter(
             "stsguard_mx_sessions",
             "Sessions opened to MX hosts, by the worst thing each showed and how mail went",

@@ -5,6 +5,8 @@ TlsRptError
 │   └── TlsRptLookupError      the look-up itself failed (SERVFAIL, timeout): try again later
 ├── ReportStoreError           the counter store could not be read or written
 ├── ReportFormatError          a JSON report does not follow RFC 8460 section 4.4
+│   └── ReportRefused          a received report we do not take (size, type, not our domain)
+├── ReceivedStoreError         the store of received reports could not be read or written
 └── ReportDeliveryError        a report could not be handed to one rua destination
     ├── HttpsDeliveryError     POST failed: transport error or a non-2xx status (RPT-11)
     └── MailDeliveryError      building or submitting the report mail failed
@@ -54,3 +56,15 @@ class MailDeliveryError(ReportDeliveryError):
 
 class ReportFormatError(TlsRptError):
     """A TLS-RPT JSON report does not follow RFC 8460 section 4.4."""
+
+
+class ReportRefused(ReportFormatError):
+    """A report sent to us that we do not take; `status` is the HTTP status to answer with."""
+
+    def __init__(self, message: str, *, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class ReceivedStoreError(TlsRptError):
+    """The store of received reports could not be read or written."""

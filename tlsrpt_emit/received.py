@@ -47,14 +47,19 @@ def read_received(data: bytes) -> list[Report]:
 
     Raises `ReportFormatError` when the file holds no report we can read.
     """
+    return [parse_report_json(document) for document in report_documents(data)]
+
+
+def report_documents(data: bytes) -> list[bytes]:
+    """The JSON of each report in one file (JSON, gzip, or a report mail), not yet parsed."""
     if data[:2] == b"\x1f\x8b":
-        return [parse_report_json(_gunzip(data))]
+        return [_gunzip(data)]
     if data.lstrip()[:1] == b"{":
-        return [parse_report_json(data)]
+        return [data]
     message = email.message_from_bytes(data, policy=email.policy.compat32)
     if not message.is_multipart() and not message.get_content_type().startswith("application/"):
         raise ReportFormatError("neither JSON, gzip nor a report mail")
     found = [body for part in message.walk() if (body := _from_part(part)) is not None]
     if not found:
         raise ReportFormatError("a mail without an application/tlsrpt+gzip or +json part")
-    return [parse_report_json(body) for body in found]
+    return found

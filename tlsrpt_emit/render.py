@@ -233,10 +233,12 @@ def _opt_str(obj: dict[str, Any], key: str) -> str:
 
 
 def _strings(value: Any, key: str) -> tuple[str, ...]:
+    """A string or a list of strings; nested lists (a TLSA policy written as a JSON array inside
+    the array, as some senders do) are flattened."""
     if isinstance(value, str):
         return (value,)
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        return tuple(value)
+    if isinstance(value, list):
+        return tuple(text for item in value for text in _strings(item, key))
     raise ReportFormatError(f"{key!r} is not a string or a list of strings")
 
 
@@ -292,7 +294,8 @@ def parse_report_json(data: bytes | str) -> Report:
             ReportPolicy(
                 policy_type=ptype,
                 policy_strings=_strings(pol.get("policy-string", []), "policy-string"),
-                policy_domain=_get(pol, "policy-domain", str),
+                # Some senders leave it out of a no-policy-found entry.
+                policy_domain=_opt_str(pol, "policy-domain"),
                 mx_hosts=_strings(pol.get("mx-host", []), "mx-host"),
                 successes=_count(summary, "total-successful-session-count"),
                 failures=tuple(failures),
@@ -303,7 +306,7 @@ def parse_report_json(data: bytes | str) -> Report:
         organization_name=_get(doc, "organization-name", str),
         start=_datetime(_get(date_range, "start-datetime", str)),
         end=_datetime(_get(date_range, "end-datetime", str)),
-        contact_info=_get(doc, "contact-info", str),
+        contact_info=_opt_str(doc, "contact-info"),  # left out by some senders
         report_id=_get(doc, "report-id", str),
         policy_domain=policies[0].policy_domain if policies else "",
         submitter="",

@@ -1,6 +1,7 @@
 """`stsguard tlsrpt show|send [--date YYYY-MM-DD] [--domain D] [--force]`: one UTC day's reports;
-`stsguard tlsrpt summary [--date D | --days N] [--json] [--html FILE] [--input FILE...]`: the
-readable view of our counts (or of reports received from others).
+`stsguard tlsrpt summary [--date D | --days N] [--json] [--html FILE] [--input FILE... |
+--received]`: the readable view of our counts (or of reports received from others: files, or
+those `[tlsrpt_inbound]` kept).
 
 `show` prints the JSON that would be sent (pretty); `send` sends a day that has ended: https
 destinations directly (`sent`), mailto destinations by queueing the DKIM-signed report mail for the
@@ -21,6 +22,7 @@ from pathlib import Path
 
 import httpx
 
+from relay.cli.tlsrpt_received import kept_reports
 from relay.config import Config
 from relay.errors import UsageError
 from relay.log import configure_logging
@@ -79,6 +81,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         nargs="+",
         metavar="FILE",
         help="summary: reports received from others (JSON, .json.gz or the report mail)",
+    )
+    p.add_argument(
+        "--received",
+        action="store_true",
+        help="summary: the reports others sent about our domains ([tlsrpt_inbound]), as kept",
     )
 
 
@@ -324,10 +331,15 @@ def _received(paths: list[str]) -> list[Report]:
 
 def _summary(args: argparse.Namespace, config: Config, domain: str | None) -> int:
     now = time.time()
+    if args.input and args.received:
+        raise UsageError("--input and --received: one or the other")
     if args.input:
         if args.date or args.days:
             raise UsageError("--input: the files' own days are shown; leave out --date/--days")
         summary = summarize_received(_received(args.input))
+    elif args.received:
+        days = summary_days(args.date, args.days, now)
+        summary = summarize_received(kept_reports(config, days, domain))
     else:
         days = summary_days(args.date, args.days, now)
         store = open_store(config)
@@ -356,6 +368,7 @@ def run(args: argparse.Namespace, config: Config) -> int:
         ("--days", args.days is not None),
         ("--html", args.html),
         ("--input", args.input),
+        ("--received", args.received),
         ("--json", args.json and args.action == "send"),
     ):
         if given:

@@ -16,7 +16,13 @@ from dataclasses import dataclass, field
 from detect.history import TlsHistoryStore
 from detect.prevalence import PrevalenceStore
 from mtasts.cache import PolicyStore
-from relay.state import history_store, policy_store, prevalence_store, report_store
+from relay.state import (
+    history_store,
+    policy_store,
+    prevalence_store,
+    received_store,
+    report_store,
+)
 from relay.state.database import Database, PostgresDatabase, SqliteDatabase, open_database
 from relay.state.failed_writes import FailedWrites
 from relay.state.failsafe import FailsafePolicyStore, FailsafeReportStore, FailsafeTlsHistoryStore
@@ -24,6 +30,7 @@ from relay.state.history_store import SqlTlsHistoryStore
 from relay.state.migrations import Steps, migrate
 from relay.state.policy_store import SqlPolicyStore
 from relay.state.prevalence_store import SqlPrevalenceStore
+from relay.state.received_store import SqlReceivedReportStore
 from relay.state.report_store import SqlReportStore
 from relay.state.shared import (
     RETRY_INTERVAL,
@@ -34,6 +41,7 @@ from relay.state.shared import (
     SharedTlsHistoryStore,
 )
 from relay.state_url import StateUrl
+from tlsrpt_emit.inbound import ReceivedReportStore
 from tlsrpt_emit.store import ReportStore
 
 # component -> its schema steps, in the order they are migrated
@@ -42,6 +50,7 @@ SCHEMAS: dict[str, Steps] = {
     history_store.COMPONENT: history_store.STEPS,
     report_store.COMPONENT: report_store.STEPS,
     prevalence_store.COMPONENT: prevalence_store.STEPS,
+    received_store.COMPONENT: received_store.STEPS,
 }
 
 
@@ -63,6 +72,7 @@ class State:
     availability: Availability | None = None
     _closers: list[Callable[[], None]] = field(default_factory=list)
     prevalence: PrevalenceStore | None = None
+    received: ReceivedReportStore | None = None
 
     def close(self) -> None:
         for closer in self._closers:
@@ -96,8 +106,17 @@ def open_state(
             history = SqlTlsHistoryStore(db, migrate_schema=False)
             reports = SqlReportStore(db, migrate_schema=False)
             prevalence = SqlPrevalenceStore(db, migrate_schema=False)
+            received = SqlReceivedReportStore(db, migrate_schema=False)
             if not front:
-                return State(url, db, policies, history, reports, prevalence=prevalence)
+                return State(
+                    url,
+                    db,
+                    policies,
+                    history,
+                    reports,
+                    prevalence=prevalence,
+                    received=received,
+                )
             kept = (
                 FailsafePolicyStore(policies, failed),
                 FailsafeTlsHistoryStore(history, failed),
@@ -109,6 +128,7 @@ def open_state(
                 *kept,
                 _closers=[store.close for store in kept],
                 prevalence=prevalence,
+                received=received,
             )
         return _shared(url, db, clock, retry_interval, failed)
     except BaseException:
@@ -134,9 +154,16 @@ def _shared(
         migrate_all(db)
     except STORE_ERRORS as exc:
         availability.failed(exc)
-    prevalence = SqlPrevalenceStore(db, migrate_schema=False)
     return State(
-        url, db, policies, history, reports, availability, [reports.close], prevalence=prevalence
+        url,
+        db,
+        policies,
+        history,
+        reports,
+        availability,
+        [reports.close],
+        prevalence=SqlPrevalenceStore(db, migrate_schema=False),
+        received=SqlReceivedReportStore(db, migrate_schema=False),
     )
 
 

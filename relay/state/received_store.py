@@ -1,0 +1,72 @@
+"""`tlsrpt_emit.inbound.ReceivedReportStore` in SQL (SQLite or PostgreSQL): ``tlsrpt_received``.
+
+One row per `report-id`: the first copy is kept, a second one (a sender's retry, the same report
+by https and by mail, or two relays of a fleet taking it) is not added again.
+"""
+
+from __future__ import annotations
+
+from relay.state.database import Database
+from relay.state.migrations import Steps, migrate
+from tlsrpt_emit.errors import ReceivedStoreError
+from tlsrpt_emit.inbound import ReceivedReport
+
+COMPONENT = "tlsrpt_received"
+
+
+def _schema(real: str, blob: str) -> tuple[str, ...]:
+    return (
+        "CREATE TABLE IF NOT EXISTS tlsrpt_received ("
+        " report_id TEXT PRIMARY KEY, organization TEXT NOT NULL, domains TEXT NOT NULL,"
+        f" start_at {real} NOT NULL, end_at {real} NOT NULL, received_at {real} NOT NULL,"
+        f" via TEXT NOT NULL, document {blob} NOT NULL)",
+        "CREATE INDEX IF NOT EXISTS tlsrpt_received_end ON tlsrpt_received (end_at)",
+    )
+
+
+STEPS: Steps = {
+    "sqlite": [_schema("REAL", "BLOB")],
+    "postgresql": [_schema("DOUBLE PRECISION", "BYTEA")],
+}
+
+_INSERT = (
+    "INSERT INTO tlsrpt_received (report_id, organization, domains, start_at, end_at,"
+    " received_at, via, document) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (report_id) DO NOTHING"
+)
+
+
+class SqlReceivedReportStore:
+    """Received reports in the state database; thread-safe."""
+
+    def __init__(self, db: Database, *, migrate_schema: bool = True) -> None:
+        self.db = db
+        if migrate_schema:
+            migrate(db, COMPONENT, STEPS, ReceivedStoreError)
+
+    def add(self, received: ReceivedReport) -> bool:
+        report = received.report
+        with self.db.transaction(ReceivedStoreError, write=True) as tx:
+            cursor = tx.execute(
+                _INSERT,
+                (
+                    report.report_id,
+                    report.organization_name,
+                    ",".join(received.domains),
+                    report.start.timestamp(),
+                    report.end.timestamp(),
+                    received.received_at,
+                    received.via,
+                    received.document,
+                ),
+            )
+            return cursor.rowcount > 0
+
+    def documents(self, since: float) -> list[bytes]:
+        with self.db.transaction(ReceivedStoreError) as tx:
+            rows = tx.rows(
+                "SELECT document FROM tlsrpt_received WHERE end_at >= ?"
+                " ORDER BY start_at, report_id",
+                (since,),
+            )
+        return [bytes(row[0]) for row in rows]
