@@ -122,7 +122,11 @@ class MapLookup:
     def fresh_until(self, domain: str) -> float:
         """When (on `clock`) the facts known for `domain` stop being fresh; 0 when none are."""
         known = self._known.get(domain)
-        return known[1] + self.fresh_for if known is not None else 0.0
+        if known is not None:
+            return known[1] + self.fresh_for
+        if self.config().domain_tls(domain) in ANSWERED_BY_OVERRIDE:
+            return self.clock() + self.fresh_for
+        return 0.0
 
     def _refresh(self, domain: str) -> asyncio.Task[MapFacts]:
         task = self._inflight.get(domain)

@@ -160,6 +160,7 @@ async def test_sm02_override_is_answered_without_a_look_up(world: LabWorld) -> N
         asked = sum(world.dns.queries.values())
         assert await client.ask("postfix", "example.org") == "OK encrypt"
         assert await client.ask("tlsrpt", "other.example") == "OK dane-only"
+        assert server.service.reply_now(b"postfix example.org") == b"10:OK encrypt,"  # memo
     assert sum(world.dns.queries.values()) == asked
     assert lookup.lookups == 0
 
