@@ -1,5 +1,5 @@
-"""A real Postfix 3.7 (Debian's) with `smtp_tls_policy_maps = socketmap:inet:...:postfix`
-pointing at `stsguard socketmap`, delivering through the lab (SM-02).
+"""A real Postfix 3.7 (Debian's) with `smtp_tls_policy_maps = socketmap:inet:...:postfix` (and
+`socketmap:unix:...:postfix`) pointing at `stsguard socketmap`, delivering through the lab (SM-02).
 
 Postfix looks up MX records itself here, so its smtp(8) runs chrooted in the instance's queue
 directory with a resolv.conf naming the lab DNS (on port 53 of its own loopback address): no
@@ -43,7 +43,7 @@ smtp_tcp_port = {mx_port}
 smtp_tls_security_level = may
 smtp_tls_CAfile = {ca_file}
 smtp_tls_loglevel = 1
-smtp_tls_policy_maps = socketmap:inet:{socketmap}:postfix
+smtp_tls_policy_maps = socketmap:{table}:postfix
 """
 
 
@@ -105,8 +105,9 @@ def send(port: int, rcpts: list[str]) -> None:
         )
 
 
+@pytest.mark.parametrize("socket_kind", ["inet", "unix"])
 async def test_postfix_37_delivers_under_the_socketmap_policies(
-    world: LabWorld, tmp_path: Path
+    world: LabWorld, tmp_path: Path, socket_kind: str
 ) -> None:
     enforce = await add_domain(world, "enforce.test", "127.0.5.11", mode="enforce")
     testing = await add_domain(world, "testing.test", "127.0.5.12", mode="testing")
@@ -126,7 +127,17 @@ async def test_postfix_37_delivers_under_the_socketmap_policies(
     await world.keep(attacker.running())
     world.dns.set("mx.strip.test", "A", ["127.0.5.25"])
 
-    listen = f"127.0.0.1:{free_port()}"
+    # Not under tmp_path: pytest makes /tmp/pytest-of-root 0700 again whenever a session starts,
+    # and the postfix user must reach its queue and data directories all along.
+    base = Path(tempfile.mkdtemp(prefix="stsguard-postfix-"))
+    postfix = PostfixInstance(base, "127.0.0.1:0")
+    if socket_kind == "unix":
+        # smtp(8) connects from inside its chroot (the queue directory): the path as seen there.
+        (base / "spool" / "stsguard").mkdir(parents=True)
+        listen, table = str(base / "spool" / "stsguard" / "map.sock"), "unix:/stsguard/map.sock"
+    else:
+        listen = f"127.0.0.1:{free_port()}"
+        table = f"inet:{listen}"
     config = tmp_path / "stsguard.toml"
     config.write_text(
         to_toml(world.relay_settings(tmp_path / "state", socketmap={"listen": listen}))
@@ -137,10 +148,6 @@ async def test_postfix_37_delivers_under_the_socketmap_policies(
         stdout=log,
         stderr=log,
     )
-    # Not under tmp_path: pytest makes /tmp/pytest-of-root 0700 again whenever a session starts,
-    # and the postfix user must reach its queue and data directories all along.
-    base = Path(tempfile.mkdtemp(prefix="stsguard-postfix-"))
-    postfix = PostfixInstance(base, "127.0.0.1:0")
     try:
         async with asyncio.timeout(30):
             while True:
@@ -153,7 +160,7 @@ async def test_postfix_37_delivers_under_the_socketmap_policies(
             # A port picked just before the start; another process may still take it first.
             postfix.listen = f"127.0.0.1:{free_port()}"
             postfix.write(
-                MAIN_CF.format(mx_port=world.mx_port, ca_file=world.ca.ca_file, socketmap=listen)
+                MAIN_CF.format(mx_port=world.mx_port, ca_file=world.ca.ca_file, table=table)
             )
             chroot_smtp(postfix)
             try:
