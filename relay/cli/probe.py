@@ -38,6 +38,7 @@ from relay.decision import (
     mx_matches,
     remembered_downgrade,
     requiretls_verdict,
+    wants_starttls,
 )
 from relay.delivery.policy import MxPlan, Refusal
 from relay.diagnostics.probe import MxProbe, ProbeReport, probe_domain
@@ -64,30 +65,54 @@ class Verdict:
     decision: Decision
 
 
+# What our STARTTLS and the handshake after it show: delivery sees none of it where it sends none.
+_AFTER_STARTTLS = frozenset(
+    {
+        FindingKind.STARTTLS_REJECTED,
+        FindingKind.STARTTLS_BAD_REPLY,
+        FindingKind.PLAINTEXT_INJECTION,
+        FindingKind.TLS_FAILURE,
+        FindingKind.TLSA_MISMATCH,
+    }
+)
+
+
 def observation(probe: MxProbe, plan: MxPlan) -> Observation:
-    """What the probe saw, as the relay's decision reads a session under `plan`."""
+    """What the probe saw, as the relay's decision reads a session under `plan`: without our
+    STARTTLS and what followed it where delivery would not send one (`tls = "none"`)."""
+    ehlo = Observation(
+        ehlo_ok=probe.ehlo is not None and 200 <= probe.ehlo.code < 300,
+        offered_starttls=probe.ehlo is not None and probe.ehlo.starttls,
+        mx_matches=mx_matches(plan.policy, probe.host),
+    )
+    if not wants_starttls(plan.policy, ehlo):
+        return ehlo
     starttls_ok = None
     if probe.starttls_reply is not None:
         injected = any(f.kind is FindingKind.PLAINTEXT_INJECTION for f in probe.findings)
         starttls_ok = probe.starttls_reply.code == 220 and not injected
     tls = probe.tls
-    handshake_ok = None if tls is None else tls.version is not None
     cert_valid = None if tls is None else tls.verified
     if plan.policy.is_dane and probe.dane_status is not None:
         # Under signed TLSA records DANE, not the web PKI, authenticates (RFC 7672 3.1).
         cert_valid = probe.dane_status is DaneStatus.VALID
-    return Observation(
-        ehlo_ok=probe.ehlo is not None and 200 <= probe.ehlo.code < 300,
-        offered_starttls=probe.ehlo is not None and probe.ehlo.starttls,
+    return replace(
+        ehlo,
         starttls_ok=starttls_ok,
-        handshake_ok=handshake_ok,
+        handshake_ok=None if tls is None else tls.version is not None,
         cert_valid=cert_valid,
         tls_result_type=result_type_of(tls.result_type) if tls and tls.result_type else None,
-        mx_matches=mx_matches(plan.policy, probe.host),
         offered_requiretls=bool(
             probe.ehlo_after_tls and "REQUIRETLS" in probe.ehlo_after_tls.keywords
         ),
     )
+
+
+def _findings(probe: MxProbe, plan: MxPlan, obs: Observation) -> tuple[Finding, ...]:
+    """The probe's findings delivery would have under `plan` (`observation`'s rule)."""
+    if wants_starttls(plan.policy, obs):
+        return tuple(probe.findings)
+    return tuple(f for f in probe.findings if f.kind not in _AFTER_STARTTLS)
 
 
 def verdict(probe: MxProbe, plan: MxPlan, *, now: float, history_days: int) -> Verdict:
@@ -97,7 +122,7 @@ def verdict(probe: MxProbe, plan: MxPlan, *, now: float, history_days: int) -> V
     if plan.refused_by is Refusal.DANE and plan.refusal is not None:
         return Verdict(history, None, plan.refusal)  # RFC 7672 2.2: never a fall-back
     obs = observation(probe, plan)
-    findings = tuple(probe.findings)
+    findings = _findings(probe, plan, obs)
     downgrade = remembered_downgrade(history, obs, now=now, history_days=history_days)
     if plan.refusal is not None:
         return Verdict(history, downgrade, plan.refusal)

@@ -180,9 +180,7 @@ class Negotiator:
         stopped = await self._starttls(dial)
         if stopped is not None:
             return stopped
-        tls = await dial.mx.handshake(
-            self._context(policy, dial.connection), sni=policy.dane_base or None
-        )
+        tls = await dial.mx.handshake(self._context(policy, dial.connection), sni=dial.plan.sni)
         if tls.finding is None and policy.requirement is Requirement.DANE:
             tls = self._dane_check(policy, tls)
             if tls.finding is not None:

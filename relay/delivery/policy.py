@@ -21,6 +21,7 @@ host at once) or, where MX hosts are looked at one by one (delivery), `lookup_ho
         plan.refusal, plan.refused_by   # not to be connected to, and why (a `Decision`)
         plan.on_failure                 # OnFailure when TLS cannot be had on this host
         plan.expect_starttls            # a missing STARTTLS is a finding (stripped)
+        plan.sni                        # the name the handshake sends (SNI)
         plan.policy                     # the `relay.tls_rules.EffectivePolicy` the wire rules take
 
 Piecewise (delivery looks an MX host up only when it gets to it; only `lookup_host` does I/O):
@@ -233,6 +234,12 @@ class MxPlan:
     sts_pattern: str | None = None
     tlsa: TlsaLookup | None = None
     history: HostHistory | None = None
+
+    @property
+    def sni(self) -> str:
+        """The name the TLS handshake sends (SNI): the MX host name (STS-10), under DANE the
+        TLSA base domain, the CNAME-expanded name where that is signed (RFC 7672 8.1)."""
+        return self.policy.dane_base or self.host
 
     @property
     def dane_usable(self) -> bool:

@@ -5,13 +5,15 @@
     report.as_json()  # or report.as_text(); report.plans: each MX host's plan
 
 The same `relay.delivery.session.MxSession` steps as delivery (plaintext connect, banner, EHLO, our
-own STARTTLS with a look at the receive buffer after the 220, handshake with SNI = the MX host
-name), judged by `detect`, but it never sends MAIL: after the handshake it says EHLO again and QUIT.
+own STARTTLS with a look at the receive buffer after the 220, handshake with the plan's SNI),
+judged by `detect`, but it never sends MAIL: after the handshake it says EHLO again and QUIT.
 A certificate that fails verification is reported with its RFC 8460 result type; a second,
 unverified connection is made only to read the certificate's details.
 The MTA-STS policy is looked up live (TXT record and HTTPS fetch); no cache is read or written.
 Each MX host is planned by `relay.delivery.policy`, as delivery plans it, so the probe expects
-STARTTLS and checks DANE exactly where delivery does.
+STARTTLS, sends SNI and checks DANE exactly as delivery does. It says STARTTLS whenever the host
+offers it, to show what the host speaks, also where delivery would not (`tls = "none"`); the
+relay's decision on what it saw (`relay.cli.probe.verdict`) leaves that out.
 """
 
 from __future__ import annotations
@@ -69,10 +71,11 @@ class _Stop(Exception):
 class _Prober:
     """Runs the probe sequence (an `MxSession`'s steps) against one address of one MX host."""
 
-    def __init__(self, config: Config, ssl_context: ssl.SSLContext, *, expect: bool) -> None:
+    def __init__(self, config: Config, ssl_context: ssl.SSLContext, *, plan: MxPlan) -> None:
         self.config = config
         self.ssl_context = ssl_context
-        self.expect = expect
+        self.expect = plan.expect_starttls
+        self.sni = plan.sni
 
     async def probe(self, probe: MxProbe) -> None:
         """Fill `probe` in: verified first, then (after a certificate failure) unverified."""
@@ -140,7 +143,7 @@ class _Prober:
             mx.close()  # the path is tampered with: no handshake, no QUIT
             raise _Stop
 
-        tls = await mx.handshake(self.ssl_context if verify else unverified_context())
+        tls = await mx.handshake(self.ssl_context if verify else unverified_context(), sni=self.sni)
         if tls.finding is not None:
             probe.findings.append(tls.finding)
             probe.tls = TlsInfo(None, None, verified=False, result_type=tls.finding.result_type)
@@ -241,7 +244,7 @@ async def probe_host(
     if not host.addresses:
         probe = MxProbe(host.name, host.preference, None, matches, error="no A or AAAA address")
         return [probe]
-    prober = _Prober(config, ssl_context, expect=plan.expect_starttls)
+    prober = _Prober(config, ssl_context, plan=plan)
     probes = [MxProbe(host.name, host.preference, ip, matches) for ip in host.addresses]
     await asyncio.gather(*(prober.probe(p) for p in probes))
     if plan.tlsa is not None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -14,8 +15,10 @@ from detect.dane import DaneStatus, TlsaRecord
 from detect.model import Finding, FindingKind
 from lab.mx import CertKind
 from lab.world import LabWorld
+from mtasts.model import Mode, Policy, PolicyResult, PolicySource
 from relay.cli.probe import verdict
-from relay.config import Config
+from relay.config import Config, DomainConfig, DomainTls
+from relay.decision import Action, Observation, decide
 from relay.delivery.dane_lookup import TlsaLookup
 from relay.delivery.policy import HostFacts, destination, plan_host
 from relay.delivery.session import Reply
@@ -162,3 +165,34 @@ def test_the_decision_probe_shows_is_the_relays(
     plan = plan_host(dest, HostFacts(MX, tlsa), last_mx=True, now=1e9)
     seen = verdict(probe, plan, now=1e9, history_days=30)
     assert (str(seen.decision.action), seen.decision.result_type) == (action, result_type)
+
+
+ENFORCE = PolicyResult(
+    "example.org",
+    Policy(Mode.ENFORCE, 86400, (MX,), f"version: STSv1\nmode: enforce\nmx: {MX}\nmax_age: 86400"),
+    PolicySource.FRESH,
+)
+
+
+@pytest.mark.parametrize(
+    "probe",
+    [
+        tls_probe(verified=True, findings=[]),
+        tls_probe(verified=False, findings=[UNTRUSTED]),
+        replace(tls_probe(verified=True, findings=[]), starttls_reply=Reply(454, "not now")),
+    ],
+)
+@pytest.mark.parametrize("sts", [None, ENFORCE])
+def test_under_tls_none_the_verdict_is_deliverys_whatever_tls_the_host_speaks(
+    probe: MxProbe, sts: PolicyResult | None
+) -> None:
+    # Delivery sends no STARTTLS under `tls = "none"`: the probe may show what the host offers,
+    # but its verdict is made of what delivery sees (the EHLO), as delivery's own is.
+    config = Config(domains={"example.org": DomainConfig(tls=DomainTls.NONE)})
+    plan = plan_host(
+        destination("example.org", config, sts=sts), HostFacts(MX), last_mx=True, now=1e9
+    )
+    seen = verdict(probe, plan, now=1e9, history_days=30)
+    delivery = decide(plan.policy, Observation(offered_starttls=True), (), last_mx=True)
+    assert seen.decision == delivery
+    assert seen.decision.action is Action.DELIVER_PLAINTEXT

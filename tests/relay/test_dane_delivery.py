@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from detect.dane import DaneStatus
 from detect.history import MemoryTlsHistoryStore
 from lab.mx import LabMx
 from lab.pki import IssuedCert
@@ -25,6 +26,7 @@ from relay.config import (
 )
 from relay.delivery.dane_tls import dane_context, presented_chain
 from relay.delivery.deliverer import Deliverer, DeliveryRequest, RcptStatus
+from relay.diagnostics.probe import ProbeReport, probe_domain
 from relay.resolver import make_resolver
 from relay.tls import client_context
 from tests.relay.test_delivery import StubPolicies
@@ -75,6 +77,18 @@ async def _deliver(
     finally:
         await deliverer.close()
     return outcome, sink
+
+
+async def _probe(world: LabWorld) -> ProbeReport:
+    assert world.unbound is not None
+    config = Config(
+        delivery=DeliveryConfig(port=world.mx_port, connect_timeout=3, command_timeout=5),
+        dns=DnsConfig(nameservers=(world.unbound.address,), timeout=5),
+    )
+    ssl_context = client_context(str(world.ca.ca_file))
+    return await probe_domain(
+        DOMAIN, config, resolver=make_resolver(config.dns), ssl_context=ssl_context
+    )
 
 
 def _testing_policy() -> PolicyResult:
@@ -211,3 +225,9 @@ async def test_dane_sni_is_the_tlsa_base_domain(world: LabWorld) -> None:
     assert outcome.delivered
     assert sent == [hosting]
     assert sink.results[-1].policy_type is PolicyType.TLSA
+    # `stsguard probe` takes SNI from the same plan: the base domain, on each of its connections
+    # (verified, then unverified to read the certificate only DANE vouches for).
+    sent.clear()
+    report = await _probe(world)
+    assert report.mx[0].dane_status is DaneStatus.VALID
+    assert sent == [hosting, hosting]
