@@ -14,9 +14,9 @@ import contextlib
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import fields
 from pathlib import Path
 from typing import cast
+from wsgiref.simple_server import WSGIServer
 
 import httpx
 import structlog
@@ -44,13 +44,14 @@ from relay.prevalence import PrevalenceRecorder
 from relay.queue.control import ControlServer, socket_path
 from relay.queue.runner import QueueRunner
 from relay.queue.spool import REPORT_MAIL_FLAGS, QueuedMessage, Spool
+from relay.reload_keys import needs_restart
 from relay.reports import CountedReportStore, report_settings
 from relay.resolver import dane_warning, make_resolver
 from relay.running import RunningMarker
 from relay.socketmap.run import socketmap_running
 from relay.state.database import StateError
 from relay.state.failed_writes import FailedWrites
-from relay.state.stores import open_state
+from relay.state.stores import State, open_state
 from relay.tls import client_context
 from relay.version import stsguard_version
 from tlsrpt_emit.schedule import Clients, ReportSender, ReportSettings
@@ -83,37 +84,16 @@ class Relay:
         self.spool = Spool(state_dir / "queue", clock=clock)
         self.resolver = make_resolver(config.dns)
         self.ssl_context = client_context(config.tls.ca_file)
-        try:
-            self.state = open_state(
-                config.state_url,
-                clock=clock,
-                failed_writes=FailedWrites(self.metrics.count_state_error),
-            )
-        except StateError as exc:
-            raise StsguardError(f"[state].url: {exc}") from None
+        self.state = _open_state(config, clock, self.metrics)
         self.policy_store = self.state.policies
-        self.policies = PolicyService(
-            self.policy_store,
-            self.resolver,
-            self.ssl_context,
-            https_port=config.mtasts.https_port,
-            fetch_timeout=config.mtasts.fetch_timeout,
-            refresh_interval=config.mtasts.refresh_interval,
-            clock=clock,
-            answer_ttl=config.mtasts.answer_ttl,
-        )
+        self.policies = self._policy_service()
         self.metrics.follow_policy_cache(lambda: self.policies.hits, lambda: self.policies.misses)
         self.history = self.state.history
         self.report_store = self.state.reports
         self.sink = CountingSink(
             self.report_store, clock=clock, flush_interval=float(config.tlsrpt.flush_interval)
         )
-        self.prevalence = PrevalenceRecorder(
-            self.state.prevalence or MemoryPrevalenceStore(),
-            clock=clock,
-            flush_interval=float(config.tlsrpt.flush_interval),
-            keep_days=config.detect.prevalence_days,
-        )
+        self.prevalence = self._prevalence_recorder()
         assert self.state.received is not None
         self.inbound = InboundReports(
             config.tlsrpt_inbound, self.state.received, metrics=self.metrics, clock=clock
@@ -134,15 +114,8 @@ class Relay:
         )
         self.control = ControlServer(socket_path(state_dir), self.spool, self.runner, clock=clock)
         self.intake = Intake(config, self.spool, on_queued=self._queued)
+        self.intake_processes = _intake_processes(config, config_path)
         self.pool: IntakePool | None = None
-        self.intake_processes = intake_process_count(config.relay.intake_processes, usable_cores())
-        if self.intake_processes and config_path is None:
-            if config.relay.intake_processes != "auto":
-                raise StsguardError(
-                    "[relay].intake_processes: the intake processes read the config file; "
-                    "start the relay with --config FILE"
-                )
-            self.intake_processes = 0  # "auto" without a file to hand them: one process
         if self.intake_processes:
             assert config_path is not None
             self.pool = IntakePool(
@@ -151,6 +124,29 @@ class Relay:
                 config.relay.listen_address,
                 on_queued=self._queued_elsewhere,
             )
+
+    def _policy_service(self) -> PolicyService:
+        """MTA-STS policies through the state's policy cache (`[mtasts]`)."""
+        mtasts = self.config.mtasts
+        return PolicyService(
+            self.policy_store,
+            self.resolver,
+            self.ssl_context,
+            https_port=mtasts.https_port,
+            fetch_timeout=mtasts.fetch_timeout,
+            refresh_interval=mtasts.refresh_interval,
+            clock=self.clock,
+            answer_ttl=mtasts.answer_ttl,
+        )
+
+    def _prevalence_recorder(self) -> PrevalenceRecorder:
+        """Downgrade prevalence, summed into the state store (in memory where it has none)."""
+        return PrevalenceRecorder(
+            self.state.prevalence or MemoryPrevalenceStore(),
+            clock=self.clock,
+            flush_interval=float(self.config.tlsrpt.flush_interval),
+            keep_days=self.config.detect.prevalence_days,
+        )
 
     def close(self) -> None:
         """Close the state store (after `running`; its stores stay readable until then)."""
@@ -268,6 +264,48 @@ class Relay:
         for problem in problems:
             log.warning("relay.config_warning", problem=problem.message)
 
+    def _metrics_server(self) -> WSGIServer | None:
+        """The metrics endpoint on `[relay].metrics_listen`; None when it is not set."""
+        listen = self.config.relay.metrics_listen
+        if not listen:
+            return None
+        try:
+            return start_metrics_server(listen, self.metrics.registry)
+        except OSError as exc:
+            raise StsguardError(
+                f"[relay].metrics_listen: cannot listen on {listen}: {exc.strerror or exc}"
+            ) from None
+
+    def _report_sender(self, settings: ReportSettings, http: httpx.AsyncClient) -> ReportSender:
+        """The daily TLS-RPT sender: POST with `http`, mail through this relay's own queue."""
+        return ReportSender(
+            cast(ReportStore, CountedReportStore(self.report_store, self.metrics)),
+            settings=settings,
+            clients=Clients(
+                self.resolver,
+                http,
+                submit_mail=self.submit_mail,
+                post_timeout=float(self.config.tlsrpt.post_timeout),
+            ),
+            clock=self.clock,
+            max_delay=float(self.config.tlsrpt.max_delay),
+        )
+
+    def _log_started(self) -> None:
+        log.info(
+            "relay.started",
+            version=stsguard_version(),
+            config=str(self.config_path) if self.config_path else None,
+            listen=host_port(*self.listen_address),
+            hostname=self.config.relay.hostname,
+            intake_processes=self.intake_processes,
+            state_dir=str(self.config.relay.state_dir),
+            state=self.state.url.redacted(),
+        )
+        dane_off = dane_warning(self.config.dns)
+        if dane_off is not None:
+            log.warning("relay.dane_unavailable", reason=dane_off)
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Relay]:
         """Start intake, the queue runner and TLS-RPT; stop them all on the way out."""
@@ -282,16 +320,7 @@ class Relay:
         )
         marker = RunningMarker(self.config.relay.state_dir)  # `stsguard tlsrpt send` asks for it
         try:
-            if self.config.relay.metrics_listen:
-                try:
-                    metrics_server = start_metrics_server(
-                        self.config.relay.metrics_listen, self.metrics.registry
-                    )
-                except OSError as exc:
-                    raise StsguardError(
-                        f"[relay].metrics_listen: cannot listen on "
-                        f"{self.config.relay.metrics_listen}: {exc.strerror or exc}"
-                    ) from None
+            metrics_server = self._metrics_server()
             async with asyncio.TaskGroup() as tasks:
                 children = [
                     tasks.create_task(self.runner.run(), name="queue-runner"),
@@ -300,35 +329,12 @@ class Relay:
                     tasks.create_task(self.inbound.run(), name="tlsrpt-inbound-maildir"),
                 ]
                 if settings is not None:
-                    sender = ReportSender(
-                        cast(ReportStore, CountedReportStore(self.report_store, self.metrics)),
-                        settings=settings,
-                        clients=Clients(
-                            self.resolver,
-                            http,
-                            submit_mail=self.submit_mail,
-                            post_timeout=post_timeout,
-                        ),
-                        clock=self.clock,
-                        max_delay=float(self.config.tlsrpt.max_delay),
-                    )
+                    sender = self._report_sender(settings, http)
                     children.append(tasks.create_task(sender.run(), name="tlsrpt-sender"))
                 if self.pool is not None:
                     children.append(tasks.create_task(self.pool.run(), name="intake-pool"))
                 children.append(tasks.create_task(self._check_dkim(), name="dkim-check"))
-                log.info(
-                    "relay.started",
-                    version=stsguard_version(),
-                    config=str(self.config_path) if self.config_path else None,
-                    listen=host_port(*self.listen_address),
-                    hostname=self.config.relay.hostname,
-                    intake_processes=self.intake_processes,
-                    state_dir=str(self.config.relay.state_dir),
-                    state=self.state.url.redacted(),
-                )
-                dane_off = dane_warning(self.config.dns)
-                if dane_off is not None:
-                    log.warning("relay.dane_unavailable", reason=dane_off)
+                self._log_started()
                 sd_notify.ready(f"listening on {self.listen_address[0]}:{self.listen_address[1]}")
                 try:
                     await self.control.start()
@@ -360,59 +366,28 @@ class Relay:
             log.info("relay.stopped")
 
 
-# Keys a SIGHUP applies; any other changed key takes effect at the next start.
-LIVE_KEYS = {
-    "relay": {
-        "hostname",
-        "max_message_size",
-        "accept_networks",
-        "stop_timeout",
-        # the intake's limits (Intake.reconfigure; intake processes re-read the file)
-        "max_connections",
-        "max_connections_per_ip",
-        "idle_timeout",
-        "session_timeout",
-        "command_deadline",
-        "min_data_rate",
-        "max_junk_commands",
-        "max_recipients",
-        "auth_failures_per_connection",
-        "auth_failures_per_ip",
-        "tls_required_no",
-        "requiretls_loopback",
-    },
-    "delivery": {
-        "port",
-        "no_policy_tls",
-        "queue_lifetime",
-        "retry_initial",
-        "retry_max",
-        "connect_timeout",
-        "command_timeout",
-        "concurrency_per_destination",
-        "workers",
-        "max_hops",
-        "delay_warning",
-    },
-    "detect": {"on_downgrade"},
-}
+def _open_state(config: Config, clock: Callable[[], float], metrics: Metrics) -> State:
+    """The state store of `[state].url`; a write it cannot make is counted in `metrics`."""
+    try:
+        return open_state(
+            config.state_url, clock=clock, failed_writes=FailedWrites(metrics.count_state_error)
+        )
+    except StateError as exc:
+        raise StsguardError(f"[state].url: {exc}") from None
 
 
-def needs_restart(old: Config, new: Config) -> list[str]:
-    """The changed keys that a reload does not apply (`[section].key`), sorted."""
-    changed: list[str] = []
-    for section in fields(Config):
-        name = section.name
-        before, after = getattr(old, name), getattr(new, name)
-        if name == "domains":
-            continue  # read per delivery
-        for key in fields(before):
-            if getattr(before, key.name) == getattr(after, key.name):
-                continue
-            live = key.name in LIVE_KEYS.get(name, set())
-            if not live:
-                changed.append(f"[{name}].{key.name}")
-    return sorted(changed)
+def _intake_processes(config: Config, config_path: Path | None) -> int:
+    """How many intake processes to start (0: the intake runs in this process). They read the
+    config file, so there are none without one."""
+    count = intake_process_count(config.relay.intake_processes, usable_cores())
+    if count and config_path is None:
+        if config.relay.intake_processes != "auto":
+            raise StsguardError(
+                "[relay].intake_processes: the intake processes read the config file; "
+                "start the relay with --config FILE"
+            )
+        return 0  # "auto" without a file to hand them: one process
+    return count
 
 
 async def serve(config: Config, config_path: Path | None = None) -> None:

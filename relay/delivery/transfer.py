@@ -64,64 +64,28 @@ async def transfer(
     """MAIL, RCPT, DATA on an established session; replies decide per recipient.
     Raises `SessionError` when the MX failed before the final dot (the next MX may be tried)."""
     mx = session.mx
-
-    def outcome(rcpt: str, status: RcptStatus, reason: str) -> RcptOutcome:
-        return RcptOutcome(rcpt, status, reason, None, mx_host, session.tls)
-
-    def verdict_of(stage: Stage, code: int, text: str) -> ReplyVerdict:
-        verdict = judge_reply(stage, code, text)
-        if verdict.kind is ReplyKind.PROTOCOL_ERROR:
-            mx.close()
-            raise SessionError(verdict.reason)
-        return verdict
-
     texts = (request.mail_from, *request.rcpts)
     utf8 = request.flags.smtputf8 or not all(t.isascii() for t in texts)
-    options: list[bytes] = []
-    if utf8:
-        if not mx.supports("smtputf8"):
-            # RFC 6531 3.2: an SMTPUTF8 message must not go to a server without SMTPUTF8.
-            reason = "554 5.6.7 the next hop does not support SMTPUTF8"
-            return every_rcpt(request, RcptStatus.BOUNCED, reason, mx_host, session.tls)
-        options.append(b"SMTPUTF8")
-    if request.flags.requiretls:
-        # RFC 8689 4.2.1: the negotiation let this session through only with REQUIRETLS offered.
-        options.append(b"REQUIRETLS")
-    if request.flags.eight_bit and mx.supports("8bitmime"):
-        # Without 8BITMIME at the next hop the body goes as it is, as Postfix does by default.
-        options.append(b"BODY=8BITMIME")
     try:
+        options = _mail_options(request, session, utf8=utf8)
         sender = _address(request.mail_from, utf8=utf8)
     except _Unsendable as exc:
         return every_rcpt(request, RcptStatus.BOUNCED, str(exc), mx_host, session.tls)
 
     reply = await mx.command(b"MAIL", b"FROM:" + sender, *options)
-    verdict = verdict_of(Stage.MAIL, reply.code, reply.text)
+    verdict = _judged(session, Stage.MAIL, reply.code, reply.text)
     if verdict.kind is not ReplyKind.ACCEPTED:
         await _reset(session)
         status = _STATUS[verdict.kind]
         return every_rcpt(request, status, verdict.reason, mx_host, session.tls)
 
-    results: dict[str, RcptOutcome] = {}
-    accepted: list[str] = []
-    for rcpt in request.rcpts:
-        try:
-            address = _address(rcpt, utf8=utf8)
-        except _Unsendable as exc:
-            results[rcpt] = outcome(rcpt, RcptStatus.BOUNCED, str(exc))
-            continue
-        reply = await mx.command(b"RCPT", b"TO:" + address)
-        verdict = verdict_of(Stage.RCPT, reply.code, reply.text)
-        if verdict.kind is ReplyKind.ACCEPTED:
-            accepted.append(rcpt)
-        else:
-            results[rcpt] = outcome(rcpt, _STATUS[verdict.kind], verdict.reason)
+    results, accepted = await _rcpt_to(request, session, mx_host, utf8=utf8)
     if not accepted:
         await _reset(session)
         return DeliveryOutcome(request.queue_id, tuple(results[r] for r in request.rcpts))
 
     reply = await mx.command(b"DATA")
-    verdict = verdict_of(Stage.DATA, reply.code, reply.text)
+    verdict = _judged(session, Stage.DATA, reply.code, reply.text)
     if verdict.kind is ReplyKind.GO_AHEAD:
         verdict = await _end_of_data(session, request)
         if verdict.kind is ReplyKind.PROTOCOL_ERROR:
@@ -130,8 +94,58 @@ async def transfer(
         await _reset(session)
     status = _STATUS.get(verdict.kind, RcptStatus.DEFERRED)
     for rcpt in accepted:
-        results[rcpt] = outcome(rcpt, status, verdict.reason)
+        results[rcpt] = RcptOutcome(rcpt, status, verdict.reason, None, mx_host, session.tls)
     return DeliveryOutcome(request.queue_id, tuple(results[r] for r in request.rcpts))
+
+
+def _mail_options(request: DeliveryRequest, session: Established, *, utf8: bool) -> list[bytes]:
+    """MAIL FROM's parameters for this message on this session (`_Unsendable`: none will do)."""
+    options: list[bytes] = []
+    if utf8:
+        if not session.mx.supports("smtputf8"):
+            # RFC 6531 3.2: an SMTPUTF8 message must not go to a server without SMTPUTF8.
+            raise _Unsendable("554 5.6.7 the next hop does not support SMTPUTF8")
+        options.append(b"SMTPUTF8")
+    if request.flags.requiretls:
+        # RFC 8689 4.2.1: the negotiation let this session through only with REQUIRETLS offered.
+        options.append(b"REQUIRETLS")
+    if request.flags.eight_bit and session.mx.supports("8bitmime"):
+        # Without 8BITMIME at the next hop the body goes as it is, as Postfix does by default.
+        options.append(b"BODY=8BITMIME")
+    return options
+
+
+async def _rcpt_to(
+    request: DeliveryRequest, session: Established, mx_host: str, *, utf8: bool
+) -> tuple[dict[str, RcptOutcome], list[str]]:
+    """One RCPT per recipient: the outcomes of those refused, and those accepted, in order."""
+    results: dict[str, RcptOutcome] = {}
+    accepted: list[str] = []
+    for rcpt in request.rcpts:
+        try:
+            address = _address(rcpt, utf8=utf8)
+        except _Unsendable as exc:
+            results[rcpt] = RcptOutcome(
+                rcpt, RcptStatus.BOUNCED, str(exc), None, mx_host, session.tls
+            )
+            continue
+        reply = await session.mx.command(b"RCPT", b"TO:" + address)
+        verdict = _judged(session, Stage.RCPT, reply.code, reply.text)
+        if verdict.kind is ReplyKind.ACCEPTED:
+            accepted.append(rcpt)
+        else:
+            status = _STATUS[verdict.kind]
+            results[rcpt] = RcptOutcome(rcpt, status, verdict.reason, None, mx_host, session.tls)
+    return results, accepted
+
+
+def _judged(session: Established, stage: Stage, code: int, text: str) -> ReplyVerdict:
+    """The reply's verdict; a protocol error closes the session and fails the MX."""
+    verdict = judge_reply(stage, code, text)
+    if verdict.kind is ReplyKind.PROTOCOL_ERROR:
+        session.mx.close()
+        raise SessionError(verdict.reason)
+    return verdict
 
 
 async def _end_of_data(session: Established, request: DeliveryRequest) -> ReplyVerdict:
