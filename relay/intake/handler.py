@@ -167,17 +167,7 @@ class IntakeHandler:
         if mail_from == "<>":
             mail_from = ""  # the null sender (aiosmtpd keeps the brackets); spooled as ""
         rcpts = list(envelope.rcpt_tos)
-        options = {o.upper() for o in envelope.mail_options}
-        requiretls = "REQUIRETLS" in options or (
-            self._offers_requiretls(session, tls=False) and require_tls_esmtp(data)
-        )
-        flags = MessageFlags(
-            # RFC 8689 4.1: with REQUIRETLS the TLS-Required header field is ignored.
-            tls_required_no=not requiretls and self._tls_required_no(data, session, client),
-            smtputf8="SMTPUTF8" in options,
-            eight_bit="BODY=8BITMIME" in options,
-            requiretls=requiretls,
-        )
+        flags = self._message_flags(data, session, envelope, client)
         queue_id = new_queue_id()
         trace = received_header(
             helo=str(session.host_name or ""),
@@ -206,7 +196,7 @@ class IntakeHandler:
             upstream_queue_id=origin.upstream_queue_id,
             tls=session.ssl is not None,
             auth=_auth_user(session),
-            requiretls=requiretls,
+            requiretls=flags.requiretls,
         )
         if self.on_queued is not None:
             try:
@@ -215,6 +205,22 @@ class IntakeHandler:
                 # The message is safe on disk; the queue runner will find it on its next poll.
                 _log.exception("intake.handoff_failed", queue_id=queue_id)
         return f"250 2.0.0 Ok: queued as {queue_id}"
+
+    def _message_flags(
+        self, data: bytes, session: Session, envelope: Envelope, client: str
+    ) -> MessageFlags:
+        """The flags the message is spooled with, from MAIL FROM's parameters and its header."""
+        options = {o.upper() for o in envelope.mail_options}
+        requiretls = "REQUIRETLS" in options or (
+            self._offers_requiretls(session, tls=False) and require_tls_esmtp(data)
+        )
+        return MessageFlags(
+            # RFC 8689 4.1: with REQUIRETLS the TLS-Required header field is ignored.
+            tls_required_no=not requiretls and self._tls_required_no(data, session, client),
+            smtputf8="SMTPUTF8" in options,
+            eight_bit="BODY=8BITMIME" in options,
+            requiretls=requiretls,
+        )
 
     def _tls_required_no(self, data: bytes, session: Session, client: str) -> bool:
         """Whether the message's ``TLS-Required: No`` is honoured (``[relay].tls_required_no``)."""
