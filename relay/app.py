@@ -27,6 +27,7 @@ from mtasts.service import PolicyService
 from relay import sd_notify
 from relay.config import (
     Config,
+    default_contact_info,
     host_port,
     intake_process_count,
     load_config,
@@ -96,7 +97,12 @@ class Relay:
         self.prevalence = self._prevalence_recorder()
         assert self.state.received is not None
         self.inbound = InboundReports(
-            config.tlsrpt_inbound, self.state.received, metrics=self.metrics, clock=clock
+            config.tlsrpt_inbound,
+            self.state.received,
+            metrics=self.metrics,
+            clock=clock,
+            submit=self.submit_notice,
+            sender=default_contact_info(config),
         )
         self.deliverer = Deliverer(
             config,
@@ -192,6 +198,11 @@ class Relay:
         queue_id = await asyncio.to_thread(
             self.spool.put, mail_from, rcpts, data, flags=REPORT_MAIL_FLAGS
         )
+        self.runner.wake(queue_id)
+
+    async def submit_notice(self, mail_from: str, rcpts: list[str], data: bytes) -> None:
+        """Queue a notice mail of ours (a TLS report alert), delivered as any other mail."""
+        queue_id = await asyncio.to_thread(self.spool.put, mail_from, rcpts, data)
         self.runner.wake(queue_id)
 
     def reload(self) -> bool:
@@ -327,6 +338,7 @@ class Relay:
                     tasks.create_task(self.sink.run(), name="tlsrpt-sink"),
                     tasks.create_task(self.prevalence.run(), name="prevalence"),
                     tasks.create_task(self.inbound.run(), name="tlsrpt-inbound-maildir"),
+                    tasks.create_task(self.inbound.send_notices(), name="tlsrpt-inbound-notices"),
                 ]
                 if settings is not None:
                     sender = self._report_sender(settings, http)

@@ -271,6 +271,8 @@ class TlsrptInboundConfig:
     domains: tuple[str, ...] = ()  # our own policy domains; a report about another is refused
     maildir: str = ""  # the report mailbox an MTA delivers to; empty: none
     notify: str = ""  # an address for alert mails; empty: alerts only in the log and metrics
+    alert_days: int = 30  # a result type not seen in this many days is news
+    alert_failure_percent: int = 10  # a report whose failed sessions are above this share alerts
 
 
 @dataclass(frozen=True, slots=True)
@@ -602,6 +604,8 @@ _SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
             "domains": _domain_names,
             "maildir": _line,
             "notify": _notify_address,
+            "alert_days": _int_range(1, 3650),
+            "alert_failure_percent": _int_range(0, 100),
         },
     ),
 }

@@ -109,12 +109,23 @@ class ReceivedReportStore(Protocol):
         """The JSON of every report whose range ends at or after `since` (Unix time)."""
         ...
 
+    def claim_alert(self, day: str, domain: str, kind: str) -> bool:
+        """True the first time (day, domain, kind) is claimed: an alert goes out once."""
+        ...
+
 
 class MemoryReceivedReportStore:
     """Received reports in a dict (tests)."""
 
     def __init__(self) -> None:
         self.reports: dict[str, ReceivedReport] = {}
+        self.alerts: set[tuple[str, str, str]] = set()
+
+    def claim_alert(self, day: str, domain: str, kind: str) -> bool:
+        if (day, domain, kind) in self.alerts:
+            return False
+        self.alerts.add((day, domain, kind))
+        return True
 
     def add(self, received: ReceivedReport) -> bool:
         if received.report.report_id in self.reports:

@@ -1,5 +1,6 @@
 """`[tlsrpt_inbound]` in the relay: the https endpoint when `listen` is set, the Maildir read
-every `MAILDIR_INTERVAL` seconds when `maildir` is set, both keeping reports in one store."""
+every `MAILDIR_INTERVAL` seconds when `maildir` is set, both keeping reports in one store; alerts
+on what they show, and notice mails to `notify` handed to the relay's queue."""
 
 from __future__ import annotations
 
@@ -7,23 +8,28 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import structlog
 
 from relay.config import TlsrptInboundConfig, parse_hostport
 from relay.errors import ConfigError
+from relay.inbound.alerting import Alerter
 from relay.inbound.https import ReportEndpoint
 from relay.inbound.maildir import scan_maildir
 from relay.inbound.taking import ReportKeeper
 from relay.metrics import Metrics
+from tlsrpt_emit.alerts import Alert, alert_mail
 from tlsrpt_emit.errors import ReceivedStoreError
 from tlsrpt_emit.inbound import ReceivedReportStore
 
 log = structlog.get_logger(__name__)
 
 MAILDIR_INTERVAL = 60.0
+MAX_NOTICES = 100  # notice mails waiting to be queued; more are dropped (and logged)
+
+SubmitMail = Callable[[str, list[str], bytes], Awaitable[None]]
 
 
 def endpoint_tls_context(cfg: TlsrptInboundConfig) -> ssl.SSLContext:
@@ -49,11 +55,28 @@ class InboundReports:
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
         maildir_interval: float = MAILDIR_INTERVAL,
+        submit: SubmitMail | None = None,
+        sender: str = "",
     ) -> None:
         self.cfg = cfg
         self.keeper = ReportKeeper(store, metrics=metrics)
         self.clock = clock
         self.maildir_interval = maildir_interval
+        self.submit = submit
+        self.sender = sender
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._notices: asyncio.Queue[Alert] = asyncio.Queue(MAX_NOTICES)
+        self.keeper.listeners.append(
+            Alerter(
+                store,
+                cfg.domains,
+                days=cfg.alert_days,
+                failure_share=cfg.alert_failure_percent / 100.0,
+                metrics=metrics,
+                notify=self._notify if cfg.notify and submit is not None else None,
+                clock=clock,
+            )
+        )
         self.endpoint: ReportEndpoint | None = None
         if cfg.listen:
             self.endpoint = ReportEndpoint(
@@ -66,6 +89,7 @@ class InboundReports:
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[InboundReports]:
+        self._loop = asyncio.get_running_loop()
         async with contextlib.AsyncExitStack() as stack:
             if self.endpoint is not None:
                 await stack.enter_async_context(self.endpoint.running())
@@ -97,3 +121,26 @@ class InboundReports:
         while True:
             await asyncio.to_thread(self.scan)
             await asyncio.sleep(self.maildir_interval)
+
+    def _notify(self, alert: Alert) -> None:
+        """From the thread that kept the report: queue the notice for the event loop."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._queue_notice, alert)
+
+    def _queue_notice(self, alert: Alert) -> None:
+        if self._notices.full():
+            log.warning("tlsrpt_inbound.notice_dropped", domain=alert.domain, kind=alert.kind)
+            return
+        self._notices.put_nowait(alert)
+
+    async def send_notices(self) -> None:
+        """Queue a notice mail for each alert, until cancelled (the mail goes through the relay)."""
+        while True:
+            alert = await self._notices.get()
+            if self.submit is None:
+                continue
+            mail = alert_mail(alert, sender=self.sender, to=self.cfg.notify, now=self.clock())
+            try:
+                await self.submit(self.sender, [self.cfg.notify], mail)
+            except Exception as exc:  # a notice must not end the relay's TaskGroup
+                log.warning("tlsrpt_inbound.notice_failed", domain=alert.domain, error=repr(exc))

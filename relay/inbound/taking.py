@@ -39,7 +39,10 @@ class ReportKeeper:
         self.count(received.via, "new" if new else "duplicate")
         if new:
             for listener in self.listeners:
-                listener(received)
+                try:
+                    listener(received)
+                except Exception as exc:  # the report is kept: an alert must not undo that
+                    log.warning("tlsrpt_inbound.listener_failed", error=repr(exc))
         return new
 
     async def keep_async(self, received: ReceivedReport) -> bool:

@@ -1,7 +1,8 @@
 """`tlsrpt_emit.inbound.ReceivedReportStore` in SQL (SQLite or PostgreSQL): ``tlsrpt_received``.
 
 One row per `report-id`: the first copy is kept, a second one (a sender's retry, the same report
-by https and by mail, or two relays of a fleet taking it) is not added again.
+by https and by mail, or two relays of a fleet taking it) is not added again. ``tlsrpt_alerts``
+holds which alerts went out, so each goes once per day, domain and kind across a fleet.
 """
 
 from __future__ import annotations
@@ -24,9 +25,15 @@ def _schema(real: str, blob: str) -> tuple[str, ...]:
     )
 
 
+_ALERTS = (
+    "CREATE TABLE IF NOT EXISTS tlsrpt_alerts ("
+    " day TEXT NOT NULL, domain TEXT NOT NULL, kind TEXT NOT NULL,"
+    " PRIMARY KEY (day, domain, kind))",
+)
+
 STEPS: Steps = {
-    "sqlite": [_schema("REAL", "BLOB")],
-    "postgresql": [_schema("DOUBLE PRECISION", "BYTEA")],
+    "sqlite": [_schema("REAL", "BLOB"), _ALERTS],
+    "postgresql": [_schema("DOUBLE PRECISION", "BYTEA"), _ALERTS],
 }
 
 _INSERT = (
@@ -70,3 +77,13 @@ class SqlReceivedReportStore:
                 (since,),
             )
         return [bytes(row[0]) for row in rows]
+
+    def claim_alert(self, day: str, domain: str, kind: str) -> bool:
+        """True the first time (day, domain, kind) is claimed, by any relay sharing the store."""
+        with self.db.transaction(ReceivedStoreError, write=True) as tx:
+            cursor = tx.execute(
+                "INSERT INTO tlsrpt_alerts (day, domain, kind) VALUES (?, ?, ?)"
+                " ON CONFLICT (day, domain, kind) DO NOTHING",
+                (day, domain, kind),
+            )
+            return cursor.rowcount > 0

@@ -136,3 +136,37 @@ def test_the_service_without_a_certificate_is_a_config_error(tmp_path: Path) -> 
     )
     with pytest.raises(ConfigError, match="cannot load certificate"):
         InboundReports(cfg, SqlReceivedReportStore(SqliteDatabase(tmp_path / "s.sqlite3")))
+
+
+def test_alerts_fire_once_per_domain_kind_and_day() -> None:
+    from relay.inbound.alerting import Alerter
+    from tlsrpt_emit.alerts import Alert
+    from tlsrpt_emit.inbound import MemoryReceivedReportStore, accept_report
+
+    store = MemoryReceivedReportStore()
+    told: list[Alert] = []
+    now = [1_796_112_000.0]  # 2026-12-01 08:00 UTC: the day after the sample's range
+    keeper = ReportKeeper(store, metrics=Metrics())
+    keeper.listeners.append(
+        Alerter(
+            store,
+            ("example.com",),
+            days=30,
+            failure_share=0.05,
+            notify=told.append,
+            clock=lambda: now[0],
+        )
+    )
+    data = (PEERS / "shape-microsoft-tlsa.json").read_bytes()
+    for n in range(3):  # three reports (other ids) that day: new types and high share once each
+        doc = data.replace(b"134091520000000001", str(n).encode())
+        keeper.keep(accept_report(doc, ["example.com"], via="https", now=now[0]))
+    assert sorted(str(a.kind) for a in told) == ["failure-share", "new-result-type"]
+    now[0] += 86400  # the next day: the share is still high, the types are known by now
+    doc = data.replace(b"134091520000000001", b"next-day")
+    keeper.keep(accept_report(doc, ["example.com"], via="https", now=now[0]))
+    assert sorted(str(a.kind) for a in told) == [
+        "failure-share",
+        "failure-share",
+        "new-result-type",
+    ]
