@@ -24,11 +24,12 @@ from mtasts.errors import (
     StsLookupError,
     StsRecordError,
 )
-from mtasts.fetch import fetch_policy, policy_host, policy_url, record_name
+from mtasts.fetch import policy_host, policy_url, record_name
 from mtasts.model import Mode, Policy, PolicyFailure, PolicyResult, PolicySource, StsRecord
 from mtasts.parse import policy_domain, select_sts_record
 from relay.config import Config
 from relay.diagnostics.dane_view import DaneView, dane_view
+from relay.diagnostics.probe import fetch_live
 from relay.errors import UsageError
 from relay.log import configure_logging
 from relay.resolver import make_resolver
@@ -167,13 +168,7 @@ async def _policy(
     rep: PolicyReport,
 ) -> None:
     try:
-        rep.policy = await fetch_policy(
-            domain,
-            resolver=resolver,
-            ssl_context=ctx,
-            port=config.mtasts.https_port,
-            timeout=config.mtasts.fetch_timeout,
-        )
+        rep.policy = await fetch_live(domain, config, resolver, ctx)
     except PolicyError as exc:
         if rep.record is None:
             return  # no TXT record and no policy host: the domain does not use MTA-STS

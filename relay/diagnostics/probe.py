@@ -35,7 +35,7 @@ from mtasts.model import Policy, PolicyResult, PolicySource
 from relay.config import Config
 from relay.delivery.dane_lookup import TlsaLookup, TlsaStatus
 from relay.delivery.mx import MxHost, MxStatus, lookup_mx
-from relay.delivery.policy import MxPlan
+from relay.delivery.policy import DestinationView, MxPlan
 from relay.delivery.policy_lookup import HistoryLookup, lookup_destination
 from relay.delivery.session import BannerRefused, Hello, MxSession
 from relay.diagnostics.dane_view import check_presented
@@ -54,6 +54,7 @@ __all__ = [
     "MxProbe",
     "ProbeReport",
     "TlsInfo",
+    "fetch_live",
     "live_policy",
     "probe_domain",
     "probe_host",
@@ -217,16 +218,24 @@ async def live_policy(
         record = await lookup_sts_record(domain, resolver)
         if record is None:
             return None, None
-        policy = await fetch_policy(
-            domain,
-            resolver=resolver,
-            ssl_context=ctx,
-            port=config.mtasts.https_port,
-            timeout=config.mtasts.fetch_timeout,
-        )
+        policy = await fetch_live(domain, config, resolver, ctx)
     except PolicyError as exc:
         return None, exc
     return policy, None
+
+
+async def fetch_live(
+    domain: str, config: Config, resolver: dns.asyncresolver.Resolver, ctx: ssl.SSLContext
+) -> Policy:
+    """The domain's policy file fetched now over `[mtasts]`'s port and timeout (`PolicyError`:
+    why not), with no look at the TXT record."""
+    return await fetch_policy(
+        domain,
+        resolver=resolver,
+        ssl_context=ctx,
+        port=config.mtasts.https_port,
+        timeout=config.mtasts.fetch_timeout,
+    )
 
 
 async def probe_host(
@@ -289,27 +298,22 @@ async def probe_domain(
     async def sts(_domain: str) -> PolicyResult:
         return live
 
-    view = await lookup_destination(
-        domain,
-        config,
-        resolver=resolver,
-        sts=sts,
-        history=history,
-        now=time.time() if now is None else now,
-        mx=replace(mx, hosts=hosts),
-    )
+    async def planned(*, requiretls: bool) -> DestinationView:
+        return await lookup_destination(
+            domain,
+            config,
+            resolver=resolver,
+            sts=sts,
+            history=history,
+            now=time.time() if now is None else now,
+            mx=replace(mx, hosts=hosts),
+            requiretls=requiretls,
+        )
+
+    view = await planned(requiretls=False)
     report.plans = {plan.host: plan for plan in view.plans}
     # The same hosts planned for a REQUIRETLS message (RFC 8689): what `stsguard probe` says of it.
-    strict = await lookup_destination(
-        domain,
-        config,
-        resolver=resolver,
-        sts=sts,
-        history=history,
-        now=time.time() if now is None else now,
-        mx=replace(mx, hosts=hosts),
-        requiretls=True,
-    )
+    strict = await planned(requiretls=True)
     report.requiretls_plans = {plan.host: plan for plan in strict.plans}
     results = await asyncio.gather(
         *(
