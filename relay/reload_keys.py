@@ -41,7 +41,7 @@ LIVE_KEYS = {
         "max_hops",
         "delay_warning",
     },
-    "detect": {"on_downgrade"},
+    "detect": {"on_downgrade", "prevalence_days"},
 }
 
 
