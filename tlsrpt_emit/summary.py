@@ -294,8 +294,9 @@ def _chart(group: GroupSummary, days: Sequence[datetime.date]) -> str:
     return "".join(parts)
 
 
-def render_html(summary: Summary, *, generated: str) -> str:
-    """One self-contained page: the same tables as the text, and a bar chart per group."""
+def render_html(summary: Summary, *, generated: str, appendix: str = "") -> str:
+    """One self-contained page: the same tables as the text, and a bar chart per group;
+    `appendix` is more HTML for the page (the relay's downgrade prevalence), already escaped."""
     title = f"TLS-RPT summary per {summary.group_kind}"
     tables = _tables(summary)
     sections = []
@@ -329,5 +330,5 @@ def render_html(summary: Summary, *, generated: str) -> str:
         f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{_esc(title)}</h1>"
         f'<p class="range">{_esc(_range_text(summary))} · made {_esc(generated)} by stsguard</p>'
-        f"{body}{''.join(sections)}</body></html>\n"
+        f"{body}{''.join(sections)}{appendix}</body></html>\n"
     )

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import httpx
 
-from relay.cli.tlsrpt_received import kept_reports
+from relay.cli.tlsrpt_received import kept_reports, prevalence_appendix
 from relay.config import Config
 from relay.errors import UsageError
 from relay.log import configure_logging
@@ -331,6 +331,7 @@ def _received(paths: list[str]) -> list[Report]:
 
 def _summary(args: argparse.Namespace, config: Config, domain: str | None) -> int:
     now = time.time()
+    appendix = ""
     if args.input and args.received:
         raise UsageError("--input and --received: one or the other")
     if args.input:
@@ -346,10 +347,13 @@ def _summary(args: argparse.Namespace, config: Config, domain: str | None) -> in
         rows = [(day, row) for day in days for row in store.counts(day, domain)]
         today = datetime.datetime.fromtimestamp(now, datetime.UTC).date()
         summary = summarize_counts(rows, days, partial_day=today if today in days else None)
+        if args.html and not domain:  # our own sessions: their downgrade prevalence beside
+            appendix = prevalence_appendix(config, days)
     if args.html:
         made = datetime.datetime.fromtimestamp(now, datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
         try:
-            Path(args.html).write_text(render_html(summary, generated=made), encoding="utf-8")
+            page = render_html(summary, generated=made, appendix=appendix)
+            Path(args.html).write_text(page, encoding="utf-8")
         except OSError as exc:
             raise UsageError(f"--html: cannot write {args.html}: {exc.strerror or exc}") from None
         print(f"wrote {args.html}: {len(summary.groups)} {summary.group_kind}(s)", file=sys.stderr)

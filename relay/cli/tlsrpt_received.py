@@ -1,11 +1,14 @@
-"""The reports others sent about our domains, as `[tlsrpt_inbound]` kept them in the state, for
-`stsguard tlsrpt summary --received`."""
+"""What `stsguard tlsrpt summary` reads beside our own TLS-RPT counts: the reports others sent about
+our domains, as `[tlsrpt_inbound]` kept them (`--received`), and the downgrade prevalence of our
+own sessions (a section of the `--html` page)."""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime
 
+from relay.cli.detect_stats import stats_rows
+from relay.cli.prevalence_html import prevalence_section
 from relay.config import Config
 from relay.errors import StsguardError, UsageError
 from relay.state.database import StateError
@@ -45,3 +48,11 @@ def kept_reports(config: Config, days: list[datetime.date], domain: str | None) 
             report = dataclasses.replace(report, policies=policies)
         reports.append(report)
     return reports
+
+
+def prevalence_appendix(config: Config, days: list[datetime.date]) -> str:
+    """The prevalence section of the HTML page for `days` ("" when nothing was counted)."""
+    now = datetime.datetime.combine(days[-1], datetime.time(12), datetime.UTC).timestamp()
+    rows = stats_rows(config, len(days), "", now=now)
+    wanted = {d.isoformat() for d in days}
+    return prevalence_section([r for r in rows if r.day in wanted], days)

@@ -92,3 +92,21 @@ def test_bad_arguments_are_one_line(config_file: Path, args: list[str]) -> None:
     bad = stats(config_file, *args)
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
+
+
+def test_the_html_summary_shows_prevalence_beside_tlsrpt(config_file: Path, tmp_path: Path) -> None:
+    """The page `stsguard tlsrpt summary --html` writes has the prevalence section: a chart per
+    day and the worst host first, as headless Chromium renders it."""
+    from tests.tlsrpt_emit.test_summary import rendered_dom
+
+    seed(tmp_path)
+    page = tmp_path / "summary.html"
+    made = run_cli("tlsrpt", "summary", "--html", str(page), "--config", str(config_file))
+    assert made.returncode == 0, made.stderr
+    dom = rendered_dom(page, tmp_path)
+    assert 'data-name="downgrade prevalence"' in dom
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert f'data-kind="sessions" data-day="{today}" data-count="5"' in dom
+    assert f'data-kind="downgraded" data-day="{today}" data-count="3"' in dom
+    hosts = dom.index("per MX host")
+    assert dom.index("mx.bad.example", hosts) < dom.index("mx.good.example", hosts)
