@@ -1,7 +1,9 @@
-"""Shared fixtures: the lab DNS server and a throwaway CA, both on loopback."""
+"""Shared fixtures: the lab DNS server and a throwaway CA, both on loopback; the wheel."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -10,6 +12,7 @@ import pytest
 from lab.dns import LabDns
 from lab.pki import LabCA
 from lab.postgres import PgCluster
+from tests.cli import ROOT
 
 
 @pytest.fixture
@@ -46,3 +49,20 @@ def pg_cluster() -> Iterator[PgCluster]:
 def pg_url(pg_cluster: PgCluster) -> str:
     """The URL of a fresh, empty PostgreSQL database."""
     return pg_cluster.new_database()
+
+
+@pytest.fixture(scope="session")
+def stsguard_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The stsguard wheel built from this checkout, once per session (as `pip wheel` builds it)."""
+    out = tmp_path_factory.mktemp("wheel")
+    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
+    run = subprocess.run(
+        [*pip, "--disable-pip-version-check", "-w", str(out), str(ROOT)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    [wheel] = out.glob("stsguard-*.whl")
+    return wheel

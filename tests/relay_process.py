@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,3 +40,20 @@ def start_relay(config_file: Path, *, prefix: Sequence[str] = ()) -> subprocess.
         stdout=log,
         stderr=log,
     )
+
+
+@contextmanager
+def relay_process(
+    config_file: Path, prefix: Sequence[str] = ()
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`start_relay`, stopped on the way out (SIGTERM; SIGKILL after 20 s)."""
+    proc = start_relay(config_file, prefix=prefix)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

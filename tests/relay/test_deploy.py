@@ -95,18 +95,9 @@ def test_systemd_analyze_security_is_ok(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_wheel_ships_the_unit_and_the_example_config(tmp_path: Path) -> None:
+def test_wheel_ships_the_unit_and_the_example_config(stsguard_wheel: Path) -> None:
     """Installed from a wheel, `stsguard example-config` and `example-unit` have their files."""
-    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-    run = subprocess.run(
-        [*pip, "--disable-pip-version-check", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr
-    [wheel] = tmp_path.glob("stsguard-*.whl")
+    wheel = stsguard_wheel
     with zipfile.ZipFile(wheel) as zf:
         shipped = {name: zf.read(name) for name in zf.namelist() if "/deploy/" in name}
     assert shipped["relay/deploy/stsguard.service"] == UNIT.read_bytes()

@@ -12,9 +12,6 @@ import shutil
 import signal
 import smtplib
 import socket
-import subprocess
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ from lab.mx import CertKind
 from lab.world import LabWorld, wait_until
 from relay.intake.auth import hash_password
 from tests.relay import intake_client
-from tests.relay_process import enforced_example_org, start_relay, write_config
+from tests.relay_process import enforced_example_org, relay_process, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -52,20 +49,6 @@ def listening(port: int) -> bool:
             return sock.recv(3) == b"220"
     except OSError:
         return False
-
-
-@contextmanager
-def relay_process(config_file: Path, prefix: tuple[str, ...] = ()) -> Iterator[Any]:
-    proc = start_relay(config_file, prefix=prefix)
-    try:
-        yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def Raw(port: int, source: str = "127.0.0.1") -> intake_client.Raw:

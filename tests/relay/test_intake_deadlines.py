@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import smtplib
 import socket
-import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,7 +16,7 @@ import pytest
 from lab.world import LabWorld, wait_until
 from relay.intake.deadlines import COMMAND_DEADLINE, MIN_DATA_RATE, RequestClock, RequestTimer
 from tests.relay import intake_client
-from tests.relay_process import enforced_example_org, start_relay, write_config
+from tests.relay_process import enforced_example_org, relay_process, write_config
 
 # --- the bookkeeping ---------------------------------------------------------------------------
 
@@ -104,8 +103,7 @@ async def test_trickling_clients_are_cut_and_their_slots_freed(tmp_path: Path) -
                 "max_connections_per_ip": SLOW_COMMAND + SLOW_DATA,
             },
         )
-        proc = start_relay(config_file)
-        try:
+        with relay_process(config_file):
             address = ("127.0.0.1", port)
 
             def up() -> bool:
@@ -153,12 +151,6 @@ async def test_trickling_clients_are_cut_and_their_slots_freed(tmp_path: Path) -
             # every slot of 127.0.0.5 was taken by the slow ones; they are free again
             await asyncio.to_thread(normal)
             await wait_until(lambda: len(mx.messages) == 1, 60)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
     for open_cmd, said_cmd, seconds in cut_commands:
         assert said_cmd.startswith(b"421 4.4.2"), said_cmd
         assert said_cmd.endswith(b"closing connection\n<closed>")

@@ -8,7 +8,6 @@ import asyncio
 import json
 import re
 import smtplib
-import subprocess
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import pytest
 
 from lab.world import LabWorld, wait_until
 from relay.intake.trace import VALUE_LIMIT, MessageTrace, message_trace
-from tests.relay_process import enforced_example_org, start_relay, write_config
+from tests.relay_process import enforced_example_org, relay_process, write_config
 
 UPSTREAM = (
     b"Received: from app.upstream.test (app.upstream.test [192.0.2.7])\r\n"
@@ -40,8 +39,7 @@ async def test_one_queued_line_per_message_and_no_aiosmtpd_chatter(tmp_path: Pat
     async with LabWorld(tmp_path / "world").running() as world:
         mx = await enforced_example_org(world)
         config_file, port = write_config(world, tmp_path, tlsrpt={"enabled": False})
-        proc = start_relay(config_file)
-        try:
+        with relay_process(config_file):
 
             def send() -> list[int]:
                 ports = []
@@ -58,12 +56,6 @@ async def test_one_queued_line_per_message_and_no_aiosmtpd_chatter(tmp_path: Pat
             await wait_until(lambda: "intake.listening" in str(relay_log(config_file)), 30)
             ports = await asyncio.to_thread(send)
             await wait_until(lambda: len(mx.messages) == 6, 60)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
     lines = relay_log(config_file)
     [started] = [e for e in lines if e["event"] == "relay.started"]
     assert started["listen"] == f"127.0.0.1:{port}"  # not a (host, port) list
@@ -120,8 +112,7 @@ async def test_journal_lines_of_a_real_run_carry_no_python_reprs(tmp_path: Path)
             world, tmp_path, tlsrpt={"enabled": False}, relay={"log_format": "journal"}
         )
         log = config_file.parent / "relay.log"
-        proc = start_relay(config_file)
-        try:
+        with relay_process(config_file):
             await wait_until(lambda: log.exists() and "relay.started" in log.read_text(), 30)
 
             def send() -> None:
@@ -134,12 +125,6 @@ async def test_journal_lines_of_a_real_run_carry_no_python_reprs(tmp_path: Path)
             await asyncio.to_thread(send)
             await wait_until(lambda: len(mx.messages) == 2, 60)
             await wait_until(lambda: "queue.bounced" in log.read_text(), 30)
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
     lines = log.read_text().splitlines()
     assert lines
     for line in lines:

@@ -60,17 +60,10 @@ def test_one_page_to_stdout() -> None:
 
 
 @pytest.mark.slow
-def test_wheel_ships_the_pages_and_man_finds_them_in_a_venv(tmp_path: Path) -> None:
-    pip = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation"]
-    run = subprocess.run(
-        [*pip, "--disable-pip-version-check", "-w", str(tmp_path), str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert run.returncode == 0, run.stderr
-    [wheel] = tmp_path.glob("stsguard-*.whl")
+def test_wheel_ships_the_pages_and_man_finds_them_in_a_venv(
+    tmp_path: Path, stsguard_wheel: Path
+) -> None:
+    wheel = stsguard_wheel
     with zipfile.ZipFile(wheel) as zf:
         names = {n.rpartition("/share/man/man1/")[2]: n for n in zf.namelist() if ".data/" in n}
         for page in (ROOT / "man").glob("*.1"):
