@@ -128,6 +128,7 @@ def _file_problems(config: Config) -> list[Problem]:
         client_context(config.tls.ca_file)
     except StsguardError as exc:
         problems.append(Problem("error", str(exc)))
+    problems += _inbound_problems(config)
     if config.tlsrpt.enabled:
         try:
             settings = report_settings(config)
@@ -140,6 +141,28 @@ def _file_problems(config: Config) -> list[Problem]:
             problems.append(
                 Problem("error", f"[tlsrpt].dkim_key_file: {where}: not a usable key: {exc}")
             )
+    return problems
+
+
+def _inbound_problems(config: Config) -> list[Problem]:
+    """The report endpoint's certificate and key; a report Maildir that is not there (yet)."""
+    from relay.tls import report_endpoint_context
+
+    inbound = config.tlsrpt_inbound
+    problems = []
+    if inbound.listen:
+        try:
+            report_endpoint_context(inbound.tls_cert_file, inbound.tls_key_file)
+        except StsguardError as exc:
+            problems.append(Problem("error", str(exc)))
+    if inbound.maildir and not Path(inbound.maildir, "new").is_dir():
+        problems.append(
+            Problem(
+                "warning",
+                f"[tlsrpt_inbound].maildir: no {Path(inbound.maildir, 'new')} yet "
+                "(read once the MTA delivers there)",
+            )
+        )
     return problems
 
 
@@ -308,6 +331,8 @@ def listen_problems(config: Config) -> list[Problem]:
             )
     elif socketmap:
         checks.append((socketmap, "[socketmap].listen"))
+    if config.tlsrpt_inbound.listen:
+        checks.append((config.tlsrpt_inbound.listen, "[tlsrpt_inbound].listen"))
     return found + [p for listen, key in checks if (p := _bind_problem(listen, key)) is not None]
 
 

@@ -81,3 +81,18 @@ def pem_pair_problem(cert_file: str, key_file: str) -> str | None:
     if key.public_key() != cert.public_key():
         return f"the key in {key_file} is not the key of the certificate in {cert_file}"
     return None
+
+
+def report_endpoint_context(cert_file: str, key_file: str) -> ssl.SSLContext:
+    """The server context of the TLS report endpoint (`[tlsrpt_inbound]`); `ConfigError` names
+    the key when the pair cannot be loaded."""
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        ctx.load_cert_chain(cert_file, key_file)
+    except (OSError, ssl.SSLError) as exc:
+        why = pem_pair_problem(cert_file, key_file) or str(exc)
+        raise ConfigError(
+            f"[tlsrpt_inbound].tls_cert_file: cannot load certificate and key: {why}"
+        ) from None
+    return ctx

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -14,12 +13,12 @@ from pathlib import Path
 import structlog
 
 from relay.config import TlsrptInboundConfig, parse_hostport
-from relay.errors import ConfigError
 from relay.inbound.alerting import Alerter
 from relay.inbound.https import ReportEndpoint
 from relay.inbound.maildir import scan_maildir
 from relay.inbound.taking import ReportKeeper
 from relay.metrics import Metrics
+from relay.tls import report_endpoint_context
 from tlsrpt_emit.alerts import Alert, alert_mail
 from tlsrpt_emit.errors import ReceivedStoreError
 from tlsrpt_emit.inbound import ReceivedReportStore
@@ -30,18 +29,6 @@ MAILDIR_INTERVAL = 60.0
 MAX_NOTICES = 100  # notice mails waiting to be queued; more are dropped (and logged)
 
 SubmitMail = Callable[[str, list[str], bytes], Awaitable[None]]
-
-
-def endpoint_tls_context(cfg: TlsrptInboundConfig) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        ctx.load_cert_chain(cfg.tls_cert_file, cfg.tls_key_file)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(
-            f"[tlsrpt_inbound].tls_cert_file: cannot load certificate and key: {exc}"
-        ) from None
-    return ctx
 
 
 class InboundReports:
@@ -81,7 +68,7 @@ class InboundReports:
         if cfg.listen:
             self.endpoint = ReportEndpoint(
                 parse_hostport(cfg.listen, "[tlsrpt_inbound].listen"),
-                endpoint_tls_context(cfg),
+                report_endpoint_context(cfg.tls_cert_file, cfg.tls_key_file),
                 self.keeper,
                 cfg.domains,
                 clock=clock,

@@ -215,3 +215,21 @@ def test_the_control_socket_refusing_names_itself(private_state: Path) -> None:
     assert run.stderr.startswith(
         f"stsguard: error: permission denied: {state / 'control.sock'} (owner root:root, mode "
     ), run.stderr
+
+
+def test_the_report_endpoint_certificate_and_maildir_are_checked(
+    tmp_path: Path, lab_ca: LabCA
+) -> None:
+    good = lab_ca.issue("reports.example.net")
+    inbound = (
+        f'\n[tlsrpt_inbound]\nlisten = "127.0.0.1:{free_port()}"\n'
+        f'tls_cert_file = "{good.key_file}"\ntls_key_file = "{good.key_file}"\n'
+        f'domains = ["example.net"]\nmaildir = "{tmp_path / "Maildir"}"\n'
+    )
+    run = run_cli("check", "--config", str(good_config(tmp_path, extra=inbound)))
+    assert run.returncode == 1
+    assert (
+        f"error: [tlsrpt_inbound].tls_cert_file: cannot load certificate and key: "
+        f"{good.key_file} holds a private key, not a certificate"
+    ) in run.stderr
+    assert f"warning: [tlsrpt_inbound].maildir: no {tmp_path / 'Maildir' / 'new'} yet" in run.stderr
