@@ -39,7 +39,8 @@ def run(args: argparse.Namespace, config: Config) -> int:
     print(
         f"moved {moved.policies} policies, {moved.failures} failed fetches, {moved.hosts} "
         f"remembered hosts, {moved.sessions} counted sessions ({moved.counter_rows} rows) and "
-        f"{moved.sent_reports} sent reports, {moved.prevalence_rows} prevalence rows "
+        f"{moved.sent_reports} sent reports, {moved.prevalence_rows} prevalence rows, "
+        f"{moved.received_reports} received reports "
         f"from {source.redacted()} to {target.redacted()}"
     )
     print(f"now set [state].url to {target.redacted()} and start the relay")

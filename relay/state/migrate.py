@@ -2,9 +2,9 @@
 
 Everything goes in one transaction on the target, merged as the relays themselves write: a policy
 replaces an older fetch only, remembered TLS keeps the later time of each fact, TLS-RPT and
-downgrade-prevalence counts are added, sent-report progress is copied. The source is marked with
-an id and the target records which ids it took, so running the command twice never counts the
-same sessions twice.
+downgrade-prevalence counts are added, sent-report progress and received reports are copied. The
+source is marked with an id and the target records which ids it took, so running the command
+twice never counts the same sessions twice.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from relay.state.database import SqliteDatabase, StateError, Tx, open_database
 from relay.state.history_store import SqlTlsHistoryStore
 from relay.state.policy_store import SqlPolicyStore
 from relay.state.prevalence_store import SqlPrevalenceStore
+from relay.state.received_store import SqlReceivedReportStore
 from relay.state.report_store import SqlReportStore
 from relay.state.stores import migrate_all
 from relay.state_url import StateUrl
@@ -43,6 +44,7 @@ class Moved:
     sessions: int
     sent_reports: int
     prevalence_rows: int = 0
+    received_reports: int = 0
 
 
 def _source_id(tx: Tx) -> str:
@@ -72,6 +74,7 @@ def migrate_state(source: StateUrl, target: StateUrl) -> Moved:
         history = SqlTlsHistoryStore(src_db, migrate_schema=False)
         reports = SqlReportStore(src_db, migrate_schema=False)
         prevalence = SqlPrevalenceStore(src_db, migrate_schema=False).rows(ALL_DAYS)
+        received = SqlReceivedReportStore(src_db, migrate_schema=False).rows()
         entries, failures = policies.list(), policies.all_failures()
         hosts, sent = history.all(), reports.all_sent()
         batch: dict[PolicyKey, Tally] = {}
@@ -100,6 +103,7 @@ def migrate_state(source: StateUrl, target: StateUrl) -> Moved:
             for report in sent:
                 SqlReportStore.put_sent_in(tx, report)
             SqlPrevalenceStore.add_rows_in(tx, prevalence)
+            SqlReceivedReportStore.put_rows_in(tx, received)
             tx.execute(
                 "INSERT INTO stsguard_imports (source_id, source, imported_at) VALUES (?, ?, ?)",
                 (source_id, str(source.path), time.time()),
@@ -114,4 +118,5 @@ def migrate_state(source: StateUrl, target: StateUrl) -> Moved:
         sessions=sum(t.successes + t.failures.total() for t in batch.values()),
         sent_reports=len(sent),
         prevalence_rows=len(prevalence),
+        received_reports=len(received),
     )

@@ -7,7 +7,9 @@ holds which alerts went out, so each goes once per day, domain and kind across a
 
 from __future__ import annotations
 
-from relay.state.database import Database
+from collections.abc import Iterable
+
+from relay.state.database import Database, Row, Tx
 from relay.state.migrations import Steps, migrate
 from tlsrpt_emit.errors import ReceivedStoreError
 from tlsrpt_emit.inbound import ReceivedReport
@@ -36,9 +38,9 @@ STEPS: Steps = {
     "postgresql": [_schema("DOUBLE PRECISION", "BYTEA"), _ALERTS],
 }
 
+_COLUMNS = "report_id, organization, domains, start_at, end_at, received_at, via, document"
 _INSERT = (
-    "INSERT INTO tlsrpt_received (report_id, organization, domains, start_at, end_at,"
-    " received_at, via, document) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO tlsrpt_received ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
     " ON CONFLICT (report_id) DO NOTHING"
 )
 
@@ -53,21 +55,35 @@ class SqlReceivedReportStore:
 
     def add(self, received: ReceivedReport) -> bool:
         report = received.report
+        row = (
+            report.report_id,
+            report.organization_name,
+            ",".join(received.domains),
+            report.start.timestamp(),
+            report.end.timestamp(),
+            received.received_at,
+            received.via,
+            received.document,
+        )
         with self.db.transaction(ReceivedStoreError, write=True) as tx:
-            cursor = tx.execute(
-                _INSERT,
-                (
-                    report.report_id,
-                    report.organization_name,
-                    ",".join(received.domains),
-                    report.start.timestamp(),
-                    report.end.timestamp(),
-                    received.received_at,
-                    received.via,
-                    received.document,
-                ),
-            )
-            return cursor.rowcount > 0
+            return self.put_rows_in(tx, [row]) > 0
+
+    def rows(self) -> list[Row]:
+        """Every kept report as stored (`relay.state.migrate` moves them)."""
+        with self.db.transaction(ReceivedStoreError) as tx:
+            return [
+                (*row[:7], bytes(row[7]))
+                for row in tx.rows(f"SELECT {_COLUMNS} FROM tlsrpt_received ORDER BY report_id")
+            ]
+
+    @staticmethod
+    def put_rows_in(tx: Tx, rows: Iterable[Row]) -> int:
+        """Add rows inside a transaction of the caller's; those whose report-id is there are
+        left out. Returns how many were added."""
+        added = 0
+        for row in rows:
+            added += max(tx.execute(_INSERT, row).rowcount, 0)
+        return added
 
     def documents(self, since: float) -> list[bytes]:
         with self.db.transaction(ReceivedStoreError) as tx:

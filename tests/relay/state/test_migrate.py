@@ -11,11 +11,13 @@ from relay.state.stores import open_state
 from relay.state_url import parse_state_url
 from tests.cli import run_cli
 from tests.tlsrpt_emit.sessions import DAY, day_results
+from tlsrpt_emit.inbound import accept_report
 from tlsrpt_emit.sink import CountingSink
 from tlsrpt_emit.store import SentReport
 
 POLICY = Policy(Mode.ENFORCE, 86400, ("mx.example.org",), "version: STSv1\n")
 NOW = 1_800_000_000.0
+PEERS = Path(__file__).parent.parent.parent / "tlsrpt_emit" / "peer_reports"
 
 
 def relay_with_state(tmp_path: Path) -> Path:
@@ -34,6 +36,9 @@ def relay_with_state(tmp_path: Path) -> Path:
     batch: Batch = {}
     count_session(batch, SessionSeen("mx.example.org", "192.0.2.1", NOW, False, garbled_token="X"))
     state.prevalence.add(batch)
+    assert state.received is not None
+    mail_ru = PEERS / "parsedmarc-mail.ru.json"
+    state.received.add(accept_report(mail_ru.read_bytes(), ["example.com"], via="https", now=NOW))
     state.close()
     config = tmp_path / "stsguard.toml"
     config.write_text(f'[relay]\nstate_dir = "{state_dir}"\n')
@@ -49,6 +54,7 @@ def test_migrate_moves_everything_once(tmp_path: Path, pg_url: str) -> None:
         source.reports.counts(DAY),
         source.reports.get_sent(DAY, "example.org"),
         source.prevalence.rows("2000-01-01"),  # type: ignore[union-attr]
+        source.received.documents(0.0),  # type: ignore[union-attr]
     )
     source.close()
 
@@ -65,9 +71,11 @@ def test_migrate_moves_everything_once(tmp_path: Path, pg_url: str) -> None:
             target.reports.counts(DAY),
             target.reports.get_sent(DAY, "example.org"),
             target.prevalence.rows("2000-01-01"),  # type: ignore[union-attr]
+            target.received.documents(0.0),  # type: ignore[union-attr]
         )
         assert got == expected
-        assert len(got[-1]) == 3  # sessions, garbled, downgraded
+        assert len(got[-2]) == 3  # sessions, garbled, downgraded
+        assert len(got[-1]) == 1  # the received report
         assert target.policies.last_failure("bad.example", "9") is not None
     finally:
         target.close()
