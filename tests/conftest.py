@@ -29,20 +29,30 @@ def lab_ca(tmp_path: Path) -> LabCA:
     return LabCA(tmp_path / "pki")
 
 
-@pytest.fixture(scope="session")
-def pg_cluster() -> Iterator[PgCluster]:
-    """One private PostgreSQL for the whole session (skips, saying why, without PostgreSQL)."""
+def _started_cluster() -> Iterator[PgCluster]:
+    """A private PostgreSQL, removed at the end (skips, saying why, without PostgreSQL);
+    installed but not starting is a failure, not a skip."""
     cluster, why = PgCluster.find()
     if cluster is None:
         pytest.skip(f"no PostgreSQL: {why}")
     try:
         cluster.init()
         cluster.start()
-    except BaseException:
-        cluster.remove()  # installed but not starting is a failure, not a skip
-        raise
-    yield cluster
-    cluster.remove()
+        yield cluster
+    finally:
+        cluster.remove()
+
+
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    """One private PostgreSQL for the whole session."""
+    yield from _started_cluster()
+
+
+@pytest.fixture
+def own_pg_cluster() -> Iterator[PgCluster]:
+    """A private PostgreSQL for one test, which may stop and start it."""
+    yield from _started_cluster()
 
 
 @pytest.fixture

@@ -51,9 +51,14 @@ def relay_process(
     try:
         yield proc
     finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_relay(proc, 20)
+
+
+def stop_relay(relay: subprocess.Popen[bytes], timeout: float = 30) -> None:
+    """SIGTERM, then SIGKILL when the relay has not stopped within `timeout` seconds."""
+    relay.terminate()
+    try:
+        relay.wait(timeout)
+    except subprocess.TimeoutExpired:
+        relay.kill()
+        relay.wait()

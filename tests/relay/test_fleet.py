@@ -9,9 +9,7 @@ import asyncio
 import datetime as dt
 import gzip
 import json
-import signal
 import smtplib
-import subprocess
 import time
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -26,7 +24,7 @@ from lab.postgres import PgCluster
 from lab.world import LabWorld, wait_until
 from relay.state.stores import open_state
 from relay.state_url import parse_state_url
-from tests.relay_process import enforced_example_org, start_relay, write_config
+from tests.relay_process import enforced_example_org, start_relay, stop_relay, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -49,15 +47,6 @@ def send(port: int, rcpt: str, n: int, within: float = 60.0) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
-
-
-def stop(relay: subprocess.Popen[bytes]) -> None:
-    relay.send_signal(signal.SIGTERM)
-    try:
-        relay.wait(30)
-    except subprocess.TimeoutExpired:
-        relay.kill()
-        relay.wait()
 
 
 def log_events(directory: Path) -> list[dict[str, object]]:
@@ -145,8 +134,8 @@ async def test_two_relays_share_policies_remembered_tls_and_one_report_per_domai
             finally:
                 fleet.close()
         finally:
-            stop(a)
-            stop(b)
+            stop_relay(a)
+            stop_relay(b)
 
         # Midnight passes (the day's rows become yesterday's), and both relays start again at
         # once: each runs yesterday's reports at start (max_delay 0) and races for every domain.
@@ -177,8 +166,8 @@ async def test_two_relays_share_policies_remembered_tls_and_one_report_per_domai
             await wait_until(both_ran, 60)
         finally:
             fleet.close()
-            stop(a)
-            stop(b)
+            stop_relay(a)
+            stop_relay(b)
 
     by_domain: dict[str, list[dict[str, object]]] = {}
     for request in collector.received:
@@ -194,65 +183,56 @@ async def test_two_relays_share_policies_remembered_tls_and_one_report_per_domai
     assert summary == {"total-successful-session-count": 1, "total-failure-session-count": 1}
 
 
-async def test_relay_delivers_through_a_database_outage(tmp_path: Path) -> None:
+async def test_relay_delivers_through_a_database_outage(
+    tmp_path: Path, own_pg_cluster: PgCluster
+) -> None:
     """The database stops under a running relay: mail to a known domain and to a new one is still
     delivered; the outage is logged once, its end once, and what was counted and fetched
     meanwhile reaches the database when it is back."""
-    cluster, why = PgCluster.find()
-    if cluster is None:
-        pytest.skip(f"no PostgreSQL: {why}")
-    cluster.init()
-    cluster.start()
-    try:
-        url = cluster.new_database()
-        today = dt.datetime.now(dt.UTC).date()
-        async with LabWorld(tmp_path / "world").running() as world:
-            known = await enforced_example_org(world)
-            new = await world.add_mx("mx1.second.example", "127.0.0.12", cert=CertKind.GOOD)
-            world.publish_mx("second.example", [(10, "mx1.second.example")])
-            world.publish_policy("second.example", "enforce", ["mx1.second.example"])
-            config_file, port = write_config(
-                world, tmp_path, state={"url": url}, tlsrpt={"flush_interval": "1s"}
+    cluster = own_pg_cluster
+    url = cluster.new_database()
+    today = dt.datetime.now(dt.UTC).date()
+    async with LabWorld(tmp_path / "world").running() as world:
+        known = await enforced_example_org(world)
+        new = await world.add_mx("mx1.second.example", "127.0.0.12", cert=CertKind.GOOD)
+        world.publish_mx("second.example", [(10, "mx1.second.example")])
+        world.publish_policy("second.example", "enforce", ["mx1.second.example"])
+        config_file, port = write_config(
+            world, tmp_path, state={"url": url}, tlsrpt={"flush_interval": "1s"}
+        )
+        relay = start_relay(config_file)
+        try:
+            await asyncio.to_thread(send, port, "bob@example.org", 1)
+            await wait_until(lambda: len(known.messages) == 1, 60)
+            await asyncio.to_thread(cluster.stop)
+            await asyncio.to_thread(send, port, "bob@example.org", 2)
+            await asyncio.to_thread(send, port, "carol@second.example", 3)
+            await wait_until(lambda: len(known.messages) == 2 and len(new.messages) == 1, 60)
+            assert world.policy_host.requests["example.org"] == 1  # from memory
+            assert world.policy_host.requests["second.example"] == 1  # fetched
+            await wait_until(
+                lambda: any(e.get("event") == "state.unavailable" for e in log_events(tmp_path)),
+                60,
             )
-            relay = start_relay(config_file)
+            await asyncio.to_thread(cluster.start)
+            await wait_until(
+                lambda: any(e.get("event") == "state.available" for e in log_events(tmp_path)),
+                60,
+            )
+            state = open_state(parse_state_url(url, Path()), front=False)
             try:
-                await asyncio.to_thread(send, port, "bob@example.org", 1)
-                await wait_until(lambda: len(known.messages) == 1, 60)
-                await asyncio.to_thread(cluster.stop)
-                await asyncio.to_thread(send, port, "bob@example.org", 2)
-                await asyncio.to_thread(send, port, "carol@second.example", 3)
-                await wait_until(lambda: len(known.messages) == 2 and len(new.messages) == 1, 60)
-                assert world.policy_host.requests["example.org"] == 1  # from memory
-                assert world.policy_host.requests["second.example"] == 1  # fetched
-                await wait_until(
-                    lambda: any(
-                        e.get("event") == "state.unavailable" for e in log_events(tmp_path)
-                    ),
-                    60,
-                )
-                await asyncio.to_thread(cluster.start)
-                await wait_until(
-                    lambda: any(e.get("event") == "state.available" for e in log_events(tmp_path)),
-                    60,
-                )
-                state = open_state(parse_state_url(url, Path()), front=False)
-                try:
 
-                    def caught_up() -> bool:
-                        rows = {
-                            r.key.policy_domain: r.successes for r in state.reports.counts(today)
-                        }
-                        return rows == {"example.org": 2, "second.example": 1}
+                def caught_up() -> bool:
+                    rows = {r.key.policy_domain: r.successes for r in state.reports.counts(today)}
+                    return rows == {"example.org": 2, "second.example": 1}
 
-                    await wait_until(caught_up, 30)
-                    assert state.policies.get("second.example") is not None
-                finally:
-                    state.close()
+                await wait_until(caught_up, 30)
+                assert state.policies.get("second.example") is not None
             finally:
-                stop(relay)
-        events = [e.get("event") for e in log_events(tmp_path)]
-        assert events.count("state.unavailable") == 1
-        assert events.count("state.available") == 1
-        assert all(m.tls for m in [*known.messages, *new.messages])
-    finally:
-        cluster.remove()
+                state.close()
+        finally:
+            stop_relay(relay)
+    events = [e.get("event") for e in log_events(tmp_path)]
+    assert events.count("state.unavailable") == 1
+    assert events.count("state.available") == 1
+    assert all(m.tls for m in [*known.messages, *new.messages])

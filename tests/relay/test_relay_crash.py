@@ -9,7 +9,6 @@ import contextlib
 import random
 import signal
 import smtplib
-import subprocess
 import threading
 import time
 from collections import Counter
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from lab.world import LabWorld, wait_until
-from tests.relay_process import enforced_example_org, start_relay, write_config
+from tests.relay_process import enforced_example_org, start_relay, stop_relay, write_config
 
 MESSAGES = 200
 SENDERS = 5
@@ -114,11 +113,7 @@ async def test_kill_9_during_intake_and_delivery_loses_nothing(
             with contextlib.suppress(TimeoutError):
                 await wait_until(all_arrived, 60)
         finally:
-            relay.send_signal(signal.SIGTERM)
-            try:
-                relay.wait(10)
-            except subprocess.TimeoutExpired:
-                relay.kill()
+            stop_relay(relay, 10)
     arrived = Counter(_message_id(m.data) for m in mx.messages)
     lost = upstream.acked - set(arrived)
     duplicates = sum(n - 1 for n in arrived.values() if n > 1)

@@ -7,10 +7,8 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import signal
 import smtplib
 import ssl
-import subprocess
 import time
 from pathlib import Path
 
@@ -18,7 +16,7 @@ import pytest
 
 from lab.mx import CertKind, LabMx
 from lab.world import LabWorld, wait_until
-from tests.relay_process import start_relay, write_config
+from tests.relay_process import start_relay, stop_relay, write_config
 
 SENDER = "alice@sender.test"
 BODY_SECRET = "the body nobody outside TLS may read"
@@ -86,11 +84,7 @@ async def test_rt02_rt03_rt05_relay_process_delivers_or_bounces_with_a_headers_o
             assert code == 250
             await wait_until(lambda: len(offering.messages) == 1 and len(sender_mx.messages) == 1)
         finally:
-            relay.send_signal(signal.SIGTERM)
-            try:
-                relay.wait(10)
-            except subprocess.TimeoutExpired:
-                relay.kill()
+            stop_relay(relay, 10)
 
     [delivered] = offering.messages
     assert delivered.requiretls  # RT-02: MAIL FROM:<...> REQUIRETLS at the MX

@@ -22,8 +22,8 @@ import pytest
 from lab.mx import CertKind, LabMx
 from lab.postgres import PgCluster
 from lab.world import LabWorld, free_port, wait_until
-from tests.relay.test_fleet import log_events, send, stop
-from tests.relay_process import start_relay, write_config
+from tests.relay.test_fleet import log_events, send
+from tests.relay_process import start_relay, stop_relay, write_config
 
 pytestmark = pytest.mark.slow
 
@@ -140,7 +140,7 @@ async def test_sqlite_state_on_a_volume_that_fills_up(tmp_path: Path) -> None:
                 await wait_until(lambda: queue_empty(tmp_path), 60)
                 assert relay.poll() is None
             finally:
-                stop(relay)
+                stop_relay(relay)
     assert subjects(mx) == [b"fleet 1", b"fleet 2", b"fleet 3", b"fleet 5"]  # each exactly once
     assert subjects(sts_mx) == [b"fleet 4"]
     events = [e.get("event") for e in log_events(tmp_path)]
@@ -152,46 +152,41 @@ async def test_sqlite_state_on_a_volume_that_fills_up(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("failure", ["stopped", "erroring"])
-async def test_postgresql_stopped_or_erroring(tmp_path: Path, failure: str) -> None:
-    cluster, why = PgCluster.find()
-    if cluster is None:
-        pytest.skip(f"no PostgreSQL: {why}")
-    cluster.init()
-    cluster.start()
-    try:
-        url = cluster.new_database()
-        async with LabWorld(tmp_path / "world").running() as world:
-            mx = await never_seen_mx(world, "mx1.example.org", "127.0.9.12", sts=True)
-            metrics_port = free_port()
-            config_file, port = write_config(
-                world,
-                tmp_path,
-                relay={"metrics_listen": f"127.0.0.1:{metrics_port}"},
-                state={"url": url},
-                delivery={"retry_initial": "1s"},
-                tlsrpt={"flush_interval": "1s"},
-            )
-            relay = start_relay(config_file)
-            try:
-                await wait_until(lambda: listening(port), 30)
-                if failure == "stopped":
-                    await asyncio.to_thread(cluster.stop)
-                else:
-                    await asyncio.to_thread(_refuse_history_writes, url)
-                for n in (1, 2, 3):
-                    await asyncio.to_thread(send, port, f"bob{n}@example.org", n)
-                await wait_until(lambda: len(mx.messages) >= 3, 60)
-                await wait_until(lambda: queue_empty(tmp_path), 60)
-                kind = "unavailable" if failure == "stopped" else "other"
-                await wait_until(lambda: state_errors(metrics_port)[("history", kind)] >= 1, 30)
-                assert relay.poll() is None
-                if failure == "erroring":
-                    # The other stores catch up although remembered TLS still cannot.
-                    await wait_until(lambda: _sessions_counted(url) == 3, 60)
-            finally:
-                stop(relay)
-    finally:
-        cluster.remove()
+async def test_postgresql_stopped_or_erroring(
+    tmp_path: Path, failure: str, own_pg_cluster: PgCluster
+) -> None:
+    cluster = own_pg_cluster
+    url = cluster.new_database()
+    async with LabWorld(tmp_path / "world").running() as world:
+        mx = await never_seen_mx(world, "mx1.example.org", "127.0.9.12", sts=True)
+        metrics_port = free_port()
+        config_file, port = write_config(
+            world,
+            tmp_path,
+            relay={"metrics_listen": f"127.0.0.1:{metrics_port}"},
+            state={"url": url},
+            delivery={"retry_initial": "1s"},
+            tlsrpt={"flush_interval": "1s"},
+        )
+        relay = start_relay(config_file)
+        try:
+            await wait_until(lambda: listening(port), 30)
+            if failure == "stopped":
+                await asyncio.to_thread(cluster.stop)
+            else:
+                await asyncio.to_thread(_refuse_history_writes, url)
+            for n in (1, 2, 3):
+                await asyncio.to_thread(send, port, f"bob{n}@example.org", n)
+            await wait_until(lambda: len(mx.messages) >= 3, 60)
+            await wait_until(lambda: queue_empty(tmp_path), 60)
+            kind = "unavailable" if failure == "stopped" else "other"
+            await wait_until(lambda: state_errors(metrics_port)[("history", kind)] >= 1, 30)
+            assert relay.poll() is None
+            if failure == "erroring":
+                # The other stores catch up although remembered TLS still cannot.
+                await wait_until(lambda: _sessions_counted(url) == 3, 60)
+        finally:
+            stop_relay(relay)
     assert subjects(mx) == [b"fleet 1", b"fleet 2", b"fleet 3"]  # each exactly once
     events = [e.get("event") for e in log_events(tmp_path)]
     assert "delivery.internal_error" not in events
