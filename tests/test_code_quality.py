@@ -60,6 +60,15 @@ def test_daemon_never_imports_a_cli_module() -> None:
             assert not wrong, f"{path.relative_to(ROOT)} imports {wrong}"
 
 
+def test_only_the_cli_imports_lab() -> None:
+    """The lab (test worlds, attackers) is reached from the command line only (`stsguard lab`),
+    never from the running relay."""
+    for path in (ROOT / "relay").rglob("*.py"):
+        if "cli" in path.relative_to(ROOT / "relay").parts:
+            continue
+        assert "lab" not in imported_packages(path), f"{path.relative_to(ROOT)} imports lab"
+
+
 # relay's layers (README "Layout"): a module may import modules of its own part, of the parts
 # listed for it, and the base (relay's top-level modules: config, errors, log, metrics,
 # decision, ...), which import only each other. Nothing else points up or sideways.
