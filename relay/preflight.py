@@ -20,7 +20,7 @@ import dns.resolver
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from relay.config import Config, parse_hostport
+from relay.config import Config, DomainTls, parse_hostport
 from relay.errors import StsguardError
 from relay.problems import Problem
 from relay.reports import report_settings
@@ -239,7 +239,7 @@ def _dnssec_problems(config: Config) -> list[Problem]:
     dns = config.dns
     if dns.dnssec_mode == "ad":
         return []
-    dane_only = sorted(d for d, o in config.domains.items() if o.tls == "dane-only")
+    dane_only = sorted(d for d, o in config.domains.items() if o.tls == DomainTls.DANE_ONLY)
     why = (
         '[dns].dnssec = "off"'
         if dns.dnssec == "off"
