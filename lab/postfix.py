@@ -9,6 +9,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # The part of main.cf that makes it an instance of its own; the caller adds its routing and TLS.
@@ -141,3 +144,18 @@ class PostfixInstance:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+@contextmanager
+def private_postfix(listen: str) -> Iterator[PostfixInstance]:
+    """A Postfix instance in a directory of its own under the system temp dir, stopped and
+    removed at the end. Not under pytest's base temp: another pytest session on the machine sets
+    that directory's parent back to 0700 when it starts, and the postfix user then cannot reach
+    its queue and data directories (`master.lock`, the PRNG file) mid-test."""
+    base = Path(tempfile.mkdtemp(prefix="stsguard-postfix-"))
+    instance = PostfixInstance(base / "postfix", listen)
+    try:
+        yield instance
+    finally:
+        instance.stop()
+        shutil.rmtree(base, ignore_errors=True)

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from lab.mx import CertKind
-from lab.postfix import PostfixInstance
+from lab.postfix import PostfixInstance, private_postfix
 from lab.world import LabWorld, free_port, wait_until
 from relay.app import Relay
 
@@ -36,11 +36,10 @@ relayhost = [127.0.0.1]:{relay_port}
 
 
 @pytest.fixture
-def postfix(tmp_path: Path) -> Iterator[PostfixInstance]:
-    """A Postfix instance under tmp_path, stopped at the end."""
-    instance = PostfixInstance(tmp_path / "postfix", f"127.0.0.1:{free_port()}")
-    yield instance
-    instance.stop()
+def postfix() -> Iterator[PostfixInstance]:
+    """A Postfix instance of its own, stopped and removed at the end."""
+    with private_postfix(f"127.0.0.1:{free_port()}") as instance:
+        yield instance
 
 
 def send_to_postfix(port: int) -> None:

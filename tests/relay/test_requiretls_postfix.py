@@ -9,14 +9,13 @@ import asyncio
 import os
 import shutil
 import smtplib
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lab.mx import CertKind, LabMx
-from lab.postfix import PostfixInstance
+from lab.postfix import PostfixInstance, private_postfix
 from lab.world import LabWorld, free_port, wait_until
 from relay.app import Relay
 
@@ -33,14 +32,9 @@ relayhost = [127.0.0.1]:{relay_port}
 
 @pytest.fixture
 def upstream() -> Iterator[PostfixInstance]:
-    """A Postfix instance in its own directory under /tmp: not under pytest's base temp, whose
-    parent another pytest session may set back to mode 0700 while Postfix starts (the postfix
-    user then cannot reach its data directory)."""
-    base = Path(tempfile.mkdtemp(prefix="stsguard-postfix-"))
-    instance = PostfixInstance(base / "postfix", f"127.0.0.1:{free_port()}")
-    yield instance
-    instance.stop()
-    shutil.rmtree(base, ignore_errors=True)
+    """A Postfix instance of its own, stopped and removed at the end."""
+    with private_postfix(f"127.0.0.1:{free_port()}") as instance:
+        yield instance
 
 
 def _send(port: int, rcpt: str) -> None:
