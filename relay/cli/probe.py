@@ -63,6 +63,9 @@ class Verdict:
     history: HostHistory | None
     downgrade: Finding | None
     decision: Decision
+    # What delivery would have found on the way (the downgrade included): the probe's findings
+    # but for what followed a STARTTLS delivery would not send.
+    findings: tuple[Finding, ...] = ()
 
 
 # What our STARTTLS and the handshake after it show: delivery sees none of it where it sends none.
@@ -120,18 +123,19 @@ def verdict(probe: MxProbe, plan: MxPlan, *, now: float, history_days: int) -> V
     the remembered TLS is the plan's)."""
     history = plan.history
     if plan.refused_by is Refusal.DANE and plan.refusal is not None:
-        return Verdict(history, None, plan.refusal)  # RFC 7672 2.2: never a fall-back
+        # RFC 7672 2.2: never a fall-back
+        return Verdict(history, None, plan.refusal, tuple(probe.findings))
     obs = observation(probe, plan)
-    findings = _findings(probe, plan, obs)
     downgrade = remembered_downgrade(history, obs, now=now, history_days=history_days)
+    findings = _findings(probe, plan, obs) + ((downgrade,) if downgrade else ())
     if plan.refusal is not None:
-        return Verdict(history, downgrade, plan.refusal)
+        return Verdict(history, downgrade, plan.refusal, findings)
     if probe.ehlo is None:  # never got as far as EHLO: the session broke, try the next MX
         reason = probe.error or "no SMTP session"
         action = Action.DEFER if plan.last_mx else Action.NEXT_MX
-        return Verdict(history, downgrade, Decision(action, None, reason))
-    findings += (downgrade,) if downgrade else ()
-    return Verdict(history, downgrade, decide(plan.policy, obs, findings, last_mx=plan.last_mx))
+        return Verdict(history, downgrade, Decision(action, None, reason), findings)
+    decision = decide(plan.policy, obs, findings, last_mx=plan.last_mx)
+    return Verdict(history, downgrade, decision, findings)
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,6 +21,7 @@ import pytest
 
 from detect.history import MemoryTlsHistoryStore
 from detect.model import Finding
+from lab.attacker import Attacker
 from lab.runner import LabRun
 from lab.scenarios import Attack, PolicySetup, build_scenarios
 from lab.unbound import unbound_path
@@ -36,6 +37,7 @@ from relay.delivery.policy import Destination, MxPlan, Refusal, plan_host
 from relay.diagnostics.probe import probe_domain
 from relay.resolver import make_resolver
 from relay.tls import client_context
+from tests.relay_process import enforced_example_org
 from tlsrpt_emit.model import MemorySink
 
 LEFT_OUT = (Attack.POLICY_HOST_BLOCKED, Attack.TXT_REMOVED, Attack.SMUGGLE)
@@ -105,8 +107,7 @@ async def _probe(domain: str, config: Config, history: MemoryTlsHistoryStore) ->
     verdicts: Verdicts = {}
     for entry in report.mx:
         seen = verdict(entry, report.plans[entry.host], now=now, history_days=days)
-        found = [*entry.findings, *([seen.downgrade] if seen.downgrade else [])]
-        verdicts.setdefault(entry.host, _said(seen.decision, found))
+        verdicts.setdefault(entry.host, _said(seen.decision, seen.findings))
     return verdicts
 
 
@@ -172,3 +173,47 @@ async def test_probe_and_delivery_agree_on_every_lab_scenario(
     assert not disagree, "\n".join(disagree)
     assert not untried, f"delivery decided nothing for {untried}"
     assert len(stages) >= 50
+
+
+@pytest.mark.parametrize("attack", [None, "intercept", "inject", "starttls-454", "strip"])
+async def test_probe_and_delivery_agree_under_tls_none(
+    world: LabWorld, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, attack: str | None
+) -> None:
+    # `tls = "none"` for a domain that publishes an enforce policy: delivery sends no STARTTLS
+    # (plaintext, reported under the policy); the probe still says STARTTLS to show what the host
+    # speaks, but decides on what delivery sees.
+    mx = await enforced_example_org(world)
+    config = world.relay_config(
+        tmp_path / "state", tlsrpt={"enabled": False}, domains={"example.org": {"tls": "none"}}
+    )
+    if attack is not None:
+        address = (mx.host, world.mx_port)
+        on_path = Attacker(
+            address, attack, host="127.0.0.12", port=world.mx_port, mx_name=mx.hostname, ca=world.ca
+        )
+        await world.keep(on_path.running())
+        world.dns.set("mx1.example.org", "A", ["127.0.0.12"])
+    history = MemoryTlsHistoryStore()
+    resolver = make_resolver(config.dns)
+    ssl_context = client_context(config.tls.ca_file)
+    probed = await _probe("example.org", config, history)
+    deliverer = Deliverer(
+        config,
+        resolver=resolver,
+        policy_service=PolicyService(
+            MemoryPolicyStore(), resolver, ssl_context, https_port=config.mtasts.https_port
+        ),
+        history_store=history,
+        sink=MemorySink(),
+        ssl_context=ssl_context,
+    )
+    spy = Spy(deliverer, monkeypatch)
+    message = b"Subject: x\r\n\r\nhi\r\n"
+    request = DeliveryRequest("q1", "alice@sender.test", ("bob@example.org",), message)
+    try:
+        outcome = await deliverer.deliver(request)
+    finally:
+        await deliverer.close()
+    assert outcome.delivered
+    assert spy.seen["example.org"] == probed
+    assert probed["mx1.example.org"][0] == "deliver-plaintext"
