@@ -232,13 +232,13 @@ def _opt_str(obj: dict[str, Any], key: str) -> str:
     return value
 
 
-def _strings(value: Any, key: str) -> tuple[str, ...]:
-    """A string or a list of strings; nested lists (a TLSA policy written as a JSON array inside
-    the array, as some senders do) are flattened."""
+def _strings(value: Any, key: str, depth: int = 0) -> tuple[str, ...]:
+    """A string or a list of strings; a list inside the list (a TLSA policy written as a JSON
+    array inside the array, as some senders do) is flattened, one level deep."""
     if isinstance(value, str):
         return (value,)
-    if isinstance(value, list):
-        return tuple(text for item in value for text in _strings(item, key))
+    if isinstance(value, list) and depth < 2:
+        return tuple(text for item in value for text in _strings(item, key, depth + 1))
     raise ReportFormatError(f"{key!r} is not a string or a list of strings")
 
 

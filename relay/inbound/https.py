@@ -6,8 +6,8 @@ connection, spoken through h11 (sans-IO HTTP/1.1). Answers: 201 a new report kep
 before (same report-id: the sender may stop retrying), 400 not a report, 403 not about our
 domains, 405 not a POST, 408 too slow, 413 too large (before or after gunzip), 415 another
 media type, 429 too many from this client (with Retry-After), 503 the store failed (the sender
-retries later, RFC 8460 5.5). Bounded: the headers, the body, the time a request may take, and
-the connections open at once.
+retries later, RFC 8460 5.5), 500 a bug of ours. Bounded: the headers, the body, the time a
+request may take, and the connections open at once.
 """
 
 from __future__ import annotations
@@ -125,6 +125,9 @@ class ReportEndpoint:
             return 408, "request not received in time", ()
         except h11.RemoteProtocolError as exc:
             return exc.error_status_hint, f"bad request: {exc}", ()
+        except Exception as exc:  # a bug of ours: one error line and a 500, never a dropped peer
+            log.error("tlsrpt_inbound.internal_error", client=client, error=repr(exc))
+            return 500, "internal error", ()
 
     async def _read(
         self, conn: h11.Connection, reader: asyncio.StreamReader, client: str

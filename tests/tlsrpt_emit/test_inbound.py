@@ -6,9 +6,12 @@ from __future__ import annotations
 import gzip
 import json
 import zlib
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tlsrpt_emit.errors import ReportRefused
 from tlsrpt_emit.inbound import (
@@ -118,3 +121,87 @@ def test_one_copy_per_report_id() -> None:
     assert store.add(first)
     assert not store.add(again)
     assert store.documents(0.0) == [data]
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=30), inner, max_size=6)
+    ),
+    max_leaves=20,
+)
+_KEYS = [
+    "organization-name",
+    "date-range",
+    "contact-info",
+    "report-id",
+    "policies",
+    "policy",
+    "policy-type",
+    "policy-string",
+    "policy-domain",
+    "mx-host",
+    "summary",
+    "failure-details",
+    "result-type",
+    "failed-session-count",
+    "total-successful-session-count",
+    "total-failure-session-count",
+    "start-datetime",
+    "end-datetime",
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.sampled_from([n for n, _, _ in SAMPLES if n.endswith(".json")]), st.data())
+def test_hostile_changes_to_real_reports_are_refused_not_crashes(
+    name: str, data: st.DataObject
+) -> None:
+    """Any value at any known key of a real report: the report is taken or refused (400/403),
+    never another exception."""
+    doc = json.loads((PEERS / name).read_bytes())
+    node = doc
+    for _ in range(data.draw(st.integers(0, 3))):
+        if isinstance(node, dict) and node:
+            node = node[data.draw(st.sampled_from(sorted(node)))]
+        elif isinstance(node, list) and node:
+            node = node[data.draw(st.integers(0, len(node) - 1))]
+    if isinstance(node, dict):
+        node[data.draw(st.sampled_from(_KEYS))] = data.draw(_json)
+    document = json.dumps(doc).encode()
+    assert refusal(lambda: accept_report(document, ["example.com"], via="https", now=NOW)) in (
+        None,
+        400,
+        403,
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.binary(max_size=300), st.sampled_from(["application/tlsrpt+gzip", "application/tlsrpt+json"])
+)
+def test_any_body_is_taken_or_refused(body: bytes, content_type: str) -> None:
+    status = refusal(
+        lambda: accept_report(
+            unpack_body(body, content_type), ["example.com"], via="https", now=NOW
+        )
+    )
+    assert status in (None, 400, 403, 413)
+
+
+def test_deeply_nested_policy_strings_are_refused() -> None:
+    doc = json.loads((PEERS / "parsedmarc-rfc8460.json").read_bytes())
+    doc["policies"][0]["policy"]["policy-string"] = json.loads("[" * 900 + "]" * 900)
+    document = json.dumps(doc).encode()
+    assert (
+        refusal(lambda: accept_report(document, ["company-y.example"], via="https", now=NOW)) == 400
+    )
+
+
+def refusal(take: Callable[[], object]) -> int | None:
+    """None when taken, else the status of the refusal (any other exception fails the test)."""
+    try:
+        take()
+    except ReportRefused as exc:
+        return exc.status
+    return None
