@@ -43,3 +43,18 @@ def test_each_docs_page_has_one_title() -> None:
         prose = re.sub(r"```.*?```", "", page.read_text(), flags=re.DOTALL)
         titles = [line for line in prose.splitlines() if line.startswith("# ")]
         assert len(titles) == 1, page.name
+
+
+def test_each_docs_page_says_its_job_and_links_back() -> None:
+    """The line under the title says what the page is for and links to the README."""
+    for page in PAGES[1:]:
+        lines = page.read_text().splitlines()
+        assert lines[1] == "", page.name
+        assert "](../README.md)" in lines[2], page.name
+
+
+def test_readme_lists_every_docs_page() -> None:
+    readme = PAGES[0].read_text()
+    listed = readme.split("\n## Documentation\n", 1)[1].split("\n## ", 1)[0]
+    for page in PAGES[1:]:
+        assert f"](docs/{page.name})" in listed, page.name
