@@ -121,15 +121,19 @@ class Relay:
         self.control = ControlServer(socket_path(state_dir), self.spool, self.runner, clock=clock)
         self.intake = Intake(config, self.spool, on_queued=self._queued)
         self.intake_processes = _intake_processes(config, config_path)
-        self.pool: IntakePool | None = None
-        if self.intake_processes:
-            assert config_path is not None
-            self.pool = IntakePool(
-                self.intake_processes,
-                config_path,
-                config.relay.listen_address,
-                on_queued=self._queued_elsewhere,
-            )
+        self.pool = self._intake_pool()
+
+    def _intake_pool(self) -> IntakePool | None:
+        """The intake processes, or None when the intake runs in this process."""
+        if not self.intake_processes:
+            return None
+        assert self.config_path is not None
+        return IntakePool(
+            self.intake_processes,
+            self.config_path,
+            self.config.relay.listen_address,
+            on_queued=self._queued_elsewhere,
+        )
 
     def _policy_service(self) -> PolicyService:
         """MTA-STS policies through the state's policy cache (`[mtasts]`)."""
