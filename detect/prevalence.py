@@ -222,6 +222,32 @@ def rows_of(batch: Batch) -> list[PrevalenceRow]:
     ]
 
 
+DOWNGRADE_SIGNS = (Measure.GARBLED, Measure.REFUSED, Measure.INJECTED, Measure.STARTTLS_LOST)
+"""The measures that make a session count as `downgraded`."""
+
+
+def downgrade_signs(batch: Batch, host: str) -> set[str]:
+    """The downgrade signs a batch counted for one host."""
+    return {
+        measure
+        for key, counts in batch.items()
+        if key.host == host
+        for (measure, _), n in counts.items()
+        if measure in DOWNGRADE_SIGNS and n
+    }
+
+
+def new_downgrades(batch: Batch, earlier: Iterable[PrevalenceRow]) -> dict[str, set[str]]:
+    """Per host, the downgrade signs `batch` shows that `earlier` rows of that host did not."""
+    before: dict[str, set[str]] = {}
+    for row in earlier:
+        if row.measure in DOWNGRADE_SIGNS and row.count:
+            before.setdefault(row.host, set()).add(row.measure)
+    hosts = {key.host for key, counts in batch.items() if counts[(Measure.DOWNGRADED, "")]}
+    found = {host: downgrade_signs(batch, host) - before.get(host, set()) for host in hosts}
+    return {host: signs for host, signs in found.items() if signs}
+
+
 def first_day(today: str, days: int) -> str:
     """The first UTC day of the `days` days that end with `today`."""
     start = dt.date.fromisoformat(today) - dt.timedelta(days=max(days, 1) - 1)

@@ -156,6 +156,8 @@ class Relay:
             clock=self.clock,
             flush_interval=float(self.config.tlsrpt.flush_interval),
             keep_days=self.config.detect.prevalence_days,
+            news_days=self.config.detect.history_days,
+            metrics=self.metrics,
         )
 
     def close(self) -> None:

@@ -105,6 +105,7 @@ class Metrics:
     bounced: Counter = field(init=False)
     findings: Counter = field(init=False)
     mx_sessions: Counter = field(init=False)
+    prevalence_news: Counter = field(init=False)
     tlsrpt_received: Counter = field(init=False)
     tlsrpt_alerts: Counter = field(init=False)
     delivery_delay: Histogram = field(init=False)
@@ -149,6 +150,12 @@ class Metrics:
             "stsguard_tlsrpt_alerts",
             "Alerts raised for our own domains: a new result type, or a failure share too high",
             ["kind"],
+            registry=r,
+        )
+        self.prevalence_news = Counter(
+            "stsguard_prevalence_news",
+            "MX hosts showing a downgrade sign not seen from them in the last days, by sign",
+            ["sign"],
             registry=r,
         )
         self.mx_sessions = Counter(

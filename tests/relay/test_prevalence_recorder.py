@@ -73,3 +73,28 @@ async def test_run_flushes_and_prunes_old_days() -> None:
     with pytest.raises(asyncio.CancelledError):
         await task
     assert {k.host for k in store.batch} == {"mx.bad.example"}
+
+
+def test_a_host_newly_downgraded_is_told_once_a_day() -> None:
+    from structlog.testing import capture_logs
+
+    from relay.metrics import Metrics
+
+    store = MemoryPrevalenceStore()
+    metrics = Metrics()
+    now = [NOW]
+    recorder = PrevalenceRecorder(store, clock=lambda: now[0], news_days=30, metrics=metrics)
+    clean = SessionSeen("mx.bad.example", "203.0.113.9", NOW - 5 * DAY, True)
+    recorder.record(clean)
+    with capture_logs() as logs:
+        recorder.flush()  # clean: no news
+        recorder.record(garbled())
+        recorder.flush()  # garbled for the first time: news
+        recorder.record(garbled())
+        recorder.flush()  # the same sign again: stored, no news
+        recorder.record(SessionSeen("mx.bad.example", "203.0.113.9", NOW, True, refused_code=454))
+        recorder.flush()  # another sign: news
+    told = [(e["mx_host"], e["sign"]) for e in logs if e["event"] == "prevalence.new_downgrade"]
+    assert told == [("mx.bad.example", "garbled"), ("mx.bad.example", "refused")]
+    assert metrics.value("stsguard_prevalence_news_total", {"sign": "garbled"}) == 1
+    assert sessions(store) == 4
