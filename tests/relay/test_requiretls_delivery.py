@@ -1,4 +1,4 @@
-"""REQUIRETLS delivery (RFC 8689 4.2.1, README "REQUIRETLS") against real lab MX hosts on
+"""REQUIRETLS delivery (RFC 8689 4.2.1, docs/requiretls.md) against real lab MX hosts on
 loopback that do and do not offer REQUIRETLS after STARTTLS, named through the lab DNS."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""REQUIRETLS end to end (README "REQUIRETLS"): `stsguard relay` as its own process, a sender that
+"""REQUIRETLS end to end (docs/requiretls.md): `stsguard relay` as its own process, a sender that
 submits over STARTTLS with ``MAIL FROM:<...> REQUIRETLS``, and lab MX hosts on loopback that do
 and do not offer REQUIRETLS. The DSN a sender gets follows RFC 8689 section 5 (RT-05)."""
 

@@ -1,4 +1,4 @@
-"""REQUIRETLS at the intake (RFC 8689 section 4.1, README "REQUIRETLS"): offered and accepted only
+"""REQUIRETLS at the intake (RFC 8689 section 4.1, docs/requiretls.md): offered and accepted only
 over TLS, no value, once; the flag reaches the spool and outranks ``TLS-Required: No``; the
 ``[relay].requiretls_loopback`` exemption for a local MTA or filter on plaintext loopback."""
 

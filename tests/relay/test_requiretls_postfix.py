@@ -1,4 +1,4 @@
-"""REQUIRETLS behind a real Postfix (README "REQUIRETLS", `[relay].requiretls_loopback`): Postfix
+"""REQUIRETLS behind a real Postfix (docs/requiretls.md, `[relay].requiretls_loopback`): Postfix
 3.11 marks a message it received with REQUIRETLS by a ``Require-TLS-ESMTP: yes`` header so the
 request survives a hop without the parameter; Debian's Postfix (3.7 here) relays such a message
 unchanged to stsguard over plaintext loopback, and stsguard takes the header as the parameter."""
