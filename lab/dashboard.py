@@ -1,10 +1,11 @@
 """A self-contained HTML page that plots the Grafana dashboard's panels from scraped metrics.
 
-Grafana is not in Debian's archive nor on PyPI/npm, so the dashboard's picture (docs/logs-and-metrics.md)
-(`relay/deploy/grafana-dashboard.json`) is this page, rendered by headless Chromium from the
-`/metrics` scrapes of a real relay run (`lab/metrics_run.py`). Each panel's queries are
-evaluated here by a small subset of PromQL: a selector, `rate(...[w])`, `sum by (...) (...)`
-and `histogram_quantile(q, ...)`, the only forms the dashboard uses (a test holds it to that).
+Grafana is not in Debian's archive nor on PyPI/npm, so the dashboard's picture in
+docs/logs-and-metrics.md (`relay/deploy/grafana-dashboard.json`) is this page, rendered by
+headless Chromium from the `/metrics` scrapes of a real relay run (`lab/metrics_run.py`). Each
+panel's queries are evaluated here by a small subset of PromQL: a selector, `rate(...[w])`,
+`sum by (...) (...)` and `histogram_quantile(q, ...)`, the only forms the dashboard uses (a test
+holds it to that).
 """
 
 from __future__ import annotations
