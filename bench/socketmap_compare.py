@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -44,14 +45,15 @@ from harness import (
 )
 
 STSGUARD_PORT = 8462
+FLOOR_PORT = 8463
 WARM = "bench.test"
 CLIENTS = (1, 8)
 RESOLVER_VENV = Path.home() / ".cache" / "stsguard-bench" / "resolver-venv-1.5.1"
 NAMESPACE_FLAG = "STSGUARD_SOCKETMAP_BENCH_NS"
 
 
-def cold_domains(who: str, clients: int, count: int) -> list[str]:
-    return [f"c{i}.{who}{clients}.test" for i in range(count)]
+def cold_domains(who: str, clients: int, count: int, round_: int) -> list[str]:
+    return [f"c{i}.{who}{clients}r{round_}.test" for i in range(count)]
 
 
 async def open_to(address: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
@@ -101,34 +103,48 @@ async def cold_run(address: str, clients: int, domains: list[str]) -> list[bytes
     return replies
 
 
-def measure(pid: int, address: str, who: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure_warm(pid: int, address: str, clients: int, seconds: float) -> dict[str, Any]:
+    cpu0, t0 = procstat.tree_cpu(pid), time.monotonic()
+    done, reply = asyncio.run(warm_run(address, clients, seconds))
+    wall, cpu = time.monotonic() - t0, procstat.tree_cpu(pid) - cpu0
+    return {
+        "queries": done,
+        "per_s": done / wall,
+        "per_cpu_s": done / cpu if cpu else 0.0,
+        "reply": reply.decode(),
+    }
+
+
+def measure_cold_clients(
+    pid: int, address: str, clients: int, domains: list[str]
+) -> dict[str, Any]:
+    cpu0, t0 = procstat.tree_cpu(pid), time.monotonic()
+    replies = asyncio.run(cold_run(address, clients, domains))
+    wall, cpu = time.monotonic() - t0, procstat.tree_cpu(pid) - cpu0
+    txt = sum(int(ask(DNS_IP, LAB_CONTROL, f"TXT {d}")) for d in domains)
+    https = sum(int(ask(DNS_IP, LAB_CONTROL, f"HTTPS {d}")) for d in domains)
+    return {
+        "queries": len(replies),
+        "per_s": len(replies) / wall,
+        "per_cpu_s": len(replies) / cpu if cpu else 0.0,
+        "secure_replies": sum(r.startswith(b"OK secure") for r in replies),
+        "txt_per_domain": txt / len(domains),
+        "https_per_domain": https / len(domains),
+    }
+
+
+def measure(
+    pid: int, address: str, who: str, round_: int, args: argparse.Namespace
+) -> dict[str, Any]:
+    """One round of `who`: warm with 1 and 8 clients, and (not for the floor) cold."""
     asyncio.run(warm_run(address, 1, 0.2))  # the warm domain in the cache
     result: dict[str, Any] = {}
     for clients in CLIENTS:
-        cpu0, t0 = procstat.tree_cpu(pid), time.monotonic()
-        done, reply = asyncio.run(warm_run(address, clients, args.seconds))
-        wall, cpu = time.monotonic() - t0, procstat.tree_cpu(pid) - cpu0
-        result[f"warm_{clients}"] = {
-            "queries": done,
-            "per_s": done / wall,
-            "per_cpu_s": done / cpu if cpu else 0.0,
-            "reply": reply.decode(),
-        }
-        domains = cold_domains(who, clients, args.cold)
-        cpu0, t0 = procstat.tree_cpu(pid), time.monotonic()
-        replies = asyncio.run(cold_run(address, clients, domains))
-        wall, cpu = time.monotonic() - t0, procstat.tree_cpu(pid) - cpu0
-        txt = sum(int(ask(DNS_IP, LAB_CONTROL, f"TXT {d}")) for d in domains)
-        https = sum(int(ask(DNS_IP, LAB_CONTROL, f"HTTPS {d}")) for d in domains)
-        result[f"cold_{clients}"] = {
-            "queries": len(replies),
-            "per_s": len(replies) / wall,
-            "per_cpu_s": len(replies) / cpu if cpu else 0.0,
-            "secure_replies": sum(r.startswith(b"OK secure") for r in replies),
-            "txt_per_domain": txt / len(domains),
-            "https_per_domain": https / len(domains),
-        }
-        log(f"{who}: {clients} client(s): {result[f'warm_{clients}']['per_s']:.0f} warm q/s")
+        result[f"warm_{clients}"] = measure_warm(pid, address, clients, args.seconds)
+        if who != "floor" and args.cold:
+            domains = cold_domains(who, clients, args.cold, round_)
+            result[f"cold_{clients}"] = measure_cold_clients(pid, address, clients, domains)
+        log(f"{who}: {clients} client(s): {result[f'warm_{clients}']['per_cpu_s']:.0f} q/CPU s")
     return result
 
 
@@ -171,13 +187,29 @@ def start_resolver(
     )
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def start_floor(
+    procs: Processes, workdir: Path, ca_file: Path, address: str
+) -> subprocess.Popen[bytes]:
+    return procs.start([PY, str(ROOT / "bench" / "socketmap_floor.py"), address])
+
+
+SERVERS = (
+    ("stsguard", start_stsguard, STSGUARD_PORT),
+    ("resolver", start_resolver, RESOLVER_PORT),
+    ("floor", start_floor, FLOOR_PORT),
+)
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """`args.rounds` rounds; each measures every server in turn, the order reversed every
+    other round (the machine's load drifts: no server always goes first)."""
     workdir = Path(args.workdir)
     enter_lab_network(workdir)
     domains = [WARM]
-    for who in ("stsguard", "resolver"):
-        for clients in CLIENTS:
-            domains += cold_domains(who, clients, args.cold)
+    for round_ in range(args.rounds):
+        for who in ("stsguard", "resolver"):
+            for clients in CLIENTS:
+                domains += cold_domains(who, clients, args.cold, round_)
     procs = Processes()
     try:
         lab = procs.start(
@@ -195,19 +227,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not ready or ready[0] != "ready":
             raise SystemExit("bench: lab services did not start")
         ca_file = Path(ready[1])
-        results: dict[str, Any] = {}
-        for who, start, tcp in (
-            ("stsguard", start_stsguard, f"127.0.0.1:{STSGUARD_PORT}"),
-            ("resolver", start_resolver, f"127.0.0.1:{RESOLVER_PORT}"),
-        ):
-            address = str(workdir / f"{who}.sock") if args.unix else tcp
+        servers: dict[str, tuple[int, str]] = {}
+        for who, start, port in SERVERS:
+            address = str(workdir / f"{who}.sock") if args.unix else f"127.0.0.1:{port}"
             proc = start(procs, workdir, ca_file, address)
             if not wait_listening(address, proc):
                 raise SystemExit(f"bench: {who} did not listen")
-            results[who] = measure(proc.pid, address, who, args)
-            proc.terminate()
-            proc.wait(20)
-        return results
+            servers[who] = (proc.pid, address)
+        rounds: list[dict[str, Any]] = []
+        for round_ in range(args.rounds):
+            order = list(servers) if round_ % 2 == 0 else list(reversed(servers))
+            rounds.append({who: measure(*servers[who], who, round_, args) for who in order})
+        return rounds
     finally:
         procs.stop_all()
 
@@ -227,35 +258,59 @@ def wait_listening(address: str, proc: subprocess.Popen[bytes]) -> bool:
     return False
 
 
-def table(results: dict[str, Any]) -> str:
-    ours, theirs = results["stsguard"], results["resolver"]
+def spread(values: list[float], fmt: str = "{:.0f}") -> str:
+    """The median, and the range when there is more than one value."""
+    mid = fmt.format(statistics.median(values))
+    if len(values) == 1:
+        return mid
+    return f"{mid} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+
+def table(rounds: list[dict[str, Any]]) -> str:
+    """Medians over the rounds (min-max); a ratio is worked out per round, then its median."""
     lines = [
-        "| run | stsguard q/s | q per CPU s | resolver q/s | q per CPU s | ratio per CPU s |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| run | stsguard q/s | q per CPU s | resolver q/s | q per CPU s | ratio per CPU s "
+        "| floor q per CPU s | floor / resolver |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for key in (f"{kind}_{n}" for kind in ("warm", "cold") for n in CLIENTS):
-        a, b = ours[key], theirs[key]
-        ratio = a["per_cpu_s"] / b["per_cpu_s"] if b["per_cpu_s"] else 0.0
+        if key not in rounds[0]["stsguard"]:
+            continue
+
+        def figures(who: str, what: str, key: str = key) -> list[float]:
+            return [float(r[who][key][what]) for r in rounds]
+
+        ours, theirs = figures("stsguard", "per_cpu_s"), figures("resolver", "per_cpu_s")
+        ratio = [a / b if b else 0.0 for a, b in zip(ours, theirs, strict=True)]
+        floor = ["", ""]
+        if key.startswith("warm"):
+            floor_cpu = figures("floor", "per_cpu_s")
+            floor_ratio = [a / b if b else 0.0 for a, b in zip(floor_cpu, theirs, strict=True)]
+            floor = [spread(floor_cpu), spread(floor_ratio, "{:.1f}x")]
         lines.append(
-            f"| {key.replace('_', ', ')} client(s) | {a['per_s']:.0f} | {a['per_cpu_s']:.0f} "
-            f"| {b['per_s']:.0f} | {b['per_cpu_s']:.0f} | {ratio:.1f}x |"
+            f"| {key.replace('_', ', ')} client(s) | {spread(figures('stsguard', 'per_s'))} "
+            f"| {spread(ours)} | {spread(figures('resolver', 'per_s'))} | {spread(theirs)} "
+            f"| {spread(ratio, '{:.1f}x')} | {floor[0]} | {floor[1]} |"
         )
     for key in (f"cold_{n}" for n in CLIENTS):
-        a, b = ours[key], theirs[key]
-        lines.append(
-            f"| {key}: TXT / HTTPS per domain | {a['txt_per_domain']:.2f} / "
-            f"{a['https_per_domain']:.2f} | | {b['txt_per_domain']:.2f} / "
-            f"{b['https_per_domain']:.2f} | | |"
-        )
+        if key not in rounds[0]["stsguard"]:
+            continue
+        cells = []
+        for who in ("stsguard", "resolver"):
+            txt = max(r[who][key]["txt_per_domain"] for r in rounds)
+            https = max(r[who][key]["https_per_domain"] for r in rounds)
+            cells.append(f"{txt:.2f} / {https:.2f}")
+        lines.append(f"| {key}: TXT / HTTPS per domain (max) | {cells[0]} | | {cells[1]} | | | | |")
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="length of each warm run")
-    parser.add_argument("--cold", type=int, default=200, help="domains per cold run")
+    parser.add_argument("--cold", type=int, default=200, help="domains per cold run (0: none)")
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--unix", action="store_true", help="both on Unix sockets, not TCP")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if os.geteuid() != 0:
