@@ -21,7 +21,7 @@ import structlog
 
 from relay.config import parse_hostport
 from relay.socketmap.errors import SocketmapProtocolError
-from relay.socketmap.netstring import MAX_QUERY, NetstringDecoder
+from relay.socketmap.netstring import MAX_QUERY, NetstringDecoder, encode
 from relay.socketmap.service import SocketmapService
 
 log = structlog.get_logger(__name__)
@@ -70,15 +70,22 @@ class _Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.reads += 1
+        assert self.transport is not None
+        if not self.waiting and not self.decoder.pending:
+            # Postfix's usual read: one whole request, answered recently (its netstring is the
+            # memo's key), replied to without decoding it.
+            framed = self.server.service.reply_now(data)
+            if framed is not None:
+                self.transport.write(framed)
+                return
         try:
             payloads = self.decoder.feed(data)
         except SocketmapProtocolError as exc:
             self.fail(exc)
             return
-        assert self.transport is not None
         for payload in payloads:
-            if not self.waiting:
-                framed = self.server.service.reply_now(payload)
+            if not self.waiting and not self.decoder.pending:
+                framed = self.server.service.reply_now(encode(payload))
                 if framed is not None:
                     self.transport.write(framed)
                     continue
@@ -120,7 +127,7 @@ class _Connection(asyncio.Protocol):
         try:
             while self.waiting and self.transport is not None and not self.transport.is_closing():
                 payload = self.waiting[0]
-                framed = self.server.service.reply_now(payload)
+                framed = self.server.service.reply_now(encode(payload))
                 if framed is None:
                     framed = await self.server.service.reply(payload)
                 self.waiting.popleft()

@@ -2,7 +2,9 @@
 
 A reply once worked out is kept, framed, for as long as its facts are fresh (`MapLookup`'s
 `fresh_for`) and the config is the same object: `reply_now` answers a repeated request from that
-memo without a look-up, an allocation beyond the dictionary probe, or a suspension.
+memo without a look-up, an allocation beyond the dictionary probe, or a suspension. The memo is
+keyed by the request's netstring as Postfix frames it, so that a read holding exactly one request
+is answered without being decoded.
 """
 
 from __future__ import annotations
@@ -39,14 +41,15 @@ class SocketmapService:
         self.metrics = metrics or SocketmapMetrics()
         self.clock = clock
         self._last: dict[tuple[str, str], str] = {}
-        # request payload -> (framed reply, kind, fresh until)
+        # framed request -> (framed reply, kind, fresh until)
         self._memo: dict[bytes, tuple[bytes, str, float]] = {}
         self._memo_config: object = None
 
-    def reply_now(self, payload: bytes) -> bytes | None:
-        """The framed reply to a request answered recently with the same facts, else None.
-        Counted in the lowest latency bucket: a dictionary probe takes well under 100 us."""
-        found = self._memo.get(payload)
+    def reply_now(self, request: bytes) -> bytes | None:
+        """The framed reply to a request (a whole netstring, as `encode` frames it) answered
+        recently with the same facts, else None. Counted in the lowest latency bucket: a
+        dictionary probe takes well under 100 us."""
+        found = self._memo.get(request)
         if found is None or found[2] <= self.clock():
             return None
         if self.lookup.config() is not self._memo_config:  # reloaded: overrides may differ
@@ -71,7 +74,8 @@ class SocketmapService:
             if config is not self._memo_config or len(self._memo) >= MAX_REMEMBERED:
                 self._memo.clear()
                 self._memo_config = config
-            self._memo[payload] = (framed, found.kind, self.lookup.fresh_until(domain))
+            fresh_until = self.lookup.fresh_until(domain)
+            self._memo[encode(payload)] = (framed, found.kind, fresh_until)
         self.metrics.observe(found.kind, time.perf_counter() - started)
         return framed
 
