@@ -107,9 +107,17 @@ async def resolve_addresses(host: str, resolver: dns.asyncresolver.Resolver) -> 
 
 
 async def lookup_mx(
-    domain: str, resolver: dns.asyncresolver.Resolver, *, rng: random.Random | None = None
+    domain: str,
+    resolver: dns.asyncresolver.Resolver,
+    *,
+    rng: random.Random | None = None,
+    addresses_if_insecure: bool = True,
 ) -> MxResult:
-    """The MX hosts of `domain` in delivery order, each with its addresses."""
+    """The MX hosts of `domain` in delivery order, each with its addresses.
+
+    `addresses_if_insecure=False`: under an MX RRset that is not DNSSEC-signed the hosts come
+    without addresses (for a caller to whom DANE needs a signed MX RRset, the socketmap: the
+    address look-ups would change nothing)."""
     literal = address_literal(domain)
     if literal is not None:
         return MxResult(domain, MxStatus.OK, (MxHost(literal, 0, (literal,)),), literal=True)
@@ -140,5 +148,8 @@ async def lookup_mx(
     ordered = order_by_preference(
         ((pref, (pref, host)) for pref, host in records), rng or random.Random()
     )
-    hosts = [await resolve_host(host, pref, resolver) for pref, host in ordered]
+    if not (mx_answer.secure or addresses_if_insecure):
+        hosts = [MxHost(host, pref, ()) for pref, host in ordered]
+    else:
+        hosts = [await resolve_host(host, pref, resolver) for pref, host in ordered]
     return MxResult(domain, MxStatus.OK, tuple(hosts), secure=mx_answer.secure)

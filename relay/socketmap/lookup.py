@@ -23,7 +23,7 @@ from mtasts.model import PolicyResult, PolicySource
 from mtasts.service import PolicyService
 from mtasts.state import fallback
 from relay.config import Config
-from relay.delivery.mx import MxResult, MxStatus
+from relay.delivery.mx import MxResult, MxStatus, lookup_mx
 from relay.delivery.policy import DestinationView, needs_sts
 from relay.delivery.policy_lookup import lookup_destination
 from relay.resolver import DnssecResolver
@@ -153,14 +153,18 @@ class MapLookup:
             # The MTA-STS look-up runs beside the MX and TLSA look-ups, not after them.
             sts = asyncio.get_running_loop().create_task(self.policies.get(domain))
         try:
+            # Without a trusted AD bit DANE cannot apply: no MX and TLSA look-ups; under an
+            # unsigned MX RRset neither (`map_facts`): no address and TLSA look-ups.
+            mx = MxResult(domain, MxStatus.OK)
+            if dnssec:
+                mx = await lookup_mx(domain, self.resolver, addresses_if_insecure=False)
             view = await lookup_destination(
                 domain,
                 config,
                 resolver=self.resolver,
                 sts=lambda _: sts if sts is not None else self.policies.get(domain),
                 now=self.policies.clock(),
-                # Without a trusted AD bit DANE cannot apply: no MX and TLSA look-ups.
-                mx=None if dnssec else MxResult(domain, MxStatus.OK),
+                mx=mx,
             )
         finally:
             if sts is not None and not sts.done():

@@ -113,6 +113,10 @@ async def test_sm02_cold_burst_is_one_txt_and_one_https(world: LabWorld) -> None
     assert set(replies) == {SECURE}
     assert world.dns.count("_mta-sts.example.org", "TXT") == 1
     assert world.policy_host.requests["example.org"] == 1
+    # The MX RRset is not signed: DANE cannot apply, so no address (or TLSA) look-ups.
+    assert world.dns.count("example.org", "MX") == 1
+    assert world.dns.count("mx1.example.org", "A") == 0
+    assert world.dns.count("mx1.example.org", "AAAA") == 0
 
 
 async def test_sm02_slow_fetch_is_answered_within_the_budget(world: LabWorld) -> None:
