@@ -47,7 +47,7 @@ from lab.mx import LabMx, ReceivedMessage
 from lab.pki import IssuedCert, LabCA, tlsa_text
 from lab.policy_host import Failure, PolicyHost
 from lab.unbound import LabUnbound, unbound_path
-from relay.config import parse_hostport
+from relay.config_values import parse_hostport
 from relay.errors import ConfigError, StsguardError, UsageError
 
 SERVICES = ("pki", "dns", "resolver", "policy-host", "mx", "attacker", "collector")

@@ -25,14 +25,8 @@ from detect.errors import PrevalenceStoreError
 from detect.prevalence import MemoryPrevalenceStore
 from mtasts.service import PolicyService
 from relay import sd_notify
-from relay.config import (
-    Config,
-    default_contact_info,
-    host_port,
-    intake_process_count,
-    load_config,
-    usable_cores,
-)
+from relay.config import Config, default_contact_info, load_config
+from relay.config_values import host_port, intake_process_count, usable_cores
 from relay.delivery.deliverer import Deliverer
 from relay.errors import ConfigError, StsguardError
 from relay.inbound.service import InboundReports

@@ -6,11 +6,7 @@ Every key is optional and has a default that works; an unknown key or a bad valu
 
 from __future__ import annotations
 
-import functools
 import ipaddress
-import os
-import re
-import socket
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -18,23 +14,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-import idna
-
 from mtasts.match import normalize_host
+from relay.config_checks import SECTION_CHECKS, Check, choice
+from relay.config_values import CONTROL_CHARACTERS, machine_fqdn, parse_hostport
 from relay.errors import ConfigError
-from relay.state_url import StateUrl, StateUrlError, parse_state_url
-from tlsrpt_emit.aggregate import contact_address, submitter_for
-
-_DURATION = re.compile(r"\s*([0-9]+)\s*([smhdw]?)\s*", re.ASCII)  # used with fullmatch
-_PORT = re.compile(r"[0-9]{1,5}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_HOSTNAME = re.compile(
-    r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
-    r"|\[[\x21-\x5a\x5e-\x7e]+\]"
-)
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-NO_POLICY_TLS = ("opportunistic", "encrypt", "verify")
+from relay.state_url import StateUrl, parse_state_url
+from tlsrpt_emit.aggregate import submitter_for
 
 
 class DomainTls(StrEnum):
@@ -50,87 +35,6 @@ class DomainTls(StrEnum):
 
 
 DOMAIN_TLS = tuple(str(t) for t in DomainTls)
-DNSSEC = ("auto", "off", "ad")
-ON_DOWNGRADE = ("defer", "log")
-LOG_FORMATS = ("auto", "json", "console", "journal")
-TLS_REQUIRED_NO = ("honour", "authenticated", "ignore")
-
-
-def parse_duration(text: str | int, key: str) -> int:
-    """Seconds from "30s", "5m", "4h", "5d", "1w", or a bare integer of seconds."""
-    if isinstance(text, bool):
-        raise ConfigError(f"{key}: expected a duration like '5m' or '5d', got {text!r}")
-    if isinstance(text, int):
-        if text < 0:
-            raise ConfigError(f"{key}: a duration cannot be negative")
-        return text
-    m = _DURATION.fullmatch(text) if isinstance(text, str) else None
-    if not m:
-        raise ConfigError(
-            f"{key}: expected a duration like '30s', '5m', '4h' or '5d', got {text!r}"
-        )
-    return int(m.group(1)) * _UNITS[m.group(2)]
-
-
-def parse_hostport(text: str, key: str, default_port: int | None = None) -> tuple[str, int]:
-    """Split ``host:port``, ``[v6]:port`` or (with a default port) a bare host or address."""
-    if not isinstance(text, str) or not text.strip() or _CONTROL.search(text):
-        raise ConfigError(f"{key}: expected 'host:port', got {text!r}")
-    text = text.strip()
-    host, sep, port_text = text.rpartition(":")
-    if text.startswith("["):
-        end = text.find("]")
-        if end < 0:
-            raise ConfigError(f"{key}: unclosed '[' in {text!r}")
-        host, rest = text[1:end], text[end + 1 :]
-        if rest.startswith(":"):
-            port_text, sep = rest[1:], ":"
-        elif rest == "":
-            port_text, sep = "", ""
-        else:
-            raise ConfigError(f"{key}: expected '[address]:port', got {text!r}")
-    elif not sep or ":" in host:
-        # No colon, or a bare IPv6 address: no port given.
-        host, port_text, sep = text, "", ""
-    if not sep:
-        if default_port is None:
-            raise ConfigError(f"{key}: expected 'host:port', got {text!r}")
-        return host, default_port
-    # Not str.isdigit: it accepts "²", which int() then refuses with a ValueError.
-    if not _PORT.fullmatch(port_text) or not 0 < int(port_text) < 65536:
-        raise ConfigError(f"{key}: bad port in {text!r}")
-    return host, int(port_text)
-
-
-def host_port(host: str, port: int) -> str:
-    """``host:port`` as `parse_hostport` reads it (``[v6]:port`` for an IPv6 address)."""
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def hosts_file_fqdn(name: str, hosts_text: str) -> str:
-    """The first dotted name on an /etc/hosts line that lists `name` (or `name` itself)."""
-    for line in hosts_text.splitlines():
-        names = line.split("#", 1)[0].split()[1:]
-        if name in names:
-            dotted = [n for n in names if "." in n]
-            if dotted:
-                return dotted[0]
-    return name
-
-
-@functools.cache
-def machine_fqdn() -> str:
-    """This machine's full name without asking DNS: the host name if dotted, else its full name
-    in /etc/hosts (as `hostname -f` finds it there), else the bare host name."""
-    name = socket.gethostname()
-    if "." in name:
-        return name
-    try:
-        return hosts_file_fqdn(
-            name, Path("/etc/hosts").read_text(encoding="utf-8", errors="replace")
-        )
-    except OSError:
-        return name
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,305 +220,28 @@ class Config:
 
 _T = TypeVar("_T")
 
-
-def _choice(options: tuple[str, ...]) -> Callable[[Any, str], str]:
-    def check(value: Any, key: str) -> str:
-        if value not in options:
-            raise ConfigError(f"{key}: must be one of {', '.join(options)}; got {value!r}")
-        return str(value)
-
-    return check
-
-
-def _string(value: Any, key: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
-    return value
-
-
-def _line(value: Any, key: str) -> str:
-    """A string that may go into a header line, a report or an SMTP command: no control
-    characters (CR, LF, NUL, TAB and the rest of C0, DEL, C1)."""
-    text = _string(value, key)
-    if _CONTROL.search(text):
-        raise ConfigError(f"{key}: control characters (CR, LF, NUL...) are not allowed: {text!r}")
-    return text
-
-
-def _hostname(value: Any, key: str) -> str:
-    """Our EHLO name and the `Received:` host: a DNS name or an address literal (empty: this
-    machine's name)."""
-    text = _line(value, key)
-    if text and not _HOSTNAME.fullmatch(text):
-        raise ConfigError(f"{key}: expected a host name or [address literal], got {text!r}")
-    return text
-
-
-def _bool(value: Any, key: str) -> bool:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
-    return value
-
-
-def _int_range(low: int, high: int) -> Callable[[Any, str], int]:
-    def check(value: Any, key: str) -> int:
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-            raise ConfigError(f"{key}: expected a whole number from {low} to {high}, got {value!r}")
-        return value
-
-    return check
-
-
-def _intake_processes(value: Any, key: str) -> int | str:
-    if value == "auto":
-        return "auto"
-    return _int_range(0, 64)(value, key)
-
-
-def intake_process_count(setting: int | str, cores: int) -> int:
-    """`[relay].intake_processes` as a count: ``auto`` is one intake process per core beyond the
-    first (at most 4), so the delivering process keeps a core; 0 on one core."""
-    if setting == "auto":
-        return max(0, min(4, cores - 1))
-    return int(setting)
-
-
-def usable_cores() -> int:
-    """The cores this process may run on (its CPU affinity; cgroup quotas are not read)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _port(value: Any, key: str) -> int:
-    return _int_range(1, 65535)(value, key)
-
-
-def _strings(value: Any, key: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
-    return tuple(value)
-
-
-def _networks(value: Any, key: str) -> tuple[str, ...]:
-    nets = _strings(value, key)
-    for net in nets:
-        try:
-            ipaddress.ip_network(net, strict=False)
-        except ValueError:
-            raise ConfigError(f"{key}: {net!r} is not an IP network") from None
-    return nets
-
-
-def _listen(value: Any, key: str) -> str:
-    text = _string(value, key)
-    parse_hostport(text, key)
-    return text
-
-
-def _optional_listen(value: Any, key: str) -> str:
-    text = _string(value, key)
-    if text:
-        parse_hostport(text, key)
-    return text
-
-
-def _socketmap_listen(value: Any, key: str) -> str:
-    """``host:port``, an absolute Unix socket path, or empty (off)."""
-    text = _line(value, key)
-    if text.startswith("/"):
-        return text
-    if "/" in text:
-        raise ConfigError(f"{key}: a Unix socket path must be absolute, got {text!r}")
-    return _optional_listen(text, key)
-
-
-def _nameservers(value: Any, key: str) -> tuple[str, ...]:
-    servers = _strings(value, key)
-    for ns in servers:
-        host, _ = parse_hostport(ns, key, default_port=53)
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise ConfigError(
-                f"{key}: {ns!r} must be an IP address with an optional port"
-            ) from None
-    return servers
-
-
-def _path(value: Any, key: str) -> Path:
-    return Path(_line(value, key))
-
-
-def _duration(value: Any, key: str) -> int:
-    return parse_duration(value, key)
-
-
-def _positive_duration(value: Any, key: str) -> int:
-    seconds = parse_duration(value, key)
-    if seconds < 1:
-        raise ConfigError(f"{key}: must be at least 1 second, got {value!r}")
-    return seconds
-
-
-def _log_recipients(value: Any, key: str) -> bool | str:
-    if isinstance(value, bool) or value == "hash":
-        return value  # type: ignore[no-any-return]
-    raise ConfigError(f'{key}: must be true, false or "hash"; got {value!r}')
-
-
-def _log_level(value: Any, key: str) -> str:
-    return _choice(("debug", "info", "warning", "error"))(value, key)
-
-
-def _contact_info(value: Any, key: str) -> str:
-    """RFC 8460 4.4: an e-mail address; a ``mailto:`` URI is read as its address."""
-    text = _line(value, key)
-    if not text:
-        return text
-    try:
-        return contact_address(text)
-    except ValueError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
-
-
-def _domain_names(value: Any, key: str) -> tuple[str, ...]:
-    """Domain names, compared as A-labels in lower case without a trailing dot."""
-    names = []
-    for name in _strings(value, key):
-        try:
-            names.append(idna.encode(name.strip().rstrip("."), uts46=True).decode().lower())
-        except idna.IDNAError:
-            raise ConfigError(f"{key}: {name!r} is not a domain name") from None
-    return tuple(names)
-
-
-def _notify_address(value: Any, key: str) -> str:
-    text = _line(value, key)
-    if text and (text.count("@") != 1 or text.startswith("@") or text.endswith("@")):
-        raise ConfigError(f"{key}: expected an e-mail address, got {text!r}")
-    return text
-
-
-def _state_url(value: Any, key: str) -> str:
-    text = _line(value, key)
-    try:
-        parse_state_url(text, Path("state.sqlite3"))
-    except StateUrlError as exc:
-        raise ConfigError(f"{key}: {exc}") from None
-    return text
-
-
-_SECTIONS: dict[str, tuple[type[Any], dict[str, Callable[[Any, str], Any]]]] = {
-    "relay": (
-        RelayConfig,
-        {
-            "listen": _listen,
-            "hostname": _hostname,
-            "accept_networks": _networks,
-            "max_message_size": _int_range(1024, 2**40),
-            "state_dir": _path,
-            "metrics_listen": _optional_listen,
-            "tls_cert_file": _line,
-            "tls_key_file": _line,
-            "auth_file": _line,
-            "log_format": _choice(LOG_FORMATS),
-            "log_level": _log_level,
-            "intake_processes": _intake_processes,
-            "open_relay": _bool,
-            "log_recipients": _log_recipients,
-            "max_connections": _int_range(1, 1_000_000),
-            "max_connections_per_ip": _int_range(1, 1_000_000),
-            "idle_timeout": _positive_duration,
-            "session_timeout": _positive_duration,
-            "command_deadline": _positive_duration,
-            "min_data_rate": _int_range(0, 1_000_000_000),
-            "max_junk_commands": _int_range(1, 1_000_000),
-            "max_recipients": _int_range(100, 1_000_000),
-            "auth_failures_per_connection": _int_range(1, 1000),
-            "auth_failures_per_ip": _int_range(1, 1_000_000),
-            "tls_required_no": _choice(TLS_REQUIRED_NO),
-            "requiretls_loopback": _bool,
-            "stop_timeout": _duration,
-        },
-    ),
-    "delivery": (
-        DeliveryConfig,
-        {
-            "port": _port,
-            "no_policy_tls": _choice(NO_POLICY_TLS),
-            "queue_lifetime": _duration,
-            "retry_initial": _duration,
-            "retry_max": _duration,
-            "connect_timeout": _duration,
-            "command_timeout": _duration,
-            "concurrency_per_destination": _int_range(1, 1000),
-            "workers": _int_range(1, 10000),
-            "max_mx_addresses": _int_range(1, 100),
-            "max_hops": _int_range(1, 1000),
-            "delay_warning": _duration,
-        },
-    ),
-    "dns": (
-        DnsConfig,
-        {"nameservers": _nameservers, "timeout": _duration, "dnssec": _choice(DNSSEC)},
-    ),
-    "tls": (TlsConfig, {"ca_file": _string}),
-    "mtasts": (
-        MtastsConfig,
-        {
-            "https_port": _port,
-            "fetch_timeout": _duration,
-            "refresh_interval": _duration,
-            "answer_ttl": _duration,
-        },
-    ),
-    "detect": (
-        DetectConfig,
-        {
-            "on_downgrade": _choice(ON_DOWNGRADE),
-            "history_days": _int_range(0, 3650),
-            "prevalence_days": _int_range(0, 3650),
-        },
-    ),
-    "tlsrpt": (
-        TlsrptConfig,
-        {
-            "enabled": _bool,
-            "organization_name": _line,
-            "contact_info": _contact_info,
-            "submitter": _line,
-            "dkim_domain": _line,
-            "dkim_selector": _line,
-            "dkim_key_file": _line,
-            "max_delay": _duration,
-            "flush_interval": _duration,
-            "post_timeout": _positive_duration,
-        },
-    ),
-    "state": (StateConfig, {"url": _state_url}),
-    "socketmap": (SocketmapConfig, {"listen": _socketmap_listen}),
-    "tlsrpt_inbound": (
-        TlsrptInboundConfig,
-        {
-            "listen": _optional_listen,
-            "tls_cert_file": _line,
-            "tls_key_file": _line,
-            "domains": _domain_names,
-            "maildir": _line,
-            "notify": _notify_address,
-            "alert_days": _int_range(1, 3650),
-            "alert_failure_percent": _int_range(0, 100),
-        },
-    ),
+# Each section's type, and the check of each of its keys (`relay.config_checks`).
+_SECTIONS: dict[str, tuple[type[Any], dict[str, Check]]] = {
+    name: (cls, SECTION_CHECKS[name])
+    for name, cls in (
+        ("relay", RelayConfig),
+        ("delivery", DeliveryConfig),
+        ("dns", DnsConfig),
+        ("tls", TlsConfig),
+        ("mtasts", MtastsConfig),
+        ("detect", DetectConfig),
+        ("tlsrpt", TlsrptConfig),
+        ("state", StateConfig),
+        ("socketmap", SocketmapConfig),
+        ("tlsrpt_inbound", TlsrptInboundConfig),
+    )
 }
 
 
 def _shown(name: str) -> str:
     """A key or section name as an error shows it: escaped when it holds control characters,
     so the error stays one line."""
-    return repr(name)[1:-1] if _CONTROL.search(name) else name
+    return repr(name)[1:-1] if CONTROL_CHARACTERS.search(name) else name
 
 
 def _section(
@@ -692,7 +319,7 @@ def _domains(raw: Any) -> dict[str, DomainConfig]:
         for name in table:
             if name != "tls":
                 raise ConfigError(f"{key}.{_shown(name)}: unknown key (known keys: tls)")
-        tls = _choice(DOMAIN_TLS)(table.get("tls", "mta-sts"), f"{key}.tls")
+        tls = choice(DOMAIN_TLS)(table.get("tls", "mta-sts"), f"{key}.tls")
         # IDN-01: A-labels, like look-ups
         result[normalize_host(domain)] = DomainConfig(tls=DomainTls(tls))
     return result
@@ -719,14 +346,3 @@ def load_config(path: str | Path | None) -> Config:
 def config_keys() -> dict[str, list[str]]:
     """Every section and its keys, for documentation checks."""
     return {name: [f.name for f in fields(cls)] for name, (cls, _) in _SECTIONS.items()}
-
-
-def duration_keys() -> frozenset[tuple[str, str]]:
-    """(section, key) of every key that takes a duration ("5m", "5d"), for showing the config."""
-    durations = (_duration, _positive_duration)
-    return frozenset(
-        (name, key)
-        for name, (_, checks) in _SECTIONS.items()
-        for key, check in checks.items()
-        if check in durations
-    )

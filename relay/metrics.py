@@ -30,7 +30,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 
-from relay.config import parse_hostport
+from relay.config_values import parse_hostport
 from relay.version import stsguard_version
 
 # One series per counter: `*_created` would double the series for nothing.

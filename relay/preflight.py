@@ -20,7 +20,8 @@ import dns.resolver
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from relay.config import Config, DomainTls, parse_hostport
+from relay.config import Config, DomainTls
+from relay.config_values import parse_hostport
 from relay.errors import StsguardError
 from relay.problems import Problem
 from relay.reports import report_settings

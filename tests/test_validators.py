@@ -10,7 +10,8 @@ import pytest
 
 from mtasts.errors import PolicyInvalidError, StsRecordError
 from mtasts.parse import check_mx_pattern, parse_policy, parse_sts_record
-from relay.config import config_from_dict, parse_duration, parse_hostport
+from relay.config import config_from_dict
+from relay.config_values import parse_duration, parse_hostport
 from relay.errors import ConfigError
 from tests.cli import run_cli
 from tlsrpt_emit.errors import TlsRptRecordError

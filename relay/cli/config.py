@@ -13,7 +13,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from relay.config import Config, config_keys, duration_keys
+from relay.config import Config, config_keys
+from relay.config_checks import duration_keys
 from relay.state_url import parse_state_url
 
 _UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60))

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import structlog
 
-from relay.config import TlsrptInboundConfig, parse_hostport
+from relay.config import TlsrptInboundConfig
+from relay.config_values import parse_hostport
 from relay.inbound.alerting import Alerter
 from relay.inbound.https import ReportEndpoint
 from relay.inbound.maildir import scan_maildir

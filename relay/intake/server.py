@@ -19,7 +19,8 @@ from typing import Any
 import structlog
 from aiosmtpd.smtp import SMTP
 
-from relay.config import Config, RelayConfig, host_port
+from relay.config import Config, RelayConfig
+from relay.config_values import host_port
 from relay.errors import ConfigError
 from relay.intake.auth import PasswordAuthenticator, load_auth_file
 from relay.intake.handler import IntakeHandler, OnQueued

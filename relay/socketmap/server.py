@@ -19,7 +19,7 @@ from typing import cast
 
 import structlog
 
-from relay.config import parse_hostport
+from relay.config_values import parse_hostport
 from relay.socketmap.errors import SocketmapProtocolError
 from relay.socketmap.netstring import MAX_QUERY, NetstringDecoder, encode
 from relay.socketmap.service import SocketmapService

@@ -14,7 +14,7 @@ import pytest
 
 from lab.dns import LabDns
 from relay.cli import COMMANDS
-from relay.config import hosts_file_fqdn, machine_fqdn
+from relay.config_values import hosts_file_fqdn, machine_fqdn
 from relay.intake.auth import hash_password
 from relay.preflight import is_real_domain
 from tests.cli import ROOT, run_cli, run_cli_async

@@ -6,13 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from relay.config import (
-    Config,
-    intake_process_count,
-    load_config,
-    parse_duration,
-    parse_hostport,
-)
+from relay.config import Config, config_keys, load_config
+from relay.config_checks import SECTION_CHECKS
+from relay.config_values import intake_process_count, parse_duration, parse_hostport
 from relay.errors import ConfigError
 
 
@@ -135,3 +131,10 @@ def test_intake_processes_auto_follows_the_cores(
 
 def test_intake_processes_default_is_auto() -> None:
     assert Config().relay.intake_processes == "auto"
+
+
+def test_every_section_key_has_a_check_and_every_check_a_key() -> None:
+    """`relay.config_checks` and the section dataclasses name the same sections and keys."""
+    assert {name: sorted(keys) for name, keys in config_keys().items()} == {
+        name: sorted(checks) for name, checks in SECTION_CHECKS.items()
+    }
