@@ -1,16 +1,21 @@
 """`stsguard socketmap` next to postfix-mta-sts-resolver, as Postfix's smtp_tls_policy_maps.
 
-    sudo .venv/bin/python bench/socketmap_compare.py [--seconds 3] [--cold 200] [--json FILE]
+    sudo .venv/bin/python bench/socketmap_compare.py [--seconds 3] [--cold 200] [--rounds 3]
+        [--unix] [--resolver-uvloop] [--json FILE]
 
 Loopback only: the script runs itself again under ``unshare --net --mount`` (as `bench/run`
 does), where the only interface is loopback and /etc/resolv.conf names the lab DNS; the lab DNS
 and policy host run in a process of their own (`bench/lab_services.py`). Both map servers answer
-``postfix DOMAIN`` requests over TCP: warm (one domain asked again and again) and cold (every
-query a domain neither has seen, each with its own TXT record and policy), from 1 and from 8
-concurrent client connections. Figures: queries per wall second, and queries per CPU second of
-the server's process (user + system, from /proc); for cold runs also the TXT queries and policy
-fetches per domain counted at the lab servers. postfix-mta-sts-resolver is the version `bench/run`
-installs (its venv in ~/.cache/stsguard-bench).
+``postfix DOMAIN`` requests over TCP (or Unix sockets): warm (one domain asked again and again)
+and cold (every query a domain neither has seen, each with its own TXT record and policy), from
+1 and from 8 concurrent client connections, one request at a time on each as Postfix sends them.
+The client is the same for both (asyncio streams on uvloop, in this process). Figures: queries
+per wall second, and queries per CPU second of the server's process (user + system, from /proc);
+for cold runs also the TXT queries and policy fetches per domain counted at the lab servers.
+Beside them a floor server (`socketmap_floor.py`: a fixed reply per read) shows what the event
+loop and the kernel cost alone. Rounds alternate the order. postfix-mta-sts-resolver is the
+version `bench/run` installs (its venv in ~/.cache/stsguard-bench), as its README installs it
+(without uvloop); `--resolver-uvloop` runs it on uvloop as well.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import procstat
+import uvloop
 from harness import (
     DNS_IP,
     LAB_CONTROL,
@@ -50,6 +56,8 @@ WARM = "bench.test"
 CLIENTS = (1, 8)
 RESOLVER_VENV = Path.home() / ".cache" / "stsguard-bench" / "resolver-venv-1.5.1"
 NAMESPACE_FLAG = "STSGUARD_SOCKETMAP_BENCH_NS"
+UVLOOP_FOR_RESOLVER = Path.home() / ".cache" / "stsguard-bench" / "uvloop-for-resolver"
+RESOLVER_UVLOOP: Path | None = None  # set by --resolver-uvloop
 
 
 def cold_domains(who: str, clients: int, count: int, round_: int) -> list[str]:
@@ -105,7 +113,7 @@ async def cold_run(address: str, clients: int, domains: list[str]) -> list[bytes
 
 def measure_warm(pid: int, address: str, clients: int, seconds: float) -> dict[str, Any]:
     cpu0, t0 = procstat.tree_cpu(pid), time.monotonic()
-    done, reply = asyncio.run(warm_run(address, clients, seconds))
+    done, reply = uvloop.run(warm_run(address, clients, seconds))
     wall, cpu = time.monotonic() - t0, procstat.tree_cpu(pid) - cpu0
     return {
         "queries": done,
@@ -119,7 +127,7 @@ def measure_cold_clients(
     pid: int, address: str, clients: int, domains: list[str]
 ) -> dict[str, Any]:
     cpu0, t0 = procstat.tree_cpu(pid), time.monotonic()
-    replies = asyncio.run(cold_run(address, clients, domains))
+    replies = uvloop.run(cold_run(address, clients, domains))
     wall, cpu = time.monotonic() - t0, procstat.tree_cpu(pid) - cpu0
     txt = sum(int(ask(DNS_IP, LAB_CONTROL, f"TXT {d}")) for d in domains)
     https = sum(int(ask(DNS_IP, LAB_CONTROL, f"HTTPS {d}")) for d in domains)
@@ -137,7 +145,7 @@ def measure(
     pid: int, address: str, who: str, round_: int, args: argparse.Namespace
 ) -> dict[str, Any]:
     """One round of `who`: warm with 1 and 8 clients, and (not for the floor) cold."""
-    asyncio.run(warm_run(address, 1, 0.2))  # the warm domain in the cache
+    uvloop.run(warm_run(address, 1, 0.2))  # the warm domain in the cache
     result: dict[str, Any] = {}
     for clients in CLIENTS:
         result[f"warm_{clients}"] = measure_warm(pid, address, clients, args.seconds)
@@ -179,9 +187,13 @@ def start_resolver(
         "cache:\n  type: internal\n  options:\n    cache_size: 10000\n"
         "default_zone:\n  strict_testing: false\n  timeout: 4\n"
     )
+    env = dict(os.environ, SSL_CERT_FILE=str(ca_file))
+    if RESOLVER_UVLOOP:
+        # mta-sts-daemon runs on uvloop whenever it can import it (its `uvloop` extra).
+        env["PYTHONPATH"] = str(RESOLVER_UVLOOP)
     return procs.start(
         [str(RESOLVER_VENV / "bin" / "mta-sts-daemon"), "-c", str(config), "-v", "warn"],
-        env=dict(os.environ, SSL_CERT_FILE=str(ca_file)),
+        env=env,
         stdout=subprocess.DEVNULL,
         stderr=open(workdir / "mta-sts-daemon.log", "wb"),
     )
@@ -311,12 +323,26 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="also write the figures here")
     parser.add_argument("--unix", action="store_true", help="both on Unix sockets, not TCP")
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians)")
+    parser.add_argument(
+        "--resolver-uvloop",
+        action="store_true",
+        help="postfix-mta-sts-resolver on uvloop too (installed beside its venv when missing)",
+    )
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("bench: must run as root (unshare, ports 53 and 443)")
     if not (RESOLVER_VENV / "bin" / "mta-sts-daemon").exists():
         raise SystemExit(f"bench: no postfix-mta-sts-resolver in {RESOLVER_VENV}: run bench/run")
+    if args.resolver_uvloop:
+        global RESOLVER_UVLOOP
+        RESOLVER_UVLOOP = UVLOOP_FOR_RESOLVER
+        if not (UVLOOP_FOR_RESOLVER / "uvloop").exists():
+            pin = f"uvloop=={uvloop.__version__}"  # the one stsguard runs on
+            subprocess.run(
+                [PY, "-m", "pip", "install", "-q", "--target", str(UVLOOP_FOR_RESOLVER), pin],
+                check=True,
+            )
     if os.environ.get(NAMESPACE_FLAG) != "1":
         import tempfile
 
