@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import cast
-from wsgiref.simple_server import WSGIServer
 
 import httpx
 import structlog
@@ -26,27 +25,31 @@ from detect.prevalence import MemoryPrevalenceStore
 from mtasts.service import PolicyService
 from relay import sd_notify
 from relay.config import Config, default_contact_info, load_config
-from relay.config_values import host_port, intake_process_count, usable_cores
+from relay.config_values import host_port
 from relay.delivery.deliverer import Deliverer
 from relay.errors import ConfigError, StsguardError
 from relay.inbound.service import InboundReports
 from relay.intake.limits import raise_descriptor_limit
 from relay.intake.pool import IntakePool
 from relay.intake.server import Intake
-from relay.metrics import Metrics, start_metrics_server
-from relay.preflight import config_problems, dkim_problems, tlsrpt_identity_problem
+from relay.metrics import Metrics
+from relay.preflight import config_problems
 from relay.prevalence import PrevalenceRecorder
 from relay.queue.control import ControlServer, socket_path
 from relay.queue.runner import QueueRunner
 from relay.queue.spool import REPORT_MAIL_FLAGS, QueuedMessage, Spool
 from relay.reload_keys import needs_restart
-from relay.reports import CountedReportStore, report_settings
+from relay.reports import CountedReportStore
 from relay.resolver import dane_warning, make_resolver
 from relay.running import RunningMarker
 from relay.socketmap.run import socketmap_running
-from relay.state.database import StateError
-from relay.state.failed_writes import FailedWrites
-from relay.state.stores import State, open_state
+from relay.startup import (
+    check_dkim,
+    intake_processes,
+    metrics_endpoint,
+    start_checks,
+    state_store,
+)
 from relay.tls import client_context
 from relay.version import stsguard_version
 from tlsrpt_emit.schedule import Clients, ReportSender, ReportSettings
@@ -79,7 +82,7 @@ class Relay:
         self.spool = Spool(state_dir / "queue", clock=clock)
         self.resolver = make_resolver(config.dns)
         self.ssl_context = client_context(config.tls.ca_file)
-        self.state = _open_state(config, clock, self.metrics)
+        self.state = state_store(config, clock, self.metrics)
         self.policy_store = self.state.policies
         self.policies = self._policy_service()
         self.metrics.follow_policy_cache(lambda: self.policies.hits, lambda: self.policies.misses)
@@ -114,7 +117,7 @@ class Relay:
         )
         self.control = ControlServer(socket_path(state_dir), self.spool, self.runner, clock=clock)
         self.intake = Intake(config, self.spool, on_queued=self._queued)
-        self.intake_processes = _intake_processes(config, config_path)
+        self.intake_processes = intake_processes(config, config_path)
         self.pool = self._intake_pool()
 
     def _intake_pool(self) -> IntakePool | None:
@@ -239,19 +242,6 @@ class Relay:
         sd_notify.ready()
         return True
 
-    def _start_checks(self) -> ReportSettings | None:
-        """The start-up checks (`relay.preflight`): an error stops the start, warnings are
-        logged; TLS-RPT settings, or None while reports must not be sent."""
-        problems = config_problems(self.config)
-        for problem in problems:
-            if problem.level == "error":
-                raise ConfigError(problem.message)
-        for problem in problems:
-            log.warning("relay.config_warning", problem=problem.message)
-        if not self.config.tlsrpt.enabled or tlsrpt_identity_problem(self.config):
-            return None
-        return report_settings(self.config)
-
     def _socketmap(self) -> contextlib.AbstractAsyncContextManager[object]:
         """The Postfix policy map on `[socketmap].listen`, sharing this relay's policy service
         and resolver; nothing when it is not set."""
@@ -264,28 +254,6 @@ class Relay:
             lambda: self.config,
             self.metrics.registry,
         )
-
-    async def _check_dkim(self) -> None:
-        """The DKIM key against DNS, once after start: advice, never a reason to stop."""
-        try:
-            problems = await dkim_problems(self.config, self.resolver)
-        except Exception as exc:  # a check must not end the relay's TaskGroup
-            log.warning("relay.config_warning", problem=f"DKIM check failed: {exc!r}")
-            return
-        for problem in problems:
-            log.warning("relay.config_warning", problem=problem.message)
-
-    def _metrics_server(self) -> WSGIServer | None:
-        """The metrics endpoint on `[relay].metrics_listen`; None when it is not set."""
-        listen = self.config.relay.metrics_listen
-        if not listen:
-            return None
-        try:
-            return start_metrics_server(listen, self.metrics.registry)
-        except OSError as exc:
-            raise StsguardError(
-                f"[relay].metrics_listen: cannot listen on {listen}: {exc.strerror or exc}"
-            ) from None
 
     def _report_sender(self, settings: ReportSettings, http: httpx.AsyncClient) -> ReportSender:
         """The daily TLS-RPT sender: POST with `http`, mail through this relay's own queue."""
@@ -320,7 +288,7 @@ class Relay:
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Relay]:
         """Start intake, the queue runner and TLS-RPT; stop them all on the way out."""
-        settings = self._start_checks()
+        settings = start_checks(self.config)
         await self._start_intake()
         metrics_server = None
         post_timeout = float(self.config.tlsrpt.post_timeout)
@@ -331,7 +299,9 @@ class Relay:
         )
         marker = RunningMarker(self.config.relay.state_dir)  # `stsguard tlsrpt send` asks for it
         try:
-            metrics_server = self._metrics_server()
+            metrics_server = metrics_endpoint(
+                self.config.relay.metrics_listen, self.metrics.registry
+            )
             async with asyncio.TaskGroup() as tasks:
                 children = [
                     tasks.create_task(self.runner.run(), name="queue-runner"),
@@ -345,7 +315,9 @@ class Relay:
                     children.append(tasks.create_task(sender.run(), name="tlsrpt-sender"))
                 if self.pool is not None:
                     children.append(tasks.create_task(self.pool.run(), name="intake-pool"))
-                children.append(tasks.create_task(self._check_dkim(), name="dkim-check"))
+                children.append(
+                    tasks.create_task(check_dkim(self.config, self.resolver), name="dkim-check")
+                )
                 self._log_started()
                 sd_notify.ready(f"listening on {self.listen_address[0]}:{self.listen_address[1]}")
                 try:
@@ -376,30 +348,6 @@ class Relay:
                 metrics_server.server_close()
             marker.close()
             log.info("relay.stopped")
-
-
-def _open_state(config: Config, clock: Callable[[], float], metrics: Metrics) -> State:
-    """The state store of `[state].url`; a write it cannot make is counted in `metrics`."""
-    try:
-        return open_state(
-            config.state_url, clock=clock, failed_writes=FailedWrites(metrics.count_state_error)
-        )
-    except StateError as exc:
-        raise StsguardError(f"[state].url: {exc}") from None
-
-
-def _intake_processes(config: Config, config_path: Path | None) -> int:
-    """How many intake processes to start (0: the intake runs in this process). They read the
-    config file, so there are none without one."""
-    count = intake_process_count(config.relay.intake_processes, usable_cores())
-    if count and config_path is None:
-        if config.relay.intake_processes != "auto":
-            raise StsguardError(
-                "[relay].intake_processes: the intake processes read the config file; "
-                "start the relay with --config FILE"
-            )
-        return 0  # "auto" without a file to hand them: one process
-    return count
 
 
 async def serve(config: Config, config_path: Path | None = None) -> None:

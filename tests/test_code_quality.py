@@ -74,7 +74,10 @@ def test_only_the_cli_imports_lab() -> None:
 # decision, ...), which import only each other. Nothing else points up or sideways.
 RELAY_PARTS: dict[str, frozenset[str] | None] = {
     "cli": None,  # a command may use any part
-    "app": frozenset({"intake", "queue", "delivery", "state", "socketmap", "preflight", "inbound"}),
+    "app": frozenset(
+        {"intake", "queue", "delivery", "state", "socketmap", "preflight", "inbound", "startup"}
+    ),
+    "startup": frozenset({"preflight", "state"}),  # what can stop the start or warn about it
     "preflight": frozenset({"intake", "state"}),  # `check` loads files with intake's loaders
     "socketmap": frozenset({"delivery", "state"}),  # answers Postfix from the destination policy
     "diagnostics": frozenset({"delivery", "state"}),  # what `probe` and `policy` show
