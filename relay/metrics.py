@@ -2,7 +2,8 @@
 
 Counters end in ``_total`` and have no ``_created`` series. Values another part owns (policy cache
 counters, the queue's state) are read at scrape time from callbacks that part registers:
-`follow_policy_cache`, `set_queue`. To add a metric: one field, one line in `__post_init__`.
+`follow_policy_cache`, `set_queue`. To add a metric: one field, one line in the `_declare_*`
+method of its area.
 """
 
 from __future__ import annotations
@@ -120,8 +121,14 @@ class Metrics:
     best_effort_errors: Counter = field(init=False)
 
     def __post_init__(self) -> None:
-        r = self.registry
         # prometheus_client adds `_total` to a counter's name.
+        self._declare_mail(self.registry)
+        self._declare_sessions(self.registry)
+        self._declare_tlsrpt(self.registry)
+        self._declare_relay(self.registry)
+
+    def _declare_mail(self, r: CollectorRegistry) -> None:
+        """What happened to mail: accepted, delivered, deferred, bounced, and how long it took."""
         self.accepted = Counter("stsguard_accepted", "Messages accepted from upstream", registry=r)
         self.delivered = Counter("stsguard_delivered", "Recipients delivered", ["tls"], registry=r)
         self.deferred = Counter(
@@ -135,11 +142,49 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.delivery_delay = Histogram(
+            "stsguard_delivery_delay_seconds",
+            "Seconds from intake to delivery, per delivered recipient",
+            buckets=DELIVERY_DELAY_BUCKETS,
+            registry=r,
+        )
+        self.delivery_errors = Counter(
+            "stsguard_delivery_errors",
+            "Delivery attempts that failed inside the relay (deferred like a 4xx), by error",
+            ["kind"],
+            registry=r,
+        )
+
+    def _declare_sessions(self, r: CollectorRegistry) -> None:
+        """What MX sessions showed: findings, session kinds, downgrade signs new to a host."""
         self.findings = Counter(
             "stsguard_findings", "Downgrade and tampering findings", ["kind"], registry=r
         )
         # Bounded labels only (detect.prevalence.SessionKind x tls|plaintext|none): hosts are
         # in `stsguard detect stats`, never in a label.
+        self.mx_sessions = Counter(
+            "stsguard_mx_sessions",
+            "Sessions opened to MX hosts, by the worst thing each showed and how mail went",
+            ["kind", "outcome"],
+            registry=r,
+        )
+        self.prevalence_news = Counter(
+            "stsguard_prevalence_news",
+            "MX hosts showing a downgrade sign not seen from them in the last days, by sign",
+            ["sign"],
+            registry=r,
+        )
+
+    def _declare_tlsrpt(self, r: CollectorRegistry) -> None:
+        """TLS reports: ours sent, and those others send about our domains."""
+        self.tlsrpt_sent = Counter(
+            "stsguard_tlsrpt_reports_sent", "TLS-RPT reports a destination took", registry=r
+        )
+        self.tlsrpt_failed = Counter(
+            "stsguard_tlsrpt_reports_failed",
+            "TLS-RPT report attempts no destination took (retried or given up)",
+            registry=r,
+        )
         self.tlsrpt_received = Counter(
             "stsguard_tlsrpt_received",
             "TLS reports about our domains that arrived: new, duplicate, or refused (why)",
@@ -152,32 +197,9 @@ class Metrics:
             ["kind"],
             registry=r,
         )
-        self.prevalence_news = Counter(
-            "stsguard_prevalence_news",
-            "MX hosts showing a downgrade sign not seen from them in the last days, by sign",
-            ["sign"],
-            registry=r,
-        )
-        self.mx_sessions = Counter(
-            "stsguard_mx_sessions",
-            "Sessions opened to MX hosts, by the worst thing each showed and how mail went",
-            ["kind", "outcome"],
-            registry=r,
-        )
-        self.delivery_delay = Histogram(
-            "stsguard_delivery_delay_seconds",
-            "Seconds from intake to delivery, per delivered recipient",
-            buckets=DELIVERY_DELAY_BUCKETS,
-            registry=r,
-        )
-        self.tlsrpt_sent = Counter(
-            "stsguard_tlsrpt_reports_sent", "TLS-RPT reports a destination took", registry=r
-        )
-        self.tlsrpt_failed = Counter(
-            "stsguard_tlsrpt_reports_failed",
-            "TLS-RPT report attempts no destination took (retried or given up)",
-            registry=r,
-        )
+
+    def _declare_relay(self, r: CollectorRegistry) -> None:
+        """The relay itself: its queue, its build, and the work around delivery that failed."""
         self.queue_size = Gauge("stsguard_queue_size", "Messages in the queue", registry=r)
         self.build_info = Gauge(
             "stsguard_build_info",
@@ -188,12 +210,6 @@ class Metrics:
         self.build_info.labels(version=stsguard_version(), python=platform.python_version()).set(1)
         self._callbacks = _Callbacks()
         r.register(self._callbacks)
-        self.delivery_errors = Counter(
-            "stsguard_delivery_errors",
-            "Delivery attempts that failed inside the relay (deferred like a 4xx), by error",
-            ["kind"],
-            registry=r,
-        )
         self.state_errors = Counter(
             "stsguard_state_errors",
             "State writes that could not be made (kept to write later where the store can)",
