@@ -299,9 +299,7 @@ class Relay:
         )
         marker = RunningMarker(self.config.relay.state_dir)  # `stsguard tlsrpt send` asks for it
         try:
-            metrics_server = metrics_endpoint(
-                self.config.relay.metrics_listen, self.metrics.registry
-            )
+            metrics_server = metrics_endpoint(self.config, self.metrics.registry)
             async with asyncio.TaskGroup() as tasks:
                 children = [
                     tasks.create_task(self.runner.run(), name="queue-runner"),

@@ -51,8 +51,9 @@ async def check_dkim(config: Config, resolver: dns.asyncresolver.Resolver) -> No
         log.warning("relay.config_warning", problem=problem.message)
 
 
-def metrics_endpoint(listen: str, registry: CollectorRegistry) -> WSGIServer | None:
+def metrics_endpoint(config: Config, registry: CollectorRegistry) -> WSGIServer | None:
     """The metrics endpoint on `[relay].metrics_listen`; None when it is not set."""
+    listen = config.relay.metrics_listen
     if not listen:
         return None
     try:
