@@ -14,7 +14,10 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass
 
-from relay.state.database import SqliteDatabase, StateError, Tx, open_database
+from detect.history import HostHistory
+from detect.prevalence import PrevalenceRow
+from mtasts.state import CacheEntry, FetchFailure
+from relay.state.database import Database, Row, SqliteDatabase, StateError, Tx, open_database
 from relay.state.history_store import SqlTlsHistoryStore
 from relay.state.policy_store import SqlPolicyStore
 from relay.state.prevalence_store import SqlPrevalenceStore
@@ -23,7 +26,7 @@ from relay.state.report_store import SqlReportStore
 from relay.state.stores import migrate_all
 from relay.state_url import StateUrl
 from tlsrpt_emit.model import PolicyKey
-from tlsrpt_emit.store import Tally
+from tlsrpt_emit.store import SentReport, Tally
 
 _IMPORTS = (
     "CREATE TABLE IF NOT EXISTS stsguard_imports ("
@@ -47,6 +50,32 @@ class Moved:
     received_reports: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class _Source:
+    """Everything an SQLite state holds, read in one go before the target is opened."""
+
+    source_id: str
+    entries: list[CacheEntry]
+    failures: list[tuple[str, FetchFailure]]
+    hosts: list[HostHistory]
+    sent: list[SentReport]
+    batch: dict[PolicyKey, Tally]
+    prevalence: list[PrevalenceRow]
+    received: list[Row]
+
+    def moved(self) -> Moved:
+        return Moved(
+            policies=len(self.entries),
+            failures=len(self.failures),
+            hosts=len(self.hosts),
+            counter_rows=sum(1 + len(t.failures) for t in self.batch.values()),
+            sessions=sum(t.successes + t.failures.total() for t in self.batch.values()),
+            sent_reports=len(self.sent),
+            prevalence_rows=len(self.prevalence),
+            received_reports=len(self.received),
+        )
+
+
 def _source_id(tx: Tx) -> str:
     tx.execute(_INSTANCE)
     row = tx.row("SELECT id FROM stsguard_instance")
@@ -65,7 +94,13 @@ def migrate_state(source: StateUrl, target: StateUrl) -> Moved:
         raise StateError(f"{source.path}: no state file here (no relay ran with this config)")
     if target == source or (target.path is not None and target.path == source.path):
         raise StateError("the target is the state itself")
-    src_db = SqliteDatabase(source.path)
+    read = _read_source(SqliteDatabase(source.path))
+    _write_target(open_database(target), read, source, target)
+    return read.moved()
+
+
+def _read_source(src_db: SqliteDatabase) -> _Source:
+    """Everything in the source state (its schema brought up to date, its id made if new)."""
     try:
         migrate_all(src_db)
         with src_db.transaction(write=True) as tx:
@@ -83,40 +118,34 @@ def migrate_state(source: StateUrl, target: StateUrl) -> Moved:
                 batch[counts.key] = Tally(counts.successes, Counter(dict(counts.failures)))
     finally:
         src_db.close()
-    dst_db = open_database(target)
+    return _Source(source_id, entries, failures, hosts, sent, batch, prevalence, received)
+
+
+def _write_target(dst_db: Database, read: _Source, source: StateUrl, target: StateUrl) -> None:
+    """Merge `read` into the target in one transaction, once per source id."""
     try:
         migrate_all(dst_db)
         with dst_db.transaction(write=True) as tx:
             tx.execute(_IMPORTS)
-            if tx.row("SELECT 1 FROM stsguard_imports WHERE source_id = ?", (source_id,)):
+            if tx.row("SELECT 1 FROM stsguard_imports WHERE source_id = ?", (read.source_id,)):
                 raise StateError(
                     f"{source.path} was already moved into {target.redacted()}"
                     " (its counts are there; moving it again would count them twice)"
                 )
-            for entry in entries:
+            for entry in read.entries:
                 SqlPolicyStore.put_in(tx, entry)
-            for domain, failure in failures:
+            for domain, failure in read.failures:
                 SqlPolicyStore.record_failure_in(tx, domain, failure)
-            for host in hosts:
+            for host in read.hosts:
                 SqlTlsHistoryStore.put_in(tx, host)
-            SqlReportStore.add_counts_in(tx, batch)
-            for report in sent:
+            SqlReportStore.add_counts_in(tx, read.batch)
+            for report in read.sent:
                 SqlReportStore.put_sent_in(tx, report)
-            SqlPrevalenceStore.add_rows_in(tx, prevalence)
-            SqlReceivedReportStore.put_rows_in(tx, received)
+            SqlPrevalenceStore.add_rows_in(tx, read.prevalence)
+            SqlReceivedReportStore.put_rows_in(tx, read.received)
             tx.execute(
                 "INSERT INTO stsguard_imports (source_id, source, imported_at) VALUES (?, ?, ?)",
-                (source_id, str(source.path), time.time()),
+                (read.source_id, str(source.path), time.time()),
             )
     finally:
         dst_db.close()
-    return Moved(
-        policies=len(entries),
-        failures=len(failures),
-        hosts=len(hosts),
-        counter_rows=sum(1 + len(t.failures) for t in batch.values()),
-        sessions=sum(t.successes + t.failures.total() for t in batch.values()),
-        sent_reports=len(sent),
-        prevalence_rows=len(prevalence),
-        received_reports=len(received),
-    )
