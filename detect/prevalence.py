@@ -2,7 +2,8 @@
 
 One `SessionSeen` per session the relay opened to an MX address (a pooled session reused for
 another message is not a new session). `count_session` adds it to a batch keyed by (day, host,
-address); each key counts measures, some with a detail (the garbled token, the refusal's reply
+address), and again under (day, recipient domain) when the domain is known; each key counts
+measures, some with a detail (the garbled token, the refusal's reply
 code, the handshake failure's RFC 8460 result type). Batches are summed into the store, so the
 relays of a fleet add up in one table; `detect.prevalence_view` turns stored rows into shares.
 """
@@ -66,6 +67,7 @@ class SessionSeen:
     injected_bytes: int = 0
     plaintext: bool = False  # mail went over this session without TLS
     starttls_lost: bool = False
+    domain: str = ""  # the recipient domain the session was opened for
 
     @property
     def downgraded(self) -> bool:
@@ -126,6 +128,7 @@ def session_seen(
     findings: Iterable[Finding],
     handshake_failure: str = "",
     plaintext: bool = False,
+    domain: str = "",
 ) -> SessionSeen:
     """A session's prevalence facts from what the detectors found in it."""
     token, code, injected, lost = "", None, 0, False
@@ -150,6 +153,7 @@ def session_seen(
         injected_bytes=injected,
         plaintext=plaintext,
         starttls_lost=lost,
+        domain=host_name(domain),
     )
 
 
@@ -163,18 +167,29 @@ def utc_day(when: float) -> str:
 
 @dataclass(frozen=True, slots=True, order=True)
 class PrevalenceKey:
+    """(day, MX host, address), or (day, recipient domain) with `host` and `address` empty."""
+
     day: str  # YYYY-MM-DD, UTC
     host: str
     address: str
+    domain: str = ""
 
 
 Batch = dict[PrevalenceKey, Counter[tuple[str, str]]]
-"""(day, host, address) -> (measure, detail) -> count: what is added to the store at once."""
+"""(day, host, address) or (day, domain) -> (measure, detail) -> count: what is added to the
+store at once."""
 
 
 def count_session(batch: Batch, seen: SessionSeen) -> None:
-    """Add one session to `batch` (pure apart from mutating it)."""
-    counts = batch.setdefault(PrevalenceKey(utc_day(seen.when), seen.host, seen.address), Counter())
+    """Add one session to `batch`, per MX address and per recipient domain (pure apart from
+    mutating `batch`)."""
+    day = utc_day(seen.when)
+    _count_into(batch.setdefault(PrevalenceKey(day, seen.host, seen.address), Counter()), seen)
+    if seen.domain:
+        _count_into(batch.setdefault(PrevalenceKey(day, "", "", seen.domain), Counter()), seen)
+
+
+def _count_into(counts: Counter[tuple[str, str]], seen: SessionSeen) -> None:
     counts[(Measure.SESSIONS, "")] += 1
     if seen.offered_starttls:
         counts[(Measure.STARTTLS_OFFERED, "")] += 1
@@ -204,7 +219,8 @@ def merge_batch(into: Batch, other: Mapping[PrevalenceKey, Counter[tuple[str, st
 
 @dataclass(frozen=True, slots=True)
 class PrevalenceRow:
-    """One stored count: a measure (with its detail) of one host address on one day."""
+    """One stored count: a measure (with its detail) of one host address, or of one recipient
+    domain (`host` and `address` empty), on one day."""
 
     day: str
     host: str
@@ -212,11 +228,12 @@ class PrevalenceRow:
     measure: str
     detail: str
     count: int
+    domain: str = ""
 
 
 def rows_of(batch: Batch) -> list[PrevalenceRow]:
     return [
-        PrevalenceRow(key.day, key.host, key.address, measure, detail, count)
+        PrevalenceRow(key.day, key.host, key.address, measure, detail, count, key.domain)
         for key, counts in sorted(batch.items())
         for (measure, detail), count in sorted(counts.items())
     ]
@@ -231,7 +248,7 @@ def downgrade_signs(batch: Batch, host: str) -> set[str]:
     return {
         measure
         for key, counts in batch.items()
-        if key.host == host
+        if key.host == host and not key.domain
         for (measure, _), n in counts.items()
         if measure in DOWNGRADE_SIGNS and n
     }
@@ -241,9 +258,11 @@ def new_downgrades(batch: Batch, earlier: Iterable[PrevalenceRow]) -> dict[str, 
     """Per host, the downgrade signs `batch` shows that `earlier` rows of that host did not."""
     before: dict[str, set[str]] = {}
     for row in earlier:
-        if row.measure in DOWNGRADE_SIGNS and row.count:
+        if row.host and row.measure in DOWNGRADE_SIGNS and row.count:
             before.setdefault(row.host, set()).add(row.measure)
-    hosts = {key.host for key, counts in batch.items() if counts[(Measure.DOWNGRADED, "")]}
+    hosts = {
+        key.host for key, counts in batch.items() if key.host and counts[(Measure.DOWNGRADED, "")]
+    }
     found = {host: downgrade_signs(batch, host) - before.get(host, set()) for host in hosts}
     return {host: signs for host, signs in found.items() if signs}
 
@@ -260,7 +279,9 @@ class PrevalenceStore(Protocol):
 
     def add(self, batch: Batch) -> None: ...
 
-    def rows(self, since_day: str, host: str = "") -> list[PrevalenceRow]: ...
+    def rows(self, since_day: str, host: str = "", domain: str = "") -> list[PrevalenceRow]:
+        """The rows since a day: of one MX host, of one recipient domain, or all."""
+        ...
 
     def prune(self, before_day: str) -> int: ...
 
@@ -274,11 +295,13 @@ class MemoryPrevalenceStore:
     def add(self, batch: Batch) -> None:
         merge_batch(self.batch, batch)
 
-    def rows(self, since_day: str, host: str = "") -> list[PrevalenceRow]:
+    def rows(self, since_day: str, host: str = "", domain: str = "") -> list[PrevalenceRow]:
         return [
             row
             for row in rows_of(self.batch)
-            if row.day >= since_day and (not host or row.host == host_name(host))
+            if row.day >= since_day
+            and (not host or row.host == host_name(host))
+            and (not domain or row.domain == host_name(domain))
         ]
 
     def prune(self, before_day: str) -> int:

@@ -1,4 +1,5 @@
-"""Downgrade prevalence as shares: per MX host, per network (/24, /48) and per day (pure).
+"""Downgrade prevalence as shares: per MX host, per network (/24, /48), per recipient domain and
+per day (pure).
 
 Stored rows (`detect.prevalence.PrevalenceRow`) are summed per host, per network of the host's
 addresses, or per day; a share is a measure's count over the sessions. Hosts and networks come
@@ -59,8 +60,9 @@ class SiteStats:
         return self.counts[measure] / self.sessions if self.sessions else 0.0
 
     def add(self, row: PrevalenceRow) -> None:
-        self.hosts.add(row.host)
-        self.addresses.add(row.address)
+        if row.host:
+            self.hosts.add(row.host)
+            self.addresses.add(row.address)
         self.days.add(row.day)
         self.counts[row.measure] += row.count
         if row.detail:
@@ -100,16 +102,31 @@ def _grouped(
     return list(sites.values())
 
 
+def _per_host(rows: Iterable[PrevalenceRow]) -> list[PrevalenceRow]:
+    """The rows counted per MX address (each session once; domain rows count it again)."""
+    return [r for r in rows if not r.domain]
+
+
 def by_host(rows: Iterable[PrevalenceRow]) -> list[SiteStats]:
-    return sorted(_grouped(rows, lambda r: r.host), key=SiteStats.worst_first)
+    return sorted(_grouped(_per_host(rows), lambda r: r.host), key=SiteStats.worst_first)
 
 
 def by_network(rows: Iterable[PrevalenceRow]) -> list[SiteStats]:
-    return sorted(_grouped(rows, lambda r: network_of(r.address)), key=SiteStats.worst_first)
+    grouped = _grouped(_per_host(rows), lambda r: network_of(r.address))
+    return sorted(grouped, key=SiteStats.worst_first)
+
+
+def by_domain(rows: Iterable[PrevalenceRow]) -> list[SiteStats]:
+    """Per recipient domain: how mail to it went, whichever of its MX hosts took it."""
+    grouped = _grouped([r for r in rows if r.domain], lambda r: r.domain)
+    return sorted(grouped, key=SiteStats.worst_first)
 
 
 def by_day(rows: Iterable[PrevalenceRow]) -> list[SiteStats]:
-    return sorted(_grouped(rows, lambda r: r.day), key=lambda s: s.name)
+    """Per day; counted per MX address, or per domain when only domain rows are given."""
+    given = list(rows)
+    per_host = _per_host(given)
+    return sorted(_grouped(per_host or given, lambda r: r.day), key=lambda s: s.name)
 
 
 _COLUMNS = (

@@ -87,7 +87,11 @@ class PrevalenceRecorder:
         self.store.add(batch)
 
     def _tell_news(self, batch: Batch) -> None:
-        hosts = {key.host for key, counts in batch.items() if counts[(Measure.DOWNGRADED, "")]}
+        hosts = {
+            key.host
+            for key, counts in batch.items()
+            if key.host and counts[(Measure.DOWNGRADED, "")]
+        }
         if not hosts or self.news_days <= 0:
             return
         today = utc_day(self.clock())

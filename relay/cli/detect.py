@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--days", type=int, default=7, metavar="N", help="stats: the last N UTC days (default 7)"
     )
     p.add_argument("--mx", default="", metavar="HOST", help="stats: only this MX host")
+    p.add_argument(
+        "--domain", default="", metavar="D", help="stats: only mail to this recipient domain"
+    )
 
 
 def _iso(when: float | None) -> str | None:
@@ -95,7 +98,10 @@ def run(args: argparse.Namespace, config: Config) -> int:
     if action == "stats":
         if not 1 <= args.days <= 3650:
             raise UsageError("detect stats: --days must be 1 to 3650")
-        return run_stats(config, days=args.days, mx=args.mx, as_json=args.json)
+        if args.mx and args.domain:
+            raise UsageError("detect stats: --mx or --domain, not both")
+        domain = a_label(args.domain) if args.domain else ""
+        return run_stats(config, days=args.days, mx=args.mx, domain=domain, as_json=args.json)
     if not state_exists(config.state_url):
         # Looking must not create the state dir (the relay's user owns it, not whoever ran list).
         if action == "list":

@@ -9,7 +9,7 @@ import html
 from collections.abc import Sequence
 
 from detect.prevalence import Measure, PrevalenceRow
-from detect.prevalence_view import SiteStats, by_day, by_host, by_network
+from detect.prevalence_view import SiteStats, by_day, by_domain, by_host, by_network
 
 _SHOWN = (
     ("sessions", None),
@@ -79,9 +79,9 @@ def _chart(days: Sequence[datetime.date], rows: Sequence[PrevalenceRow]) -> str:
 
 def prevalence_section(rows: Sequence[PrevalenceRow], days: Sequence[datetime.date]) -> str:
     """The section, or "" when no session was counted in `days`."""
-    if not rows:
+    if not [r for r in rows if r.host]:
         return ""
-    hosts, networks = by_host(rows), by_network(rows)
+    hosts, networks, domains = by_host(rows), by_network(rows), by_domain(rows)
     return (
         '<section class="group prevalence" data-name="downgrade prevalence">'
         "<h2>Downgrade prevalence (our own sessions)</h2>"
@@ -91,5 +91,6 @@ def prevalence_section(rows: Sequence[PrevalenceRow], days: Sequence[datetime.da
         '<span class="failed"></span>downgraded</div>'
         f"{_chart(days, rows)}"
         f'<div class="tables"><div><h3>per MX host</h3>{_table("mx host", hosts)}</div>'
-        f"<div><h3>per network</h3>{_table('network', networks)}</div></div></section>"
+        f"<div><h3>per network</h3>{_table('network', networks)}</div>"
+        f"<div><h3>per recipient domain</h3>{_table('domain', domains)}</div></div></section>"
     )

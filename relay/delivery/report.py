@@ -42,6 +42,7 @@ from relay.delivery.policy import MxPlan, ReportAs
 from relay.metrics import Metrics
 from relay.tls_rules import EffectivePolicy
 from tlsrpt_emit.model import PolicyType, ResultSink, SessionResult, result_type_of
+from tlsrpt_emit.names import a_label
 
 log = structlog.get_logger(__name__)
 
@@ -85,7 +86,15 @@ class AttemptReporter:
             run(Step.TLSRPT, self._emit_session, plan.report, plan.host, ip, attempt)
         run(Step.METRICS, self._count_findings, attempt)
         if not attempt.reused and attempt.sending_ip:
-            run(Step.PREVALENCE, self._count_session, plan.host, ip, attempt, outcome)
+            run(
+                Step.PREVALENCE,
+                self._count_session,
+                request.domain,
+                plan.host,
+                ip,
+                attempt,
+                outcome,
+            )
         run(Step.LOG, self._log_attempt, request.rcpts, plan.policy, attempt, outcome)
 
     def policy_failure(self, request: DeliveryRequest, result: PolicyResult) -> None:
@@ -193,9 +202,14 @@ class AttemptReporter:
         )
 
     def _count_session(
-        self, host: str, ip: str, attempt: Attempt, outcome: DeliveryOutcome | RcptOutcome
+        self,
+        domain: str,
+        host: str,
+        ip: str,
+        attempt: Attempt,
+        outcome: DeliveryOutcome | RcptOutcome,
     ) -> None:
-        seen = seen_in(host, ip, attempt, outcome, now=self.clock())
+        seen = seen_in(host, ip, attempt, outcome, now=self.clock(), domain=a_label(domain))
         if self.metrics is not None:
             went = "plaintext" if seen.plaintext else "tls" if _delivered_tls(outcome) else "none"
             self.metrics.mx_sessions.labels(kind=str(seen.kind), outcome=went).inc()
@@ -247,7 +261,13 @@ class PrevalenceSink(Protocol):
 
 
 def seen_in(
-    host: str, ip: str, attempt: Attempt, outcome: DeliveryOutcome | RcptOutcome, *, now: float
+    host: str,
+    ip: str,
+    attempt: Attempt,
+    outcome: DeliveryOutcome | RcptOutcome,
+    *,
+    now: float,
+    domain: str = "",
 ) -> SessionSeen:
     """One new session's prevalence facts: what EHLO offered, the findings, how mail went."""
     obs = attempt.obs
@@ -261,6 +281,7 @@ def seen_in(
         findings=attempt.findings,
         handshake_failure=str(obs.tls_result_type or "") if failed_tls else "",
         plaintext=plaintext,
+        domain=domain,
     )
 
 

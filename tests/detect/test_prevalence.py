@@ -153,3 +153,25 @@ def test_network_of() -> None:
     assert network_of("192.0.2.77") == "192.0.2.0/24"
     assert network_of("2001:db8:aa:bb::1") == "2001:db8:aa::/48"
     assert network_of("") == "-"
+
+
+def test_per_recipient_domain_each_session_once_per_view() -> None:
+    from detect.prevalence_view import by_domain
+
+    batch: dict = {}  # type: ignore[type-arg]
+    count_session(batch, seen(domain="a.example", garbled_token="XXXXXXXA", offered_starttls=False))
+    count_session(batch, seen(domain="a.example"))
+    count_session(batch, seen("mx.b.example", domain="b.example"))
+    count_session(batch, seen("mx.b.example"))  # domain unknown: per host only
+    rows = rows_of(batch)
+    (a, b) = by_domain(rows)
+    assert (a.name, a.sessions, a.share(Measure.GARBLED)) == ("a.example", 2, 0.5)
+    assert (b.name, b.sessions) == ("b.example", 1)
+    assert a.hosts == set()  # domain rows name no host
+    assert sum(h.sessions for h in by_host(rows)) == 4
+    assert [d.sessions for d in by_day(rows)] == [4]
+    assert sum(n.sessions for n in by_network(rows)) == 4
+    store = MemoryPrevalenceStore()
+    store.add(batch)
+    assert {r.domain for r in store.rows("2000-01-01", domain="A.Example.")} == {"a.example"}
+    assert all(not r.domain for r in store.rows("2000-01-01", host="mx.b.example"))

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from detect.prevalence import Measure, PrevalenceRow
-from detect.prevalence_view import by_host
+from detect.prevalence_view import by_domain, by_host
 from lab.runner import run_lab
 
 pytestmark = pytest.mark.slow
@@ -43,3 +43,7 @@ def test_the_lab_leaves_prevalence_naming_the_attacked_hosts() -> None:
     assert clean.share(Measure.DOWNGRADED) == 0.0
     # Worst first: the clean host comes last.
     assert by_host(rows)[-1].name == clean.name
+    # Per recipient domain too: mail to the garbled domain was garbled every time.
+    domains = {d.name: d for d in by_domain(rows)}
+    assert domains["garble-testing.lab.test"].share(Measure.GARBLED) == 1.0
+    assert domains["baseline-enforce.lab.test"].share(Measure.DOWNGRADED) == 0.0

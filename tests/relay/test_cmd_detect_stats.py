@@ -41,6 +41,7 @@ def seed(tmp_path: Path) -> None:
                 not token,
                 garbled_token=token,
                 plaintext=bool(token),
+                domain="bad.example",
             ),
         )
     count_session(batch, SessionSeen("mx.good.example", "198.51.100.1", now, True))
@@ -85,9 +86,17 @@ def test_stats_text_and_json(config_file: Path, tmp_path: Path) -> None:
 
     one = json.loads(stats(config_file, "--json", "--mx", "MX.Good.Example.").stdout)
     assert [h["name"] for h in one["hosts"]] == ["mx.good.example"]
+    assert [d["name"] for d in doc["domains"]] == ["bad.example"]
+    assert doc["domains"][0]["shares"]["garbled"] == 0.75
+    to_domain = stats(config_file, "--domain", "Bad.Example")
+    assert to_domain.returncode == 0, to_domain.stderr
+    assert "bad.example" in to_domain.stdout
+    assert "mx.bad.example" not in to_domain.stdout  # hosts are another view
 
 
-@pytest.mark.parametrize("args", [["--days", "0"], ["mx.example.org"], ["--days", "x"]])
+@pytest.mark.parametrize(
+    "args", [["--days", "0"], ["mx.example.org"], ["--days", "x"], ["--mx", "a", "--domain", "b"]]
+)
 def test_bad_arguments_are_one_line(config_file: Path, args: list[str]) -> None:
     bad = stats(config_file, *args)
     assert bad.returncode == 2

@@ -263,7 +263,7 @@ async def test_each_new_session_is_counted_for_prevalence_once(
         await deliverer.deliver(request(n))
     await deliverer.close()
     assert len(mx.messages) == 2
-    assert [(s.host, s.address, s.offered_starttls, s.downgraded) for s in seen] == [
-        (MX1, "127.0.9.4", True, False)
+    assert [(s.host, s.address, s.offered_starttls, s.downgraded, s.domain) for s in seen] == [
+        (MX1, "127.0.9.4", True, False, "example.org")
     ]
     assert metrics.value("stsguard_mx_sessions_total", {"kind": "clean", "outcome": "tls"}) == 1

@@ -15,14 +15,14 @@ def test_postgresql_schema_behind_then_current(pg_url: str) -> None:
     problems, line = state_check(url)
     assert [p.level for p in problems] == ["warning"]
     assert (
-        "schema not current (mtasts 0/1, detect 0/1, tlsrpt 0/2, prevalence 0/1,"
+        "schema not current (mtasts 0/1, detect 0/1, tlsrpt 0/2, prevalence 0/2,"
         " tlsrpt_received 0/2)"
     ) in line
     open_state(url, front=False).close()
     problems, line = state_check(url)
     assert problems == []
     assert line.endswith(
-        "reachable, schema current (mtasts 1/1, detect 1/1, tlsrpt 2/2, prevalence 1/1,"
+        "reachable, schema current (mtasts 1/1, detect 1/1, tlsrpt 2/2, prevalence 2/2,"
         " tlsrpt_received 2/2)"
     )
 

@@ -72,3 +72,23 @@ def test_relays_writing_at_once_lose_nothing(
     counts = {(r.measure, r.detail): r.count for r in stores[0].rows("2027-01-15")}
     assert counts[(Measure.SESSIONS, "")] == 60
     assert counts[(Measure.DOWNGRADED, "")] == 60
+
+
+def test_per_domain_rows(store: PrevalenceStore) -> None:
+    mine = SessionSeen(
+        "mx.bad.example", "203.0.113.9", NOW, False, garbled_token="X", domain="a.example"
+    )
+    store.add(batch_of(mine, mine))
+    store.add(
+        batch_of(SessionSeen("mx.b.example", "192.0.2.1", NOW - 9 * DAY, True, domain="b.example"))
+    )
+    per_domain = {
+        (r.domain, r.measure): r.count for r in store.rows("2027-01-01", domain="a.example")
+    }
+    assert per_domain[("a.example", Measure.SESSIONS)] == 2
+    assert per_domain[("a.example", Measure.GARBLED)] == 2
+    assert {r.domain for r in store.rows("2027-01-10")} == {"", "a.example"}
+    assert {r.domain for r in store.rows("2027-01-01")} == {"", "a.example", "b.example"}
+    assert {r.host for r in store.rows("2027-01-01", "mx.bad.example")} == {"mx.bad.example"}
+    store.prune("2027-01-10")
+    assert {r.domain for r in store.rows("2000-01-01")} == {"", "a.example"}
