@@ -23,6 +23,7 @@ from relay.state import (
     received_store,
     report_store,
 )
+from relay.state.availability import RETRY_INTERVAL, STORE_ERRORS, Availability
 from relay.state.database import Database, PostgresDatabase, SqliteDatabase, open_database
 from relay.state.failed_writes import FailedWrites
 from relay.state.failsafe import FailsafePolicyStore, FailsafeReportStore, FailsafeTlsHistoryStore
@@ -32,14 +33,7 @@ from relay.state.policy_store import SqlPolicyStore
 from relay.state.prevalence_store import SqlPrevalenceStore
 from relay.state.received_store import SqlReceivedReportStore
 from relay.state.report_store import SqlReportStore
-from relay.state.shared import (
-    RETRY_INTERVAL,
-    STORE_ERRORS,
-    Availability,
-    SharedPolicyStore,
-    SharedReportStore,
-    SharedTlsHistoryStore,
-)
+from relay.state.shared import SharedPolicyStore, SharedReportStore, SharedTlsHistoryStore
 from relay.state_url import StateUrl
 from tlsrpt_emit.inbound import ReceivedReportStore
 from tlsrpt_emit.store import ReportStore
