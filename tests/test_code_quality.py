@@ -163,3 +163,29 @@ def test_mtasts_modules_form_no_import_cycle() -> None:
 
     cycles = sorted(m for m in graph if reaches(m, m, set()))
     assert not cycles, f"import cycles through {cycles}"
+
+
+# Size limits for the program in relay/ (README "Layout"): a file that grows past them has a part
+# waiting to be named; a function past them has steps waiting to be named.
+MAX_FILE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+
+def test_relay_files_and_functions_stay_small() -> None:
+    too_big = []
+    for path in sorted((ROOT / "relay").rglob("*.py")):
+        text = path.read_text()
+        name = path.relative_to(ROOT)
+        lines = text.count("\n")
+        if lines > MAX_FILE_LINES:
+            too_big.append(f"{name}: {lines} lines (at most {MAX_FILE_LINES})")
+        for node in ast.walk(ast.parse(text, str(path))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                assert node.end_lineno is not None
+                length = node.end_lineno - node.lineno + 1
+                if length > MAX_FUNCTION_LINES:
+                    too_big.append(
+                        f"{name}:{node.lineno} {node.name}: {length} lines "
+                        f"(at most {MAX_FUNCTION_LINES})"
+                    )
+    assert not too_big, "\n".join(too_big)
