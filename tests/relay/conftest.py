@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AsyncExitStack
 
 import dns.asyncresolver
@@ -12,6 +12,8 @@ from detect.history import MemoryTlsHistoryStore
 from lab.dns import LabDns
 from lab.mx import CertKind, LabMx
 from lab.pki import LabCA
+from lab.postfix import PostfixInstance, private_postfix
+from lab.world import free_port
 from relay.config import DnsConfig
 from relay.resolver import make_resolver
 from tests.relay.intake_client import spool, start_intake  # noqa: F401  (intake fixtures)
@@ -59,3 +61,11 @@ async def start_mx(lab_ca: LabCA, lab_dns: LabDns) -> AsyncIterator[Callable[...
 def history_store() -> MemoryTlsHistoryStore:
     """The remembered-TLS store of `detect.history`, in memory."""
     return MemoryTlsHistoryStore()
+
+
+@pytest.fixture
+def upstream() -> Iterator[PostfixInstance]:
+    """A Postfix instance of its own on a free loopback port (tests/relay/postfix_upstream.py
+    has its `relayhost` settings), stopped and removed at the end."""
+    with private_postfix(f"127.0.0.1:{free_port()}") as instance:
+        yield instance

@@ -7,10 +7,7 @@ instance is used), listening on loopback only; `.ci/run` installs Debian's postf
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import smtplib
-from collections.abc import Iterator
 from email.message import EmailMessage
 from email.policy import SMTP
 from pathlib import Path
@@ -18,28 +15,12 @@ from pathlib import Path
 import pytest
 
 from lab.mx import CertKind
-from lab.postfix import PostfixInstance, private_postfix
-from lab.world import LabWorld, free_port, wait_until
+from lab.postfix import PostfixInstance
+from lab.world import LabWorld, wait_until
 from relay.app import Relay
+from tests.relay.postfix_upstream import RELAYHOST_CF, needs_postfix
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("postfix") is None or os.geteuid() != 0,
-    reason="needs Debian's postfix and root (.ci/run installs it)",
-)
-
-# Added to lab.postfix's instance settings. The point of the test: everything goes to stsguard,
-# by address (no DNS), as `relayhost` does on a real Postfix.
-MAIN_CF = """\
-myhostname = postfix.upstream.test
-relayhost = [127.0.0.1]:{relay_port}
-"""
-
-
-@pytest.fixture
-def postfix() -> Iterator[PostfixInstance]:
-    """A Postfix instance of its own, stopped and removed at the end."""
-    with private_postfix(f"127.0.0.1:{free_port()}") as instance:
-        yield instance
+pytestmark = needs_postfix
 
 
 def send_to_postfix(port: int) -> None:
@@ -53,22 +34,22 @@ def send_to_postfix(port: int) -> None:
 
 
 async def test_postfix_relayhost_delivers_through_stsguard(
-    tmp_path: Path, postfix: PostfixInstance
+    tmp_path: Path, upstream: PostfixInstance
 ) -> None:
-    port = int(postfix.listen.rpartition(":")[2])
+    port = int(upstream.listen.rpartition(":")[2])
     async with LabWorld(tmp_path / "world").running() as world:
         mx = await world.add_mx("mx1.example.org", "127.0.0.11", cert=CertKind.GOOD)
         world.publish_mx("example.org", [(10, "mx1.example.org")])
         world.publish_policy("example.org", "enforce", ["mx1.example.org"])
         relay = Relay(world.relay_config(tmp_path / "state"))
         async with relay.running():
-            postfix.write(MAIN_CF.format(relay_port=relay.config.relay.listen_address[1]))
-            postfix.start()
+            upstream.write(RELAYHOST_CF.format(relay_port=relay.config.relay.listen_address[1]))
+            upstream.start()
             await asyncio.to_thread(send_to_postfix, port)
             try:
                 await wait_until(lambda: bool(mx.messages), 60)
             except TimeoutError:
-                pytest.fail(f"nothing reached the MX; postfix log:\n{postfix.log_tail(30)}")
+                pytest.fail(f"nothing reached the MX; postfix log:\n{upstream.log_tail(30)}")
     received = mx.messages[0]
     assert received.tls is True
     assert received.rcpt_tos == ("bob@example.org",)

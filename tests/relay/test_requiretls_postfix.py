@@ -6,35 +6,18 @@ unchanged to stsguard over plaintext loopback, and stsguard takes the header as 
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
 import smtplib
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from lab.mx import CertKind, LabMx
-from lab.postfix import PostfixInstance, private_postfix
-from lab.world import LabWorld, free_port, wait_until
+from lab.postfix import PostfixInstance
+from lab.world import LabWorld, wait_until
 from relay.app import Relay
+from tests.relay.postfix_upstream import RELAYHOST_CF, needs_postfix
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("postfix") is None or os.geteuid() != 0,
-    reason="needs Debian's postfix and root (.ci/run installs it)",
-)
-
-MAIN_CF = """\
-myhostname = postfix.upstream.test
-relayhost = [127.0.0.1]:{relay_port}
-"""
-
-
-@pytest.fixture
-def upstream() -> Iterator[PostfixInstance]:
-    """A Postfix instance of its own, stopped and removed at the end."""
-    with private_postfix(f"127.0.0.1:{free_port()}") as instance:
-        yield instance
+pytestmark = needs_postfix
 
 
 def _send(port: int, rcpt: str) -> None:
@@ -60,7 +43,7 @@ async def test_rt01_postfix_header(tmp_path: Path, upstream: PostfixInstance) ->
         config = world.relay_config(tmp_path / "state", relay={"requiretls_loopback": True})
         relay = Relay(config)
         async with relay.running():
-            upstream.write(MAIN_CF.format(relay_port=config.relay.listen_address[1]))
+            upstream.write(RELAYHOST_CF.format(relay_port=config.relay.listen_address[1]))
             upstream.start()
             await asyncio.to_thread(_send, port, "bob@example.org")
             await asyncio.to_thread(_send, port, "carol@lacking.test")
