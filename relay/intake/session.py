@@ -37,6 +37,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword, syntax
 from relay.config import RelayConfig
 from relay.intake.auth import PasswordAuthenticator
 from relay.intake.commands import CommandTable, table_names
+from relay.intake.data import take_data
 from relay.intake.deadlines import RequestClock, RequestTimer
 from relay.intake.hygiene import command_problem
 from relay.intake.limits import client_key
@@ -280,7 +281,10 @@ class _IntakeSMTP(SMTP):
     async def smtp_DATA(self, arg: str) -> None:
         self._requests.data_started()
         try:
-            await super().smtp_DATA(arg)
+            if self._decode_data or "DATA" not in self._handle_hooks:
+                await super().smtp_DATA(arg)
+            else:
+                await take_data(self, arg)
         finally:
             self._requests.data_ended()
 

@@ -26,6 +26,8 @@ from relay.intake.session import _IntakeSMTP
 # smtp_STARTTLS: sets _tls_protocol (503 to a second STARTTLS)
 # smtp_AUTH, auth_PLAIN, auth_LOGIN, _authenticate: AuthResult(handled=True) means "no reply
 #   from aiosmtpd", which lets the failure reply wait for the throttle
+# smtp_DATA: relay.intake.data.take_data does what it does (checks, replies, size and line
+#   limits, the hook, the post-DATA state) with the body read in runs of lines
 FINGERPRINTS = {
     "__init__": "8a9ca80f23ad9bf2",
     "_handle_client": "0e4d096403af6c74",
@@ -40,6 +42,7 @@ FINGERPRINTS = {
     "auth_PLAIN": "71fe14c537cc5039",
     "auth_LOGIN": "f121f6cb809cc2ad",
     "_authenticate": "4252dad9a1780535",
+    "smtp_DATA": "3a33f30d3fd6d02f",
 }
 
 
