@@ -101,17 +101,7 @@ class Relay:
             submit=self.submit_notice,
             sender=default_contact_info(config),
         )
-        self.deliverer = Deliverer(
-            config,
-            resolver=self.resolver,
-            policy_service=self.policies,
-            history_store=self.history,
-            sink=self.sink,
-            ssl_context=self.ssl_context,
-            clock=clock,
-            metrics=self.metrics,
-            prevalence=self.prevalence,
-        )
+        self.deliverer = self._deliverer()
         self.runner = QueueRunner(
             config, self.spool, self.deliverer, metrics=self.metrics, clock=clock
         )
@@ -130,6 +120,20 @@ class Relay:
             self.config_path,
             self.config.relay.listen_address,
             on_queued=self._queued_elsewhere,
+        )
+
+    def _deliverer(self) -> Deliverer:
+        """The deliverer, sharing this relay's resolver, policies, state and counters."""
+        return Deliverer(
+            self.config,
+            resolver=self.resolver,
+            policy_service=self.policies,
+            history_store=self.history,
+            sink=self.sink,
+            ssl_context=self.ssl_context,
+            clock=self.clock,
+            metrics=self.metrics,
+            prevalence=self.prevalence,
         )
 
     def _policy_service(self) -> PolicyService:
@@ -285,6 +289,27 @@ class Relay:
         if dane_off is not None:
             log.warning("relay.dane_unavailable", reason=dane_off)
 
+    def _start_tasks(
+        self, tasks: asyncio.TaskGroup, settings: ReportSettings | None, http: httpx.AsyncClient
+    ) -> list[asyncio.Task[None]]:
+        """The relay's long-running tasks in `tasks` (the TLS-RPT sender only with `settings`)."""
+        children = [
+            tasks.create_task(self.runner.run(), name="queue-runner"),
+            tasks.create_task(self.sink.run(), name="tlsrpt-sink"),
+            tasks.create_task(self.prevalence.run(), name="prevalence"),
+            tasks.create_task(self.inbound.run(), name="tlsrpt-inbound-maildir"),
+            tasks.create_task(self.inbound.send_notices(), name="tlsrpt-inbound-notices"),
+        ]
+        if settings is not None:
+            sender = self._report_sender(settings, http)
+            children.append(tasks.create_task(sender.run(), name="tlsrpt-sender"))
+        if self.pool is not None:
+            children.append(tasks.create_task(self.pool.run(), name="intake-pool"))
+        children.append(
+            tasks.create_task(check_dkim(self.config, self.resolver), name="dkim-check")
+        )
+        return children
+
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[Relay]:
         """Start intake, the queue runner and TLS-RPT; stop them all on the way out."""
@@ -301,21 +326,7 @@ class Relay:
         try:
             metrics_server = metrics_endpoint(self.config, self.metrics.registry)
             async with asyncio.TaskGroup() as tasks:
-                children = [
-                    tasks.create_task(self.runner.run(), name="queue-runner"),
-                    tasks.create_task(self.sink.run(), name="tlsrpt-sink"),
-                    tasks.create_task(self.prevalence.run(), name="prevalence"),
-                    tasks.create_task(self.inbound.run(), name="tlsrpt-inbound-maildir"),
-                    tasks.create_task(self.inbound.send_notices(), name="tlsrpt-inbound-notices"),
-                ]
-                if settings is not None:
-                    sender = self._report_sender(settings, http)
-                    children.append(tasks.create_task(sender.run(), name="tlsrpt-sender"))
-                if self.pool is not None:
-                    children.append(tasks.create_task(self.pool.run(), name="intake-pool"))
-                children.append(
-                    tasks.create_task(check_dkim(self.config, self.resolver), name="dkim-check")
-                )
+                children = self._start_tasks(tasks, settings, http)
                 self._log_started()
                 sd_notify.ready(f"listening on {self.listen_address[0]}:{self.listen_address[1]}")
                 try:
