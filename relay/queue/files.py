@@ -4,10 +4,12 @@ durable writes, reading an envelope back, removal, and recovery when a `Spool` o
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import json
 import os
 import secrets
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -40,12 +42,33 @@ def log_not_understood(queue_id: str, needs: Sequence[str]) -> None:
     )
 
 
-# `fsync_together`'s threads: a batch's files are synced at once, so the file system commits its
-# journal once for all of them. Measured on this project's ext4 VM: 10 new 5 KB files took 40 ms
-# synced one after another, 1.4 ms synced at once (20 files: 102 ms vs 3.6 ms).
+# A batch's files are synced so that the file system commits its journal once for all of them.
+# Measured on this project's ext4 VM: 10 new 5 KB files took 40 ms synced one after another,
+# 1.4 ms synced at once from threads (20 files: 102 ms vs 3.6 ms). On Linux the writeback of
+# every file is started first (sync_file_range(2), SYNC_FILE_RANGE_WRITE: a hint, no
+# durability), then each is fsync'd in turn: the first fsync commits the journal holding all
+# their inodes and the rest find theirs committed, as fast as the threads (0.66-0.81 vs 0.64-0.80
+# ms for 5 files) without a hand-off to a thread per file (CPU per file 43-55 vs 105-127 us).
 _FSYNC_THREADS = 8
 _fsync_pool: ThreadPoolExecutor | None = None
 _fsync_pool_lock = threading.Lock()
+_SYNC_FILE_RANGE_WRITE = 2
+
+
+def _writeback_starter() -> Callable[[int], object] | None:
+    """sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE) from the C library, or None (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        call = ctypes.CDLL(None, use_errno=True).sync_file_range
+    except (OSError, AttributeError):
+        return None
+    call.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    call.restype = ctypes.c_int
+    return lambda fd: call(fd, 0, 0, _SYNC_FILE_RANGE_WRITE)
+
+
+_start_writeback = _writeback_starter()
 
 
 def _fsync_one(fd: int) -> OSError | None:
@@ -57,18 +80,33 @@ def _fsync_one(fd: int) -> OSError | None:
 
 
 def fsync_together(fds: Sequence[int]) -> list[OSError | None]:
-    """`os.fsync` each descriptor, all at once from a few threads; per descriptor its error."""
-    global _fsync_pool
-    if len(fds) <= 1:
+    """`os.fsync` each descriptor with one journal commit for all; per descriptor its error."""
+    if len(fds) > 1 and _start_writeback is not None:
+        for fd in fds:
+            _start_writeback(fd)  # a failure shows in the fsync below
+    if len(fds) <= 1 or _start_writeback is not None:
         return [_fsync_one(fd) for fd in fds]
+    return _fsync_in_threads(fds)
+
+
+def _fsync_in_threads(fds: Sequence[int]) -> list[OSError | None]:
+    """Elsewhere: all at once from a few threads, the calling one syncing the first."""
+    global _fsync_pool
     with _fsync_pool_lock:
         if _fsync_pool is None:
             _fsync_pool = ThreadPoolExecutor(_FSYNC_THREADS, thread_name_prefix="fsync")
         pool = _fsync_pool
-    return list(pool.map(_fsync_one, fds))
+    others = [pool.submit(_fsync_one, fd) for fd in fds[1:]]
+    first = _fsync_one(fds[0])
+    return [first, *(future.result() for future in others)]
 
 
-def fsync_dir(path: Path) -> None:
+def _unlink(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def fsync_dir(path: Path | str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
@@ -85,6 +123,10 @@ class SpoolFiles:
         self._msg = self.directory / "msg"
         self._state = self.directory / "state"
         self._tmp = self.directory / "tmp"
+        # The same as text, for the per-message paths: a pathlib join and its str() cost more
+        # than the system call they name (about 4% of the relay's CPU under load).
+        self._msg_dir, self._state_dir = str(self._msg), str(self._state)
+        self._tmp_dir, self._lock_file = str(self._tmp), str(self.directory / "lock")
         try:
             for d in (self.directory, self._msg, self._state, self._tmp):
                 d.mkdir(parents=True, exist_ok=True)
@@ -149,19 +191,19 @@ class SpoolFiles:
         """Exclusive for read-modify-write and recovery; shared for `commit`, which only adds new
         files but must not have its temp files removed by another process's recovery."""
         # A fresh open file description per call: flock then excludes other threads too.
-        fd = os.open(self.directory / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
             yield
         finally:
             os.close(fd)
 
-    def _write_temps(self, items: Sequence[tuple[str, bytes]]) -> list[Path | OSError]:
+    def _write_temps(self, items: Sequence[tuple[str, bytes]]) -> list[str | OSError]:
         """`_write_temp` for several files, their fsyncs at once (`fsync_together`); per item the
         temp file's path, or the error that kept it from disk (its temp file removed)."""
-        opened: list[tuple[int, Path] | OSError] = []
+        opened: list[tuple[int, str] | OSError] = []
         for name, blob in items:
-            tmp = self._tmp / f"{name}.{secrets.token_hex(4)}.tmp"
+            tmp = f"{self._tmp_dir}/{name}.{secrets.token_hex(4)}.tmp"
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             except OSError as exc:
@@ -173,13 +215,13 @@ class SpoolFiles:
                     view = view[os.write(fd, view) :]
             except OSError as exc:
                 os.close(fd)
-                tmp.unlink(missing_ok=True)
+                _unlink(tmp)
                 opened.append(exc)
                 continue
             opened.append((fd, tmp))
         files = [item for item in opened if not isinstance(item, OSError)]
         errors = iter(fsync_together([fd for fd, _ in files]))
-        results: list[Path | OSError] = []
+        results: list[str | OSError] = []
         for item in opened:
             if isinstance(item, OSError):
                 results.append(item)
@@ -188,7 +230,7 @@ class SpoolFiles:
             error = next(errors)
             os.close(fd)
             if error is not None:
-                tmp.unlink(missing_ok=True)
+                _unlink(tmp)
                 results.append(error)
             else:
                 results.append(tmp)
@@ -216,9 +258,15 @@ class SpoolFiles:
         fsync_dir(target.parent)
 
     def _msg_path(self, queue_id: str) -> Path:
+        return Path(self._msg_file(queue_id))
+
+    def _msg_file(self, queue_id: str) -> str:
         if not valid_queue_id(queue_id):
             raise UnknownMessage(f"no queued message {queue_id!r}")
-        return self._msg / queue_id
+        return f"{self._msg_dir}/{queue_id}"
+
+    def _state_file(self, queue_id: str) -> str:
+        return f"{self._state_dir}/{queue_id}.json"
 
     def _read(self, queue_id: str, *, state: bool = True) -> QueuedMessage:
         """The envelope: the state file when there is one, else the message file's first line."""
@@ -229,14 +277,17 @@ class SpoolFiles:
     ) -> tuple[QueuedMessage, bytes]:
         """The envelope as `_read` gives it, and the message bytes when `body` (else b""): one
         open of the message file either way."""
-        path = self._msg_path(queue_id)
+        path = self._msg_file(queue_id)
         try:
-            with path.open("rb") as f:
+            with open(path, "rb") as f:
                 header = f.readline()
                 data = f.read() if body else b""
             if state:
-                with contextlib.suppress(FileNotFoundError):
-                    header = (self._state / f"{queue_id}.json").read_bytes()
+                with (
+                    contextlib.suppress(FileNotFoundError),
+                    open(self._state_file(queue_id), "rb") as f,
+                ):
+                    header = f.read()
         except FileNotFoundError:
             raise UnknownMessage(f"no queued message {queue_id!r}") from None
         except OSError as exc:
@@ -255,8 +306,8 @@ class SpoolFiles:
     def _remove(self, queue_id: str) -> None:
         # The message file first: it is the commit record; a state file left behind is removed
         # at start.
-        self._msg_path(queue_id).unlink(missing_ok=True)
-        (self._state / f"{queue_id}.json").unlink(missing_ok=True)
+        _unlink(self._msg_file(queue_id))
+        _unlink(self._state_file(queue_id))
 
     def scan(self) -> Iterator[ScanEntry]:
         """What the queue manager needs of every message at start, without building envelopes:

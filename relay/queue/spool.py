@@ -145,7 +145,7 @@ class Spool(SpoolFiles):
         """Queue several messages with one directory fsync (group commit). Returns, per message,
         None when it is durable or the error that kept it out of the queue."""
         results: list[SpoolError | None] = [None] * len(batch)
-        written: list[tuple[int, Path, Path]] = []
+        written: list[tuple[int, str, str]] = []
         try:
             with self._locked(shared=True):
                 temps = self._write_temps(
@@ -155,11 +155,11 @@ class Spool(SpoolFiles):
                     if isinstance(tmp, OSError):
                         results[i] = SpoolError(f"{self.directory}: cannot queue a message: {tmp}")
                     else:
-                        written.append((i, tmp, self._msg / message.id))
+                        written.append((i, tmp, f"{self._msg_dir}/{message.id}"))
                 for _, tmp, target in written:
                     os.rename(tmp, target)
                 if written:
-                    fsync_dir(self._msg)
+                    fsync_dir(self._msg_dir)
         except OSError as exc:
             # A failed rename or directory fsync: none of the batch is known to be durable, and
             # its senders are told so; what did reach msg/ goes, or it would be delivered twice.
@@ -167,7 +167,7 @@ class Spool(SpoolFiles):
             for i, tmp, target in written:
                 for path in (tmp, target):
                     with contextlib.suppress(OSError):
-                        path.unlink(missing_ok=True)
+                        os.unlink(path)
                 results[i] = error
             return [r or error for r in results]
         return results
@@ -180,9 +180,9 @@ class Spool(SpoolFiles):
         return self._load(queue_id, body=True)
 
     def read_data(self, queue_id: str) -> bytes:
-        path = self._msg_path(queue_id)
+        path = self._msg_file(queue_id)
         try:
-            with path.open("rb") as f:
+            with open(path, "rb") as f:
                 f.readline()
                 return f.read()
         except FileNotFoundError:

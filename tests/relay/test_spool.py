@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import fields, replace
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import SpoolError, UnknownMessage
+from relay.queue import files
 from relay.queue.spool import (
     MessageFlags,
     QueuedMessage,
@@ -196,10 +198,16 @@ def test_a_failed_write_fails_only_its_message(
     assert list((spool.directory / "tmp").iterdir()) == []
 
 
+@pytest.mark.parametrize("writeback", [True, False], ids=["sync_file_range", "threads"])
 def test_a_failed_file_sync_fails_only_its_message(
-    spool: Spool, monkeypatch: pytest.MonkeyPatch
+    spool: Spool, monkeypatch: pytest.MonkeyPatch, writeback: bool
 ) -> None:
-    """A batch's files are synced at once (`fsync_together`); one that fails is not queued."""
+    """A batch's files are synced at once (`fsync_together`: writeback started for all, then
+    each synced; or, without sync_file_range, from threads); one that fails is not queued."""
+    if not writeback:
+        monkeypatch.setattr("relay.queue.files._start_writeback", None)
+    elif sys.platform.startswith("linux"):
+        assert files._start_writeback is not None
     real_fsync, real_open = os.fsync, os.open
     doomed: set[int] = set()
 
