@@ -209,3 +209,38 @@ def test_aiosmtpd_per_command_lines_are_debug(level: str, expected: list[tuple[s
     )
     lines = [json.loads(line) for line in proc.stderr.splitlines()]
     assert [(e["level"], e["message"]) for e in lines] == expected
+
+
+# What asyncio sometimes logs in the lab when an attacked TLS peer half-closes.
+LAB_NOISE = textwrap.dedent(
+    """
+    import logging, sys
+    import lab.runner
+
+    def noisy_run(args, config):
+        logging.getLogger("asyncio").warning(
+            "returning true from eof_received() has no effect when using ssl"
+        )
+        print("lab report")
+        return 0
+
+    lab.runner.run = noisy_run
+    from relay.cli import main
+    sys.exit(main(["lab"]))
+    """
+)
+
+
+def test_the_lab_prints_no_library_warning_on_stderr(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "STSGUARD_CONFIG"}
+    proc = subprocess.run(
+        [sys.executable, "-c", LAB_NOISE],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "lab report\n"
+    assert proc.stderr == ""
