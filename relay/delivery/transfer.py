@@ -23,7 +23,6 @@ from relay.delivery.replies import ReplyKind, ReplyVerdict, Stage, judge_reply
 from relay.errors import SessionError
 
 _LINE_ENDINGS = re.compile(rb"\r\n|\n|\r")
-_LINE_START_DOT = re.compile(rb"(?m)^\.")
 _STATUS = {
     ReplyKind.ACCEPTED: RcptStatus.DELIVERED,
     ReplyKind.TEMPORARY: RcptStatus.DEFERRED,
@@ -42,7 +41,9 @@ def normalize_crlf(data: bytes) -> bytes:
 def dot_stuffed(data: bytes) -> bytes:
     """The message as DATA sends it: CRLF line ends, leading dots doubled, CRLF.CRLF at the end
     (RFC 5321 4.5.2)."""
-    return _LINE_START_DOT.sub(b"..", normalize_crlf(data)) + b".\r\n"
+    data = normalize_crlf(data)
+    # Every line end is CRLF here, so a line starts at 0 and after each CRLF (no regex scan).
+    return (b"." if data.startswith(b".") else b"") + data.replace(b"\r\n.", b"\r\n..") + b".\r\n"
 
 
 class _Unsendable(Exception):

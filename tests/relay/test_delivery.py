@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 import time
 import urllib.request
@@ -36,6 +37,7 @@ from relay.config import (
 )
 from relay.decision import Action
 from relay.delivery.deliverer import Deliverer, DeliveryRequest, RcptStatus, normalize_crlf
+from relay.delivery.transfer import dot_stuffed
 from relay.errors import ConfigError
 from relay.message_flags import MessageFlags
 from relay.metrics import Metrics, start_metrics_server
@@ -748,3 +750,12 @@ def test_normalize_crlf_leaves_no_bare_line_end(parts: list[bytes]) -> None:
     assert out.replace(b"\r\n", b"") == data.replace(b"\r\n", b"").replace(b"\r", b"").replace(
         b"\n", b""
     )
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=60).map(lambda b: bytes(b".\r\nx"[c % 4] for c in b)))
+def test_dot_stuffing_doubles_the_dot_at_every_line_start(data: bytes) -> None:
+    """RFC 5321 4.5.2, as a regular expression says it: a dot at the start of any line of the
+    normalised message is doubled (dot_stuffed does it with two byte replacements)."""
+    expected = re.sub(rb"(?m)^\.", b"..", normalize_crlf(data)) + b".\r\n"
+    assert dot_stuffed(data) == expected
