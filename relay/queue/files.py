@@ -187,14 +187,21 @@ class SpoolFiles:
     # --- low-level durable writes -----------------------------------------------------------
 
     @contextlib.contextmanager
-    def _locked(self, *, shared: bool = False) -> Iterator[None]:
-        """Exclusive for read-modify-write and recovery; shared for `commit`, which only adds new
-        files but must not have its temp files removed by another process's recovery."""
+    def _locked(self, *, shared: bool = False, wait: bool = True) -> Iterator[bool]:
+        """Exclusive for read-modify-write and recovery; shared for `commit` and `finish`, which
+        only add or remove whole messages but must not meet another process's recovery or a
+        read-modify-write. Yields False, without the lock, when `wait` is False and the lock is
+        taken (True otherwise)."""
         # A fresh open file description per call: flock then excludes other threads too.
         fd = os.open(self._lock_file, os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-            yield
+            mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+            try:
+                fcntl.flock(fd, mode if wait else mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                yield False
+                return
+            yield True
         finally:
             os.close(fd)
 
@@ -308,6 +315,28 @@ class SpoolFiles:
         # at start.
         _unlink(self._msg_file(queue_id))
         _unlink(self._state_file(queue_id))
+
+    def finish(self, queue_ids: Sequence[str]) -> list[SpoolError | None]:
+        """Remove messages whose every pending recipient is done (the caller knows, having
+        delivered them), without reading them first. One shared lock for the lot: intake
+        commits go on meanwhile, a read-modify-write or recovery does not."""
+        with self._locked(shared=True):
+            return self._finish(queue_ids)
+
+    def finish_now(self, queue_ids: Sequence[str]) -> list[SpoolError | None] | None:
+        """`finish` without waiting for the lock: None when someone holds it exclusively."""
+        with self._locked(shared=True, wait=False) as locked:
+            return self._finish(queue_ids) if locked else None
+
+    def _finish(self, queue_ids: Sequence[str]) -> list[SpoolError | None]:
+        results: list[SpoolError | None] = []
+        for queue_id in queue_ids:
+            try:
+                self._remove(queue_id)
+                results.append(None)
+            except (OSError, UnknownMessage) as exc:
+                results.append(SpoolError(f"{self.directory}: cannot remove {queue_id}: {exc}"))
+        return results
 
     def scan(self) -> Iterator[ScanEntry]:
         """What the queue manager needs of every message at start, without building envelopes:

@@ -85,7 +85,9 @@ class QueueRunner(QueueMemory):
         self._busy = 0  # job and conclusion tasks alive
         self._stopping = False
         self._tasks: asyncio.TaskGroup | None = None
-        self._finish = ThreadBatch(spool.finish)  # removals of delivered mail share thread hops
+        # Removals of delivered mail: on the loop (a few unlinks) unless the spool lock is held
+        # exclusively; then in a thread, batched.
+        self._finish = ThreadBatch(spool.finish, inline=spool.finish_now)
         self._write_failures = 0
         self._next_parked_check = 0.0
 
@@ -180,15 +182,20 @@ class QueueRunner(QueueMemory):
     async def _open(self, ids: list[str]) -> None:
         # Mail an intake process just queued goes out now: its bytes come in the same read
         # (one open of its file), as when this process accepted it.
-        fresh = [q for q in ids if q in self._woken]
+        fresh = {q for q in ids if q in self._woken}
         self._woken.difference_update(fresh)
         try:
-            if len(fresh) == len(ids) <= INLINE_READS:
+            if len(fresh) == len(ids):
                 # Just written and synced by the intake process, so in the page cache: read
-                # here (35-39 us of CPU per message) rather than by a thread (196-206 us).
-                found = read_envelopes(self.spool, ids, set(fresh))
+                # here (35-39 us of CPU per message) rather than by a thread (196-206 us), a
+                # few at a time so that the loop goes on between them.
+                found = []
+                for start in range(0, len(ids), INLINE_READS):
+                    if start:
+                        await asyncio.sleep(0)
+                    found += read_envelopes(self.spool, ids[start : start + INLINE_READS], fresh)
             else:
-                found = await asyncio.to_thread(read_envelopes, self.spool, ids, set(fresh))
+                found = await asyncio.to_thread(read_envelopes, self.spool, ids, fresh)
         finally:
             self._opening.difference_update(ids)
         now = self.clock()

@@ -360,19 +360,6 @@ class Spool(SpoolFiles):
                 raise SpoolError(f"{self.directory}: cannot queue a delay warning: {exc}") from exc
         return warning_id
 
-    def finish(self, queue_ids: Sequence[str]) -> _Errors:
-        """Remove messages whose every pending recipient is done (the caller knows, having
-        delivered them), without reading them first. One lock for the lot."""
-        results: _Errors = []
-        with self._locked():
-            for queue_id in queue_ids:
-                try:
-                    self._remove(queue_id)
-                    results.append(None)
-                except (OSError, UnknownMessage) as exc:
-                    results.append(SpoolError(f"{self.directory}: cannot remove {queue_id}: {exc}"))
-        return results
-
     def delete(self, queue_id: str) -> None:
         """Remove a message whatever its state; `UnknownMessage` if there is none."""
         with self._locked():

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import os
 import threading
 from pathlib import Path
 
@@ -11,6 +13,7 @@ import pytest
 from relay.errors import SpoolError
 from relay.intake.group_commit import GroupCommit
 from relay.queue.spool import QueuedMessage, Spool
+from relay.thread_batch import ThreadBatch
 
 
 class HeldSpool(Spool):
@@ -73,3 +76,22 @@ async def test_a_session_that_goes_away_does_not_stop_the_batch(tmp_path: Path) 
         await a
     # Queued all the same: its client saw no 250 and will send it again (a duplicate, never a loss).
     assert {m.id for m in spool.list()} == {gone.id, stays.id}
+
+
+async def test_removals_run_on_the_loop_unless_the_lock_is_held(tmp_path: Path) -> None:
+    """Delivered mail is removed without a thread hand-off; when another process holds the spool
+    lock exclusively, the removal waits for it in the worker thread instead of on the loop."""
+    spool = Spool(tmp_path / "q")
+    ids = [spool.put("a@x", ["b@y"], b"m") for _ in range(3)]
+    removals = ThreadBatch(spool.finish, inline=spool.finish_now)
+    await asyncio.gather(removals(ids[0]), removals(ids[1]))
+    assert (removals.batches, removals.threaded) == (1, 0)
+    holder = os.open(spool.directory / "lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)
+    waiting = asyncio.create_task(removals(ids[2]))
+    await asyncio.sleep(0.05)
+    assert not waiting.done()
+    assert removals.threaded == 1
+    os.close(holder)  # the other process is done
+    await asyncio.wait_for(waiting, 5)
+    assert spool.list() == []

@@ -3,6 +3,7 @@ commit and the conversion of the old two-file layout."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import sys
@@ -352,6 +353,23 @@ def test_finish_removes_messages_and_their_state(spool: Spool, clock: Clock) -> 
     assert spool.list() == []
     assert list((spool.directory / "state").iterdir()) == []
     assert spool.finish([a]) == [None]  # already gone: nothing to do
+
+
+def test_finish_now_waits_for_no_one_and_shares_the_lock_with_commits(spool: Spool) -> None:
+    """The queue manager removes delivered mail on its event loop: never blocked by an intake
+    commit (shared lock), but not in the middle of another process's read-modify-write."""
+    a = spool.put("a@x", ["b@y"], b"one")
+    b = spool.put("a@x", ["c@y"], b"two")
+    holder = os.open(spool.directory / "lock", os.O_RDWR)
+    try:
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        assert spool.finish_now([a]) is None  # would have to wait: the caller uses a thread
+        assert spool.get(a).id == a
+        fcntl.flock(holder, fcntl.LOCK_SH)  # as an intake commit holds it
+        assert spool.finish_now([a]) == [None]
+    finally:
+        os.close(holder)
+    assert [m.id for m in spool.list()] == [b]
 
 
 def test_the_envelope_keeps_every_field(spool: Spool, clock: Clock) -> None:
