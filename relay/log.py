@@ -209,6 +209,16 @@ class _StsguardHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Our stdlib handler, told apart from others (pytest's) when configuring again."""
 
 
+class _SharedWriter:
+    """structlog's logger factory handing out one `WriteLogger` (one lock, one write a line)."""
+
+    def __init__(self, writer: structlog.WriteLogger) -> None:
+        self.writer = writer
+
+    def __call__(self, *args: object) -> structlog.WriteLogger:
+        return self.writer
+
+
 def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     """Configure logging once at start-up. `fmt` is auto | json | console | journal."""
     renderer = _renderer(fmt)
@@ -221,7 +231,9 @@ def configure_logging(fmt: str = "auto", level: str = "info") -> None:
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One writer for every logger (a line is one write; the lazy loggers would make a new
+        # writer per line otherwise).
+        logger_factory=_SharedWriter(structlog.WriteLogger(sys.stderr)),
         cache_logger_on_first_use=False,
     )
     handler = _StsguardHandler(sys.stderr)
