@@ -14,6 +14,7 @@ import pytest
 from aiosmtpd.smtp import SMTP
 
 from relay.intake.commands import CheckedCommand
+from relay.intake.handler import IntakeHandler
 from relay.intake.session import _IntakeSMTP
 
 # What each is relied on for:
@@ -70,5 +71,9 @@ def test_the_tables_and_state_we_use_exist() -> None:
         assert isinstance(mail, CheckedCommand)
         assert mail.__smtp_syntax__ == "MAIL FROM: <address>"
         assert "self._smtp_methods.get(command)" in inspect.getsource(SMTP._handle_client)
+        # handle_EHLO's signature is worked out once (relay.intake.handler); aiosmtpd still
+        # reads it as the five-argument form.
+        handler = IntakeHandler.__new__(IntakeHandler)
+        assert _IntakeSMTP(handler, loop=loop, hostname="h")._ehlo_hook_ver == "new"
     finally:
         loop.close()
