@@ -7,12 +7,19 @@ N --notify-fd N --index N``. The notify socket is a ``SOCK_SEQPACKET`` pair end:
 listening, then ``Q<queue id>`` per message. It closes when the main process ends, and this
 process then stops too. SIGHUP re-reads the config file for the intake's limits. A lost notice
 costs nothing: the main process reads the spool every second.
+
+It runs at a lower CPU priority than the main process (`NICENESS`): when both want the same core,
+delivery goes first and the intake answers a little later, so accepted mail does not pile up
+waiting (as Postfix's ``in_flow_delay`` slows its SMTP server when delivery falls behind). On an
+idle core it makes no difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import signal
 import socket
 import sys
@@ -28,6 +35,10 @@ from relay.queue.spool import QueuedMessage, Spool
 log = structlog.get_logger(__name__)
 
 READY = b"R"
+# Added to the main process's nice value. Measured (2000 messages, 20 sessions, 2 cores): p50/p99
+# latency from the 250 at intake to the MX's 250 47-187 / 156-412 ms instead of 329-804 /
+# 660-1646 ms, throughput and CPU per message unchanged.
+NICENESS = 5
 QUEUED = b"Q"
 
 
@@ -111,6 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     configure_logging(config.relay.log_format, config.relay.log_level)
     structlog.contextvars.bind_contextvars(process=f"intake-{args.index}")
+    with contextlib.suppress(OSError):
+        os.nice(NICENESS)
     listen = socket.socket(fileno=args.listen_fd)
     notify = socket.socket(fileno=args.notify_fd)
     try:
