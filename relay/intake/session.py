@@ -42,6 +42,7 @@ from relay.intake.deadlines import RequestClock, RequestTimer
 from relay.intake.hygiene import command_problem
 from relay.intake.limits import client_key
 from relay.intake.rules import CLOSING_REPLIES, IPNetwork, SessionRules, client_allowed
+from relay.intake.session_setup import set_up
 
 _log = structlog.get_logger("relay.intake.session")
 
@@ -113,7 +114,7 @@ class _IntakeSMTP(SMTP):
             RelayConfig(hostname=kwargs.get("hostname") or "localhost")
         )
         kwargs.setdefault("timeout", self.rules.idle_timeout)
-        super().__init__(handler, **kwargs)
+        set_up(self, handler, **kwargs)  # SMTP.__init__, its tables built once
         self._admission: tuple[str, bool] | None = None
         self._refused = False
         self._client_ip = ""

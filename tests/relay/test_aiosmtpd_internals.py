@@ -8,17 +8,27 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
+import types
+import weakref
 from importlib.metadata import version
+from pathlib import Path
+from typing import Any
 
 import pytest
-from aiosmtpd.smtp import SMTP
+from aiosmtpd.smtp import SMTP, _AuthMechAttr
 
+from relay.config import Config, RelayConfig
+from relay.intake.auth import PasswordAuthenticator
 from relay.intake.commands import CheckedCommand
+from relay.intake.deadlines import RequestTimer
 from relay.intake.handler import IntakeHandler
+from relay.intake.server import Intake
 from relay.intake.session import _IntakeSMTP
+from relay.queue.spool import Spool
 
 # What each is relied on for:
-# __init__: builds _smtp_methods / _handle_hooks / _auth_methods from dir(), sets _timeout_duration
+# __init__: builds _smtp_methods / _handle_hooks / _auth_methods from dir(), sets
+#   _timeout_duration; relay.intake.session_setup mirrors it for later sessions
 # _handle_client: dispatches through _smtp_methods, resets the idle timer per command
 # _getaddr: the MAIL/RCPT path parser we put a fast path and an error net in front of
 # _call_handler_hook: every handle_* call goes through it (451 on RCPT/DATA, the junk reset)
@@ -77,3 +87,43 @@ def test_the_tables_and_state_we_use_exist() -> None:
         assert _IntakeSMTP(handler, loop=loop, hostname="h")._ehlo_hook_ver == "new"
     finally:
         loop.close()
+
+
+def _comparable(value: Any, owner: object) -> Any:
+    """An attribute of a session in a form two sessions can be compared by: what a bound method
+    calls and whether it is bound to its own session, a reader's limit, a table's entries."""
+    if isinstance(value, types.MethodType):
+        return (value.__func__, value.__self__ is owner or value.__self__)
+    if isinstance(value, _AuthMechAttr):
+        return (_comparable(value.method, owner), value.is_builtin)
+    if isinstance(value, dict):
+        return {k: _comparable(v, owner) for k, v in value.items()}
+    if isinstance(value, weakref.ReferenceType):
+        return _comparable(value(), owner)
+    if isinstance(value, asyncio.StreamReader):
+        return ("reader", value._limit)  # type: ignore[attr-defined]
+    if isinstance(value, asyncio.Future):
+        return ("future", value.done())
+    if isinstance(value, RequestTimer):
+        return "timer"
+    return value
+
+
+@pytest.mark.parametrize("auth", [False, True])
+async def test_a_later_session_is_set_up_as_aiosmtpd_sets_up_the_first(
+    tmp_path: Path, auth: bool
+) -> None:
+    """The intake's sessions after the first take aiosmtpd's tables from the first
+    (`relay.intake.session_setup`): they must end up with the same attributes, their commands
+    and AUTH mechanisms bound to themselves."""
+    intake = Intake(Config(relay=RelayConfig(hostname="mx.test")), Spool(tmp_path / "q"))
+    if auth:  # AUTH offered: aiosmtpd's PLAIN and LOGIN stay in the table
+        intake.authenticator = PasswordAuthenticator({})
+    first, later = intake._protocol(), intake._protocol()
+    assert vars(first).keys() == vars(later).keys()
+    for name in vars(first):
+        mine = _comparable(getattr(first, name), first)
+        theirs = _comparable(getattr(later, name), later)
+        assert mine == theirs, name
+    assert later._smtp_methods.get("MAIL").method.__self__ is later  # type: ignore[union-attr]
+    assert bool(later._auth_methods) is auth
