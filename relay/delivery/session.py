@@ -31,6 +31,7 @@ from relay.delivery.dane_tls import presented_chain
 from relay.delivery.starttls import (
     buffered_after_reply,
     mx_client,
+    pipelined,
     send_body,
     strict_replies,
     upgrade_to_tls,
@@ -127,6 +128,7 @@ class MxConnection(Protocol):
     async def handshake(self, context: ssl.SSLContext, *, sni: str | None = None) -> TlsStep: ...
     async def hello_again(self) -> Hello: ...
     async def command(self, *args: bytes) -> Reply: ...
+    async def pipeline(self, *commands: tuple[bytes, ...]) -> list[Reply]: ...
     async def message_body(self, body: bytes) -> Reply: ...
     def supports(self, extension: str) -> bool: ...
     @property
@@ -221,6 +223,15 @@ class MxSession:
         """One SMTP command and its reply (MAIL, RCPT, DATA, RSET)."""
         reply = await self._command(*args)
         return Reply(reply.code, reply.message)
+
+    async def pipeline(self, *commands: tuple[bytes, ...]) -> list[Reply]:
+        """RFC 2920 (when the EHLO offered PIPELINING): the commands, each given as its words,
+        in one write, then their replies in order (MAIL, the RCPTs, DATA)."""
+        try:
+            replies = await pipelined(self.client, commands)
+        except WIRE_ERRORS as exc:
+            raise self._lost(exc) from exc
+        return [Reply(reply.code, reply.message) for reply in replies]
 
     async def message_body(self, body: bytes) -> Reply:
         """After a 354: the dot-stuffed message and its final reply."""

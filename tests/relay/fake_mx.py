@@ -96,6 +96,10 @@ class FakeMxSession:
         self._step(verb)
         return Reply(354, "go on") if verb == "data" else Reply(250, "ok")
 
+    async def pipeline(self, *commands: tuple[bytes, ...]) -> list[Reply]:
+        """Each command as `command` would answer it, in order (a pipelined group)."""
+        return [await self.command(*command) for command in commands]
+
     async def message_body(self, body: bytes) -> Reply:
         self._step("body")
         return Reply(250, "queued")

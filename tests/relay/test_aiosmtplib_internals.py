@@ -10,6 +10,7 @@ import asyncio
 import inspect
 
 import aiosmtplib
+import aiosmtplib.protocol
 import pytest
 from aiosmtplib.protocol import SMTPProtocol
 
@@ -45,3 +46,42 @@ def test_the_reply_parser_reads_from_the_buffer() -> None:
     with pytest.raises(aiosmtplib.SMTPResponseException) as caught:
         protocol._read_response_from_buffer()
     assert caught.value.code == -1
+
+
+def test_the_reader_internals_pipelining_relies_on() -> None:
+    """`pipelined` keeps bytes aiosmtplib would drop and parses leftovers before awaiting."""
+    assert isinstance(aiosmtplib.protocol.MAX_RESPONSE_LENGTH, int)
+    protocol = SMTPProtocol(loop=asyncio.new_event_loop())
+    assert hasattr(protocol, "_response_waiter")
+    received = inspect.getsource(SMTPProtocol.data_received)
+    # The gate our override sits in front of: data with no reply awaited is dropped.
+    assert "not self._response_pending or self._response_waiter.done()" in received
+    assert "MAX_RESPONSE_LENGTH" in received
+    read = inspect.signature(SMTPProtocol.read_response)
+    assert list(read.parameters) == ["self", "timeout"]
+    source = inspect.getsource(SMTPProtocol.read_response)
+    assert "self._response_waiter = self._loop.create_future()" in source
+    assert "self._response_pending = False" in source
+
+
+class _Transport(asyncio.Transport):
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+def test_aiosmtplib_still_drops_data_nobody_waits_for() -> None:
+    """What `_StrictReplyProtocol.data_received` works around while pipelining."""
+    loop = asyncio.new_event_loop()
+    try:
+        plain = SMTPProtocol(loop=loop)
+        strict = _StrictReplyProtocol(loop=loop)
+        for protocol in (plain, strict):
+            protocol.connection_made(_Transport())
+            protocol._response_pending = False  # between commands
+        strict._pipelining = True
+        for protocol in (plain, strict):
+            protocol.data_received(b"250 ok\r\n")
+        assert plain._buffer == bytearray()
+        assert strict._buffer == bytearray(b"250 ok\r\n")
+    finally:
+        loop.close()
