@@ -10,6 +10,7 @@ and no other MX is tried in this attempt.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from relay.delivery.model import (
     DeliveryOutcome,
@@ -59,43 +60,40 @@ def _address(address: str, *, utf8: bool) -> bytes:
         raise _Unsendable("553 5.6.7 non-ASCII address needs SMTPUTF8") from None
 
 
+Command = tuple[bytes, ...]  # one SMTP command as its words, e.g. (b"RCPT", b"TO:<a@b>")
+
+
 async def transfer(
     request: DeliveryRequest, session: Established, mx_host: str
 ) -> DeliveryOutcome | RcptOutcome:
     """MAIL, RCPT, DATA on an established session; replies decide per recipient.
     Raises `SessionError` when the MX failed before the final dot (the next MX may be tried)."""
-    mx = session.mx
     texts = (request.mail_from, *request.rcpts)
     utf8 = request.flags.smtputf8 or not all(t.isascii() for t in texts)
     try:
         options = _mail_options(request, session, utf8=utf8)
-        sender = _address(request.mail_from, utf8=utf8)
+        mail = (b"MAIL", b"FROM:" + _address(request.mail_from, utf8=utf8), *options)
     except _Unsendable as exc:
         return every_rcpt(request, RcptStatus.BOUNCED, str(exc), mx_host, session.tls)
-
-    reply = await mx.command(b"MAIL", b"FROM:" + sender, *options)
-    verdict = _judged(session, Stage.MAIL, reply.code, reply.text)
-    if verdict.kind is not ReplyKind.ACCEPTED:
-        await _reset(session)
-        status = _STATUS[verdict.kind]
-        return every_rcpt(request, status, verdict.reason, mx_host, session.tls)
-
-    results, accepted = await _rcpt_to(request, session, mx_host, utf8=utf8)
-    if not accepted:
-        await _reset(session)
-        return DeliveryOutcome(request.queue_id, tuple(results[r] for r in request.rcpts))
-
-    reply = await mx.command(b"DATA")
-    verdict = _judged(session, Stage.DATA, reply.code, reply.text)
-    if verdict.kind is ReplyKind.GO_AHEAD:
-        verdict = await _end_of_data(session, request)
-        if verdict.kind is ReplyKind.PROTOCOL_ERROR:
-            mx.close()
+    results, sendable = _sendable(request, session, mx_host, utf8=utf8)
+    rcpts: list[Command] = [(b"RCPT", b"TO:" + address) for _, address in sendable]
+    envelope = await _send_envelope(session, mail, rcpts)
+    if envelope.mail.kind is not ReplyKind.ACCEPTED:
+        await _abandon(session, envelope.data)
+        verdict = envelope.mail
+        return every_rcpt(request, _STATUS[verdict.kind], verdict.reason, mx_host, session.tls)
+    accepted: list[str] = []
+    for (rcpt, _), verdict in zip(sendable, envelope.rcpts, strict=True):
+        if verdict.kind is ReplyKind.ACCEPTED:
+            accepted.append(rcpt)
+        else:
+            results[rcpt] = _rcpt(rcpt, _STATUS[verdict.kind], verdict.reason, session, mx_host)
+    if not accepted or envelope.data is None:
+        await _abandon(session, envelope.data)
     else:
-        await _reset(session)
-    status = _STATUS.get(verdict.kind, RcptStatus.DEFERRED)
-    for rcpt in accepted:
-        results[rcpt] = RcptOutcome(rcpt, status, verdict.reason, None, mx_host, session.tls)
+        verdict = await _message(session, request, envelope.data)
+        status = _STATUS.get(verdict.kind, RcptStatus.DEFERRED)
+        results.update((r, _rcpt(r, status, verdict.reason, session, mx_host)) for r in accepted)
     return DeliveryOutcome(request.queue_id, tuple(results[r] for r in request.rcpts))
 
 
@@ -116,28 +114,89 @@ def _mail_options(request: DeliveryRequest, session: Established, *, utf8: bool)
     return options
 
 
-async def _rcpt_to(
+def _rcpt(
+    rcpt: str, status: RcptStatus, reason: str, session: Established, mx_host: str
+) -> RcptOutcome:
+    return RcptOutcome(rcpt, status, reason, None, mx_host, session.tls)
+
+
+def _sendable(
     request: DeliveryRequest, session: Established, mx_host: str, *, utf8: bool
-) -> tuple[dict[str, RcptOutcome], list[str]]:
-    """One RCPT per recipient: the outcomes of those refused, and those accepted, in order."""
-    results: dict[str, RcptOutcome] = {}
-    accepted: list[str] = []
+) -> tuple[dict[str, RcptOutcome], list[tuple[str, bytes]]]:
+    """The bounces of recipients that cannot be written in this session (they are not sent),
+    and the others with their addresses as RCPT writes them, in order."""
+    bounced: dict[str, RcptOutcome] = {}
+    sendable: list[tuple[str, bytes]] = []
     for rcpt in request.rcpts:
         try:
-            address = _address(rcpt, utf8=utf8)
+            sendable.append((rcpt, _address(rcpt, utf8=utf8)))
         except _Unsendable as exc:
-            results[rcpt] = RcptOutcome(
-                rcpt, RcptStatus.BOUNCED, str(exc), None, mx_host, session.tls
-            )
-            continue
-        reply = await session.mx.command(b"RCPT", b"TO:" + address)
-        verdict = _judged(session, Stage.RCPT, reply.code, reply.text)
-        if verdict.kind is ReplyKind.ACCEPTED:
-            accepted.append(rcpt)
-        else:
-            status = _STATUS[verdict.kind]
-            results[rcpt] = RcptOutcome(rcpt, status, verdict.reason, None, mx_host, session.tls)
-    return results, accepted
+            bounced[rcpt] = _rcpt(rcpt, RcptStatus.BOUNCED, str(exc), session, mx_host)
+    return bounced, sendable
+
+
+@dataclass(frozen=True, slots=True)
+class _Envelope:
+    """The verdicts on MAIL, the RCPTs and DATA; in lock-step, those never sent are missing."""
+
+    mail: ReplyVerdict
+    rcpts: list[ReplyVerdict]
+    data: ReplyVerdict | None
+
+
+async def _send_envelope(session: Established, mail: Command, rcpts: list[Command]) -> _Envelope:
+    """MAIL, the RCPTs and (when there is a RCPT) DATA, and the verdicts on them."""
+    verdicts = await _verdicts(session, mail, rcpts)
+    count = len(rcpts) + 1
+    data = verdicts[count] if len(verdicts) > count else None
+    return _Envelope(verdicts[0], verdicts[1:count], data)
+
+
+async def _verdicts(
+    session: Established, mail: Command, rcpts: list[Command]
+) -> list[ReplyVerdict]:
+    """The verdicts on MAIL, each RCPT and DATA (sent when there is a RCPT), in order. With
+    PIPELINING (RFC 2920) the group goes in one write and every reply is judged; in lock-step the
+    list ends where going on is pointless: after a refused MAIL, or at DATA without an accepted
+    RCPT. A protocol error in any reply raises `SessionError` (`_judged`)."""
+    group = [(Stage.MAIL, mail), *((Stage.RCPT, rcpt) for rcpt in rcpts)]
+    if rcpts:
+        group.append((Stage.DATA, (b"DATA",)))
+    mx = session.mx
+    if mx.supports("pipelining"):
+        replies = await mx.pipeline(*(command for _, command in group))
+        return [
+            _judged(session, stage, reply.code, reply.text)
+            for (stage, _), reply in zip(group, replies, strict=True)
+        ]
+    verdicts: list[ReplyVerdict] = []
+    for stage, command in group:
+        if _pointless(stage, verdicts):
+            break
+        reply = await mx.command(*command)
+        verdicts.append(_judged(session, stage, reply.code, reply.text))
+    return verdicts
+
+
+def _pointless(stage: Stage, verdicts: list[ReplyVerdict]) -> bool:
+    """In lock-step: nothing after a refused MAIL, and no DATA without an accepted RCPT."""
+    if verdicts and verdicts[0].kind is not ReplyKind.ACCEPTED:
+        return True
+    return stage is Stage.DATA and not any(v.kind is ReplyKind.ACCEPTED for v in verdicts[1:])
+
+
+async def _message(
+    session: Established, request: DeliveryRequest, data: ReplyVerdict
+) -> ReplyVerdict:
+    """The verdict for the accepted recipients: after a 354 the message's (a protocol error
+    there closes the session); after a refused DATA that refusal, and RSET."""
+    if data.kind is not ReplyKind.GO_AHEAD:
+        await _reset(session)
+        return data
+    verdict = await _end_of_data(session, request)
+    if verdict.kind is ReplyKind.PROTOCOL_ERROR:
+        session.mx.close()
+    return verdict
 
 
 def _judged(session: Established, stage: Stage, code: int, text: str) -> ReplyVerdict:
@@ -160,6 +219,17 @@ async def _end_of_data(session: Established, request: DeliveryRequest) -> ReplyV
             f"connection lost after the end of data, the message may have arrived: {exc}",
         )
     return judge_reply(Stage.END_OF_DATA, reply.code, reply.text)
+
+
+async def _abandon(session: Established, data: ReplyVerdict | None) -> None:
+    """End a transaction that carries no message, then RSET. A 354 to a pipelined DATA after
+    refusals gets an empty message's end, its reply ignored (RFC 2920 3.1): nothing went in."""
+    if data is not None and data.kind is ReplyKind.GO_AHEAD:
+        try:
+            await session.mx.message_body(b".\r\n")
+        except SessionError:
+            return
+    await _reset(session)
 
 
 async def _reset(session: Established) -> None:
