@@ -1,10 +1,12 @@
 """Message transfer on an established session: MAIL, RCPT, DATA, and what each reply means.
 
-Replies are judged by class (`relay.delivery.replies`): any 2xx to MAIL or RCPT is acceptance
-and DATA follows. An MX that breaks the protocol or drops the connection before the final dot
-failed as a whole: `SessionError`, and the deliverer tries the next MX (RFC 5321 5.1). After the
-final dot the message may have arrived (RFC 5321 6.1), so the accepted recipients are deferred
-and no other MX is tried in this attempt.
+When the EHLO after STARTTLS offers PIPELINING (RFC 2920), MAIL, the RCPTs and DATA go in one
+write and every reply of the group is judged; otherwise one at a time, stopping where the rest
+would be pointless. Replies are judged by class (`relay.delivery.replies`): any 2xx to MAIL or
+RCPT is acceptance and DATA follows. An MX that breaks the protocol or drops the connection
+before the final dot failed as a whole: `SessionError`, and the deliverer tries the next MX
+(RFC 5321 5.1). After the final dot the message may have arrived (RFC 5321 6.1), so the accepted
+recipients are deferred and no other MX is tried in this attempt.
 """
 
 from __future__ import annotations
