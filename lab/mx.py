@@ -12,6 +12,9 @@ address: ``"252 2.1.5 cannot verify"``; garbage or a multi-line reply is sent ra
 closes the connection without a reply at "rcpt" (before the message) or "data" (after the final
 dot: the message is recorded, as it may have arrived); "stall" records it and never answers.
 
+With `pipelining` set the MX offers PIPELINING (RFC 2920) in its EHLO replies; aiosmtpd reads
+commands from one stream in order, so a pipelined group is answered reply by reply.
+
 REQUIRETLS (RFC 8689): with `requiretls` set the MX offers it in the EHLO reply after STARTTLS
 and takes ``MAIL FROM:<...> REQUIRETLS`` there (aiosmtpd itself refuses the parameter with 555);
 `ReceivedMessage.requiretls` says whether the message came with it.
@@ -68,6 +71,8 @@ class _Handler:
     ) -> list[str]:
         session.host_name = hostname
         lines = list(responses)
+        if self.mx.pipelining:
+            lines.insert(len(lines) - 1, "250-PIPELINING")
         if self.mx.requiretls and session.ssl:
             lines.insert(len(lines) - 1, "250-REQUIRETLS")
         return lines
@@ -159,6 +164,7 @@ class LabMx:
         self.messages: list[ReceivedMessage] = []
         self.smtputf8 = False  # offer SMTPUTF8 (RFC 6531) to connections from now on
         self.requiretls = False  # offer REQUIRETLS after STARTTLS (RFC 8689) from now on
+        self.pipelining = False  # offer PIPELINING (RFC 2920) from now on
         self.connections = 0
         self.port = 0
         self._server: asyncio.Server | None = None

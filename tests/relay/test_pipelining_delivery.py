@@ -15,10 +15,12 @@ import dns.asyncresolver
 import pytest
 
 from lab.dns import LabDns
+from lab.mx import LabMx
 from lab.pki import LabCA
 from mtasts.model import PolicyResult, PolicySource
 from relay.config import Config, DeliveryConfig, DetectConfig, RelayConfig
 from relay.delivery.deliverer import Deliverer, DeliveryRequest, RcptStatus
+from relay.delivery.session import MxSession, Reply
 from relay.tls import client_context
 from tests.relay.pipelining_mx import PipeMx
 from tlsrpt_emit.model import MemorySink
@@ -28,7 +30,8 @@ RCPTS = (f"ok@{DOMAIN}", f"gone@{DOMAIN}", f"full@{DOMAIN}")
 MIXED = {RCPTS[1]: b"550 5.1.1 no such user", RCPTS[2]: b"452 4.2.2 mailbox full"}
 REFUSED = {r: b"550 5.1.1 no such user" for r in RCPTS}
 
-StartMx = Callable[..., Awaitable[PipeMx]]
+StartPipeMx = Callable[..., Awaitable[PipeMx]]
+StartMx = Callable[..., Awaitable[LabMx]]
 
 
 class _NoPolicy:
@@ -37,8 +40,8 @@ class _NoPolicy:
 
 
 @pytest.fixture
-async def start_mx(lab_ca: LabCA, lab_dns: LabDns) -> AsyncIterator[StartMx]:
-    """`await start_mx("mx1.example.org", "127.0.0.120", pref=10, port=0, **script)`: a running
+async def start_pipe_mx(lab_ca: LabCA, lab_dns: LabDns) -> AsyncIterator[StartPipeMx]:
+    """`await start_pipe_mx("mx1.example.org", "127.0.0.120", pref=10, port=0, **script)`: a running
     `PipeMx` named in the lab DNS as an MX of example.org."""
     async with AsyncExitStack() as stack:
 
@@ -91,20 +94,23 @@ def group_read(mx: PipeMx) -> bytes:
     return read
 
 
-async def deliver(deliverer: Deliverer, *requests: DeliveryRequest) -> list[Any]:
+async def deliver(
+    deliverer: Deliverer, *requests: DeliveryRequest, close: bool = True
+) -> list[Any]:
     try:
         return [await deliverer.deliver(r) for r in requests]
     finally:
-        await deliverer.close()
+        if close:
+            await deliverer.close()
 
 
 @pytest.mark.parametrize(
     "split", ["", "replies", "bytes"], ids=["one-segment", "reply-by-reply", "byte-by-byte"]
 )
 async def test_the_group_goes_in_one_write_and_every_reply_is_paired(
-    start_mx: StartMx, deliverer: Callable[[int], Deliverer], split: str
+    start_pipe_mx: StartPipeMx, deliverer: Callable[[int], Deliverer], split: str
 ) -> None:
-    mx = await start_mx("mx1.example.org", "127.0.0.120", rcpt_replies=MIXED, split=split)
+    mx = await start_pipe_mx("mx1.example.org", "127.0.0.120", rcpt_replies=MIXED, split=split)
     [outcome] = await deliver(deliverer(mx.port), request())
     assert statuses(outcome) == {
         RCPTS[0]: (RcptStatus.DELIVERED, "250"),
@@ -122,9 +128,9 @@ async def test_the_group_goes_in_one_write_and_every_reply_is_paired(
 
 
 async def test_the_session_carries_the_next_message_after_a_group(
-    start_mx: StartMx, deliverer: Callable[[int], Deliverer]
+    start_pipe_mx: StartPipeMx, deliverer: Callable[[int], Deliverer]
 ) -> None:
-    mx = await start_mx("mx1.example.org", "127.0.0.121")
+    mx = await start_pipe_mx("mx1.example.org", "127.0.0.121")
     outcomes = await deliver(deliverer(mx.port), request(RCPTS[0]), request(RCPTS[0], n=2))
     assert [o.delivered[0].rcpt for o in outcomes] == [RCPTS[0]] * 2
     assert mx.connections == 1
@@ -132,9 +138,9 @@ async def test_the_session_carries_the_next_message_after_a_group(
 
 
 async def test_a_refused_mail_bounces_everyone_and_resets(
-    start_mx: StartMx, deliverer: Callable[[int], Deliverer]
+    start_pipe_mx: StartPipeMx, deliverer: Callable[[int], Deliverer]
 ) -> None:
-    mx = await start_mx("mx1.example.org", "127.0.0.122", mail_reply=b"550 5.7.1 not you")
+    mx = await start_pipe_mx("mx1.example.org", "127.0.0.122", mail_reply=b"550 5.7.1 not you")
     [outcome] = await deliver(deliverer(mx.port), request())
     assert set(statuses(outcome).values()) == {(RcptStatus.BOUNCED, "550")}
     assert group_read(mx).endswith(b"DATA\r\n")  # the RCPTs' 503 and DATA's 554 were read
@@ -148,9 +154,12 @@ async def test_a_refused_mail_bounces_everyone_and_resets(
     ids=["DATA-354-gets-a-lone-dot", "DATA-554"],
 )
 async def test_every_recipient_refused(
-    start_mx: StartMx, deliverer: Callable[[int], Deliverer], data_reply: bytes | None, dot: bool
+    start_pipe_mx: StartPipeMx,
+    deliverer: Callable[[int], Deliverer],
+    data_reply: bytes | None,
+    dot: bool,
 ) -> None:
-    mx = await start_mx(
+    mx = await start_pipe_mx(
         "mx1.example.org", "127.0.0.123", rcpt_replies=REFUSED, data_reply=data_reply
     )
     [outcome] = await deliver(deliverer(mx.port), request())
@@ -161,9 +170,9 @@ async def test_every_recipient_refused(
 
 
 async def test_a_refused_data_defers_the_accepted_recipients(
-    start_mx: StartMx, deliverer: Callable[[int], Deliverer]
+    start_pipe_mx: StartPipeMx, deliverer: Callable[[int], Deliverer]
 ) -> None:
-    mx = await start_mx(
+    mx = await start_pipe_mx(
         "mx1.example.org", "127.0.0.124", rcpt_replies=MIXED, data_reply=b"451 4.3.0 later"
     )
     [outcome] = await deliver(deliverer(mx.port), request())
@@ -182,10 +191,10 @@ async def test_a_refused_data_defers_the_accepted_recipients(
     ids=["dropped-in-the-group", "protocol-error-in-the-group"],
 )
 async def test_a_failed_group_tries_the_next_mx(
-    start_mx: StartMx, deliverer: Callable[[int], Deliverer], script: dict[str, Any]
+    start_pipe_mx: StartPipeMx, deliverer: Callable[[int], Deliverer], script: dict[str, Any]
 ) -> None:
-    bad = await start_mx("mx1.example.org", "127.0.0.125", **script)
-    good = await start_mx("mx2.example.org", "127.0.0.126", pref=20, port=bad.port)
+    bad = await start_pipe_mx("mx1.example.org", "127.0.0.125", **script)
+    good = await start_pipe_mx("mx2.example.org", "127.0.0.126", pref=20, port=bad.port)
     [outcome] = await deliver(deliverer(bad.port), request())
     assert {r.status for r in outcome.rcpts} == {RcptStatus.DELIVERED}
     assert group_read(bad).endswith(b"DATA\r\n")
@@ -194,9 +203,9 @@ async def test_a_failed_group_tries_the_next_mx(
 
 
 async def test_a_group_dropped_at_the_only_mx_is_deferred(
-    start_mx: StartMx, deliverer: Callable[[int], Deliverer]
+    start_pipe_mx: StartPipeMx, deliverer: Callable[[int], Deliverer]
 ) -> None:
-    mx = await start_mx("mx1.example.org", "127.0.0.127", drop_at=b"RCPT")
+    mx = await start_pipe_mx("mx1.example.org", "127.0.0.127", drop_at=b"RCPT")
     [outcome] = await deliver(deliverer(mx.port), request())
     assert {r.status for r in outcome.rcpts} == {RcptStatus.DEFERRED}
     assert "Connection lost" in outcome.rcpts[0].reason
@@ -204,9 +213,9 @@ async def test_a_group_dropped_at_the_only_mx_is_deferred(
 
 
 async def test_without_pipelining_one_command_per_read(
-    start_mx: StartMx, deliverer: Callable[[int], Deliverer]
+    start_pipe_mx: StartPipeMx, deliverer: Callable[[int], Deliverer]
 ) -> None:
-    mx = await start_mx("mx1.example.org", "127.0.0.128", pipelining=False, rcpt_replies=MIXED)
+    mx = await start_pipe_mx("mx1.example.org", "127.0.0.128", pipelining=False, rcpt_replies=MIXED)
     [outcome] = await deliver(deliverer(mx.port), request())
     assert statuses(outcome)[RCPTS[1]] == (RcptStatus.BOUNCED, "550")
     commands = [read for read in mx.reads if not read.startswith((b"EHLO", b"Subject"))]
@@ -222,9 +231,42 @@ async def test_without_pipelining_one_command_per_read(
 
 
 async def test_without_pipelining_no_data_after_every_recipient_refused(
-    start_mx: StartMx, deliverer: Callable[[int], Deliverer]
+    start_pipe_mx: StartPipeMx, deliverer: Callable[[int], Deliverer]
 ) -> None:
-    mx = await start_mx("mx1.example.org", "127.0.0.129", pipelining=False, rcpt_replies=REFUSED)
+    mx = await start_pipe_mx(
+        "mx1.example.org", "127.0.0.129", pipelining=False, rcpt_replies=REFUSED
+    )
     await deliver(deliverer(mx.port), request())
     assert b"DATA" not in mx.commands
     assert mx.commands[-2:] == [b"RSET", b"QUIT"]
+
+
+async def test_aiosmtpd_answering_a_group_reply_by_reply(
+    start_mx: StartMx,
+    lab_dns: LabDns,
+    deliverer: Callable[[int], Deliverer],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another implementation: aiosmtpd (the lab MX) offering PIPELINING, two messages and a
+    refused one on one session."""
+    groups: list[int] = []
+    pipeline = MxSession.pipeline
+
+    async def counted(self: MxSession, *commands: tuple[bytes, ...]) -> list[Reply]:
+        groups.append(len(commands))
+        return await pipeline(self, *commands)
+
+    monkeypatch.setattr(MxSession, "pipeline", counted)
+    mx = await start_mx("mx1.example.org", "127.0.0.130")
+    mx.pipelining = True
+    lab_dns.add(DOMAIN, "MX", "10 mx1.example.org.")
+    relay = deliverer(mx.port)
+    first, second = await deliver(relay, request(), request(RCPTS[0], n=2), close=False)
+    assert {r.status for r in (*first.rcpts, *second.rcpts)} == {RcptStatus.DELIVERED}
+    mx.rcpt_reply = "550 5.1.1 no such user"
+    [refused] = await deliver(relay, request(n=3))
+    assert set(statuses(refused).values()) == {(RcptStatus.BOUNCED, "550")}
+    assert [m.rcpt_tos for m in mx.messages] == [RCPTS, RCPTS[:1]]
+    assert mx.connections == 1
+    assert groups == [5, 3, 5]  # MAIL, the RCPTs, DATA
+    assert groups == [5, 3, 5]  # MAIL, the RCPTs, DATA
