@@ -147,7 +147,9 @@ async def _exchange(
 ) -> list[aiosmtplib.SMTPResponse]:
     """Write the group and read its replies, keeping every byte that comes meanwhile."""
     protocol._pipelining = True
-    protocol._pipeline_cap = MAX_RESPONSE_LENGTH * len(commands)
+    # Room for the replies to come, bounded whatever the group's size (a hostile MX cannot make
+    # a long recipient list cost more than this).
+    protocol._pipeline_cap = MAX_RESPONSE_LENGTH * min(len(commands), 4)
     protocol._response_pending = True  # aiosmtplib drops data it does not wait for
     try:
         protocol.write(b"".join(b" ".join(words) + b"\r\n" for words in commands))
