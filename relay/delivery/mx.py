@@ -20,6 +20,10 @@ log = structlog.get_logger(__name__)
 
 _T = TypeVar("_T")
 
+# Orders MX hosts of equal preference (RFC 5321 5.1); one for all callers that bring none: a
+# fresh random.Random() seeds itself from the OS, 12 us a call.
+_RNG = random.Random()
+
 
 def order_by_preference(records: Iterable[tuple[int, _T]], rng: random.Random) -> list[_T]:
     """Items sorted by MX preference, lowest first; equal preferences in random order
@@ -146,7 +150,7 @@ async def lookup_mx(
     except DnsTempFail as exc:
         return MxResult(domain, MxStatus.TEMPFAIL, reason=str(exc))
     ordered = order_by_preference(
-        ((pref, (pref, host)) for pref, host in records), rng or random.Random()
+        ((pref, (pref, host)) for pref, host in records), rng or _RNG
     )
     if not (mx_answer.secure or addresses_if_insecure):
         hosts = [MxHost(host, pref, ()) for pref, host in ordered]
