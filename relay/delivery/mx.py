@@ -149,9 +149,7 @@ async def lookup_mx(
             )
     except DnsTempFail as exc:
         return MxResult(domain, MxStatus.TEMPFAIL, reason=str(exc))
-    ordered = order_by_preference(
-        ((pref, (pref, host)) for pref, host in records), rng or _RNG
-    )
+    ordered = order_by_preference(((pref, (pref, host)) for pref, host in records), rng or _RNG)
     if not (mx_answer.secure or addresses_if_insecure):
         hosts = [MxHost(host, pref, ()) for pref, host in ordered]
     else:

@@ -7,6 +7,8 @@ Layout::
     queue/state/<id>.json   the envelope after a delivery attempt changed it (a deferral, some
                             recipients done); when present it supersedes the first line of msg/<id>
     queue/tmp/              files being written; anything left here after a crash is removed
+    queue/free/             emptied files of delivered mail, reused for new mail
+                            (`relay.queue.recycle`); removed when a spool is opened
 
 Why files and not SQLite: message bodies are written once and read once, may be large, and the
 relay, ``stsguard queue`` and an administrator's ``ls`` all see the same state without a schema.
