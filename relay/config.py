@@ -86,7 +86,7 @@ class DeliveryConfig:
     retry_max: int = 3600
     connect_timeout: int = 30
     command_timeout: int = 300
-    concurrency_per_destination: int = 4
+    concurrency_per_destination: int = 20  # Postfix's default_destination_concurrency_limit
     workers: int = 32
     max_mx_addresses: int = 5
     max_hops: int = 50
