@@ -11,11 +11,18 @@ At most `SLOTS` files wait in ``free/`` (a removal into a taken slot replaces th
 then freed as before). A writer takes one by renaming it to its temp file, so two processes never
 get the same file. Nothing in ``free/`` is mail: files are emptied when they arrive, and whatever
 a crash left there is removed when a spool is opened.
+
+A crash can also leave a reused file under its old name: the finished message's rename away
+from ``msg/`` was not yet on disk while the next message's bytes were. That message was not
+accepted (its 250 comes after ``msg/`` is synced), and the old one was delivered; the start-up
+scan removes such a file, and a message whose state file survived too is never given that
+file's body (`names`: the read fails as damaged).
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -86,3 +93,15 @@ class FreeFiles:
                 removed += 1
         self._names = []
         return removed
+
+
+def names(first_line: bytes, queue_id: str) -> bool:
+    """True when a message file's first line (its envelope) is that of `queue_id`. A reused file
+    caught by a crash under a finished message's name holds another message: its body must
+    never go out as this one's (a state file may stand in for the first line)."""
+    if b'"id": "' + queue_id.encode() + b'"' in first_line:
+        return True  # how `encode_envelope` writes it; anything else is decoded
+    try:
+        return bool(json.loads(first_line).get("id") == queue_id)
+    except (ValueError, AttributeError):
+        return False

@@ -42,6 +42,7 @@ import structlog
 from relay.errors import SpoolError, UnknownMessage
 from relay.message_flags import REPORT_MAIL_FLAGS, MessageFlags, dsn_flags
 from relay.queue import changes
+from relay.queue.durable import fsync_dir
 from relay.queue.envelope import (
     HISTORY_MAX,
     EnvelopeNotUnderstood,
@@ -55,7 +56,8 @@ from relay.queue.envelope import (
     new_queue_id,
     valid_queue_id,
 )
-from relay.queue.files import SpoolFiles, fsync_dir, log_not_understood
+from relay.queue.files import SpoolFiles, log_not_understood
+from relay.queue.recycle import names
 
 __all__ = [
     "HISTORY_MAX",
@@ -185,12 +187,15 @@ class Spool(SpoolFiles):
         path = self._msg_file(queue_id)
         try:
             with open(path, "rb") as f:
-                f.readline()
-                return f.read()
+                first = f.readline()
+                data = f.read()
         except FileNotFoundError:
             raise UnknownMessage(f"no queued message {queue_id!r}") from None
         except OSError as exc:
             raise SpoolError(f"{path}: cannot read: {exc}") from exc
+        if not names(first, queue_id):
+            raise SpoolError(f"{path}: damaged: the file holds another message's envelope")
+        return data
 
     def list(self) -> _Messages:
         """Every queued message, oldest first.

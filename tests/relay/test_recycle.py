@@ -7,7 +7,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from relay.errors import SpoolError
 from relay.queue import recycle
+from relay.queue.envelope import encode_envelope
 from relay.queue.recycle import FreeFiles
 from relay.queue.spool import Spool
 
@@ -87,3 +91,34 @@ def test_an_empty_free_directory_is_not_read_again_at_once(tmp_path: Path) -> No
     fd = free.take(str(tmp_path / "a"))
     assert fd is not None
     os.close(fd)
+
+
+def _leftover(spool: Spool) -> str:
+    """What a crash can leave: a finished message's name on a file reused for another
+    message (the rename away was not on disk yet, the new bytes were)."""
+    old = spool.put("a@x", ["b@y"], b"old body")
+    new = spool.put("c@x", ["d@y"], b"Subject: private\r\n\r\nnot for b@y\r\n")
+    os.link(spool.directory / "msg" / new, spool.directory / "msg" / f"{old}.tmp")
+    os.replace(spool.directory / "msg" / f"{old}.tmp", spool.directory / "msg" / old)
+    os.unlink(spool.directory / "msg" / new)  # its commit never reached the disk
+    return old
+
+
+def test_the_scan_at_start_removes_a_reused_file_left_under_an_old_name(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "q")
+    _leftover(spool)
+    assert list(spool.scan()) == []
+    assert list((spool.directory / "msg").iterdir()) == []
+
+
+def test_a_reused_file_never_gives_its_body_to_the_old_message(tmp_path: Path) -> None:
+    """With the old message's state file left too, its envelope would be read from there:
+    the body in the file is another message's and must not go to the old recipients."""
+    spool = Spool(tmp_path / "q")
+    old = _leftover(spool)
+    state = spool.directory / "state" / f"{old}.json"
+    state.write_bytes(encode_envelope(spool.new_message("a@x", ["b@y"], 8, queue_id=old)))
+    with pytest.raises(SpoolError, match="another message"):
+        spool.read_message(old)
+    with pytest.raises(SpoolError, match="another message"):
+        spool.read_data(old)

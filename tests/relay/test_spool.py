@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from relay.errors import SpoolError, UnknownMessage
-from relay.queue import files
+from relay.queue import durable
 from relay.queue.spool import (
     MessageFlags,
     QueuedMessage,
@@ -206,9 +206,9 @@ def test_a_failed_file_sync_fails_only_its_message(
     """A batch's files are synced at once (`fsync_together`: writeback started for all, then
     each synced; or, without sync_file_range, from threads); one that fails is not queued."""
     if not writeback:
-        monkeypatch.setattr("relay.queue.files._start_writeback", None)
+        monkeypatch.setattr("relay.queue.durable._start_writeback", None)
     elif sys.platform.startswith("linux"):
-        assert files._start_writeback is not None
+        assert durable._start_writeback is not None
     real_fsync, real_open = os.fsync, os.open
     doomed: set[int] = set()
 
