@@ -560,6 +560,7 @@ class Bench:
                 str(self.workdir / "ca" / "sink.crt"),
                 "--key",
                 str(self.workdir / "ca" / "sink.key"),
+                *(["--no-pipelining"] if self.args.sink_no_pipelining else []),
             ],
             stdout=subprocess.DEVNULL,
         )
@@ -1403,6 +1404,11 @@ def main() -> int:
     )
     parser.add_argument("--scale", action="store_true", help="also 40 and 80 sessions, 20 domains")
     parser.add_argument("--quick", action="store_true", help="only the comparison, no stages")
+    parser.add_argument(
+        "--sink-no-pipelining",
+        action="store_true",
+        help="the sink does not offer PIPELINING (an MX without RFC 2920, for both relays)",
+    )
     parser.add_argument(
         "--vs-tree", type=Path, help="a tree of another commit (bench/run --vs REV sets it)"
     )

@@ -38,7 +38,15 @@ class Counters:
 class SinkProtocol(asyncio.Protocol):
     """One SMTP session: line commands, DATA bodies, STARTTLS through `loop.start_tls`."""
 
-    def __init__(self, counters: Counters, tls: ssl.SSLContext | None, name: bytes) -> None:
+    def __init__(
+        self,
+        counters: Counters,
+        tls: ssl.SSLContext | None,
+        name: bytes,
+        *,
+        pipelining: bool = True,
+    ) -> None:
+        self.pipelining = pipelining
         self.counters = counters
         self.tls = tls
         self.name = name
@@ -91,6 +99,8 @@ class SinkProtocol(asyncio.Protocol):
             verb = line[:4].upper()
             if verb in (b"EHLO", b"HELO"):
                 lines = [self.name, b"PIPELINING", b"8BITMIME", b"SIZE 104857600"]
+                if not self.pipelining:
+                    lines.remove(b"PIPELINING")
                 if self.tls is not None and not self.encrypted:
                     lines.append(b"STARTTLS")
                 if verb == b"HELO":
@@ -192,6 +202,9 @@ async def main() -> None:
     parser.add_argument("--cert", help="certificate chain (PEM); without it no STARTTLS")
     parser.add_argument("--key", help="private key (PEM)")
     parser.add_argument("--name", default="sink.bench.test")
+    parser.add_argument(
+        "--no-pipelining", action="store_true", help="do not offer PIPELINING (RFC 2920)"
+    )
     args = parser.parse_args()
     tls: ssl.SSLContext | None = None
     if args.cert:
@@ -202,7 +215,10 @@ async def main() -> None:
     host, port = args.listen.rsplit(":", 1)
     name = args.name.encode()
     server = await loop.create_server(
-        lambda: SinkProtocol(counters, tls, name), host, int(port), backlog=4096
+        lambda: SinkProtocol(counters, tls, name, pipelining=not args.no_pipelining),
+        host,
+        int(port),
+        backlog=4096,
     )
     chost, cport = args.control.rsplit(":", 1)
     control = await serve_control(counters, chost, int(cport))
