@@ -60,6 +60,7 @@ class Change:
     unknown: list[str] = field(default_factory=list)
     gone: list[str] = field(default_factory=list)
     released: list[str] = field(default_factory=list)
+    deleted: list[QueuedMessage] = field(default_factory=list)  # messages a delete removed
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -139,6 +140,7 @@ def apply(spool: Spool, request: dict[str, Any], *, now: float) -> Change:
                 change.messages += 1
                 if not (updated.pending or updated.failed):
                     change.gone.append(message.id)
+                    change.deleted.append(updated)
         return change
     for queue_id in _selected_ids(spool, request):
         try:
@@ -149,6 +151,7 @@ def apply(spool: Spool, request: dict[str, Any], *, now: float) -> Change:
                     r.status is RecipientState.PENDING for r in message.recipients
                 )
                 change.gone.append(queue_id)
+                change.deleted.append(message)
             elif op == "hold":
                 spool.hold(queue_id, "held by stsguard queue hold", now=now)
                 change.gone.append(queue_id)
@@ -161,6 +164,18 @@ def apply(spool: Spool, request: dict[str, Any], *, now: float) -> Change:
         except UnknownMessage:
             change.unknown.append(queue_id)
     return change
+
+
+def _log_removed(message: QueuedMessage, now: float) -> None:
+    """Postfix's ``removed`` line (as ``postsuper -d`` logs it) for a message a delete took out of
+    the queue."""
+    log.info(
+        "queue.removed",
+        queue_id=message.id,
+        nrcpt=len(message.recipients),
+        delay=round(now - message.received_at, 3),
+        by="stsguard queue delete",
+    )
 
 
 def check_request(request: Any) -> dict[str, Any]:
@@ -266,6 +281,8 @@ class ControlServer:
         selector = {
             k: request[k] for k in ("domain", "recipient", "sender", "all") if request.get(k)
         }
+        for message in change.deleted:
+            _log_removed(message, self.clock())
         log.info(
             _EVENTS[op],
             ids=request["ids"][:20] or None,

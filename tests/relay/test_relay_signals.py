@@ -214,8 +214,14 @@ async def test_queue_commands_steer_a_running_relay(world: LabWorld, tmp_path: P
         assert status == 2
     finally:
         await asyncio.to_thread(stop, relay)
-    logged = {e["event"] for e in log_events(tmp_path)}
+    events = log_events(tmp_path)
+    logged = {e["event"] for e in events}
     assert {"queue.held", "queue.released", "queue.deleted", "queue.flushed"} <= logged
+    # Every message that left the queue by a delete has its `removed` line, as with postsuper.
+    removed = {e["queue_id"]: e for e in events if e["event"] == "queue.removed"}
+    assert {second.id, third.id} <= removed.keys()
+    assert removed[third.id]["by"] == "stsguard queue delete"
+    assert removed[third.id]["nrcpt"] == 1
     assert second.id not in {m.id for m in Spool(tmp_path / "state" / "queue").list()}
 
     status, _, err = await run_cli_async("queue", "flush", *conf)
