@@ -55,8 +55,8 @@ from relay.intake.commands import table_names
 from relay.intake.group_commit import GroupCommit
 from relay.intake.hygiene import address_problem
 from relay.intake.message import bare_line_end, received_header, require_tls_esmtp, tls_required_no
+from relay.intake.requiretls import requiretls_offered
 from relay.intake.rules import client_allowed, parse_networks
-from relay.intake.session import requiretls_offered
 from relay.intake.trace import message_trace
 from relay.queue.spool import MessageFlags, QueuedMessage, Spool, new_queue_id
 

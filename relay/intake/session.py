@@ -7,28 +7,26 @@ What a session does beyond aiosmtpd:
 
 - Admission: counted in `relay.intake.limits.ConnectionLimits` before the greeting; over a cap
   the client hears ``421 4.7.0`` and the connection closes (aiosmtpd never sees it).
-- Timers: the idle timeout counts message bytes as activity (aiosmtpd's counts commands only);
-  a session time limit; a deadline per command line and a minimum DATA rate
-  (`relay.intake.deadlines`); none cuts a message off while it is being queued.
+- Timers: the idle timeout counts bytes as activity (aiosmtpd's, commands only); a session time
+  limit; a deadline per command line and a minimum DATA rate (`relay.intake.deadlines`); none
+  cuts a message off while it is being queued.
 - Every command goes through `_run_command` (control characters and invalid UTF-8 refused with
   ``501 5.5.2``; the junk-command budget). A path the parser chokes on is a ``553``.
 - REQUIRETLS (RFC 8689 section 4.1): taken out of the MAIL parameters before aiosmtpd sees
-  them (`requiretls_refusal`); only on a TLS session, or from a client in ``accept_networks``
+  them (`relay.intake.requiretls`); only on a TLS session, or from a client in ``accept_networks``
   on loopback when ``[relay].requiretls_loopback`` is set.
 - ``503`` to STARTTLS inside TLS (RFC 3207 section 4.2). AUTH: PBKDF2 in a worker thread, failures
   answered after a delay, counted per session and per address, then ``421``.
 
-The aiosmtpd internals used here are pinned by tests/relay/test_aiosmtpd_internals.py and the
-version bound in pyproject.toml.
+The aiosmtpd internals used here are pinned by tests/relay/test_aiosmtpd_internals.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import re
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import structlog
@@ -41,55 +39,11 @@ from relay.intake.data import take_data
 from relay.intake.deadlines import RequestClock, RequestTimer
 from relay.intake.hygiene import command_problem
 from relay.intake.limits import client_key
-from relay.intake.rules import CLOSING_REPLIES, IPNetwork, SessionRules, client_allowed
+from relay.intake.requiretls import requiretls_offered, requiretls_refusal, split_requiretls
+from relay.intake.rules import CLOSING_REPLIES, SessionRules, client_allowed
 from relay.intake.session_setup import set_up
 
 _log = structlog.get_logger("relay.intake.session")
-
-
-def requiretls_offered(
-    *, tls: bool, client: str, networks: Iterable[IPNetwork], loopback_ok: bool
-) -> bool:
-    """True when this session may use REQUIRETLS (RFC 8689 section 4.1: a TLS session), or it is
-    a plaintext loopback session from `networks` and ``[relay].requiretls_loopback`` is set (the
-    hop from a local MTA or content filter, as Postfix's ``smtp_requiretls_policy`` exempts it)."""
-    if tls:
-        return True
-    if not loopback_ok or not client_allowed(client, networks):
-        return False
-    try:
-        ip = ipaddress.ip_address(client.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
-
-
-def split_requiretls(arg: str) -> tuple[str, list[str]]:
-    """The MAIL argument without its REQUIRETLS parameters, and those parameters as given.
-    Only words after the path's closing ``>`` are parameters (a quoted local part may hold
-    anything)."""
-    end = arg.rfind(">")
-    if end < 0:
-        return arg, []
-    words = arg[end + 1 :].split()
-    found = [w for w in words if w.upper().partition("=")[0] == "REQUIRETLS"]
-    if not found:
-        return arg, []
-    rest = [w for w in words if w not in found]
-    return " ".join([arg[: end + 1], *rest]), found
-
-
-def requiretls_refusal(found: list[str], *, allowed: bool) -> str | None:
-    """The reply to MAIL with these REQUIRETLS parameters, or None when it is accepted."""
-    if any("=" in w for w in found):
-        return "501 5.5.4 REQUIRETLS takes no value"
-    if len(found) > 1:
-        return "501 5.5.4 REQUIRETLS given more than once"
-    if not allowed:
-        return "530 5.7.10 REQUIRETLS needs a TLS-protected session: use STARTTLS first"
-    return None
 
 
 # ``<local@domain>`` with a dot-atom local part and a domain of letters, digits and hyphens.
@@ -186,6 +140,18 @@ class _IntakeSMTP(SMTP):
         self._last_activity = self.loop.time()
         self._requests.received(data)
         super().data_received(data)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd re-arms the idle timer for every command; a pending one is kept instead
+        (`_timeout_cb` measures idleness from the last byte and re-arms for the rest)."""
+        armed = self._timeout_handle
+        if (
+            duration is not None
+            or not armed
+            or armed.cancelled()
+            or armed.when() <= self.loop.time()
+        ):
+            super()._reset_timeout(duration)
 
     def _timeout_cb(self) -> None:
         """aiosmtpd's idle timer (reset per command): idle means no bytes either, so a long

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from lab.pki import LabCA
-from relay.intake.session import requiretls_refusal, split_requiretls
+from relay.intake.requiretls import requiretls_refusal, split_requiretls
 from relay.message_flags import dsn_flags
 from relay.preflight import config_problems
 from relay.queue.envelope import decode_envelope, encode_envelope
