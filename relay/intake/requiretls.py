@@ -3,10 +3,9 @@ apart before aiosmtpd reads the rest (it would silently keep one of a repeated p
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Iterable
 
-from relay.intake.rules import IPNetwork, client_allowed
+from relay.intake.rules import IPNetwork, client_allowed, client_ip
 
 
 def requiretls_offered(
@@ -19,13 +18,8 @@ def requiretls_offered(
         return True
     if not loopback_ok or not client_allowed(client, networks):
         return False
-    try:
-        ip = ipaddress.ip_address(client.split("%", 1)[0])
-    except ValueError:
-        return False
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_loopback
+    ip = client_ip(client)
+    return ip is not None and ip.is_loopback
 
 
 def split_requiretls(arg: str) -> tuple[str, list[str]]:

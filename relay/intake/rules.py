@@ -19,15 +19,21 @@ def parse_networks(networks: Iterable[str]) -> tuple[IPNetwork, ...]:
     return tuple(ipaddress.ip_network(n, strict=False) for n in networks)
 
 
-def client_allowed(address: str, networks: Iterable[IPNetwork]) -> bool:
-    """True when the client address lies in one of the networks (IPv4-mapped IPv6 as IPv4)."""
+def client_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The client's address (IPv4-mapped IPv6 as IPv4, no zone), or None when it is not one."""
     try:
         ip = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
-        return False
+        return None
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return any(ip.version == net.version and ip in net for net in networks)
+        return ip.ipv4_mapped
+    return ip
+
+
+def client_allowed(address: str, networks: Iterable[IPNetwork]) -> bool:
+    """True when the client address lies in one of the networks (IPv4-mapped IPv6 as IPv4)."""
+    ip = client_ip(address)
+    return ip is not None and any(ip.version == net.version and ip in net for net in networks)
 
 
 # The 421 that ends a session at a limit: (status, words). A client too slow is Postfix's 4.4.2.
