@@ -225,23 +225,16 @@ class SpoolFiles:
     ) -> tuple[QueuedMessage, bytes]:
         """The envelope as `_read` gives it, and the message bytes when `body` (else b""): one
         open of the message file either way."""
-        path = self._msg_file(queue_id)
-        try:
-            with open(path, "rb") as f:
-                header = first = f.readline()
-                data = f.read() if body else b""
-            if body and not names(first, queue_id):
-                raise SpoolError(f"{path}: damaged: the file holds another message's envelope")
-            if state:
+        path, header, data = self._msg_contents(queue_id, body=body)
+        if state:
+            try:
                 with (
                     contextlib.suppress(FileNotFoundError),
                     open(self._state_file(queue_id), "rb") as f,
                 ):
                     header = f.read()
-        except FileNotFoundError:
-            raise UnknownMessage(f"no queued message {queue_id!r}") from None
-        except OSError as exc:
-            raise SpoolError(f"{path}: cannot read: {exc}") from exc
+            except OSError as exc:
+                raise SpoolError(f"{path}: cannot read: {exc}") from exc
         try:
             message = decode_envelope(header)
         except (ValueError, KeyError, TypeError) as exc:
@@ -249,6 +242,23 @@ class SpoolFiles:
         if message.id != queue_id:
             raise SpoolError(f"{path}: damaged envelope: it names {message.id!r}")
         return message, data
+
+    def _msg_contents(self, queue_id: str, *, body: bool) -> tuple[str, bytes, bytes]:
+        """The message file's path, its first line (the envelope) and, when `body`, the bytes
+        after it: only from a file whose first line names this message (a reused file a crash
+        left under another name holds another message: `relay.queue.recycle`)."""
+        path = self._msg_file(queue_id)
+        try:
+            with open(path, "rb") as f:
+                first = f.readline()
+                data = f.read() if body else b""
+        except FileNotFoundError:
+            raise UnknownMessage(f"no queued message {queue_id!r}") from None
+        except OSError as exc:
+            raise SpoolError(f"{path}: cannot read: {exc}") from exc
+        if body and not names(first, queue_id):
+            raise SpoolError(f"{path}: damaged: the file holds another message's envelope")
+        return path, first, data
 
     def _write_state(self, message: QueuedMessage) -> None:
         self._write_durably(self._state / f"{message.id}.json", encode_envelope(message))

@@ -57,7 +57,6 @@ from relay.queue.envelope import (
     valid_queue_id,
 )
 from relay.queue.files import SpoolFiles, log_not_understood
-from relay.queue.recycle import names
 
 __all__ = [
     "HISTORY_MAX",
@@ -184,18 +183,8 @@ class Spool(SpoolFiles):
         return self._load(queue_id, body=True)
 
     def read_data(self, queue_id: str) -> bytes:
-        path = self._msg_file(queue_id)
-        try:
-            with open(path, "rb") as f:
-                first = f.readline()
-                data = f.read()
-        except FileNotFoundError:
-            raise UnknownMessage(f"no queued message {queue_id!r}") from None
-        except OSError as exc:
-            raise SpoolError(f"{path}: cannot read: {exc}") from exc
-        if not names(first, queue_id):
-            raise SpoolError(f"{path}: damaged: the file holds another message's envelope")
-        return data
+        """The message bytes without building the envelope."""
+        return self._msg_contents(queue_id, body=True)[2]
 
     def list(self) -> _Messages:
         """Every queued message, oldest first.
