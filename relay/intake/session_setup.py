@@ -14,6 +14,7 @@ tests/relay/test_aiosmtpd_internals.py, which also checks that both ways build t
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from types import MethodType
@@ -21,24 +22,6 @@ from typing import Any, cast
 
 import aiosmtpd.smtp
 from aiosmtpd.smtp import SMTP, _AuthMechAttr, login_always_fail
-
-# Arguments the fast way takes; any other (proxy protocol, call limits, ...) goes to aiosmtpd.
-_KNOWN = frozenset(
-    {
-        "data_size_limit",
-        "enable_SMTPUTF8",
-        "decode_data",
-        "hostname",
-        "ident",
-        "tls_context",
-        "require_starttls",
-        "timeout",
-        "auth_require_tls",
-        "auth_exclude_mechanism",
-        "authenticator",
-        "loop",
-    }
-)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,3 +118,12 @@ def _set_attributes(
     smtp._ehlo_hook_ver = tables.ehlo_hook_ver
     smtp._smtp_methods = {name: MethodType(f, smtp) for name, f in tables.commands.items()}
     smtp._enforce_call_limit = False
+
+
+# Arguments the fast way takes (the keywords of `_set_attributes`); any other (proxy protocol,
+# call limits, ...) goes to aiosmtpd.
+_KNOWN = frozenset(
+    name
+    for name, p in inspect.signature(_set_attributes).parameters.items()
+    if p.kind is inspect.Parameter.KEYWORD_ONLY
+)

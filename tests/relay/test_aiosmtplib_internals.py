@@ -51,6 +51,9 @@ def test_the_reply_parser_reads_from_the_buffer() -> None:
 def test_the_reader_internals_pipelining_relies_on() -> None:
     """`pipelined` keeps bytes aiosmtplib would drop and parses leftovers before awaiting."""
     assert isinstance(aiosmtplib.protocol.MAX_RESPONSE_LENGTH, int)
+    # A pipelined group refuses what `execute_command` refuses, with aiosmtplib's own pattern.
+    assert aiosmtplib.protocol.COMMAND_INJECTION_REGEX.search(b"a\r\nb")
+    assert "COMMAND_INJECTION_REGEX" in inspect.getsource(SMTPProtocol.execute_command)
     protocol = SMTPProtocol(loop=asyncio.new_event_loop())
     assert hasattr(protocol, "_response_waiter")
     received = inspect.getsource(SMTPProtocol.data_received)
