@@ -54,7 +54,8 @@ class SpoolFiles:
         self._msg = self.directory / "msg"
         self._state = self.directory / "state"
         self._tmp = self.directory / "tmp"
-        self._free = FreeFiles(str(self.directory / "free"))
+        free = self.directory / "free"
+        self._free = FreeFiles(str(free))
         # The same as text, for the per-message paths: a pathlib join and its str() cost more
         # than the system call they name (about 4% of the relay's CPU under load).
         self._msg_dir, self._state_dir = str(self._msg), str(self._state)
@@ -65,7 +66,7 @@ class SpoolFiles:
                 self._msg,
                 self._state,
                 self._tmp,
-                Path(self._free.directory),
+                free,
             ):
                 d.mkdir(parents=True, exist_ok=True)
             self._recover()

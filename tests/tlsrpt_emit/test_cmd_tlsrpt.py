@@ -39,12 +39,7 @@ def _structlog_back_to_defaults() -> Iterator[None]:
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:
     state = tmp_path / "state"
-    store = SqlReportStore(SqliteDatabase(state / "state.sqlite3"))
-    sink = CountingSink(store, clock=lambda: 0.0)
-    for result in day_results():
-        sink.record(result)
-    sink.flush()
-    store.close()
+    seed_sessions(state)
     path = tmp_path / "stsguard.toml"
     path.write_text(
         f'[relay]\nstate_dir = "{state}"\n'
