@@ -81,8 +81,8 @@ def test_the_tables_and_state_we_use_exist() -> None:
         assert isinstance(mail, CheckedCommand)
         assert mail.__smtp_syntax__ == "MAIL FROM: <address>"
         assert "self._smtp_methods.get(command)" in inspect.getsource(SMTP._handle_client)
-        # handle_EHLO's signature is worked out once (relay.intake.handler); aiosmtpd still
-        # reads it as the five-argument form.
+        # aiosmtpd reads our handle_EHLO as its five-argument form (the tables built once per
+        # handler by relay.intake.session_setup keep what it found).
         handler = IntakeHandler.__new__(IntakeHandler)
         assert _IntakeSMTP(handler, loop=loop, hostname="h")._ehlo_hook_ver == "new"
     finally:
